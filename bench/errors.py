@@ -1,0 +1,19 @@
+"""Errors that reach the user as one clear line instead of a traceback."""
+
+
+class BenchError(Exception):
+    """A user-facing error: bad input, an unknown name, a missing resource.
+
+    The CLI prints its message on one line and exits with status 2.
+    """
+
+
+class DatasetUnavailable(BenchError):
+    """A dataset cannot be loaded here (not cached and cannot be downloaded)."""
+
+
+class IncompatibleCell(BenchError):
+    """A component cannot be combined with another (e.g. a CNN on 2-D points).
+
+    Raised by a factory; the grid records the cell as ``skipped`` with the reason.
+    """

@@ -1,0 +1,217 @@
+"""Expands what the user asked for into cells: one cell = one training run to perform."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from bench.errors import BenchError
+from bench.host import Registry, unknown_name_error
+
+#: The notebook's three cells.
+SEED_GRID = (("linear", "mse", "mnist"), ("linear", "crossentropy", "mnist"), ("mlp", "crossentropy", "mnist"))
+GRIDS = ("all", "seed")
+OPTIMIZERS = ("adam", "sgd")
+COMPONENT_KINDS = ("model", "loss", "dataset")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The training recipe shared by every cell of a grid."""
+
+    epochs: int = 2
+    batch_size: int = 256
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    limit: int = 0  # train on at most this many samples (0: all)
+
+    def __post_init__(self):
+        if self.epochs < 1:
+            raise BenchError(f"--epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise BenchError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if not self.lr > 0:
+            raise BenchError(f"--lr must be > 0, got {self.lr}")
+        if self.optimizer not in OPTIMIZERS:
+            raise unknown_name_error("optimizer", self.optimizer, OPTIMIZERS)
+        if self.limit < 0:
+            raise BenchError(f"--limit must be >= 0, got {self.limit}")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One experiment: a model, a loss and a dataset, their parameter overrides, a seed and a recipe."""
+
+    model: str
+    loss: str
+    dataset: str
+    seed: int
+    device: str
+    config: TrainConfig = field(default_factory=TrainConfig)
+    #: ``{"model": {...}, "loss": {...}, "dataset": {...}}``: overrides of the components' defaults.
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict, hash=False, compare=False)
+
+    def component(self, kind: str) -> str:
+        return getattr(self, kind)
+
+    def override(self, kind: str) -> dict[str, Any]:
+        return dict(self.overrides.get(kind, {}))
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The swept overrides as ``{"NAME.KEY": value}`` (what ``--param`` set for this cell)."""
+        return {f"{self.component(kind)}.{key}": value
+                for kind in COMPONENT_KINDS for key, value in sorted(self.override(kind).items())}
+
+    @property
+    def params_json(self) -> str:
+        return json.dumps(self.params, sort_keys=True)
+
+    @property
+    def label(self) -> str:
+        extra = ",".join(f"{k}={v}" for k, v in self.params.items())
+        return f"{self.model}+{self.loss} on {self.dataset}" + (f" [{extra}]" if extra else "") + f" seed={self.seed}"
+
+    @property
+    def cell_id(self) -> str:
+        """A short id derived from the full configuration, independent of the grid's order."""
+        device_kind = self.device.split(":")[0]
+        key = {"model": self.model, "loss": self.loss, "dataset": self.dataset, "params": self.params,
+               "seed": self.seed, "device": device_kind, **asdict(self.config)}
+        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def split_list(option: str, value: str | None) -> list[str] | None:
+    """``"a,b"`` -> ``["a", "b"]``; ``None`` stays ``None``; an empty list is an error."""
+    if value is None:
+        return None
+    items = [v.strip() for v in value.split(",")]
+    if not any(items) or not all(items):
+        raise BenchError(f"{option} needs a comma-separated list of names, got '{value}'")
+    return items
+
+
+def parse_int_list(option: str, value: str) -> list[int]:
+    items = split_list(option, value) or []
+    try:
+        return [int(v) for v in items]
+    except ValueError:
+        raise BenchError(f"{option} needs comma-separated integers, got '{value}'") from None
+
+
+def coerce(token: str, raw: str, default: Any) -> Any:
+    """Convert a ``--param`` value to the type of the parameter's default."""
+    if isinstance(default, bool):
+        low = raw.lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise BenchError(f"--param {token}: '{raw}' is not a boolean (true/false)")
+    for kind in (int, float):
+        if isinstance(default, kind):
+            try:
+                return kind(raw)
+            except ValueError:
+                raise BenchError(f"--param {token}: '{raw}' is not {'an integer' if kind is int else 'a number'}") \
+                    from None
+    if default is None:
+        for kind in (int, float):
+            try:
+                return kind(raw)
+            except ValueError:
+                pass
+    return raw
+
+
+def parse_params(specs: list[str], registry: Registry, selected: dict[str, list[str]]) -> dict[str, dict[str, list]]:
+    """Parse ``NAME.KEY=V1,V2`` tokens into ``{NAME: {KEY: [values]}}``, checked against the registry."""
+    parsed: dict[str, dict[str, list]] = {}
+    for token in specs:
+        if "=" not in token:
+            raise BenchError(f"--param {token}: expected NAME.KEY=V1,V2 (missing '=')")
+        lhs, rhs = token.split("=", 1)
+        if "." not in lhs:
+            raise BenchError(f"--param {token}: expected NAME.KEY=V1,V2 (missing '.' between component and key)")
+        name, key = (s.strip() for s in lhs.split(".", 1))
+        kinds = [kind for kind in COMPONENT_KINDS if name in registry.names(kind)]
+        if not kinds:
+            every = sorted({n for kind in COMPONENT_KINDS for n in registry.names(kind)})
+            raise unknown_name_error(f"component in --param {token}:", name, every)
+        in_grid = [kind for kind in kinds if name in selected[kind]]
+        if not in_grid:
+            raise BenchError(f"--param {token}: '{name}' is not part of this grid")
+        component = registry.get(in_grid[0], name)
+        if key not in component.params:
+            valid = ", ".join(sorted(component.params)) or "(it has no parameters)"
+            raise BenchError(f"--param {token}: {component.kind} '{name}' has no parameter '{key}'; valid: {valid}")
+        raws = [v.strip() for v in rhs.split(",")]
+        if not all(raws):
+            raise BenchError(f"--param {token}: empty value in '{rhs}'")
+        values = [coerce(token, raw, component.params[key]) for raw in raws]
+        parsed.setdefault(name, {})[key] = list(dict.fromkeys(values))
+    return parsed
+
+
+def _component_variants(name: str, sweeps: dict[str, dict[str, list]]) -> list[dict[str, Any]]:
+    sweep = sweeps.get(name, {})
+    keys = sorted(sweep)
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(sweep[k] for k in keys))]
+
+
+def expand(
+    registry: Registry,
+    *,
+    grid: str | None = None,
+    models: list[str] | None = None,
+    losses: list[str] | None = None,
+    datasets: list[str] | None = None,
+    params: list[str] = (),
+    seeds: list[int] = (0,),
+    device: str = "cpu",
+    config: TrainConfig = TrainConfig(),
+) -> list[Cell]:
+    """The cells to run, dataset-major so that each dataset is loaded once.
+
+    ``grid`` names a preset (``all``: every registered model x loss x dataset; ``seed``: the
+    notebook's three cells); explicit ``models``/``losses``/``datasets`` restrict its axes. With no
+    grid, the explicit lists are crossed, missing ones defaulting to linear / crossentropy / mnist.
+    With neither, the ``seed`` grid runs.
+    """
+    explicit = {"model": models, "loss": losses, "dataset": datasets}
+    for kind, names in explicit.items():
+        for name in names or ():
+            registry.get(kind, name)  # unknown names fail here, listing the valid ones
+    if not seeds:
+        raise BenchError("--seeds needs at least one seed")
+    if grid is None and not any(explicit.values()):
+        grid = "seed"
+    if grid is None:
+        defaults = {"model": ["linear"], "loss": ["crossentropy"], "dataset": ["mnist"]}
+        triples = list(itertools.product(*((explicit[k] or defaults[k]) for k in COMPONENT_KINDS)))
+    elif grid == "all":
+        triples = list(itertools.product(*((explicit[k] or registry.names(k)) for k in COMPONENT_KINDS)))
+    elif grid == "seed":
+        triples = [t for t in SEED_GRID
+                   if all(explicit[k] is None or t[i] in explicit[k] for i, k in enumerate(COMPONENT_KINDS))]
+    else:
+        raise unknown_name_error("grid", grid, GRIDS)
+    if not triples:
+        raise BenchError(f"the grid '{grid}' has no cells with the given --models/--losses/--datasets")
+
+    selected = {k: sorted({t[i] for t in triples}) for i, k in enumerate(COMPONENT_KINDS)}
+    sweeps = parse_params(list(params), registry, selected)
+
+    cells = []
+    order = {name: i for i, name in enumerate(dict.fromkeys(t[2] for t in triples))}
+    for model, loss, dataset in sorted(triples, key=lambda t: order[t[2]]):
+        for d_over, m_over, l_over in itertools.product(
+            _component_variants(dataset, sweeps), _component_variants(model, sweeps), _component_variants(loss, sweeps)
+        ):
+            for seed in seeds:
+                overrides = {k: v for k, v in (("model", m_over), ("loss", l_over), ("dataset", d_over)) if v}
+                cells.append(Cell(model, loss, dataset, seed, device, config, overrides))
+    return cells

@@ -1,0 +1,48 @@
+"""The hooks a gridbench plugin can implement.
+
+Each ``bench_register_*`` hook is called once, when the host collects components (before a grid
+is expanded, or when ``bench list`` runs). It receives a ``register`` callback::
+
+    register(name, factory, params=None, description="")
+
+``params`` is the dict of the factory's default keyword arguments: exactly what ``--param
+NAME.KEY=V1,V2`` can sweep. The host validates every call, rejects a name that another plugin
+already registered for the same kind (naming both plugins), and remembers which plugin
+registered each component.
+"""
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("bench")
+
+
+@hookspec
+def bench_register_models(register):
+    """Register model factories.
+
+    Called once when components are collected. ``register(name, factory, params=None,
+    description="")`` where ``factory(input_shape: tuple[int, ...], num_classes: int, **params)``
+    returns a ``torch.nn.Module`` mapping ``[N, *input_shape]`` to logits ``[N, num_classes]``.
+    A factory may raise ``bench.IncompatibleCell`` when it cannot handle the input shape.
+    """
+
+
+@hookspec
+def bench_register_losses(register):
+    """Register loss factories.
+
+    Called once when components are collected. ``register(name, factory, params=None,
+    description="")`` where ``factory(**params)`` returns a callable
+    ``loss(logits: Tensor[N, C], targets: LongTensor[N]) -> scalar Tensor`` (a mean over the batch).
+    """
+
+
+@hookspec
+def bench_register_datasets(register):
+    """Register dataset factories.
+
+    Called once when components are collected. ``register(name, factory, params=None,
+    description="")`` where ``factory(data_dir: pathlib.Path, **params)`` returns a
+    ``bench.DataSplits``. A dataset that cannot be had here (e.g. offline, not cached) raises
+    ``bench.DatasetUnavailable`` with the reason and how to get it.
+    """

@@ -1,0 +1,132 @@
+"""Trains one cell with the dataset resident on the device: no DataLoader, no per-sample Python."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from bench.data import DataSplits
+from bench.errors import BenchError
+from bench.grid import Cell
+from bench.timing import Stopwatch, median
+
+EVAL_BATCH = 4096
+
+
+class NonFiniteLoss(RuntimeError):
+    """The training loss became NaN or infinite: the cell diverged."""
+
+
+@dataclass
+class CellResult:
+    """What training one cell produced: final metrics, per-epoch history, timings and weights."""
+
+    metrics: dict[str, float]
+    history: list[dict[str, float]]
+    timing: dict[str, float]
+    n_params: int
+    state_dict: dict[str, torch.Tensor] = field(repr=False)
+    confusion: list[list[int]] = field(repr=False, default_factory=list)
+
+
+def make_optimizer(name: str, params, lr: float, device: torch.device) -> torch.optim.Optimizer:
+    params = list(params)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, foreach=True)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, foreach=True)
+    raise BenchError(f"unknown optimizer '{name}'")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor, num_classes: int | None = None):
+    """Mean loss and accuracy over ``(x, y)`` in large batches; optionally the confusion matrix."""
+    model.eval()
+    loss_sum = torch.zeros((), device=x.device)
+    correct = torch.zeros((), device=x.device, dtype=torch.int64)
+    confusion = torch.zeros(num_classes or 1, num_classes or 1, dtype=torch.int64, device=x.device)
+    for start in range(0, len(x), EVAL_BATCH):
+        xb, yb = x[start:start + EVAL_BATCH], y[start:start + EVAL_BATCH]
+        logits = model(xb)
+        loss_sum += loss_fn(logits, yb).float() * len(yb)
+        pred = logits.argmax(1)
+        correct += (pred == yb).sum()
+        if num_classes:
+            confusion += torch.bincount(yb * num_classes + pred, minlength=num_classes * num_classes).view(
+                num_classes, num_classes)
+    n = max(len(x), 1)
+    return float(loss_sum) / n, float(correct) / n, confusion.cpu().tolist()
+
+
+def _check_finite(value: float, what: str, epoch: int) -> None:
+    if not math.isfinite(value):
+        raise NonFiniteLoss(f"{what} became {value} in epoch {epoch}: the cell diverged (try a smaller --lr)")
+
+
+def train_cell(
+    cell: Cell,
+    model: nn.Module,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    data: DataSplits,
+    device: torch.device,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> CellResult:
+    """Train ``model`` (already built under the cell's seed) on ``data`` (already on ``device``)."""
+    cfg = cell.config
+    model = model.to(device)
+    optimizer = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr, device)
+    x_train, y_train = data.train
+    if cfg.limit:
+        x_train, y_train = x_train[:cfg.limit], y_train[:cfg.limit]
+    n = len(x_train)
+    generator = torch.Generator().manual_seed(cell.seed)
+    watch = Stopwatch(device)
+    history: list[dict[str, float]] = []
+
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.int64)
+        with watch.phase("train"):
+            perm = torch.randperm(n, generator=generator).to(device)
+            for start in range(0, n, cfg.batch_size):
+                idx = perm[start:start + cfg.batch_size]
+                xb, yb = x_train.index_select(0, idx), y_train.index_select(0, idx)
+                logits = model(xb)
+                loss = loss_fn(logits, yb)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                loss_sum += loss.detach().float() * len(idx)
+                correct += (logits.detach().argmax(1) == yb).sum()
+        epoch_time = watch.last
+        train_loss, train_acc = float(loss_sum) / n, float(correct) / n
+        _check_finite(train_loss, "the training loss", epoch)
+        with watch.phase("eval"):
+            val_loss, val_acc, _ = evaluate(model, loss_fn, *data.val)
+        _check_finite(val_loss, "the validation loss", epoch)
+        row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
+               "val_acc": val_acc, "epoch_time_s": epoch_time}
+        history.append(row)
+        if on_epoch:
+            on_epoch(row)
+
+    with watch.phase("eval"):
+        test_loss, test_acc, confusion = evaluate(model, loss_fn, *data.test, num_classes=data.num_classes)
+    train_time = watch.totals["train"]
+    metrics = {"test_acc": test_acc, "test_loss": test_loss, "val_acc": history[-1]["val_acc"],
+               "val_loss": history[-1]["val_loss"]}
+    timing = {
+        "train_time_s": train_time,
+        "epoch_time_s": median([h["epoch_time_s"] for h in history]),
+        "eval_time_s": watch.totals.get("eval", 0.0),
+        "samples_per_s": n * cfg.epochs / train_time if train_time > 0 else float("nan"),
+    }
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    n_params = sum(p.numel() for p in model.parameters())
+    return CellResult(metrics, history, timing, n_params, state, confusion)
