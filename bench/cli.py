@@ -18,6 +18,11 @@ DEFAULT_DATA_DIR = Path("~/.cache/gridbench").expanduser()
 class BenchGroup(click.Group):
     """Turns user errors into one line on stderr and exit status 2, never a traceback."""
 
+    def make_context(self, info_name, args, parent=None, **extra):
+        # remember the command line as given, for env.json and resume hints
+        extra.setdefault("obj", {})["argv"] = ["bench", *args]
+        return super().make_context(info_name, args, parent=parent, **extra)
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
@@ -107,7 +112,8 @@ def run(grid, models, losses, datasets, params, seeds, epochs, batch_size, lr, o
     )
     store = RunStore(out or default_run_dir())
     store.create()
-    store.write_env(environment(device, ["bench", *sys.argv[1:]]) | {"cells": len(cells)})
+    argv = click.get_current_context().find_root().obj["argv"]
+    store.write_env(environment(device, argv) | {"cells": len(cells)})
     if not quiet:
         click.echo(f"gridbench {__version__}: {len(cells)} cell(s) on {device} -> {store.root}", err=True)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shlex
 import sys
 from datetime import datetime, timezone
 from typing import Any
@@ -25,7 +26,7 @@ def environment(device: torch.device, argv: list[str] | None = None) -> dict[str
         "torch_threads": torch.get_num_threads(),
         "device": str(device),
         "device_name": device_name(device),
-        "command": " ".join(argv if argv is not None else sys.argv),
+        "command": shlex.join(argv if argv is not None else sys.argv),
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     if device.type == "cuda":

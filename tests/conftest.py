@@ -1,0 +1,40 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Installed third-party plugins must not leak into the suite; tests that exercise autoload opt back in.
+os.environ.setdefault("BENCH_DISABLE_PLUGIN_AUTOLOAD", "1")
+
+
+@pytest.fixture(scope="session")
+def mnist():
+    """The embedded MNIST splits, loaded once for the whole session."""
+    from plugins.datasets import load_mnist
+
+    return load_mnist(Path("unused"))
+
+
+@pytest.fixture
+def cli():
+    """Invoke the real ``bench`` CLI in-process; returns click's Result."""
+    from click.testing import CliRunner
+
+    from bench.cli import main
+
+    def invoke(*args):
+        return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+    return invoke
+
+
+def run_bench(*args, cwd=None, env=None, **kwargs):
+    """Run ``python -m bench`` as a real subprocess against this checkout."""
+    import subprocess
+
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    return subprocess.run([sys.executable, "-m", "bench", *map(str, args)], cwd=cwd or REPO, env=full_env,
+                          capture_output=True, text=True, **kwargs)
