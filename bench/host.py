@@ -175,7 +175,12 @@ class Host:
         except Exception as exc:  # a plugin that fails to import must not take the tool down
             self._broken(PluginInfo(module_name, source), exc)
             return
-        self._register(module, PluginInfo(module_name, source))
+        info = PluginInfo(module_name, source)
+        if source == "builtin":
+            from bench import __version__
+
+            info.distribution, info.version = "gridbench", __version__
+        self._register(module, info)
 
     def register_plugin(self, plugin: object, name: str | None = None) -> None:
         """Register an already-imported plugin object (a module, class or instance)."""
