@@ -119,6 +119,8 @@ def build_report(run_dirs: list[Path | str], out: Path | str | None = None) -> R
         raise BenchError(f"cannot create the report directory {out}: {exc.strerror}") from None
     tables = make_tables(runs)
     summary_shown = tables.display(tables.summary)
+    if "error" in summary_shown and not summary_shown["error"].astype(bool).any():
+        summary_shown = summary_shown.drop(columns="error")  # no failures: no empty column
     _write_tables(tables.summary, summary_shown, out, "summary", "summary")
     _write_tables(tables.cells, tables.display(tables.cells), out, "cells", "cells")
 

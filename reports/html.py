@@ -22,7 +22,7 @@ figcaption { color: #555; font-size: .9rem; }
 .cell { border: 1px solid #ddd; border-radius: 6px; padding: .5rem 1rem; margin: 1rem 0; }
 .cell.failed, .cell.skipped { border-color: #c0392b; background: #fff6f5; }
 .figs { display: flex; flex-wrap: wrap; gap: 1rem; align-items: flex-start; }
-.figs figure { flex: 1 1 420px; }
+.figs figure { flex: 0 1 auto; max-width: 100%; }
 .error { color: #a4271b; white-space: pre-wrap; font-family: ui-monospace, monospace; }
 .badge { display: inline-block; padding: 0 .5rem; border-radius: 4px; font-size: .85rem; background: #2e7d32;
          color: white; } .badge.failed, .badge.skipped { background: #c0392b; }
@@ -81,7 +81,7 @@ def page(title: str, runs_table: pd.DataFrame, summary: pd.DataFrame, figures: l
     parts.append("</section>")
     parts.append('<section id="figures"><h2>Figures</h2>')
     parts += [f'<p class="muted">{escape(n)}</p>' for n in notes]
-    parts += [figure(path, caption) for caption, path in figures]
+    parts.append('<div class="figs">' + "".join(figure(path, caption) for caption, path in figures) + "</div>")
     parts.append("</section>")
     parts.append('<section id="cells"><h2>Cells</h2>')
     parts += [_cell(c) for c in cells]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -170,6 +172,77 @@ def test_report_of_something_that_is_not_a_run_is_one_clear_error(tmp_path):
     assert code == 2 and re.search(r"Error: .*missing: no such run directory", output)
     code, output = bench("report", tmp_path)
     assert code == 2 and "is not a run directory (no results.csv)" in output
+
+
+BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture
+def chromium() -> str:
+    """Debian's chromium driven by playwright; skipped where absent, but CI (which installs it) must have it."""
+    exe = os.environ.get("BENCH_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    missing = "" if exe else "no chromium on PATH (apt-get install -y chromium)"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        missing = missing or "the playwright package is not installed (pip install -e '.[test]')"
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI needs a headless browser for the report test: {missing}")
+        pytest.skip(missing)
+    return exe
+
+
+def test_index_html_renders_in_a_headless_browser(chromium, seed_run, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    index = seed_run[0] / "report" / "index.html"
+    shot = tmp_path / "index.png"
+    requested = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=BROWSER_ARGS)  # never a downloaded browser
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.on("request", lambda request: requested.append(request.url))
+            page.goto(index.as_uri(), wait_until="load")
+            widths = page.eval_on_selector_all("img", "imgs => imgs.map(i => i.complete ? i.naturalWidth : 0)")
+            rows = page.eval_on_selector_all("table#summary tbody tr", "rows => rows.map(r => r.innerText)")
+            page.screenshot(path=str(shot))
+        finally:
+            browser.close()
+    print(f"screenshot: {shot}")
+    assert len(widths) == len(COMPARATIVE) + 2 * 6 and min(widths) > 0  # every image loaded
+    assert len(rows) == 3 and all("mnist" in r for r in rows)  # the summary table is there
+    assert all(url.startswith(("file:", "data:")) for url in requested)  # nothing from a server
+    assert png_shape(shot)[:2] == (1000, 1400)
+
+
+def test_deep_linear_template_is_the_product_of_its_weights_which_is_its_input_gradient():
+    import torch
+
+    from bench.data import DataSplits
+    from bench.templates import class_templates, input_gradients
+    from plugins.models import make_deep_linear, make_mlp
+
+    torch.manual_seed(0)
+    x, y = torch.randn(60, 1, 4, 4), torch.arange(60) % 3
+    data = DataSplits((x, y), (x, y), (x, y), ["a", "b", "c"])
+    model = make_deep_linear((1, 4, 4), 3, hidden=5, depth=2)
+    templates, kind = class_templates(model, data)
+    assert kind == "weights" and templates.shape == (3, 1, 4, 4)
+    w1, w2, w3 = (layer.weight for layer in model.net if isinstance(layer, torch.nn.Linear))
+    torch.testing.assert_close(templates.reshape(3, 16), (w3 @ w2 @ w1).detach())
+    # A linear map's gradient is its weight, whatever the input: the two kinds agree here.
+    torch.testing.assert_close(input_gradients(model, x, y, 3), templates)
+
+    relu = make_mlp((1, 4, 4), 3, hidden=5)
+    templates, kind = class_templates(relu, data)
+    assert kind == "input gradient" and templates.shape == (3, 1, 4, 4)
+    # Class 0's template is the mean over class-0 inputs of d logit_0 / d input.
+    xs = x[y == 0].clone().requires_grad_(True)
+    relu(xs)[:, 0].sum().backward()
+    torch.testing.assert_close(templates[0], xs.grad.mean(0))
 
 
 def test_mean_ci_uses_student_t():
