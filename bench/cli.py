@@ -78,7 +78,8 @@ def main():
 @click.option("--data-dir", type=click.Path(path_type=Path), envvar="BENCH_DATA_DIR", default=DEFAULT_DATA_DIR,
               show_default="~/.cache/gridbench, or $BENCH_DATA_DIR", help="Cache for downloadable datasets.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
-@click.option("--report", "make_report", is_flag=True, help="Then write a report into RUN_DIR/report (see bench report).")
+@click.option("--report", "make_report", is_flag=True,
+              help="Then write a report into RUN_DIR/report (see bench report).")
 @plugin_option
 def run(grid, models, losses, datasets, params, seeds, epochs, batch_size, lr, optimizer, limit, device_spec, out,
         data_dir, quiet, make_report, plugin_modules):

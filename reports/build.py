@@ -45,7 +45,8 @@ def _write_tables(frame: pd.DataFrame, shown: pd.DataFrame, out: Path, stem: str
 
 
 def _cell_title(row: pd.Series, several: bool) -> str:
-    title = f"{row['model_label']} + {row['loss_label']} on {row['dataset_label']}, seed {row['seed']} ({row['device']})"
+    title = (f"{row['model_label']} + {row['loss_label']} on {row['dataset_label']}, "
+             f"seed {row['seed']} ({row['device']})")
     return f"{row['run']}: {title}" if several else title
 
 

@@ -43,7 +43,8 @@ def templates_figure(templates: np.ndarray, classes: list[str], kind: str, title
         shown = ax.imshow(images[i], cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest",
                           aspect="auto" if images[i].shape[0] == 1 else "equal")
         ax.set_title(text(classes[i]) if i < len(classes) else str(i), fontsize=12)
-    fig.colorbar(shown, ax=axes.ravel().tolist(), shrink=0.8, label="weight" if kind == "weights" else "d logit / d input")
+    fig.colorbar(shown, ax=axes.ravel().tolist(), shrink=0.8,
+                 label="weight" if kind == "weights" else "d logit / d input")
     what = "weights" if kind == "weights" else "input gradient: mean d logit_k / d input over class-k test images"
     fig.suptitle(f"{text(title)}\nclass templates ({what})", fontsize=12)
     return save(fig, path)

@@ -5,16 +5,15 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
+import numpy as np
+import pandas as pd
+import seaborn as sns
 
-matplotlib.use("Agg")  # reports are files: never open a window, never need a display
+from reports.load import Runs
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-
-from reports.load import Runs  # noqa: E402
+plt.switch_backend("Agg")  # reports are files: never open a window, never need a display
 
 DPI = 110
 
@@ -62,7 +61,7 @@ def curves(runs: Runs, metric: str, path: Path) -> Path | None:
     grid.set_axis_labels("epoch", name.lower())
     grid.set_titles(row_template="run {row_name}", col_template="{col_name}")
     for ax in grid.axes.flat:
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     grid.legend.set_title("")
     _rename_legend(grid.legend, {"loss_label": "loss", "model_label": "model"})
     grid.figure.suptitle(f"{name} per epoch", y=1.03)

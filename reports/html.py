@@ -64,13 +64,13 @@ def page(title: str, runs_table: pd.DataFrame, summary: pd.DataFrame, figures: l
         "<!doctype html>", '<html lang="en"><head><meta charset="utf-8">',
         f"<title>{escape(title)}</title><style>{STYLE}</style></head><body>",
         f"<h1>{escape(title)}</h1>",
-        '<nav><a href="#runs">Runs</a><a href="#summary-section">Summary</a><a href="#figures">Figures</a>'
-        '<a href="#cells">Cells</a></nav>',
+        ('<nav><a href="#runs">Runs</a><a href="#summary-section">Summary</a><a href="#figures">Figures</a>'
+         '<a href="#cells">Cells</a></nav>'),
         '<section id="runs"><h2>Runs</h2>', table(runs_table, "runs-table"), "</section>",
         '<section id="summary-section"><h2>Summary</h2>',
-        '<p class="muted">One row per model × loss × dataset × parameters (and run); seeds aggregated. '
-        "Test accuracy: mean ± 95% Student-t confidence half-width over the seeds that finished "
-        "(just the mean with one seed). Best first within each dataset.</p>",
+        ('<p class="muted">One row per model × loss × dataset × parameters (and run); seeds aggregated. '
+         "Test accuracy: mean ± 95% Student-t confidence half-width over the seeds that finished "
+         "(just the mean with one seed). Best first within each dataset.</p>"),
         table(summary, "summary"),
     ]
     if failed:

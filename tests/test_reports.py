@@ -124,8 +124,8 @@ def test_linear_templates_look_like_their_digits(tmp_path):
 def test_report_over_two_runs_compares_them(seed_run, tmp_path_factory):
     first, _ = seed_run
     second = tmp_path_factory.mktemp("b") / "run"
-    code, output = bench("run", "--models", "linear", "--losses", "crossentropy", "--device", "cpu", "--limit",
-                         "1000", "--epochs", "1", "--out", second, "-q")
+    code, output = bench("run", "--models", "linear,mlp", "--param", "mlp.hidden=16,32", "--device", "cpu",
+                         "--limit", "1000", "--epochs", "1", "--out", second, "-q")
     assert code == 0, output
     out = tmp_path_factory.mktemp("compare")
     code, output = bench("report", first, second, "--out", out)
@@ -134,9 +134,12 @@ def test_report_over_two_runs_compares_them(seed_run, tmp_path_factory):
     summary = pd.read_csv(out / "summary.csv")
     labels = [f"{first.parent.name}/run", f"{second.parent.name}/run"]  # same folder name: more of the path
     assert sorted(summary["run"].unique()) == sorted(labels)
-    assert len(summary) == 4 and len(pd.read_csv(out / "cells.csv")) == 7
+    assert len(summary) == 6 and len(pd.read_csv(out / "cells.csv")) == 9
+    # A swept parameter makes its own row.
+    second_models = summary.loc[summary["run"] == labels[1], "model"]
+    assert sorted(second_models) == ["linear", "mlp [hidden=16]", "mlp [hidden=32]"]
     page = (out / "index.html").read_text()
-    assert all(label in page for label in labels) and page.count('<article class="cell') == 7
+    assert all(label in page for label in labels) and page.count('<article class="cell') == 9
     # The curves gain a row of panels per run.
     single = png_shape(first / "report" / "figures" / "val_loss.png")[0]
     assert png_shape(out / "figures" / "val_loss.png")[0] > 1.6 * single
