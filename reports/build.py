@@ -41,7 +41,7 @@ def _write_tables(frame: pd.DataFrame, shown: pd.DataFrame, out: Path, stem: str
     cells = shown.map(lambda v: str(v).replace("|", "\\|"))  # a '|' in a name would split the column
     markdown = cells.to_markdown(index=False, disable_numparse=True) if len(shown) else "(no cells)"
     atomic_write(out / f"{stem}.md", markdown + "\n")
-    atomic_write(out / f"{stem}.html", html.table(shown, table_id))
+    atomic_write(out / f"{stem}.html", html.standalone_table(shown, table_id, f"gridbench {stem}"))
 
 
 def _cell_title(row: pd.Series, several: bool) -> str:

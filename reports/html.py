@@ -57,6 +57,12 @@ def table(frame: pd.DataFrame, table_id: str) -> str:
     return frame.to_html(index=False, escape=True, table_id=table_id, classes="data", na_rep="", border=0)
 
 
+def standalone_table(frame: pd.DataFrame, table_id: str, title: str) -> str:
+    """A small HTML document holding one table (UTF-8 declared, so '±' shows as such from disk)."""
+    return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
+            f"<style>{STYLE}</style></head><body>\n{table(frame, table_id)}\n</body></html>\n")
+
+
 def page(title: str, runs_table: pd.DataFrame, summary: pd.DataFrame, figures: list[tuple[str, Path]],
          cells: list[CellEntry], notes: list[str]) -> str:
     failed = [c for c in cells if c.status != "ok"]

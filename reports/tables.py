@@ -61,6 +61,8 @@ def _fmt(col: str, value) -> str:
 def _summarise(group: pd.DataFrame) -> pd.Series:
     ok = group[group["status"] == "ok"]
     mean, std, half = mean_ci(ok["test_acc"].tolist())
+    if len(ok) < 2:
+        std = half = math.nan  # one seed says nothing about the spread
     statuses = group["status"].value_counts()
     status = "ok" if list(statuses.index) == ["ok"] else ", ".join(f"{n} {s}" for s, n in statuses.items())
     errors = group.loc[group["status"] != "ok", "error"].dropna().astype(str)
