@@ -83,9 +83,11 @@ def main():
 @click.option("--data-dir", type=click.Path(path_type=Path), envvar="BENCH_DATA_DIR", default=DEFAULT_DATA_DIR,
               show_default="~/.cache/gridbench, or $BENCH_DATA_DIR", help="Cache for downloadable datasets.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@click.option("--report", "make_report", is_flag=True,
+              help="Then write a report into RUN_DIR/report (see bench report).")
 @plugin_option
 def run(grid, models, losses, datasets, params, seeds, epochs, batch_size, lr, optimizer, limit, device_spec, out,
-        data_dir, quiet, plugin_modules):
+        data_dir, quiet, make_report, plugin_modules):
     """Run a grid of experiments and write a run directory (results.csv, history.csv, env.json, weights)."""
     from bench import grid as grid_mod
     from bench.device import resolve_device
@@ -134,6 +136,8 @@ def run(grid, models, losses, datasets, params, seeds, epochs, batch_size, lr, o
             grid_bar.close()
     click.echo(format_summary(summary.rows))
     click.echo(f"results: {store.root / 'results.csv'}")
+    if make_report:
+        write_report([store.root], None)
     if summary.failed:
         click.echo(f"{len(summary.failed)} cell(s) failed:", err=True)
         for row in summary.failed:
@@ -185,6 +189,27 @@ def format_summary(rows) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in table]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+@main.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="RUN_DIR...")
+@click.option("--out", type=click.Path(path_type=Path),
+              help="Report directory [default: RUN_DIR/report; for several runs, report-<first>-and-<n>-more "
+                   "beside the first].")
+def report(run_dirs, out):
+    """Write a report over run directories: tables (Markdown, CSV, HTML), figures and one index.html.
+
+    Several run directories are compared: the tables gain a run column and the figures a facet.
+    """
+    write_report(list(run_dirs), out)
+
+
+def write_report(run_dirs: list[Path], out: Path | None) -> None:
+    from reports import build_report
+
+    result = build_report(run_dirs, out)
+    click.echo(result.terminal())
+    click.echo(f"report: {result.index}")
 
 
 @main.command(name="list")

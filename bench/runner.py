@@ -16,6 +16,7 @@ from bench.errors import BenchError, DatasetUnavailable, IncompatibleCell
 from bench.grid import Cell
 from bench.host import Registry
 from bench.store import RunStore
+from bench.templates import record_templates
 from bench.trainer import train_cell
 
 
@@ -133,4 +134,4 @@ def _train_one(cell: Cell, registry: Registry, data: DataSplits, device: torch.d
     base = {k: row[k] for k in ("cell_id", "model", "loss", "dataset", "params", "seed")}
     history = [{**base, **h} for h in result.history]
     return {"row": row, "history": history, "confusion": result.confusion, "classes": data.classes,
-            "input_shape": list(data.input_shape)}
+            "input_shape": list(data.input_shape), "templates": record_templates(model, data, store, cell.cell_id)}

@@ -1,0 +1,191 @@
+"""Comparative figures (seaborn), drawn headless: curves, accuracy heatmap, accuracy vs time, epoch time."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
+import numpy as np
+import pandas as pd
+import seaborn as sns
+
+from reports.load import Runs
+
+plt.switch_backend("Agg")  # reports are files: never open a window, never need a display
+
+DPI = 110
+
+
+def text(name) -> str:
+    """A plugin-provided name made safe for matplotlib (``$`` would start mathtext)."""
+    return str(name).replace("$", r"\$")
+
+
+def _theme(style: str = "whitegrid") -> None:
+    sns.set_theme(context="notebook", style=style)
+
+
+def save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def _safe_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    frame = frame.copy()
+    for col in ("run", "dataset_label", "model_label", "loss_label", "device"):
+        if col in frame:
+            frame[col] = frame[col].map(text)
+    return frame
+
+
+def curves(runs: Runs, metric: str, path: Path) -> Path | None:
+    """Validation ``metric`` per epoch for every configuration (mean over seeds, 95% CI band).
+
+    Columns are datasets (and rows runs, when several); hue is the loss, style the model.
+    """
+    hist = runs.history
+    if hist.empty or hist[metric].dropna().empty:
+        return None
+    _theme()
+    hist = _safe_frame(hist)
+    grid = sns.relplot(
+        data=hist, kind="line", x="epoch", y=metric, hue="loss_label", style="model_label",
+        col="dataset_label", row="run" if runs.several else None, markers=True, dashes=True,
+        errorbar=("ci", 95), height=3.6, aspect=1.3, facet_kws={"sharey": False, "sharex": False},
+    )
+    name = {"val_loss": "Validation loss", "val_acc": "Validation accuracy"}.get(metric, metric)
+    grid.set_axis_labels("epoch", name.lower())
+    grid.set_titles(row_template="run {row_name}", col_template="{col_name}")
+    for ax in grid.axes.flat:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    grid.legend.set_title("")
+    _rename_legend(grid.legend, {"loss_label": "loss", "model_label": "model"})
+    grid.figure.suptitle(f"{name} per epoch", y=1.03)
+    return save(grid.figure, path)
+
+
+def _rename_legend(legend, names: dict[str, str]) -> None:
+    if legend is None:
+        return
+    for label in legend.get_texts():
+        if label.get_text() in names:
+            label.set_text(names[label.get_text()])
+
+
+def heatmap(runs: Runs, summary: pd.DataFrame, path: Path) -> Path | None:
+    """Mean test accuracy, model x loss, one panel per dataset (and run); failures are marked."""
+    if summary.empty:
+        return None
+    _theme("white")
+    facets = summary[["run", "dataset"] if runs.several else ["dataset"]].drop_duplicates().values.tolist()
+    n = len(facets)
+    cols = min(n, 3)
+    rows = math.ceil(n / cols)
+    frames = []
+    for facet in facets:
+        part = summary
+        for key, value in zip(["run", "dataset"] if runs.several else ["dataset"], facet):
+            part = part[part[key] == value]
+        frames.append(part)
+    width = max(max(len(f["loss"].unique()) for f in frames) * 1.6 + 2.5, 5)
+    height = max(max(len(f["model"].unique()) for f in frames) * 0.6 + 1.5, 3)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    for ax, facet, part in zip(axes.flat, facets, frames):
+        acc = part.pivot_table(index="model", columns="loss", values="test_acc", aggfunc="first", dropna=False)
+        notes = part.pivot_table(index="model", columns="loss", values="status", aggfunc="first", dropna=False)
+        notes = notes.reindex(index=acc.index, columns=acc.columns)
+        annot = np.empty(acc.shape, dtype=object)
+        for (i, j), value in np.ndenumerate(acc.values):
+            status = notes.values[i, j]
+            annot[i, j] = (f"{value:.3f}" if isinstance(value, float) and not math.isnan(value) else "")
+            if isinstance(status, str) and status != "ok":
+                annot[i, j] = (annot[i, j] + "\n" if annot[i, j] else "") + status
+        ax.set_facecolor("#eeeeee")  # configurations that were not run
+        sns.heatmap(acc.astype(float), annot=annot, fmt="", cmap="viridis", vmin=None, vmax=None, ax=ax,
+                    cbar_kws={"label": "test accuracy"}, linewidths=0.5, linecolor="white")
+        for (i, j), value in np.ndenumerate(acc.values):
+            if math.isnan(value) and annot[i, j]:  # heatmap leaves NaN cells blank: mark the failures
+                ax.text(j + 0.5, i + 0.5, annot[i, j], ha="center", va="center", color="#a4271b",
+                        fontweight="bold")
+        ax.set_yticklabels([text(t.get_text()) for t in ax.get_yticklabels()], rotation=0)
+        ax.set_xticklabels([text(t.get_text()) for t in ax.get_xticklabels()], rotation=20, ha="right")
+        ax.set_title(" · ".join(text(v) for v in facet))
+        ax.set_xlabel("loss")
+        ax.set_ylabel("model")
+    for ax in list(axes.flat)[n:]:
+        ax.set_visible(False)
+    fig.suptitle("Test accuracy (mean over seeds): model × loss")
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def pareto_front(times: np.ndarray, accs: np.ndarray) -> np.ndarray:
+    """Indices of the points no other point beats on both time (lower) and accuracy (higher), by time."""
+    order = np.lexsort((-accs, times))
+    front, best = [], -np.inf
+    for i in order:
+        if accs[i] > best:
+            front.append(i)
+            best = accs[i]
+    return np.array(front, dtype=int)
+
+
+def accuracy_vs_time(runs: Runs, path: Path) -> Path | None:
+    """One point per cell: test accuracy against training time, the Pareto front drawn as a step line."""
+    ok = runs.results[runs.results["status"] == "ok"].dropna(subset=["test_acc", "train_time_s"])
+    if ok.empty:
+        return None
+    _theme()
+    ok = _safe_frame(ok)
+    grid = sns.relplot(
+        data=ok, kind="scatter", x="train_time_s", y="test_acc", hue="loss_label", style="model_label",
+        col="dataset_label", row="run" if runs.several else None, s=90, height=3.8, aspect=1.3,
+        facet_kws={"sharex": False, "sharey": False},
+    )
+
+    def front(data, **_kwargs):
+        idx = pareto_front(data["train_time_s"].to_numpy(float), data["test_acc"].to_numpy(float))
+        pts = data.iloc[idx]
+        ax = plt.gca()
+        ax.step(pts["train_time_s"], pts["test_acc"], where="post", color="black", lw=1, ls="--", zorder=1,
+                label="Pareto front")
+        ax.scatter(pts["train_time_s"], pts["test_acc"], s=220, facecolors="none", edgecolors="black", zorder=3)
+
+    grid.map_dataframe(front)
+    times = ok["train_time_s"]
+    log = bool((times > 0).all() and times.max() / times.min() > 20)
+    if log:
+        for ax in grid.axes.flat:
+            ax.set_xscale("log")
+    grid.set_axis_labels("training time (s" + (", log scale)" if log else ")"), "test accuracy")
+    grid.set_titles(row_template="run {row_name}", col_template="{col_name}")
+    _rename_legend(grid.legend, {"loss_label": "loss", "model_label": "model"})
+    grid.figure.suptitle("Accuracy vs training time (circled, dashed: the Pareto front)", y=1.03)
+    return save(grid.figure, path)
+
+
+def epoch_time(runs: Runs, path: Path) -> Path | None:
+    """Median epoch time by model, coloured by device (and run, when several), per dataset."""
+    ok = runs.results[runs.results["status"] == "ok"].dropna(subset=["epoch_time_s"])
+    if ok.empty:
+        return None
+    _theme()
+    ok = _safe_frame(ok)
+    hue = ok["run"] + ": " + ok["device"] if runs.several else ok["device"]
+    ok = ok.assign(where=hue)
+    grid = sns.catplot(
+        data=ok, kind="bar", x="model_label", y="epoch_time_s", hue="where", col="dataset_label",
+        errorbar=("ci", 95), height=3.8, aspect=1.3, sharey=False,
+    )
+    grid.set_axis_labels("model", "epoch time (s)")
+    grid.set_titles(col_template="{col_name}")
+    for ax in grid.axes.flat:
+        ax.tick_params(axis="x", rotation=20)
+    if grid.legend is not None:
+        grid.legend.set_title("run: device" if runs.several else "device")
+    grid.figure.suptitle("Epoch time by model and device", y=1.03)
+    return save(grid.figure, path)

@@ -1,0 +1,42 @@
+"""A test plugin with awkward names: a 2-D dataset whose class names need escaping, and a model that diverges."""
+
+import torch
+from torch import nn
+
+from bench import DataSplits, hookimpl
+
+#: Names a careless report would render as markup or mathtext (an unescaped ``$\frac$`` breaks matplotlib).
+CLASSES = ["<b>bold</b>", r"$\frac$", "a&b"]
+NAN_MODEL = 'nan<i>"m"'
+
+
+def load_blobs(data_dir, n=300):
+    """Three Gaussian blobs in the plane, well separated: any linear model learns them."""
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[3.0, 0.0], [-3.0, 3.0], [-3.0, -3.0]])
+
+    def split(count):
+        y = torch.arange(count) % 3
+        return centres[y] + torch.randn(count, 2, generator=g), y
+
+    return DataSplits(split(n), split(n // 4), split(n // 4), list(CLASSES))
+
+
+class NaNLogits(nn.Module):
+    def __init__(self, features, classes):
+        super().__init__()
+        self.fc = nn.Linear(features, classes)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1)) * float("nan")
+
+
+@hookimpl
+def bench_register_datasets(register):
+    register("blobs", load_blobs, description="three 2-D Gaussian blobs with awkward class names")
+
+
+@hookimpl
+def bench_register_models(register):
+    register(NAN_MODEL, lambda shape, classes: NaNLogits(int(torch.Size(shape).numel()), classes),
+             description="returns NaN logits: its cell fails")

@@ -1,0 +1,262 @@
+"""Reports, end to end: real runs on (a subset of) the embedded MNIST, then the report they make."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from matplotlib.image import imread
+from safetensors.numpy import load_file
+
+from bench.cli import main
+from bench.stats import mean_ci
+from reports.figures import pareto_front
+from tests.report_test_plugin import CLASSES, NAN_MODEL
+
+COMPARATIVE = ["val_loss", "val_acc", "accuracy_heatmap", "accuracy_vs_time", "epoch_time"]
+
+
+def bench(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.output
+
+
+def png_shape(path) -> tuple[int, ...]:
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    return imread(path).shape
+
+
+@pytest.fixture(scope="session")
+def seed_run(tmp_path_factory):
+    """The notebook's three cells, two seeds, on 2000 training images: ``bench run --report``."""
+    out = tmp_path_factory.mktemp("a") / "run"
+    code, output = bench("run", "--grid", "seed", "--device", "cpu", "--seeds", "0,1", "--limit", "2000",
+                         "--epochs", "2", "--out", out, "-q", "--report")
+    assert code == 0, output
+    return out, output
+
+
+def test_run_report_has_tables_figures_and_a_template_and_confusion_per_cell(seed_run):
+    run, output = seed_run
+    report = run / "report"
+    results = pd.read_csv(run / "results.csv")
+    assert len(results) == 6 and (results["status"] == "ok").all()
+
+    for stem in ("summary", "cells"):
+        for ext in ("csv", "md", "html"):
+            assert (report / f"{stem}.{ext}").stat().st_size > 0
+    for name in COMPARATIVE:
+        height, width, _ = png_shape(report / "figures" / f"{name}.png")
+        assert height > 200 and width > 300
+    for cell_id in results["cell_id"]:
+        for kind in ("templates", "confusion"):
+            png_shape(report / "figures" / "cells" / f"r0-{cell_id}-{kind}.png")
+
+    # One row per configuration, seeds aggregated: mean and Student-t half-width of the two seeds.
+    summary = pd.read_csv(report / "summary.csv")
+    assert len(summary) == 3 and (summary["seeds"] == "2/2").all()
+    for _, row in summary.iterrows():
+        accs = results[(results["model"] == row["model"]) & (results["loss"] == row["loss"])]["test_acc"]
+        assert row["test_acc"] == pytest.approx(accs.mean())
+        half = 12.706204736 * accs.std(ddof=1) / math.sqrt(2)  # t(0.975, 1 dof)
+        assert row["test_acc_ci95"] == pytest.approx(half, rel=1e-6)
+    assert list(summary["test_acc"]) == sorted(summary["test_acc"], reverse=True)  # best first
+    assert "±" in (report / "summary.md").read_text()
+    # The summary is printed too.
+    assert "test_acc (mean ± 95% CI)" in output and f"report: {report / 'index.html'}" in output
+
+    page = (report / "index.html").read_text()
+    assert page.count('<article class="cell ok"') == 6
+    assert page.count("<img ") == len(COMPARATIVE) + 2 * 6
+    assert 'id="summary"' in page and "src=\"data:image/png;base64," in page
+
+
+def test_linear_templates_are_the_weights_and_others_are_input_gradients(seed_run):
+    run, _ = seed_run
+    for path in (run / "cells").glob("*.json"):
+        record = json.loads(path.read_text())
+        entry = record["templates"]
+        templates = load_file(str(run / entry["path"]))["templates"]
+        assert templates.shape == (10, 1, 28, 28)
+        if record["row"]["model"] == "linear":
+            assert entry["kind"] == "weights"
+            weight = load_file(str(run / record["row"]["weights"]))["fc.weight"]
+            np.testing.assert_array_equal(templates.reshape(10, -1), weight)
+        else:
+            assert entry["kind"] == "input gradient"
+            assert np.abs(templates).max() > 0
+
+
+def test_linear_templates_look_like_their_digits(tmp_path):
+    """For >= 8 of 10 digits, class k's template correlates best with the mean test image of class k."""
+    from plugins.datasets import load_mnist
+
+    code, output = bench("run", "--models", "linear", "--losses", "crossentropy", "--device", "cpu", "--limit",
+                         "5000", "--epochs", "2", "--out", tmp_path / "run", "-q")
+    assert code == 0, output
+    (record_path,) = (tmp_path / "run" / "cells").glob("*.json")
+    entry = json.loads(record_path.read_text())["templates"]
+    templates = load_file(str(tmp_path / "run" / entry["path"]))["templates"].reshape(10, -1)
+
+    x, y = load_mnist(tmp_path).test
+    x, y = x.numpy().reshape(len(x), -1), y.numpy()
+    means = np.stack([x[y == k].mean(0) for k in range(10)])
+
+    def matches(t):
+        corr = np.corrcoef(np.vstack([t, means]))[:10, 10:]
+        return int((corr.argmax(axis=1) == np.arange(10)).sum())
+
+    assert matches(templates) >= 8
+    # Control: templates that mean nothing (random weights of the same scale) do not pass.
+    rng = np.random.default_rng(0)
+    assert matches(rng.normal(0, templates.std(), templates.shape)) < 8
+
+
+def test_report_over_two_runs_compares_them(seed_run, tmp_path_factory):
+    first, _ = seed_run
+    second = tmp_path_factory.mktemp("b") / "run"
+    code, output = bench("run", "--models", "linear,mlp", "--param", "mlp.hidden=16,32", "--device", "cpu",
+                         "--limit", "1000", "--epochs", "1", "--out", second, "-q")
+    assert code == 0, output
+    out = tmp_path_factory.mktemp("compare")
+    code, output = bench("report", first, second, "--out", out)
+    assert code == 0, output
+
+    summary = pd.read_csv(out / "summary.csv")
+    labels = [f"{first.parent.name}/run", f"{second.parent.name}/run"]  # same folder name: more of the path
+    assert sorted(summary["run"].unique()) == sorted(labels)
+    assert len(summary) == 6 and len(pd.read_csv(out / "cells.csv")) == 9
+    # A swept parameter makes its own row.
+    second_models = summary.loc[summary["run"] == labels[1], "model"]
+    assert sorted(second_models) == ["linear", "mlp [hidden=16]", "mlp [hidden=32]"]
+    page = (out / "index.html").read_text()
+    assert all(label in page for label in labels) and page.count('<article class="cell') == 9
+    # The curves gain a row of panels per run.
+    single = png_shape(first / "report" / "figures" / "val_loss.png")[0]
+    assert png_shape(out / "figures" / "val_loss.png")[0] > 1.6 * single
+
+
+def test_failed_cell_still_reports_and_names_are_escaped(tmp_path):
+    run = tmp_path / "run"
+    code, output = bench("run", "-p", "tests.report_test_plugin", "--models", f"linear,{NAN_MODEL}",
+                         "--datasets", "blobs", "--losses", "crossentropy", "--device", "cpu", "--epochs", "3",
+                         "--batch-size", "16", "--lr", "0.05", "--out", run, "-q", "--report")
+    assert code == 1, output  # a failed cell: the run says so ...
+    report = run / "report"
+    summary = pd.read_csv(report / "summary.csv", keep_default_na=False)
+    assert len(summary) == 2  # ... and the report still shows it
+    failed = summary[summary["model"] == NAN_MODEL].iloc[0]
+    assert failed["status"] == "1 failed" and failed["seeds"] == "0/1" and "diverged" in failed["error"]
+    ok = summary[summary["model"] == "linear"].iloc[0]
+    assert ok["status"] == "ok" and float(ok["test_acc"]) > 0.9
+
+    page = (report / "index.html").read_text()
+    assert NAN_MODEL not in page and "nan&lt;i&gt;&quot;m&quot;" in page
+    assert not any(name in page for name in CLASSES if "<" in name or "&" in name)
+    assert '<article class="cell failed"' in page and "diverged" in page
+    # The linear cell of 2-D inputs still gets its templates (one strip per class) and confusion matrix.
+    linear_id = pd.read_csv(run / "results.csv").query("model == 'linear'")["cell_id"].iloc[0]
+    png_shape(report / "figures" / "cells" / f"r0-{linear_id}-templates.png")
+    png_shape(report / "figures" / "cells" / f"r0-{linear_id}-confusion.png")
+    assert "1 failed" in (report / "summary.md").read_text()
+
+
+def test_report_of_something_that_is_not_a_run_is_one_clear_error(tmp_path):
+    code, output = bench("report", tmp_path / "missing")
+    assert code == 2 and re.search(r"Error: .*missing: no such run directory", output)
+    code, output = bench("report", tmp_path)
+    assert code == 2 and "is not a run directory (no results.csv)" in output
+
+
+BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture
+def chromium() -> str:
+    """Debian's chromium driven by playwright; skipped where absent, but CI (which installs it) must have it."""
+    exe = os.environ.get("BENCH_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    missing = "" if exe else "no chromium on PATH (apt-get install -y chromium)"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        missing = missing or "the playwright package is not installed (pip install -e '.[test]')"
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI needs a headless browser for the report test: {missing}")
+        pytest.skip(missing)
+    return exe
+
+
+def test_index_html_renders_in_a_headless_browser(chromium, seed_run, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    index = seed_run[0] / "report" / "index.html"
+    shot = tmp_path / "index.png"
+    requested = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=BROWSER_ARGS)  # never a downloaded browser
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.on("request", lambda request: requested.append(request.url))
+            page.goto(index.as_uri(), wait_until="load")
+            widths = page.eval_on_selector_all("img", "imgs => imgs.map(i => i.complete ? i.naturalWidth : 0)")
+            rows = page.eval_on_selector_all("table#summary tbody tr", "rows => rows.map(r => r.innerText)")
+            page.screenshot(path=str(shot))
+        finally:
+            browser.close()
+    print(f"screenshot: {shot}")
+    assert len(widths) == len(COMPARATIVE) + 2 * 6 and min(widths) > 0  # every image loaded
+    assert len(rows) == 3 and all("mnist" in r for r in rows)  # the summary table is there
+    assert all(url.startswith(("file:", "data:")) for url in requested)  # nothing from a server
+    assert png_shape(shot)[:2] == (1000, 1400)
+
+
+def test_deep_linear_template_is_the_product_of_its_weights_which_is_its_input_gradient():
+    import torch
+
+    from bench.data import DataSplits
+    from bench.templates import class_templates, input_gradients
+    from plugins.models import make_deep_linear, make_mlp
+
+    torch.manual_seed(0)
+    x, y = torch.randn(60, 1, 4, 4), torch.arange(60) % 3
+    data = DataSplits((x, y), (x, y), (x, y), ["a", "b", "c"])
+    model = make_deep_linear((1, 4, 4), 3, hidden=5, depth=2)
+    templates, kind = class_templates(model, data)
+    assert kind == "weights" and templates.shape == (3, 1, 4, 4)
+    w1, w2, w3 = (layer.weight for layer in model.net if isinstance(layer, torch.nn.Linear))
+    torch.testing.assert_close(templates.reshape(3, 16), (w3 @ w2 @ w1).detach())
+    # A linear map's gradient is its weight, whatever the input: the two kinds agree here.
+    torch.testing.assert_close(input_gradients(model, x, y, 3), templates)
+
+    relu = make_mlp((1, 4, 4), 3, hidden=5)
+    templates, kind = class_templates(relu, data)
+    assert kind == "input gradient" and templates.shape == (3, 1, 4, 4)
+    # Class 0's template is the mean over class-0 inputs of d logit_0 / d input.
+    xs = x[y == 0].clone().requires_grad_(True)
+    relu(xs)[:, 0].sum().backward()
+    torch.testing.assert_close(templates[0], xs.grad.mean(0))
+
+
+def test_mean_ci_uses_student_t():
+    mean, std, half = mean_ci([1.0, 2.0, 3.0])
+    assert (mean, std) == (2.0, 1.0)
+    assert half == pytest.approx(4.302652730 / math.sqrt(3))  # t(0.975, 2 dof) * std / sqrt(n)
+    assert mean_ci([0.5])[0] == 0.5 and math.isnan(mean_ci([0.5])[2])
+    assert all(math.isnan(v) for v in mean_ci([]))
+
+
+def test_pareto_front_keeps_only_undominated_points():
+    times = np.array([1.0, 2.0, 3.0, 4.0, 2.5])
+    accs = np.array([0.5, 0.7, 0.6, 0.9, 0.8])
+    assert [int(i) for i in pareto_front(times, accs)] == [0, 1, 4, 3]
