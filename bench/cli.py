@@ -153,7 +153,8 @@ def _run(ctx, grid, models, losses, datasets, params, seeds, repeat, epochs, bat
     if not quiet:
         click.echo(f"gridbench {__version__}: {len(cells)} cell(s) on {device} -> {store.root}", err=True)
     if done:
-        labels = "; ".join(cell.label for cell in cells if cell.cell_id in done)
+        labels = [cell.label for cell in cells if cell.cell_id in done]
+        labels = "; ".join(labels[:10]) + (f"; and {len(labels) - 10} more" if len(labels) > 10 else "")
         click.echo(f"resume: {len(done)} of {len(cells)} cell(s) already finished in {store.root} are skipped "
                    f"(--force reruns them): {labels}", err=True)
     others = len({r["row"]["cell_id"] for r in store.records()} - {cell.cell_id for cell in cells})
