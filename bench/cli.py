@@ -158,7 +158,7 @@ def _run(ctx, grid, models, losses, datasets, params, seeds, repeat, epochs, bat
         click.echo(f"resume: {len(done)} of {len(cells)} cell(s) already finished in {store.root} are skipped "
                    f"(--force reruns them): {labels}", err=True)
     others = len({r["row"]["cell_id"] for r in store.records()} - {cell.cell_id for cell in cells})
-    if others:
+    if others and not quiet:
         click.echo(f"note: {store.root} also holds {others} cell(s) of other grids; results.csv lists them too",
                    err=True)
 
