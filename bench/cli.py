@@ -100,17 +100,31 @@ def run(ctx, grid, models, losses, datasets, params, seeds, repeat, epochs, batc
         _run(ctx, grid, models, losses, datasets, params, seeds, repeat, epochs, batch_size, lr, optimizer, limit,
              device_spec, out, data_dir, force, dry_run, quiet, plugin_modules)
     except KeyboardInterrupt:
-        from bench.store import RunStore
+        _report_interrupt(ctx, out)
+        sys.exit(130)
 
+
+def _report_interrupt(ctx: click.Context, out: Path) -> None:
+    """After Ctrl-C: bring the tables up to date with the finished cells and say how to resume."""
+    import signal
+
+    from bench.store import RunStore
+
+    try:  # a second Ctrl-C while saving would only print a traceback: the records are already safe
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread
+        previous = None
+    try:
         store = RunStore(out)
         if store.cells_dir.is_dir():
             store.rebuild_tables()
-            done = len(store.records())
-            click.echo(f"\ninterrupted: {done} cell record(s) are saved in {out}. Resume with:\n"
+            click.echo(f"\ninterrupted: {len(store.records())} cell record(s) are saved in {out}. Resume with:\n"
                        f"  {resume_command(ctx, out)}", err=True)
         else:
             click.echo("\ninterrupted before anything was written.", err=True)
-        sys.exit(130)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _run(ctx, grid, models, losses, datasets, params, seeds, repeat, epochs, batch_size, lr, optimizer, limit,

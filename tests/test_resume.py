@@ -175,3 +175,32 @@ def test_repeat_n_runs_seeds_0_to_n_minus_1_and_prints_statistics(tmp_path):
     assert "paired comparisons" in result.stdout
     pair = next(l for l in lines if l.startswith("mnist ") and "mlp+crossentropy" in l and "linear+crossentropy" in l)
     assert pair.split()[3] == "3"  # n shared seeds
+
+
+def test_leftovers_of_a_crash_between_writes_are_ignored_and_the_cell_redone(tmp_path):
+    """What kill -9 can leave: temporary files half written, weights saved but the record not yet."""
+    out = tmp_path / "run"
+    args = ["run", "--models", "linear", "--seeds", "0,1,2", "--limit", "500", "--epochs", "1", "--device", "cpu",
+            "-q", "--out", str(out)]
+    runner = CliRunner()
+    assert runner.invoke(main, args).exit_code == 0
+    rows = read_rows(out / "results.csv")
+    victim = rows[1]["cell_id"]
+    (out / "cells" / f"{victim}.json").unlink()  # died after writing the weights, before the record
+    (out / "cells" / f".{victim}.json.k3j2h1").write_text('{"row": {"cell_id": "')  # a torn temporary record
+    (out / ".results.csv.x9y8z7").write_text("cell_id,model\nabc")  # a torn temporary table
+    (out / "results.csv").write_text("cell_id\n")  # a table behind the records
+    before = snapshot(out)
+
+    dry = runner.invoke(main, [*args, "--dry-run"])
+    assert [line.split()[0] for line in dry.stdout.splitlines()[1:]] == ["done", "run", "done"]
+    again = runner.invoke(main, args)
+    assert again.exit_code == 0, again.output
+    assert "resume: 2 of 3 cell(s) already finished" in again.stderr
+    after_rows = read_rows(out / "results.csv")
+    assert [r["cell_id"] for r in after_rows] == [r["cell_id"] for r in rows]  # one row per cell, grid order
+    assert after_rows[1]["test_acc"] == rows[1]["test_acc"]  # redone, deterministically
+    after = snapshot(out)
+    assert after[f"weights/{victim}.safetensors"][1] != before[f"weights/{victim}.safetensors"][1]
+    for row in (rows[0], rows[2]):
+        assert after[f"cells/{row['cell_id']}.json"] == before[f"cells/{row['cell_id']}.json"]
