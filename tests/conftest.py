@@ -31,10 +31,17 @@ def cli():
     return invoke
 
 
+def bench_env() -> dict[str, str]:
+    """The environment for a ``python -m bench`` subprocess: this checkout first, no installed plugins."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    env["BENCH_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+    return env
+
+
 def run_bench(*args, cwd=None, env=None, **kwargs):
     """Run ``python -m bench`` as a real subprocess against this checkout."""
     import subprocess
 
-    full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "bench", *map(str, args)], cwd=cwd or REPO, env=full_env,
-                          capture_output=True, text=True, **kwargs)
+    return subprocess.run([sys.executable, "-m", "bench", *map(str, args)], cwd=cwd or REPO,
+                          env={**bench_env(), **(env or {})}, capture_output=True, text=True, **kwargs)
