@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from bench import stats
 from bench.errors import BenchError
 from bench.store import atomic_write
 from reports import cellfigs, figures, html
@@ -92,6 +93,31 @@ def _cells(runs: Runs, out: Path) -> tuple[list[html.CellEntry], dict[str, list[
     return entries, made
 
 
+def _comparisons(runs: Runs) -> pd.DataFrame:
+    """Paired comparisons on shared seeds (``bench.stats.compare``), within each run."""
+    frames = []
+    for run in runs.runs:
+        results = runs.results[runs.results["run"] == run.label]
+        table = stats.compare(results)
+        if len(table):
+            frames.append(table.assign(run=run.label) if runs.several else table)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _comparisons_shown(table: pd.DataFrame) -> pd.DataFrame:
+    shown = pd.DataFrame({
+        **({"run": table["run"]} if "run" in table else {}),
+        "dataset": table["dataset"], "a": table["a"], "b": table["b"], "seeds": table["n"],
+        "diff a-b": [_number(v, "+.4f") for v in table["diff"]],
+        "95% CI": [f"[{_number(lo, '+.4f')}, {_number(hi, '+.4f')}]" for lo, hi in zip(table["ci_low"],
+                                                                                     table["ci_high"])],
+        "p": [_number(v, ".3g") for v in table["p"]],
+        "p (Holm)": [_number(v, ".3g") for v in table["p_holm"]],
+        "verdict": table["verdict"],
+    })
+    return shown
+
+
 def _runs_table(runs: Runs) -> pd.DataFrame:
     rows = []
     for run in runs.runs:
@@ -124,6 +150,9 @@ def build_report(run_dirs: list[Path | str], out: Path | str | None = None) -> R
         summary_shown = summary_shown.drop(columns="error")  # no failures: no empty column
     _write_tables(tables.summary, summary_shown, out, "summary", "summary")
     _write_tables(tables.cells, tables.display(tables.cells), out, "cells", "cells")
+    comparisons = _comparisons(runs)
+    if len(comparisons):
+        _write_tables(comparisons, _comparisons_shown(comparisons), out, "comparisons", "comparisons")
 
     fig_dir = out / "figures"
     made = {
@@ -144,7 +173,8 @@ def build_report(run_dirs: list[Path | str], out: Path | str | None = None) -> R
     cells, cell_figures = _cells(runs, out)
     title = "gridbench report: " + ", ".join(run.label for run in runs.runs)
     page = html.page(title, _runs_table(runs), summary_shown,
-                     [(captions[k], p) for k, p in made.items() if p is not None], cells, notes)
+                     [(captions[k], p) for k, p in made.items() if p is not None], cells, notes,
+                     _comparisons_shown(comparisons) if len(comparisons) else None)
     index = out / "index.html"
     atomic_write(index, page)
     return Report(out, index, tables, {k: p for k, p in made.items() if p is not None}, cell_figures)

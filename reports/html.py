@@ -64,7 +64,7 @@ def standalone_table(frame: pd.DataFrame, table_id: str, title: str) -> str:
 
 
 def page(title: str, runs_table: pd.DataFrame, summary: pd.DataFrame, figures: list[tuple[str, Path]],
-         cells: list[CellEntry], notes: list[str]) -> str:
+         cells: list[CellEntry], notes: list[str], comparisons: pd.DataFrame | None = None) -> str:
     failed = [c for c in cells if c.status != "ok"]
     parts = [
         "<!doctype html>", '<html lang="en"><head><meta charset="utf-8">',
@@ -84,6 +84,14 @@ def page(title: str, runs_table: pd.DataFrame, summary: pd.DataFrame, figures: l
         parts += [f'<li><a href="#{c.anchor}">{escape(c.title)}</a>: <span class="error">'
                   f"{escape(c.status)}: {escape(c.error)}</span></li>" for c in failed]
         parts.append("</ul>")
+    if comparisons is not None:
+        parts += [
+            '<h3 id="comparisons-section">Paired comparisons</h3>',
+            ('<p class="muted">Test accuracy of configurations that share a dataset and training recipe, '
+             "compared seed by seed (paired t-test on shared seeds), p-values Holm-corrected across the table; "
+             "tied = not significant at 0.05.</p>"),
+            table(comparisons, "comparisons"),
+        ]
     parts.append("</section>")
     parts.append('<section id="figures"><h2>Figures</h2>')
     parts += [f'<p class="muted">{escape(n)}</p>' for n in notes]

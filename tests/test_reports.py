@@ -74,7 +74,16 @@ def test_run_report_has_tables_figures_and_a_template_and_confusion_per_cell(see
     # The summary is printed too.
     assert "test_acc (mean ± 95% CI)" in output and f"report: {report / 'index.html'}" in output
 
+    # The paired comparisons (two shared seeds per pair) are in the report too, three pairs of three configs.
+    comparisons = pd.read_csv(report / "comparisons.csv")
+    assert len(comparisons) == 3 and (comparisons["n"] == 2).all()
+    linear = comparisons[(comparisons["a"] == "linear+mse") & (comparisons["b"] == "linear+crossentropy")].iloc[0]
+    by_seed = results.set_index(["model", "loss", "seed"])["test_acc"]
+    diffs = [by_seed[("linear", "mse", s)] - by_seed[("linear", "crossentropy", s)] for s in (0, 1)]
+    assert linear["diff"] == pytest.approx(sum(diffs) / 2)
+
     page = (report / "index.html").read_text()
+    assert 'id="comparisons"' in page and "Holm" in page
     assert page.count('<article class="cell ok"') == 6
     assert page.count("<img ") == len(COMPARATIVE) + 2 * 6
     assert 'id="summary"' in page and "src=\"data:image/png;base64," in page
