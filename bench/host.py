@@ -235,7 +235,9 @@ class Host:
     ``BENCH_DISABLE_PLUGIN_AUTOLOAD`` is set.
     """
 
-    def __init__(self, modules: Iterable[str] = (), *, autoload: bool | None = None, builtins: bool = True):
+    def __init__(self, modules: Iterable[str] = (), *, autoload: bool | None = None, builtins: bool = True,
+                 strict: bool | None = None):
+        self.strict = _strict() if strict is None else strict
         self.pm = pluggy.PluginManager(PROJECT)
         self.pm.add_hookspecs(hookspecs)
         self.plugins: dict[str, PluginInfo] = {}
@@ -310,7 +312,7 @@ class Host:
     def _broken(self, info: PluginInfo, exc: BaseException, during: str = "") -> None:
         """Record a plugin as broken and warn once, or raise under BENCH_STRICT_PLUGINS."""
         what = f"failed in {during}" if during else "failed to load"
-        if _strict():
+        if self.strict:
             raise BrokenPlugin(f"plugin '{info.name}'{_origin(info)} {what}: {_describe_error(exc)}") from exc
         info.status = "broken"
         info.error = f"{during} raised {_describe_error(exc)}" if during else _describe_error(exc)
