@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from datetime import datetime
@@ -50,10 +51,10 @@ class BenchGroup(click.Group):
         return root.meta["bench.plugin_commands"]
 
 
-def plugin_option(f):
+def plugin_option(f, **kwargs):
     return click.option(
         "-p", "plugin_modules", multiple=True, metavar="MODULE",
-        help="Load the plugin module MODULE (import path) for this run; -p no:NAME blocks plugin NAME.",
+        help="Load the plugin module MODULE (import path) for this run; -p no:NAME blocks plugin NAME.", **kwargs,
     )(f)
 
 
@@ -73,7 +74,7 @@ def make_host(plugin_modules=()):
 
 @click.group(cls=BenchGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="gridbench")
-@plugin_option
+@functools.partial(plugin_option, is_eager=True)  # eager: seen before --help lists plugin commands
 def main(plugin_modules):
     """gridbench: run grids of training experiments (models x losses x datasets) and compare them.
 

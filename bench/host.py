@@ -284,7 +284,9 @@ class Host:
         self._registry = None
 
     def _load_entry_points(self) -> None:
-        for ep in importlib.metadata.entry_points(group=PROJECT):
+        # Sorted by name: the order decides which plugin wins a duplicate name, so it must not
+        # depend on the order in which the file system lists distributions.
+        for ep in sorted(importlib.metadata.entry_points(group=PROJECT), key=lambda ep: ep.name):
             if self.pm.is_blocked(ep.name) or ep.name in self.plugins:
                 continue
             dist = getattr(ep, "dist", None)
