@@ -304,6 +304,8 @@ class Host:
             self._register(plugin, info)
 
     def _register(self, plugin: object, info: PluginInfo) -> None:
+        if self.pm.get_name(plugin) is not None:
+            return  # the same module again (e.g. an installed plugin also given with -p): loaded once
         try:
             self.pm.register(plugin, name=info.name)
         except Exception as exc:  # e.g. a hookimpl with a misspelled argument

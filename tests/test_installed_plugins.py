@@ -9,6 +9,7 @@ subprocess, ``python -m bench``, with autoloading switched back on.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -71,10 +72,12 @@ def site(tmp_path_factory) -> Path:
                 '''Greet from an installed plugin.'''
                 click.echo("greetings from bench-extras-plugin")
         """)
+    example = root / "gridbench-example"  # a copy: building writes *.egg-info next to the sources
+    shutil.copytree(EXAMPLE, example, ignore=shutil.ignore_patterns("*.egg-info", "build", "__pycache__"))
     target = root / "site"
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--no-index",
-         "--target", str(target), str(broken), str(extras), str(EXAMPLE)],
+         "--target", str(target), str(broken), str(extras), str(example)],
         check=True, capture_output=True, text=True,
     )
     assert sorted(p.name for p in target.glob("*.dist-info")) == [

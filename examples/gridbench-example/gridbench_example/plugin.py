@@ -8,7 +8,7 @@ from gridbench_example.spirals import load_two_spirals
 
 @hookimpl
 def bench_register_models(register):
-    register("rff-linear", make_rff_linear, params={"features": 512, "scale": 6.0},
+    register("rff-linear", make_rff_linear, params={"features": 512, "scale": 8.0},
              description="linear layer on random Fourier features: linear, but not in input space")
 
 
