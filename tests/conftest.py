@@ -9,3 +9,6 @@ import os
 
 os.environ["BENCH_DISABLE_PLUGIN_AUTOLOAD"] = "1"
 os.environ.pop("BENCH_STRICT_PLUGINS", None)
+
+#: The fixtures that gridbench ships for plugin authors (bench_host, bench_run); the suite uses them too.
+pytest_plugins = ["bench.testing"]
