@@ -238,7 +238,10 @@ def plugins(plugin_modules):
     from bench.host import PLURAL
 
     host, _ = make_host(plugin_modules)
+    seen = len(host.warnings)
     host.collect_commands(main)
+    for warning in host.warnings[seen:]:
+        click.echo(warning, err=True)
     for info in host.plugins.values():
         origin = f"{info.distribution} {info.version}".strip() or "-"
         status = info.status if info.status == "ok" else f"{info.status}: {info.error}"

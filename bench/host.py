@@ -311,6 +311,13 @@ class Host:
         except Exception as exc:  # e.g. a hookimpl with a misspelled argument
             self._broken(info, exc)
             return
+        unknown = sorted(caller.name for caller in self.pm.get_hookcallers(plugin) or () if caller.spec is None)
+        if unknown:  # a misspelled hook name would otherwise never be called, silently
+            self.pm.unregister(plugin)
+            specs = [name for name in dir(hookspecs) if name.startswith(f"{PROJECT}_")]
+            self._broken(info, BenchError(f"@hookimpl {unknown[0]} is not a gridbench hook"
+                                          f"{close_match_hint(unknown[0], specs)}"))
+            return
         self.plugins[info.name] = info
 
     def _broken(self, info: PluginInfo, exc: BaseException, during: str = "") -> None:

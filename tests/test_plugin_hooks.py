@@ -245,3 +245,16 @@ def test_p_no_blocks_a_builtin_plugin():
     losses = result.output.split("losses:")[1].split("datasets:")[0]
     assert losses.strip() == ""
     assert "plugins.losses" not in invoke("plugins", "-p", "no:plugins.losses").output
+
+
+def test_a_misspelled_hook_is_reported_not_silently_ignored(plugin_module):
+    name = plugin_module("""
+        @hookimpl
+        def bench_register_model(register):
+            register("never-seen", lambda shape, n: None)
+    """)
+    result = invoke("plugins", "-p", name)
+    assert result.exit_code == 0
+    assert result.stderr.splitlines() == [
+        f"warning: plugin '{name}' failed to load and was skipped: BenchError: @hookimpl bench_register_model is not "
+        "a gridbench hook (did you mean 'bench_register_models'?)"]
