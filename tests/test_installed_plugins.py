@@ -210,3 +210,27 @@ def test_the_example_plugin_trains_after_pip_install(site, tmp_path):
     assert table.loc["rff-linear", "status"] == "ok"
     assert table.loc["rff-linear", "test_acc"] > 0.9  # linear in random Fourier features solves the spirals
     assert table.loc["linear", "test_acc"] < 0.75  # a linear classifier in input space does not
+
+
+def test_an_installed_plugin_whose_hook_raises_is_one_warning_naming_its_distribution(tmp_path):
+    package = write_package(tmp_path, "bench-failing-hook", "bench_failing_hook", "failing", """\
+        from bench import hookimpl
+
+
+        @hookimpl
+        def bench_register_datasets(register):
+            register("half-done", lambda data_dir: None)
+            raise OSError("cannot reach the data server")
+        """)
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--no-index", "--target", str(target), str(package)], check=True, capture_output=True)
+    result = bench(target, "plugins")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        "warning: plugin 'failing' (distribution bench-failing-hook 0.1.0) failed in bench_register_datasets and "
+        "was skipped: OSError: cannot reach the data server"]
+    line = next(line for line in result.stdout.splitlines() if line.startswith("failing "))
+    assert line.split()[1:4] == ["bench-failing-hook", "0.1.0", "entry"]
+    assert line.endswith("broken: bench_register_datasets raised OSError: cannot reach the data server")
+    assert "half-done" not in bench(target, "list").stdout
