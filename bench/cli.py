@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import functools
 import shlex
 import sys
 from datetime import datetime
@@ -17,7 +17,11 @@ DEFAULT_DATA_DIR = Path("~/.cache/gridbench").expanduser()
 
 
 class BenchGroup(click.Group):
-    """Turns user errors into one line on stderr and exit status 2, never a traceback."""
+    """Turns user errors into one line on stderr and exit status 2, never a traceback.
+
+    Commands that plugins add through the ``bench_cli`` hook are looked up only when a name is not
+    a built-in command (or for the command list), so built-in commands never pay for it.
+    """
 
     def make_context(self, info_name, args, parent=None, **extra):
         # remember the command line as given, for env.json and resume hints
@@ -35,18 +39,42 @@ class BenchGroup(click.Group):
             click.echo(f"Error: {exc.format_message()}{where}", err=True)
             ctx.exit(2)
 
+    def get_command(self, ctx, cmd_name):
+        return super().get_command(ctx, cmd_name) or self.plugin_commands(ctx).get(cmd_name)
 
-def plugin_option(f):
+    def list_commands(self, ctx):
+        return sorted({*super().list_commands(ctx), *self.plugin_commands(ctx)})
+
+    def plugin_commands(self, ctx) -> dict:
+        root = ctx.find_root()
+        if "bench.plugin_commands" not in root.meta:
+            from bench.host import Host
+
+            try:
+                host = Host(root.params.get("plugin_modules") or ())
+            except BenchError as exc:
+                raise click.UsageError(str(exc)) from None
+            root.meta["bench.plugin_commands"] = host.collect_commands(self)
+            for warning in host.warnings:
+                click.echo(warning, err=True)
+        return root.meta["bench.plugin_commands"]
+
+
+def plugin_option(f, **kwargs):
     return click.option(
         "-p", "plugin_modules", multiple=True, metavar="MODULE",
-        help="Load the plugin module MODULE (import path) for this run; -p no:NAME blocks plugin NAME.",
+        help="Load the plugin module MODULE (import path) for this run; -p no:NAME blocks plugin NAME.", **kwargs,
     )(f)
 
 
-def make_host(plugin_modules):
+def make_host(plugin_modules=()):
+    """The plugin host for one command: built-ins, installed plugins (unless autoload is off), and
+    the ``-p`` modules given before the command name and to the command itself."""
     from bench.host import Host
 
-    host = Host(plugin_modules)
+    ctx = click.get_current_context(silent=True)
+    group_modules = ctx.find_root().params.get("plugin_modules") or () if ctx else ()
+    host = Host([*group_modules, *plugin_modules])
     registry = host.registry  # collect now so that plugin warnings come first
     for warning in host.warnings:
         click.echo(warning, err=True)
@@ -55,7 +83,8 @@ def make_host(plugin_modules):
 
 @click.group(cls=BenchGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="gridbench")
-def main():
+@functools.partial(plugin_option, is_eager=True)  # eager: seen before --help lists plugin commands
+def main(plugin_modules):
     """gridbench: run grids of training experiments (models x losses x datasets) and compare them.
 
     \b
@@ -64,12 +93,14 @@ def main():
       bench run --grid all --device cpu     # every model x loss x available dataset
       bench run --models mlp --param mlp.hidden=64,256 --seeds 0,1
       bench list                            # what can go into a grid
+      bench plugins                         # loaded plugins and what each registered
     """
 
 
 @main.command()
-@click.option("--grid", "grid", metavar="NAME", help="Preset grid: all (every model x loss x available dataset) "
-              "or seed (the notebook's three cells). Default: seed, unless --models/--losses/--datasets are given.")
+@click.option("--grid", "grid", metavar="NAME", help="A registered grid (bench list shows them): all (every model x "
+              "loss x available dataset), seed (the notebook's three cells), or one from a plugin. Default: seed, "
+              "unless --models/--losses/--datasets are given.")
 @click.option("--models", metavar="A,B", help="Models to run (restricts --grid).")
 @click.option("--losses", metavar="A,B", help="Losses to run (restricts --grid; default crossentropy).")
 @click.option("--datasets", metavar="A,B", help="Datasets to run (restricts --grid; default mnist).")
@@ -331,7 +362,7 @@ def write_report(run_dirs: list[Path], out: Path | None) -> None:
 @main.command(name="list")
 @plugin_option
 def list_(plugin_modules):
-    """List the models, losses and datasets that can go into a grid, with their parameters."""
+    """List the models, losses, datasets and grids that plugins registered, with their parameters."""
     from bench.host import KINDS, PLURAL
 
     host, registry = make_host(plugin_modules)
@@ -341,21 +372,29 @@ def list_(plugin_modules):
             params = ", ".join(f"{k}={v!r}" for k, v in c.params.items())
             click.echo(f"  {c.name:<16} {c.description}")
             click.echo(f"  {'':<16} params: {params or '-'}   plugin: {c.plugin}")
+    click.echo(click.style("grids:", bold=True))
+    for g in registry.grids():
+        click.echo(f"  {g.name:<16} {g.description}")
+        click.echo(f"  {'':<16} plugin: {g.plugin}")
 
 
 @main.command()
 @plugin_option
 def plugins(plugin_modules):
-    """List the loaded plugins: distribution, version, what each registered and its status."""
+    """List the plugins: distribution and version, what each registered, and its status."""
     from bench.host import PLURAL
 
     host, _ = make_host(plugin_modules)
+    seen = len(host.warnings)
+    host.collect_commands(main)
+    for warning in host.warnings[seen:]:
+        click.echo(warning, err=True)
     for info in host.plugins.values():
-        origin = f"{info.distribution} {info.version}".strip() or info.source
-        what = "; ".join(f"{PLURAL[k]}: {', '.join(v) or '-'}" for k, v in info.registered.items()) or "-"
+        origin = f"{info.distribution} {info.version}".strip() or "-"
         status = info.status if info.status == "ok" else f"{info.status}: {info.error}"
-        click.echo(f"{info.name:<20} {origin:<24} {status}")
-        click.echo(f"{'':<20} {what}")
+        what = "; ".join(f"{PLURAL[k]}: {', '.join(v)}" for k, v in info.registered.items() if v) or "nothing"
+        click.echo(f"{info.name:<24} {origin:<24} {info.source:<12} {status}")
+        click.echo(f"{'':<24} registered {what}")
 
 
 if __name__ == "__main__":  # pragma: no cover

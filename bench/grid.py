@@ -11,9 +11,8 @@ from typing import Any
 from bench.errors import BenchError
 from bench.host import Registry, unknown_name_error
 
-#: The notebook's three cells.
+#: The notebook's three cells (registered as the grid ``seed`` by ``plugins.grids``).
 SEED_GRID = (("linear", "mse", "mnist"), ("linear", "crossentropy", "mnist"), ("mlp", "crossentropy", "mnist"))
-GRIDS = ("all", "seed")
 OPTIMIZERS = ("adam", "sgd")
 COMPONENT_KINDS = ("model", "loss", "dataset")
 
@@ -174,6 +173,14 @@ def parse_params(specs: list[str], registry: Registry, selected: dict[str, list[
     return parsed
 
 
+def restrict(triples: list[tuple[str, str, str]], explicit: dict[str, list[str] | None]) -> list[tuple[str, str, str]]:
+    """The grid's triples whose components are in the explicit lists, ordered as those lists are."""
+    kept = [t for t in dict.fromkeys(triples)
+            if all(explicit[k] is None or t[i] in explicit[k] for i, k in enumerate(COMPONENT_KINDS))]
+    return sorted(kept, key=lambda t: tuple(explicit[k].index(t[i]) if explicit[k] else 0
+                                            for i, k in enumerate(COMPONENT_KINDS)))
+
+
 def _component_variants(name: str, sweeps: dict[str, dict[str, list]]) -> list[dict[str, Any]]:
     sweep = sweeps.get(name, {})
     keys = sorted(sweep)
@@ -194,10 +201,11 @@ def expand(
 ) -> list[Cell]:
     """The cells to run, dataset-major so that each dataset is loaded once.
 
-    ``grid`` names a preset (``all``: every registered model x loss x dataset; ``seed``: the
-    notebook's three cells); explicit ``models``/``losses``/``datasets`` restrict its axes. With no
-    grid, the explicit lists are crossed, missing ones defaulting to linear / crossentropy / mnist.
-    With neither, the ``seed`` grid runs.
+    ``grid`` names a registered grid (built-ins: ``all``, every registered model x loss x dataset;
+    ``seed``, the notebook's three cells; plugins add more through ``bench_register_grids``);
+    explicit ``models``/``losses``/``datasets`` restrict its axes. With no grid, the explicit lists
+    are crossed, missing ones defaulting to linear / crossentropy / mnist. With neither, the
+    ``seed`` grid runs.
     """
     explicit = {"model": models, "loss": losses, "dataset": datasets}
     for kind, names in explicit.items():
@@ -210,13 +218,8 @@ def expand(
     if grid is None:
         defaults = {"model": ["linear"], "loss": ["crossentropy"], "dataset": ["mnist"]}
         triples = list(itertools.product(*((explicit[k] or defaults[k]) for k in COMPONENT_KINDS)))
-    elif grid == "all":
-        triples = list(itertools.product(*((explicit[k] or registry.names(k)) for k in COMPONENT_KINDS)))
-    elif grid == "seed":
-        triples = [t for t in SEED_GRID
-                   if all(explicit[k] is None or t[i] in explicit[k] for i, k in enumerate(COMPONENT_KINDS))]
     else:
-        raise unknown_name_error("grid", grid, GRIDS)
+        triples = restrict(registry.get_grid(grid).triples(registry), explicit)
     if not triples:
         raise BenchError(f"the grid '{grid}' has no cells with the given --models/--losses/--datasets")
 

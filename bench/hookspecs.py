@@ -46,3 +46,28 @@ def bench_register_datasets(register):
     ``bench.DataSplits``. A dataset that cannot be had here (e.g. offline, not cached) raises
     ``bench.DatasetUnavailable`` with the reason and how to get it.
     """
+
+
+@hookspec
+def bench_register_grids(register):
+    """Register named grids, so that ``bench run --grid NAME`` can come from a plugin.
+
+    Called once when components are collected, after the component hooks. ``register(name, cells,
+    description="")`` where ``cells`` is a sequence of ``(model, loss, dataset)`` name triples, or a
+    callable ``cells(registry) -> iterable of (model, loss, dataset)`` for a grid that depends on
+    what is registered (the built-in ``all`` is one). ``--models/--losses/--datasets`` restrict a
+    grid's cells; ``--param`` and ``--seeds`` cross them. The built-ins ``all`` and ``seed`` are
+    registered through this hook by ``plugins.grids``.
+    """
+
+
+@hookspec
+def bench_cli(cli):
+    """Add commands to the ``bench`` command line.
+
+    Called when ``bench`` is asked for a command it does not know, or for its command list
+    (``bench --help``). ``cli`` is the click group ``bench.cli.main``: add commands with
+    ``@cli.command()`` or ``cli.add_command(command)``. A name that is already taken is refused
+    and the plugin reported as broken. Built-ins, installed plugins and ``bench -p MODULE`` (before
+    the command name) take part.
+    """

@@ -8,6 +8,7 @@ through the same path: import a module, ``PluginManager.register`` it, then call
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
 import importlib.metadata
 import os
@@ -24,10 +25,19 @@ from bench.errors import BenchError
 class DuplicateComponent(BenchError):
     """Two plugins registered the same name for the same kind."""
 
-#: Built-in plugin modules, loaded exactly like a ``-p`` module.
-BUILTIN_PLUGINS = ("plugins.models", "plugins.losses", "plugins.datasets")
 
-PLURAL = {"model": "models", "loss": "losses", "dataset": "datasets"}
+class BrokenPlugin(RuntimeError):
+    """A plugin failed to load or its hook raised, under ``BENCH_STRICT_PLUGINS=1``.
+
+    Deliberately not a :class:`BenchError`: the CLI lets it through with its traceback, which is
+    what a plugin developer needs.
+    """
+
+
+#: Built-in plugin modules, loaded exactly like a ``-p`` module.
+BUILTIN_PLUGINS = ("plugins.models", "plugins.losses", "plugins.datasets", "plugins.grids")
+
+PLURAL = {"model": "models", "loss": "losses", "dataset": "datasets", "grid": "grids", "command": "commands"}
 
 #: Component kind -> the hook that registers it.
 KINDS = {
@@ -35,6 +45,10 @@ KINDS = {
     "loss": "bench_register_losses",
     "dataset": "bench_register_datasets",
 }
+GRID_HOOK = "bench_register_grids"
+CLI_HOOK = "bench_cli"
+
+Triple = tuple[str, str, str]
 
 
 @dataclass(frozen=True)
@@ -47,6 +61,37 @@ class Component:
     params: Mapping[str, Any]
     description: str
     plugin: str
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A named grid: ``(model, loss, dataset)`` triples, or a function of the registry giving them."""
+
+    name: str
+    cells: Callable[[Registry], Iterable[Triple]] | tuple[Triple, ...]
+    description: str
+    plugin: str
+
+    def triples(self, registry: Registry) -> list[Triple]:
+        """The grid's cells, each checked to name registered components."""
+        where = f"grid '{self.name}' (plugin '{self.plugin}')"
+        try:
+            cells = list(self.cells(registry) if callable(self.cells) else self.cells)
+        except BenchError:
+            raise
+        except Exception as exc:
+            raise BenchError(f"{where} failed to list its cells: {_describe_error(exc)}") from exc
+        triples = []
+        for cell in cells:
+            if not (isinstance(cell, (tuple, list)) and len(cell) == 3 and all(isinstance(n, str) for n in cell)):
+                raise BenchError(f"{where}: a cell must be a (model, loss, dataset) triple of names, got {cell!r}")
+            for kind, name in zip(KINDS, cell):
+                try:
+                    registry.get(kind, name)
+                except BenchError as exc:
+                    raise BenchError(f"{where}: {exc}") from None
+            triples.append(tuple(cell))
+        return triples
 
 
 @dataclass
@@ -80,6 +125,7 @@ class Registry:
 
     def __init__(self) -> None:
         self._items: dict[str, dict[str, Component]] = {kind: {} for kind in KINDS}
+        self._grids: dict[str, Grid] = {}
 
     def register_callback(self, kind: str, plugin: str) -> Callable[..., None]:
         """The ``register`` function handed to one plugin's hook for one kind."""
@@ -110,6 +156,51 @@ class Registry:
             )
         self._items[kind][name] = Component(kind, name, factory, dict(params), description, plugin)
 
+    def grid_callback(self, plugin: str) -> Callable[..., None]:
+        """The ``register`` function handed to one plugin's ``bench_register_grids``."""
+
+        def register(name, cells, description=""):
+            self.add_grid(plugin, name, cells, description)
+
+        return register
+
+    def add_grid(self, plugin, name, cells, description="") -> None:
+        where = f"plugin '{plugin}' registered grid"
+        if not isinstance(name, str) or not name or any(c in name for c in " ,=\t\n"):
+            raise BenchError(f"{where} {name!r}: a name must be a non-empty string without spaces, ',' or '='")
+        if not callable(cells):
+            if isinstance(cells, (str, bytes)) or not isinstance(cells, Iterable):
+                raise BenchError(f"{where} '{name}': cells must be (model, loss, dataset) triples or a callable")
+            cells = tuple(tuple(c) if isinstance(c, (tuple, list)) else c for c in cells)
+        if not isinstance(description, str):
+            raise BenchError(f"{where} '{name}': description must be a string")
+        existing = self._grids.get(name)
+        if existing is not None:
+            raise DuplicateComponent(
+                f"grid '{name}' is registered twice: by plugin '{existing.plugin}' and by plugin '{plugin}'"
+            )
+        self._grids[name] = Grid(name, cells, description, plugin)
+
+    def grid_names(self) -> list[str]:
+        return sorted(self._grids)
+
+    def grids(self) -> list[Grid]:
+        return [self._grids[n] for n in self.grid_names()]
+
+    def get_grid(self, name: str) -> Grid:
+        try:
+            return self._grids[name]
+        except KeyError:
+            raise unknown_name_error("grid", name, self._grids) from None
+
+    def remove_plugin(self, plugin: str) -> None:
+        """Forget everything ``plugin`` registered (it turned out to be broken)."""
+        for items in self._items.values():
+            for name in [n for n, c in items.items() if c.plugin == plugin]:
+                del items[name]
+        for name in [n for n, g in self._grids.items() if g.plugin == plugin]:
+            del self._grids[name]
+
     def names(self, kind: str) -> list[str]:
         return sorted(self._items[kind])
 
@@ -136,9 +227,17 @@ def _describe_error(exc: BaseException) -> str:
 
 
 class Host:
-    """A plugin manager with its plugins loaded and their components collected."""
+    """A plugin manager with its plugins loaded and their components collected.
 
-    def __init__(self, modules: Iterable[str] = (), *, autoload: bool | None = None, builtins: bool = True):
+    ``modules`` are ``-p`` arguments: import paths of plugin modules to load, or ``no:NAME`` to
+    block the plugin ``NAME`` (a built-in module, an entry-point name or a module). ``autoload``
+    loads the installed distributions' entry points (group ``bench``); by default it is on unless
+    ``BENCH_DISABLE_PLUGIN_AUTOLOAD`` is set.
+    """
+
+    def __init__(self, modules: Iterable[str] = (), *, autoload: bool | None = None, builtins: bool = True,
+                 strict: bool | None = None):
+        self.strict = _strict() if strict is None else strict
         self.pm = pluggy.PluginManager(PROJECT)
         self.pm.add_hookspecs(hookspecs)
         self.plugins: dict[str, PluginInfo] = {}
@@ -165,21 +264,17 @@ class Host:
         """Import a module by dotted path and register it as a plugin named after it."""
         if self.pm.is_blocked(module_name) or module_name in self.plugins:
             return
+        info = PluginInfo(module_name, source, *_distribution_of(module_name))
         try:
             module = importlib.import_module(module_name)
         except ImportError as exc:
             if source == "-p" and getattr(exc, "name", None) == module_name:
                 raise BenchError(f"-p {module_name}: no module named '{module_name}' (is it on sys.path?)") from None
-            self._broken(PluginInfo(module_name, source), exc)
+            self._broken(info, exc)
             return
         except Exception as exc:  # a plugin that fails to import must not take the tool down
-            self._broken(PluginInfo(module_name, source), exc)
+            self._broken(info, exc)
             return
-        info = PluginInfo(module_name, source)
-        if source == "builtin":
-            from bench import __version__
-
-            info.distribution, info.version = "gridbench", __version__
         self._register(module, info)
 
     def register_plugin(self, plugin: object, name: str | None = None) -> None:
@@ -189,7 +284,9 @@ class Host:
         self._registry = None
 
     def _load_entry_points(self) -> None:
-        for ep in importlib.metadata.entry_points(group=PROJECT):
+        # Sorted by name: the order decides which plugin wins a duplicate name, so it must not
+        # depend on the order in which the file system lists distributions.
+        for ep in sorted(importlib.metadata.entry_points(group=PROJECT), key=lambda ep: ep.name):
             if self.pm.is_blocked(ep.name) or ep.name in self.plugins:
                 continue
             dist = getattr(ep, "dist", None)
@@ -207,21 +304,33 @@ class Host:
             self._register(plugin, info)
 
     def _register(self, plugin: object, info: PluginInfo) -> None:
+        if self.pm.get_name(plugin) is not None:
+            return  # the same module again (e.g. an installed plugin also given with -p): loaded once
         try:
             self.pm.register(plugin, name=info.name)
         except Exception as exc:  # e.g. a hookimpl with a misspelled argument
             self._broken(info, exc)
             return
+        unknown = sorted(caller.name for caller in self.pm.get_hookcallers(plugin) or () if caller.spec is None)
+        if unknown:  # a misspelled hook name would otherwise never be called, silently
+            self.pm.unregister(plugin)
+            specs = [name for name in dir(hookspecs) if name.startswith(f"{PROJECT}_")]
+            self._broken(info, BenchError(f"@hookimpl {unknown[0]} is not a gridbench hook"
+                                          f"{close_match_hint(unknown[0], specs)}"))
+            return
         self.plugins[info.name] = info
 
-    def _broken(self, info: PluginInfo, exc: BaseException) -> None:
-        if _strict():
-            raise exc
+    def _broken(self, info: PluginInfo, exc: BaseException, during: str = "") -> None:
+        """Record a plugin as broken and warn once, or raise under BENCH_STRICT_PLUGINS."""
+        what = f"failed in {during}" if during else "failed to load"
+        if self.strict:
+            raise BrokenPlugin(f"plugin '{info.name}'{_origin(info)} {what}: {_describe_error(exc)}") from exc
         info.status = "broken"
-        info.error = _describe_error(exc)
+        info.error = f"{during} raised {_describe_error(exc)}" if during else _describe_error(exc)
         self.plugins[info.name] = info
-        origin = f" (distribution {info.distribution} {info.version})" if info.distribution else ""
-        self.warnings.append(f"warning: plugin '{info.name}'{origin} is broken and was skipped: {info.error}")
+        self.warnings.append(
+            f"warning: plugin '{info.name}'{_origin(info)} {what} and was skipped: {_describe_error(exc)}"
+        )
 
     # -- collecting ------------------------------------------------------------------------------
 
@@ -231,41 +340,93 @@ class Host:
             self._registry = self._collect()
         return self._registry
 
+    def _impls(self, hook_name: str) -> list[Any]:
+        """The working plugins' implementations of a hook, built-ins first (registration order)."""
+        impls = []
+        for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
+            info = self.plugins.get(impl.plugin_name)
+            if getattr(impl, "hookwrapper", False) or getattr(impl, "wrapper", False):
+                continue
+            if info is None or info.status == "ok":
+                impls.append(impl)
+        return impls
+
+    def _info(self, plugin_name: str) -> PluginInfo:
+        return self.plugins.setdefault(plugin_name, PluginInfo(plugin_name, "object"))
+
     def _collect(self) -> Registry:
         registry = Registry()
-        for kind, hook_name in KINDS.items():
-            hook = getattr(self.pm.hook, hook_name)
-            # Call each implementation on its own so that every component is attributed to
-            # the plugin that registered it and a failing plugin is isolated.
-            for impl in reversed(hook.get_hookimpls()):
-                info = self.plugins.get(impl.plugin_name)
-                if info is not None and info.status != "ok":
-                    continue
-                register = registry.register_callback(kind, impl.plugin_name)
-                kwargs = {arg: register for arg in impl.argnames}
+        hooks = [(hook_name, lambda plugin, kind=kind: registry.register_callback(kind, plugin))
+                 for kind, hook_name in KINDS.items()]
+        hooks.append((GRID_HOOK, registry.grid_callback))
+        for hook_name, make_register in hooks:
+            # Call each implementation on its own, so that every component is attributed to the
+            # plugin that registered it and a failing plugin is isolated: it is reported, what it
+            # registered so far is forgotten, and its other hooks are not called.
+            for impl in self._impls(hook_name):
+                register = make_register(impl.plugin_name)
                 try:
-                    impl.function(**kwargs)
-                except DuplicateComponent:
-                    raise
+                    impl.function(**{arg: register for arg in impl.argnames})
                 except Exception as exc:
-                    if _strict():
-                        raise
-                    self._hook_failed(impl.plugin_name, hook_name, exc)
-                else:
-                    if info is not None:
-                        info.registered.setdefault(kind, [])
+                    registry.remove_plugin(impl.plugin_name)
+                    self._broken(self._info(impl.plugin_name), exc, during=hook_name)
+        for info in self.plugins.values():
+            for kind in (*KINDS, "grid"):
+                info.registered.pop(kind, None)
         for kind in KINDS:
             for component in registry.all(kind):
-                info = self.plugins.get(component.plugin)
-                if info is not None:
-                    info.registered.setdefault(kind, []).append(component.name)
+                self._info(component.plugin).registered.setdefault(kind, []).append(component.name)
+        for grid in registry.grids():
+            self._info(grid.plugin).registered.setdefault("grid", []).append(grid.name)
         return registry
 
-    def _hook_failed(self, plugin_name: str, hook_name: str, exc: BaseException) -> None:
-        info = self.plugins.get(plugin_name)
-        if info is not None:
-            info.status = "broken"
-            info.error = f"{hook_name} raised {_describe_error(exc)}"
-        self.warnings.append(
-            f"warning: plugin '{plugin_name}' failed in {hook_name} and was skipped: {_describe_error(exc)}"
-        )
+    def collect_commands(self, cli: Any) -> dict[str, Any]:
+        """The click commands that plugins add to ``cli`` in ``bench_cli``, by name.
+
+        ``cli`` (a click group) is handed to each plugin and restored afterwards, so the commands
+        live only in the returned dict. A plugin whose command name is taken is reported broken.
+        """
+        builtin = dict(cli.commands)
+        added: dict[str, Any] = {}
+        owners: dict[str, str] = {}
+        for impl in self._impls(CLI_HOOK):
+            try:
+                impl.function(**{arg: cli for arg in impl.argnames})
+                new = {name: cmd for name, cmd in cli.commands.items() if builtin.get(name) is not cmd}
+                for name in new:
+                    if name in builtin or name in added:
+                        owner = owners.get(name, "the bench command line")
+                        raise BenchError(f"command '{name}' is already taken by {owner}")
+            except Exception as exc:
+                self._broken(self._info(impl.plugin_name), exc, during=CLI_HOOK)
+            else:
+                added.update(new)
+                owners.update(dict.fromkeys(new, f"plugin '{impl.plugin_name}'"))
+                if new:
+                    self._info(impl.plugin_name).registered.setdefault("command", []).extend(sorted(new))
+            finally:
+                cli.commands.clear()
+                cli.commands.update(builtin)
+        return added
+
+
+def _origin(info: PluginInfo) -> str:
+    """' (distribution NAME VERSION)' where the plugin came from a distribution."""
+    return f" (distribution {info.distribution} {info.version})".replace(" )", ")") if info.distribution else ""
+
+
+@functools.lru_cache(maxsize=1)
+def _packages_distributions() -> Mapping[str, list[str]]:
+    return importlib.metadata.packages_distributions()
+
+
+def _distribution_of(module_name: str) -> tuple[str, str]:
+    """The installed distribution that provides ``module_name``'s top-level package, if any."""
+    top = module_name.split(".")[0]
+    try:
+        names = _packages_distributions().get(top, [])
+        if names:
+            return names[0], importlib.metadata.version(names[0])
+    except Exception:  # metadata is a nicety here, never a reason to fail
+        pass
+    return "", ""

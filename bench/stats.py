@@ -186,7 +186,8 @@ def _table(header: list[str], body: list[list[str]], right: set[int] = frozenset
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
 
     def line(cells):
-        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+        padded = (c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+        return "  ".join(padded).rstrip()
 
     return "\n".join([line(header), "  ".join("-" * w for w in widths), *(line(r) for r in body)])
 
@@ -214,5 +215,6 @@ def format_comparisons(table: pd.DataFrame, alpha: float = 0.05, confidence: flo
         body.append([str(r.dataset), r.a, r.b, str(r.n), f"{_num(r.diff, '+.4f')}",
                      f"[{_num(r.ci_low, '+.4f')}, {_num(r.ci_high, '+.4f')}]", _num(r.p, '.3g'),
                      _num(r.p_holm, '.3g'), r.verdict])
-    header = ["dataset", "a", "b", "n", "diff a-b", f"{confidence:.0%} CI", "p", "p (Holm)", f"verdict (alpha={alpha:g})"]
+    header = ["dataset", "a", "b", "n", "diff a-b", f"{confidence:.0%} CI", "p", "p (Holm)",
+              f"verdict (alpha={alpha:g})"]
     return _table(header, body, right={3, 4, 6, 7})

@@ -1,3 +1,5 @@
+"""Suite-wide set-up and helpers: the real CLI in-process or as a subprocess, MNIST loaded once."""
+
 import os
 import sys
 from pathlib import Path
@@ -6,8 +8,14 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
-# Installed third-party plugins must not leak into the suite; tests that exercise autoload opt back in.
-os.environ.setdefault("BENCH_DISABLE_PLUGIN_AUTOLOAD", "1")
+# Installed third-party plugins never leak into tests: autoloading of the entry-point group ``bench``
+# is off for the whole suite and every subprocess it starts. Tests that exercise autoloading remove the
+# variable from the environment they hand to the subprocess.
+os.environ["BENCH_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+os.environ.pop("BENCH_STRICT_PLUGINS", None)
+
+#: The fixtures that gridbench ships for plugin authors (bench_host, bench_run); the suite uses them too.
+pytest_plugins = ["bench.testing"]
 
 
 @pytest.fixture(scope="session")

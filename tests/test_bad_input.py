@@ -51,11 +51,14 @@ CASES = {
     "unknown dataset": (["--datasets", "cifar"], "valid: fashion-mnist, kmnist, mnist"),
     "unknown grid": (["--grid", "big"], "unknown grid 'big'; valid: all, seed"),
     "unknown optimizer": (["--optimizer", "rmsprop"], "unknown optimizer 'rmsprop'; valid: adam, sgd"),
-    "param without =": (["--models", "mlp", "--param", "mlp.hidden64"], "--param mlp.hidden64: expected NAME.KEY=V1,V2 (missing '=')"),
+    "param without =": (["--models", "mlp", "--param", "mlp.hidden64"],
+                        "--param mlp.hidden64: expected NAME.KEY=V1,V2 (missing '=')"),
     "param without .": (["--models", "mlp", "--param", "mlphidden=64"], "missing '.' between component and key"),
-    "param wrong type": (["--models", "mlp", "--param", "mlp.hidden=big"], "--param mlp.hidden=big: 'big' is not an integer"),
+    "param wrong type": (["--models", "mlp", "--param", "mlp.hidden=big"],
+                         "--param mlp.hidden=big: 'big' is not an integer"),
     "param float for an integer": (["--param", "mnist.val_size=1.5"], "'1.5' is not an integer"),
-    "param unknown key": (["--models", "mlp", "--param", "mlp.width=3"], "mlp' has no parameter 'width'; valid: activation, depth, hidden"),
+    "param unknown key": (["--models", "mlp", "--param", "mlp.width=3"],
+                          "mlp' has no parameter 'width'; valid: activation, depth, hidden"),
     "param unknown component": (["--param", "resnet.depth=3"], "unknown component in --param resnet.depth=3: 'resnet'"),
     "param not in grid": (["--models", "linear", "--param", "mlp.hidden=3"], "'mlp' is not part of this grid"),
     "param empty value": (["--models", "mlp", "--param", "mlp.hidden=64,"], "empty value in '64,'"),
@@ -79,7 +82,8 @@ CASES = {
                                              "(see: bench run --help)"),
     "unknown device": (["--device", "tpu"], "--device tpu: unknown device; valid: auto, cpu, cuda, cuda:N, mps"),
     "missing cuda index": (["--device", "cuda:99"], "--device cuda:99: "),
-    "missing plugin module": (["-p", "no_such_plugin_xyz"], "-p no_such_plugin_xyz: no module named 'no_such_plugin_xyz'"),
+    "missing plugin module": (["-p", "no_such_plugin_xyz"],
+                              "-p no_such_plugin_xyz: no module named 'no_such_plugin_xyz'"),
 }
 
 

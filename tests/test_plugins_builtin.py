@@ -118,7 +118,8 @@ def test_downloadable_datasets_load_cached_idx_files(registry, tmp_path, name, f
 
 def test_a_truncated_idx_file_names_the_file(registry, tmp_path):
     write_idx(tmp_path / "KMNIST" / "raw", corrupt=True)
-    with pytest.raises(Exception, match=r"t10k-images-idx3-ubyte.gz has 777 bytes, its header says 784: the file is truncated or corrupt. "
+    with pytest.raises(Exception, match=r"t10k-images-idx3-ubyte.gz has 777 bytes, its header says 784: the file is "
+                                        r"truncated or corrupt. "
                        r"Delete the damaged file \(or the folder .*KMNIST/raw\)"):
         registry.get("dataset", "kmnist").factory(tmp_path)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import os
 import shlex
 import signal
 import subprocess
@@ -55,7 +54,7 @@ def assert_complete(out: Path, cells: int, epochs: int = 2) -> list[dict[str, st
     assert len({r["cell_id"] for r in rows}) == cells  # exactly one row per cell
     assert {r["status"] for r in rows} == {"ok"}
     assert sorted((r["model"], r["loss"], r["seed"]) for r in rows) == sorted(
-        (m, l, s) for m, l in [("linear", "mse"), ("linear", "crossentropy"), ("mlp", "crossentropy")]
+        (m, loss, s) for m, loss in [("linear", "mse"), ("linear", "crossentropy"), ("mlp", "crossentropy")]
         for s in ("0", "1"))
     assert len(read_rows(out / "history.csv")) == cells * epochs
     weights = list((out / "weights").glob("*.safetensors"))
@@ -109,10 +108,11 @@ def test_ctrl_c_saves_finished_cells_prints_the_resume_command_and_exits_130(tmp
     before = snapshot(out)
 
     lines = stderr.splitlines()
-    command = lines[lines.index(next(l for l in lines if l.endswith("Resume with:"))) + 1].strip()
+    command = lines[lines.index(next(line for line in lines if line.endswith("Resume with:"))) + 1].strip()
     words = shlex.split(command)
     assert words[:2] == ["bench", "run"] and words[-2:] == ["--out", str(out)]
-    assert "--seeds 0,1" in command and "--limit 2000" in command and "--param mnist.val_size=1000" in command and "--force" not in command
+    assert "--seeds 0,1" in command and "--limit 2000" in command
+    assert "--param mnist.val_size=1000" in command and "--force" not in command
     rerun = subprocess.run([sys.executable, "-m", "bench", *words[1:]], cwd=REPO, env=bench_env(),
                            capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr
@@ -165,10 +165,11 @@ def test_repeat_n_runs_seeds_0_to_n_minus_1_and_prints_statistics(tmp_path):
     assert sorted((r["model"], r["seed"]) for r in rows) == [("linear", s) for s in "012"] + [("mlp", s) for s in "012"]
     assert "mean ± 95% CI" in result.stdout
     lines = result.stdout.splitlines()
-    stats_line = next(l for l in lines if l.startswith("linear+crossentropy ") and "±" in l)
+    stats_line = next(line for line in lines if line.startswith("linear+crossentropy ") and "±" in line)
     assert stats_line.split()[2] == "3"  # three seeds
     assert "paired comparisons" in result.stdout
-    pair = next(l for l in lines if l.startswith("mnist ") and "mlp+crossentropy" in l and "linear+crossentropy" in l)
+    pair = next(line for line in lines
+                if line.startswith("mnist ") and "mlp+crossentropy" in line and "linear+crossentropy" in line)
     assert pair.split()[3] == "3"  # n shared seeds
 
 
