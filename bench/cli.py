@@ -77,20 +77,28 @@ def main():
 @click.option("--out", type=click.Path(path_type=Path), help="Run directory [default: runs/<timestamp>].")
 @click.option("--data-dir", type=click.Path(path_type=Path), envvar="BENCH_DATA_DIR", default=DEFAULT_DATA_DIR,
               show_default="~/.cache/gridbench, or $BENCH_DATA_DIR", help="Cache for downloadable datasets.")
+@click.option("--cuda-graphs", "cuda_graphs", type=click.Choice(["auto", "on", "off"]), default="auto",
+              show_default=True, help="Capture each training step in a CUDA graph: auto (on for cuda, eager steps "
+              "if a model cannot be captured), on (an error if it cannot), off.")
+@click.option("--compile", "compile_", is_flag=True, help="Wrap each model in torch.compile (compilation is "
+              "timed as warm-up, apart from the epochs).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @plugin_option
 def run(grid, models, losses, datasets, params, seeds, epochs, batch_size, lr, optimizer, limit, device_spec, out,
-        data_dir, quiet, plugin_modules):
+        data_dir, cuda_graphs, compile_, quiet, plugin_modules):
     """Run a grid of experiments and write a run directory (results.csv, history.csv, env.json, weights)."""
     from bench import grid as grid_mod
     from bench.device import resolve_device
     from bench.env import environment
     from bench.runner import available_datasets, run_cells
+    from bench.step import Execution
     from bench.store import RunStore
 
     host, registry = make_host(plugin_modules)
     config = grid_mod.TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, limit=limit)
     device = resolve_device(device_spec)
+    execution = Execution(cuda_graphs=cuda_graphs, compile=compile_)
+    execution.step_mode(device)  # --cuda-graphs on without cuda: fail before any work
     seed_list = grid_mod.parse_int_list("--seeds", seeds)
     dataset_list = grid_mod.split_list("--datasets", datasets)
     unavailable = {}
@@ -107,7 +115,7 @@ def run(grid, models, losses, datasets, params, seeds, epochs, batch_size, lr, o
     )
     store = RunStore(out or default_run_dir())
     store.create()
-    store.write_env(environment(device, ["bench", *sys.argv[1:]]) | {"cells": len(cells)})
+    store.write_env(environment(device, ["bench", *sys.argv[1:]], execution) | {"cells": len(cells)})
     if not quiet:
         click.echo(f"gridbench {__version__}: {len(cells)} cell(s) on {device} -> {store.root}", err=True)
 
@@ -122,7 +130,8 @@ def run(grid, models, losses, datasets, params, seeds, epochs, batch_size, lr, o
         return _bar(total=config.epochs, desc=cell.label, unit="epoch", leave=False, position=1)
 
     try:
-        summary = run_cells(cells, registry, store, device, data_dir, progress, None if quiet else epoch_bar)
+        summary = run_cells(cells, registry, store, device, data_dir, progress, None if quiet else epoch_bar,
+                            execution=execution)
     finally:
         if grid_bar is not None:
             grid_bar.close()
