@@ -55,6 +55,9 @@ def main():
       bench run --models mlp --param mlp.hidden=64,256 --seeds 0,1
       bench list                            # what can go into a grid
     """
+    from bench.threads import prefer_passive_openmp
+
+    prefer_passive_openmp()
 
 
 @main.command()
@@ -82,10 +85,12 @@ def main():
               "if a model cannot be captured), on (an error if it cannot), off.")
 @click.option("--compile", "compile_", is_flag=True, help="Wrap each model in torch.compile (compilation is "
               "timed as warm-up, apart from the epochs).")
+@click.option("--threads", type=click.IntRange(min=0), default=0, metavar="N",
+              help="CPU threads for torch (0: torch's default, one per core).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @plugin_option
 def run(grid, models, losses, datasets, params, seeds, epochs, batch_size, lr, optimizer, limit, device_spec, out,
-        data_dir, cuda_graphs, compile_, quiet, plugin_modules):
+        data_dir, cuda_graphs, compile_, threads, quiet, plugin_modules):
     """Run a grid of experiments and write a run directory (results.csv, history.csv, env.json, weights)."""
     from bench import grid as grid_mod
     from bench.device import resolve_device
@@ -93,7 +98,9 @@ def run(grid, models, losses, datasets, params, seeds, epochs, batch_size, lr, o
     from bench.runner import available_datasets, run_cells
     from bench.step import Execution
     from bench.store import RunStore
+    from bench.threads import set_threads
 
+    set_threads(threads)
     host, registry = make_host(plugin_modules)
     config = grid_mod.TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, limit=limit)
     device = resolve_device(device_spec)

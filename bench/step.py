@@ -58,7 +58,7 @@ class Execution:
             return "graph"
         if self.cuda_graphs == "on":
             raise BenchError(f"--cuda-graphs on needs a CUDA device, not {device} (use auto or off)")
-        return "static" if device.type == "cpu" else "plain"
+        return "plain"
 
 
 class Step:

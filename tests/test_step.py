@@ -78,8 +78,8 @@ def test_trainer_equals_a_textbook_torch_optim_loop(mnist):
 
 def test_step_modes_and_their_errors():
     cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
-    assert Execution().step_mode(cpu) == "static"
-    assert Execution(cuda_graphs="off").step_mode(cpu) == "static"
+    assert Execution().step_mode(cpu) == "plain"
+    assert Execution(cuda_graphs="off").step_mode(cpu) == "plain"
     assert Execution().step_mode(cuda) == "graph"
     assert Execution(cuda_graphs="off").step_mode(cuda) == "plain"
     with pytest.raises(BenchError, match="--cuda-graphs on needs a CUDA device"):
@@ -104,7 +104,7 @@ def test_cli_records_phases_and_how_steps_ran(tmp_path):
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert [r["model"] for r in rows] == ["linear", "mlp"]
     for row in rows:
-        assert row["step"] == "static" and row["cuda_graphs"] == "False" and row["compiled"] == "False"
+        assert row["step"] == "plain" and row["cuda_graphs"] == "False" and row["compiled"] == "False"
         for col in ("data_time_s", "warmup_time_s", "train_time_s", "eval_time_s", "epoch_time_s"):
             assert float(row[col]) > 0, col
     # the first cell loaded the dataset: its data phase includes that; the second reused it

@@ -1,0 +1,108 @@
+"""Whole-process comparison: ``bench run --grid seed`` against the notebook-style script, back to back.
+
+Each command runs as a fresh process; its wall time is measured around the process and its peak
+resident memory comes from ``os.wait4`` (the kernel's ``ru_maxrss`` of that child alone). Rounds
+alternate the two commands so that background load falls on both alike; medians are reported::
+
+    python benchmarks/process.py --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class ProcessRun:
+    """One finished process: wall seconds, peak RSS in bytes, exit status and output."""
+
+    wall_s: float
+    max_rss_bytes: int
+    returncode: int
+    output: str
+
+
+def measure(cmd: list[str], cwd: Path = ROOT, timeout: float = 900) -> ProcessRun:
+    """Run ``cmd`` to completion; time it and read its own peak RSS with ``wait4``."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    with tempfile.TemporaryFile() as out:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        deadline = start + timeout
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.perf_counter() > deadline:
+                proc.kill()
+                pid, status, usage = os.wait4(proc.pid, 0)
+                break
+            time.sleep(0.005)
+        wall = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        text = out.read().decode(errors="replace")
+    return ProcessRun(wall, usage.ru_maxrss * 1024, proc.returncode, text)
+
+
+def gridbench_cmd(out_dir: Path, epochs: int = 2, device: str = "cpu") -> list[str]:
+    return [sys.executable, "-m", "bench", "run", "--grid", "seed", "--device", device, "--epochs", str(epochs),
+            "--out", str(out_dir), "-q"]
+
+
+def notebook_cmd(root: Path, epochs: int = 2, device: str = "cpu") -> list[str]:
+    return [sys.executable, str(ROOT / "benchmarks" / "notebook_loop.py"), "--epochs", str(epochs),
+            "--device", device, "--root", str(root)]
+
+
+def compare(rounds: int = 1, epochs: int = 2, device: str = "cpu") -> dict[str, list[ProcessRun]]:
+    """Alternate the two whole processes ``rounds`` times; every run must succeed."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from notebook_loop import prepare_raw
+
+    runs: dict[str, list[ProcessRun]] = {"gridbench": [], "notebook": []}
+    with tempfile.TemporaryDirectory(prefix="gridbench-process-") as tmp:
+        raw_root = prepare_raw(Path(tmp) / "mnist")  # decompressed once, outside the timed notebook runs
+        for i in range(rounds):
+            for name, cmd in (("gridbench", gridbench_cmd(Path(tmp) / f"run{i}", epochs, device)),
+                              ("notebook", notebook_cmd(raw_root, epochs, device))):
+                run = measure(cmd)
+                if run.returncode != 0:
+                    raise RuntimeError(f"{name} failed ({run.returncode}):\n{run.output[-3000:]}")
+                runs[name].append(run)
+    return runs
+
+
+def report(runs: dict[str, list[ProcessRun]]) -> str:
+    """A small table: median wall time, peak RSS and the notebook/gridbench ratio."""
+    med = {k: statistics.median(r.wall_s for r in v) for k, v in runs.items()}
+    lines = [f"{'process':<10} {'median_s':>9} {'runs_s':<28} {'peak_rss_MB':>11}"]
+    for name, rs in runs.items():
+        lines.append(f"{name:<10} {med[name]:>9.2f} {' '.join(f'{r.wall_s:.2f}' for r in rs):<28} "
+                     f"{max(r.max_rss_bytes for r in rs) / 2**20:>11.0f}")
+    lines.append(f"ratio notebook/gridbench (medians): {med['notebook'] / med['gridbench']:.1f}x")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    print(report(compare(args.rounds, args.epochs, args.device)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
