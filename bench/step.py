@@ -149,16 +149,18 @@ class GraphStep(StaticStep):
         try:
             self._warm_up_and_capture(sorted(set(lengths)), warmup_steps, saved)
         except BaseException:
-            saved.restore()
+            saved.restore(rng=False)  # the CUDA generator may still be mid-capture
+            torch.set_rng_state(saved.cpu_rng)
             self.reset()
             raise
 
     def _warm_up_and_capture(self, lengths: list[int], warmup_steps: int, saved: _Snapshot) -> None:
+        for length in lengths:  # buffers live on the main stream, before any side stream touches them
+            self.buffers(length)[0].copy_(torch.arange(length, device=self.device))
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):
             for length in lengths:
-                self.buffers(length)[0].copy_(torch.arange(length, device=self.device))
                 for _ in range(warmup_steps):
                     self._body(length)
         torch.cuda.current_stream(self.device).wait_stream(stream)
@@ -170,7 +172,7 @@ class GraphStep(StaticStep):
             with torch.cuda.graph(graph):
                 self._body(length)
             self.graphs[length] = graph
-        saved.restore()  # capture runs nothing, but be exact about it
+        saved.restore(rng=False)  # capture runs nothing, but be exact about it
         self.reset()
 
     def __call__(self, idx: torch.Tensor) -> None:
@@ -190,12 +192,14 @@ class _Snapshot:
         self.cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
 
     @torch.no_grad()
-    def restore(self) -> None:
+    def restore(self, rng: bool = True) -> None:
         for tensor, copy in zip(self.tensors, self.copies):
             tensor.copy_(copy)
         if self.steps:
             self.optimizer.steps = list(self.steps)
         self.optimizer.zero_grad()
+        if not rng:
+            return
         torch.set_rng_state(self.cpu_rng)
         if self.cuda_rng is not None:
             torch.cuda.set_rng_state_all(self.cuda_rng)
