@@ -2,9 +2,9 @@
 
 PyTorch's CPU kernels run on an OpenMP pool whose idle threads spin while they wait. When the
 machine's cores are shared (other processes, other benchmarks), a spinning or descheduled thread
-stalls every parallel region: on a 2-core box with other work running, a linear-model epoch went
-from 0.25 s to 9-16 s with the default policy and stayed at 0.24-0.28 s with
-``OMP_WAIT_POLICY=PASSIVE`` (see benchmarks/README.md). So, unless the user chose a policy, the
+stalls every parallel region: on a 2-core box with other work running, a linear-model epoch took a
+median 12.8 s with the default policy and 0.29 s with ``OMP_WAIT_POLICY=PASSIVE`` (see
+benchmarks/README.md). So, unless the user chose a policy, the
 command line asks for passive waiting before torch is imported.
 """
 

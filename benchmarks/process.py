@@ -32,9 +32,10 @@ class ProcessRun:
     output: str
 
 
-def measure(cmd: list[str], cwd: Path = ROOT, timeout: float = 900) -> ProcessRun:
+def measure(cmd: list[str], cwd: Path = ROOT, timeout: float = 900, env: dict[str, str] | None = None) -> ProcessRun:
     """Run ``cmd`` to completion; time it and read its own peak RSS with ``wait4``."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env = {**os.environ, **(env or {}),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     with tempfile.TemporaryFile() as out:
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -65,7 +66,13 @@ def notebook_cmd(root: Path, epochs: int = 2, device: str = "cpu") -> list[str]:
             "--device", device, "--root", str(root)]
 
 
-def compare(rounds: int = 1, epochs: int = 2, device: str = "cpu") -> dict[str, list[ProcessRun]]:
+#: The notebook script gets the OpenMP wait policy that ``bench`` sets for itself, so that neither
+#: process is slowed by spinning OpenMP threads on a shared machine (a fair comparison).
+NOTEBOOK_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def compare(rounds: int = 1, epochs: int = 2, device: str = "cpu",
+            notebook_env: dict[str, str] | None = None) -> dict[str, list[ProcessRun]]:
     """Alternate the two whole processes ``rounds`` times; every run must succeed."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from notebook_loop import prepare_raw
@@ -74,9 +81,10 @@ def compare(rounds: int = 1, epochs: int = 2, device: str = "cpu") -> dict[str, 
     with tempfile.TemporaryDirectory(prefix="gridbench-process-") as tmp:
         raw_root = prepare_raw(Path(tmp) / "mnist")  # decompressed once, outside the timed notebook runs
         for i in range(rounds):
-            for name, cmd in (("gridbench", gridbench_cmd(Path(tmp) / f"run{i}", epochs, device)),
-                              ("notebook", notebook_cmd(raw_root, epochs, device))):
-                run = measure(cmd)
+            for name, cmd, env in (("gridbench", gridbench_cmd(Path(tmp) / f"run{i}", epochs, device), None),
+                                   ("notebook", notebook_cmd(raw_root, epochs, device),
+                                    NOTEBOOK_ENV if notebook_env is None else notebook_env)):
+                run = measure(cmd, env=env)
                 if run.returncode != 0:
                     raise RuntimeError(f"{name} failed ({run.returncode}):\n{run.output[-3000:]}")
                 runs[name].append(run)
@@ -99,8 +107,10 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--notebook-default-omp", action="store_true",
+                        help="run the notebook script with OpenMP's default wait policy (unfair on a busy machine)")
     args = parser.parse_args(argv)
-    print(report(compare(args.rounds, args.epochs, args.device)))
+    print(report(compare(args.rounds, args.epochs, args.device, {} if args.notebook_default_omp else None)))
     return 0
 
 

@@ -7,14 +7,14 @@ import tempfile
 from pathlib import Path
 
 from conftest import PEAK_RSS, record
-from process import gridbench_cmd, measure, notebook_cmd
+from process import NOTEBOOK_ENV, gridbench_cmd, measure, notebook_cmd
 
 
-def _bench_process(benchmark, name, make_cmd, rounds):
+def _bench_process(benchmark, name, make_cmd, rounds, env=None):
     runs = []
 
     def once():
-        run = measure(make_cmd())
+        run = measure(make_cmd(), env=env)
         assert run.returncode == 0, run.output[-3000:]
         runs.append(run)
 
@@ -31,4 +31,4 @@ def test_gridbench_process(benchmark):
 
 
 def test_notebook_process(benchmark, raw_mnist_root):
-    _bench_process(benchmark, "notebook", lambda: notebook_cmd(raw_mnist_root), rounds=1)
+    _bench_process(benchmark, "notebook", lambda: notebook_cmd(raw_mnist_root), rounds=1, env=NOTEBOOK_ENV)
