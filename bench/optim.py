@@ -3,8 +3,9 @@
 Why not ``torch.optim``: constructing the first ``torch.optim.Optimizer`` imports ``torch._dynamo``
 (1-2 s of a CPU run's start-up), and its ``step`` spends a few hundred microseconds per call
 grouping tensors by device and dtype. These classes do the same arithmetic, in the same order, as
-``torch.optim.Adam(foreach=True)`` and ``torch.optim.SGD(momentum=..., foreach=True)`` (checked to float
-tolerance in the tests), on one flat list of same-device float parameters.
+``torch.optim.Adam(fused=True)`` (where torch has the fused kernel: cpu, cuda) or ``Adam(foreach=True)``,
+and ``torch.optim.SGD(momentum=..., foreach=True)`` (the tests compare them step by step), on one flat
+list of same-device float parameters.
 
 With ``capturable=True`` every piece of state, the step count included, lives on the parameters'
 device and the step launches no host-device synchronisation, so it can be captured in a CUDA graph.
@@ -19,6 +20,8 @@ import torch
 from bench.errors import BenchError
 
 OPTIMIZERS = ("adam", "sgd")
+#: Devices where torch has a fused (one-kernel) Adam: used there by default.
+FUSED_ADAM_DEVICES = ("cpu", "cuda")
 
 
 class _Base:
@@ -51,22 +54,27 @@ class Adam(_Base):
     """Adam (no weight decay, no amsgrad) with the arithmetic of ``torch.optim.Adam(foreach=True)``.
 
     Like torch.optim, each parameter counts its own steps (a parameter without a gradient is skipped
-    and its count stays behind).
+    and its count stays behind). ``fused`` (default: where torch has the kernel) runs torch's fused Adam
+    kernel, as ``torch.optim.Adam(fused=True)`` does: one kernel instead of a dozen, with the step counts
+    on the device, so it is capturable too.
     """
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 capturable: bool = False):
+                 capturable: bool = False, fused: bool | None = None):
         super().__init__(params, lr)
         self.beta1, self.beta2 = map(float, betas)
         self.eps = float(eps)
+        if fused is None:
+            fused = self.params[0].device.type in FUSED_ADAM_DEVICES and hasattr(torch, "_fused_adam_")
+        self.fused = fused
         self.capturable = capturable
         self.exp_avg = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]
         self.exp_avg_sq = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]
         self._index = {id(p): i for i, p in enumerate(self.params)}
         self.steps = [0] * len(self.params)
         # capturable: float64 step counts on the device, so that the bias corrections round as the host's do
-        self.step_t = [torch.zeros((), dtype=torch.float64, device=p.device) for p in self.params] \
-            if capturable else []
+        self.step_t = [torch.zeros((), dtype=torch.float32 if fused else torch.float64, device=p.device)
+                       for p in self.params] if capturable or fused else []
         self._neg_lr = torch.full((), -self.lr, dtype=torch.float64, device=self.params[0].device)
 
     def state_tensors(self) -> list[torch.Tensor]:
@@ -80,6 +88,12 @@ class Adam(_Base):
         which = range(len(self.params)) if len(params) == len(self.params) else [self._index[id(p)] for p in params]
         exp_avg, exp_avg_sq = [self.exp_avg[i] for i in which], [self.exp_avg_sq[i] for i in which]
         beta1, beta2 = self.beta1, self.beta2
+        if self.fused:
+            steps = [self.step_t[i] for i in which]
+            torch._foreach_add_(steps, 1)
+            torch._fused_adam_(params, grads, exp_avg, exp_avg_sq, [], steps, amsgrad=False, lr=self.lr, beta1=beta1,
+                               beta2=beta2, weight_decay=0.0, eps=self.eps, maximize=False)
+            return
         torch._foreach_lerp_(exp_avg, grads, 1 - beta1)
         torch._foreach_mul_(exp_avg_sq, beta2)
         torch._foreach_addcmul_(exp_avg_sq, grads, grads, 1 - beta2)

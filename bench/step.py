@@ -146,9 +146,12 @@ class GraphStep(StaticStep):
     def prepare(self, lengths: Iterable[int], warmup_steps: int = 3) -> None:
         """Warm up on a side stream (as capture requires), restore the snapshot, then capture."""
         saved = _Snapshot(self.model, self.optimizer)
+        main_stream = torch.cuda.current_stream(self.device)
         try:
             self._warm_up_and_capture(sorted(set(lengths)), warmup_steps, saved)
         except BaseException:
+            # a failed capture_end leaves torch.cuda.graph's capture stream current: go back
+            torch.cuda.set_stream(main_stream)
             saved.restore(rng=False)  # the CUDA generator may still be mid-capture
             torch.set_rng_state(saved.cpu_rng)
             self.reset()

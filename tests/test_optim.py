@@ -40,10 +40,12 @@ def _max_diff(a, b):
 
 
 @pytest.mark.parametrize("lr", [1e-3, 3e-2])
-def test_adam_matches_torch_adam_exactly(lr):
+@pytest.mark.parametrize("fused", [False, True])
+def test_adam_matches_torch_adam_exactly(lr, fused):
     ref, ours = _model(), _model()
-    ref_losses = _train(ref, torch.optim.Adam(ref.parameters(), lr=lr, foreach=True), skip_last_bias_at=2)
-    our_losses = _train(ours, Adam(ours.parameters(), lr=lr), skip_last_bias_at=2)
+    kind = {"fused": True} if fused else {"foreach": True}
+    ref_losses = _train(ref, torch.optim.Adam(ref.parameters(), lr=lr, **kind), skip_last_bias_at=2)
+    our_losses = _train(ours, Adam(ours.parameters(), lr=lr, fused=fused), skip_last_bias_at=2)
     assert our_losses == ref_losses
     assert _max_diff(ref, ours) == 0.0
     # ...and the training moved the weights (so equality above is not trivial)
@@ -53,7 +55,7 @@ def test_adam_matches_torch_adam_exactly(lr):
 def test_capturable_adam_matches_torch_adam_to_float_tolerance():
     ref, ours = _model(), _model()
     ref_losses = _train(ref, torch.optim.Adam(ref.parameters(), lr=1e-2, foreach=True), steps=20)
-    our_losses = _train(ours, Adam(ours.parameters(), lr=1e-2, capturable=True), steps=20)
+    our_losses = _train(ours, Adam(ours.parameters(), lr=1e-2, capturable=True, fused=False), steps=20)
     # the device-side bias corrections round like the host's: equal on CPU, to float tolerance anywhere
     assert our_losses == pytest.approx(ref_losses, rel=1e-6)
     assert _max_diff(ref, ours) < 1e-6
@@ -75,6 +77,7 @@ def test_sgd_momentum_matches_torch_sgd(capturable):
 def test_make_optimizer_names_and_errors():
     params = list(_model().parameters())
     assert isinstance(make_optimizer("adam", params, 1e-3), Adam)
+    assert make_optimizer("adam", params, 1e-3).fused  # torch has a fused CPU Adam
     assert make_optimizer("sgd", params, 1e-3).momentum == 0.9
     with pytest.raises(BenchError, match="unknown optimizer 'lbfgs'"):
         make_optimizer("lbfgs", params, 1e-3)
