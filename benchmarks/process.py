@@ -1,7 +1,7 @@
 """Whole-process comparison: ``bench run --grid seed`` against the notebook-style script, back to back.
 
-Each command runs as a fresh process; its wall time is measured around the process and its peak
-resident memory comes from ``os.wait4`` (the kernel's ``ru_maxrss`` of that child alone). Rounds
+Each command runs as a fresh process, forked by a tiny launcher that reads the command's wall time
+and its peak resident memory (``os.wait4``: the kernel's ``ru_maxrss`` of that process alone). Rounds
 alternate the two commands so that background load falls on both alike; medians are reported::
 
     python benchmarks/process.py --rounds 3
@@ -10,12 +10,12 @@ alternate the two commands so that background load falls on both alike; medians 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,28 +32,40 @@ class ProcessRun:
     output: str
 
 
+#: A tiny launcher that forks the command itself and reports the command's own wall time and peak RSS.
+#: Peak RSS must come from a small parent: a child forked from a big process (pytest with torch loaded)
+#: inherits that process's memory in ``ru_maxrss`` across ``exec``.
+_LAUNCHER = """
+import json, os, sys, time
+out, cmd = sys.argv[1], sys.argv[2:]
+start = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execvp(cmd[0], cmd)
+    finally:
+        os._exit(127)
+_, status, usage = os.wait4(pid, 0)
+wall = time.perf_counter() - start
+with open(out, "w") as f:
+    json.dump({"wall_s": wall, "max_rss_kb": usage.ru_maxrss}, f)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def measure(cmd: list[str], cwd: Path = ROOT, timeout: float = 900, env: dict[str, str] | None = None) -> ProcessRun:
-    """Run ``cmd`` to completion; time it and read its own peak RSS with ``wait4``."""
+    """Run ``cmd`` to completion as a fresh process; its wall time and its own peak RSS (``wait4``)."""
     env = {**os.environ, **(env or {}),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    with tempfile.TemporaryFile() as out:
-        start = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
-        deadline = start + timeout
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.perf_counter() > deadline:
-                proc.kill()
-                pid, status, usage = os.wait4(proc.pid, 0)
-                break
-            time.sleep(0.005)
-        wall = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        text = out.read().decode(errors="replace")
-    return ProcessRun(wall, usage.ru_maxrss * 1024, proc.returncode, text)
+    with tempfile.TemporaryDirectory(prefix="gridbench-measure-") as tmp:
+        stats = Path(tmp) / "stats.json"
+        proc = subprocess.run([sys.executable, "-S", "-c", _LAUNCHER, str(stats), *cmd], cwd=cwd, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout)
+        text = proc.stdout.decode(errors="replace")
+        if not stats.exists():
+            return ProcessRun(float("nan"), 0, proc.returncode or 1, text)
+        data = json.loads(stats.read_text())
+    return ProcessRun(data["wall_s"], data["max_rss_kb"] * 1024, proc.returncode, text)
 
 
 def gridbench_cmd(out_dir: Path, epochs: int = 2, device: str = "cpu") -> list[str]:
