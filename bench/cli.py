@@ -95,6 +95,9 @@ def main(plugin_modules):
       bench list                            # what can go into a grid
       bench plugins                         # loaded plugins and what each registered
     """
+    from bench.threads import prefer_passive_openmp
+
+    prefer_passive_openmp()
 
 
 @main.command()
@@ -121,22 +124,27 @@ def main(plugin_modules):
               show_default="~/.cache/gridbench, or $BENCH_DATA_DIR", help="Cache for downloadable datasets.")
 @click.option("--force", is_flag=True, help="Rerun every cell, also those already finished in --out.")
 @click.option("--dry-run", is_flag=True, help="List the cells that would run and those already done; train nothing.")
+@click.option("--cuda-graphs", "cuda_graphs", type=click.Choice(["auto", "on", "off"]), default="auto",
+              show_default=True, help="Capture each training step in a CUDA graph: auto (on for cuda, eager steps "
+              "if a model cannot be captured), on (an error if it cannot), off.")
+@click.option("--compile", "compile_", is_flag=True, help="Wrap each model in torch.compile (compilation is "
+              "timed as warm-up, apart from the epochs).")
+@click.option("--threads", type=click.IntRange(min=0), default=0, metavar="N",
+              help="CPU threads for torch (0: torch's default, one per core).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @click.option("--report", "make_report", is_flag=True,
               help="Then write a report into RUN_DIR/report (see bench report).")
 @plugin_option
 @click.pass_context
-def run(ctx, grid, models, losses, datasets, params, seeds, repeat, epochs, batch_size, lr, optimizer, limit,
-        device_spec, out, data_dir, force, dry_run, quiet, make_report, plugin_modules):
+def run(ctx, **options):
     """Run a grid of experiments and write a run directory (results.csv, history.csv, env.json, weights).
 
     Rerunning the same command with the same --out resumes: finished cells are skipped, failed and
     missing ones run. Ctrl-C stops after saving what has finished and prints the command to resume.
     """
-    out = out or default_run_dir()
+    out = options["out"] = options["out"] or default_run_dir()
     try:
-        _run(ctx, grid, models, losses, datasets, params, seeds, repeat, epochs, batch_size, lr, optimizer, limit,
-             device_spec, out, data_dir, force, dry_run, quiet, make_report, plugin_modules)
+        _run(ctx, **options)
     except KeyboardInterrupt:
         _report_interrupt(ctx, out)
         sys.exit(130)
@@ -165,17 +173,23 @@ def _report_interrupt(ctx: click.Context, out: Path) -> None:
             signal.signal(signal.SIGINT, previous)
 
 
-def _run(ctx, grid, models, losses, datasets, params, seeds, repeat, epochs, batch_size, lr, optimizer, limit,
-         device_spec, out, data_dir, force, dry_run, quiet, make_report, plugin_modules):
+def _run(ctx, *, grid, models, losses, datasets, params, seeds, repeat, epochs, batch_size, lr, optimizer, limit,
+         device_spec, out, data_dir, force, dry_run, cuda_graphs, compile_, threads, quiet, make_report,
+         plugin_modules):
     from bench import grid as grid_mod
     from bench.device import resolve_device
     from bench.env import environment
     from bench.runner import available_datasets, run_cells
+    from bench.step import Execution
     from bench.store import RunStore
+    from bench.threads import set_threads
 
+    set_threads(threads)
     host, registry = make_host(plugin_modules)
     config = grid_mod.TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, limit=limit)
     device = resolve_device(device_spec)
+    execution = Execution(cuda_graphs=cuda_graphs, compile=compile_)
+    execution.step_mode(device)  # --cuda-graphs on without cuda: fail before any work
     seed_list = grid_mod.seed_list(seeds, repeat)
     dataset_list = grid_mod.split_list("--datasets", datasets)
     unavailable = {}
@@ -198,7 +212,7 @@ def _run(ctx, grid, models, losses, datasets, params, seeds, repeat, epochs, bat
         return
     store.create()
     previous = store.read_env()
-    env = environment(device, ctx.find_root().obj["argv"]) | {"cells": len(cells)}
+    env = environment(device, ctx.find_root().obj["argv"], execution) | {"cells": len(cells)}
     if previous:  # a resumed run keeps what the earlier runs into this directory were
         env["previous"] = [*previous.pop("previous", []), previous]
     store.write_env(env)
@@ -225,7 +239,8 @@ def _run(ctx, grid, models, losses, datasets, params, seeds, repeat, epochs, bat
         return _bar(total=config.epochs, desc=cell.label, unit="epoch", leave=False, position=1)
 
     try:
-        summary = run_cells(cells, registry, store, device, data_dir, progress, None if quiet else epoch_bar, done)
+        summary = run_cells(cells, registry, store, device, data_dir, progress, None if quiet else epoch_bar, done,
+                            execution=execution)
     finally:
         if grid_bar is not None:
             grid_bar.close()

@@ -15,8 +15,10 @@ from bench.data import DataSplits
 from bench.errors import BenchError, DataCorrupt, DatasetUnavailable, IncompatibleCell
 from bench.grid import Cell
 from bench.host import Registry
+from bench.step import Execution
 from bench.store import RunStore
 from bench.templates import record_templates
+from bench.timing import Stopwatch
 from bench.trainer import train_cell
 
 
@@ -80,6 +82,7 @@ def run_cells(
     progress: Callable[[Cell, dict[str, Any]], None] | None = None,
     epoch_bar_factory: Callable[[Cell], Any] | None = None,
     done: dict[str, dict[str, Any]] | None = None,
+    execution: Execution | None = None,
 ) -> RunSummary:
     """Train every cell and persist each outcome as it happens; a failing cell never stops the grid.
 
@@ -97,16 +100,22 @@ def run_cells(
         key = json.dumps([cell.dataset, cell.override("dataset")], sort_keys=True)
         record: dict[str, Any] = {"index": index}
         try:
+            load_time = 0.0
             if key not in loaded:
                 loaded.clear()  # keep one dataset resident at a time
+                watch = Stopwatch(device)
                 try:
-                    loaded[key] = load_dataset(registry, cell.dataset, cell.override("dataset"), data_dir).to(device)
+                    with watch.phase("load"):
+                        loaded[key] = load_dataset(registry, cell.dataset, cell.override("dataset"),
+                                                   data_dir).to(device)
                 except BenchError as exc:
                     loaded[key] = exc
+                load_time = watch.last
             data = loaded[key]
             if isinstance(data, BaseException):
                 raise data
-            record.update(_train_one(cell, registry, data, device, store, epoch_bar_factory))
+            record.update(_train_one(cell, registry, data, device, store, epoch_bar_factory, execution))
+            record["row"]["data_time_s"] += load_time
         except (KeyboardInterrupt, DataCorrupt):
             raise
         except IncompatibleCell as exc:
@@ -128,7 +137,7 @@ def run_cells(
 
 
 def _train_one(cell: Cell, registry: Registry, data: DataSplits, device: torch.device, store: RunStore,
-               epoch_bar_factory) -> dict[str, Any]:
+               epoch_bar_factory, execution: Execution | None = None) -> dict[str, Any]:
     model_c, loss_c = registry.get("model", cell.model), registry.get("loss", cell.loss)
     torch.manual_seed(cell.seed)
     model = model_c.factory(data.input_shape, data.num_classes, **{**model_c.params, **cell.override("model")})
@@ -137,13 +146,15 @@ def _train_one(cell: Cell, registry: Registry, data: DataSplits, device: torch.d
     loss_fn = loss_c.factory(**{**loss_c.params, **cell.override("loss")})
     bar = epoch_bar_factory(cell) if epoch_bar_factory else None
     try:
-        result = train_cell(cell, model, loss_fn, data, device, on_epoch=(lambda row: bar.update(1)) if bar else None)
+        result = train_cell(cell, model, loss_fn, data, device, on_epoch=(lambda row: bar.update(1)) if bar else None,
+                            execution=execution)
     finally:
         if bar is not None:
             bar.close()
     row = _row(cell, "ok")
     row.update(result.metrics)
     row.update(result.timing)
+    row.update(result.execution)
     row["n_params"] = result.n_params
     row["weights"] = store.write_weights(cell.cell_id, result.state_dict)
     base = {k: row[k] for k in ("cell_id", "model", "loss", "dataset", "params", "seed")}

@@ -30,6 +30,7 @@ RESULT_COLUMNS = [
     "cell_id", "model", "loss", "dataset", "params", "seed", "device", "status", "error", "epochs",
     "batch_size", "lr", "optimizer", "test_acc", "test_loss", "val_acc", "val_loss", "train_time_s",
     "epoch_time_s", "eval_time_s", "samples_per_s", "n_params", "weights",
+    "data_time_s", "warmup_time_s", "step", "cuda_graphs", "compiled", "execution_note",
 ]
 HISTORY_COLUMNS = [
     "cell_id", "model", "loss", "dataset", "params", "seed", "epoch", "train_loss", "train_acc", "val_loss",

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from bench.data import DataSplits
-from bench.errors import BenchError
 from bench.grid import Cell
+from bench.step import Execution, build_step
 from bench.timing import Stopwatch, median
 
 EVAL_BATCH = 4096
@@ -35,15 +35,8 @@ class CellResult:
     n_params: int
     state_dict: dict[str, torch.Tensor] = field(repr=False)
     confusion: list[list[int]] = field(repr=False, default_factory=list)
-
-
-def make_optimizer(name: str, params, lr: float, device: torch.device) -> torch.optim.Optimizer:
-    params = list(params)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, foreach=True)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9, foreach=True)
-    raise BenchError(f"unknown optimizer '{name}'")
+    #: How the steps ran: ``step`` (plain/static/graph), ``cuda_graphs``, ``compiled``, ``execution_note``.
+    execution: dict[str, Any] = field(default_factory=dict)
 
 
 @torch.no_grad()
@@ -79,39 +72,41 @@ def train_cell(
     data: DataSplits,
     device: torch.device,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    execution: Execution | None = None,
 ) -> CellResult:
-    """Train ``model`` (already built under the cell's seed) on ``data`` (already on ``device``)."""
+    """Train ``model`` (already built under the cell's seed) on ``data`` (already on ``device``).
+
+    Phases are timed apart, each with the device synchronised: ``warmup`` (first steps, compilation,
+    graph capture; on a snapshot that is restored, so it changes no result), ``data`` (the epoch's
+    permutation), ``train`` (the steps: the per-epoch figures) and ``eval``.
+    """
     cfg = cell.config
+    execution = execution or Execution()
     model = model.to(device)
-    optimizer = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr, device)
+    model.train()
     x_train, y_train = data.train
     if cfg.limit:
         x_train, y_train = x_train[:cfg.limit], y_train[:cfg.limit]
     n = len(x_train)
+    lengths = [min(cfg.batch_size, n)] + ([n % cfg.batch_size] if n > cfg.batch_size and n % cfg.batch_size else [])
     generator = torch.Generator().manual_seed(cell.seed)
     watch = Stopwatch(device)
     history: list[dict[str, float]] = []
+    with watch.phase("warmup"):
+        step = build_step(execution, model, loss_fn, x_train, y_train, cfg.optimizer, cfg.lr, lengths)
 
     for epoch in range(1, cfg.epochs + 1):
         model.train()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.int64)
-        with watch.phase("train"):
+        with watch.phase("data"):
             perm = torch.randperm(n, generator=generator).to(device)
-            for step, start in enumerate(range(0, n, cfg.batch_size), 1):
-                idx = perm[start:start + cfg.batch_size]
-                xb, yb = x_train.index_select(0, idx), y_train.index_select(0, idx)
-                logits = model(xb)
-                loss = loss_fn(logits, yb)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                loss_sum += loss.detach().float() * len(idx)
-                correct += (logits.detach().argmax(1) == yb).sum()
-                if step % FINITE_CHECK_EVERY == 0:
-                    _check_finite(float(loss_sum), "the training loss", epoch, step)
+        with watch.phase("train"):
+            step.reset()
+            for batch, start in enumerate(range(0, n, cfg.batch_size), 1):
+                step(perm[start:start + cfg.batch_size])
+                if batch % FINITE_CHECK_EVERY == 0:
+                    _check_finite(float(step.loss_sum), "the training loss", epoch, batch)
         epoch_time = watch.last
-        train_loss, train_acc = float(loss_sum) / n, float(correct) / n
+        train_loss, train_acc = float(step.loss_sum) / n, float(step.correct) / n
         _check_finite(train_loss, "the training loss", epoch)
         with watch.phase("eval"):
             val_loss, val_acc, _ = evaluate(model, loss_fn, *data.val)
@@ -131,8 +126,12 @@ def train_cell(
         "train_time_s": train_time,
         "epoch_time_s": median([h["epoch_time_s"] for h in history]),
         "eval_time_s": watch.totals.get("eval", 0.0),
+        "data_time_s": watch.totals.get("data", 0.0),
+        "warmup_time_s": watch.totals.get("warmup", 0.0),
         "samples_per_s": n * cfg.epochs / train_time if train_time > 0 else float("nan"),
     }
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     n_params = sum(p.numel() for p in model.parameters())
-    return CellResult(metrics, history, timing, n_params, state, confusion)
+    how = {"step": step.mode, "cuda_graphs": step.mode == "graph", "compiled": execution.compile,
+           "execution_note": step.note}
+    return CellResult(metrics, history, timing, n_params, state, confusion, how)

@@ -1,0 +1,135 @@
+"""The training step: static buffers (what a CUDA graph captures) give the plain step's losses; warm-up
+changes nothing; the trainer equals a textbook torch.optim loop; the CLI options and records."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from click.testing import CliRunner
+
+from bench.cli import main
+from bench.errors import BenchError
+from bench.grid import Cell, TrainConfig
+from bench.step import Execution
+from bench.trainer import train_cell
+from plugins.datasets import load_mnist
+from plugins.losses import make_crossentropy, make_mse
+from plugins.models import make_cnn, make_linear, make_mlp
+
+MODELS = {"linear": make_linear, "mlp": lambda s, c: make_mlp(s, c, hidden=64), "cnn": make_cnn}
+LOSSES = {"mse": make_mse, "crossentropy": make_crossentropy}
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    return load_mnist(None)
+
+
+def _train(mnist, model="linear", loss="crossentropy", optimizer="adam", mode=None, limit=1000, epochs=2, seed=0,
+           lr=1e-2):
+    # limit 1000 at batch 256: three full batches and a tail of 232, so two batch lengths
+    cell = Cell(model, loss, "mnist", seed, "cpu",
+                TrainConfig(epochs=epochs, batch_size=256, lr=lr, optimizer=optimizer, limit=limit))
+    torch.manual_seed(seed)
+    net = MODELS[model](mnist.input_shape, mnist.num_classes)
+    return train_cell(cell, net, LOSSES[loss](), mnist, torch.device("cpu"), execution=Execution(mode=mode))
+
+
+def _losses(result):
+    return [h[k] for h in result.history for k in ("train_loss", "val_loss")]
+
+
+@pytest.mark.parametrize("model,loss,optimizer", [("linear", "mse", "adam"), ("mlp", "crossentropy", "adam"),
+                                                  ("mlp", "crossentropy", "sgd"), ("cnn", "crossentropy", "adam")])
+def test_static_buffer_step_gives_the_plain_steps_losses(mnist, model, loss, optimizer):
+    plain = _train(mnist, model, loss, optimizer, mode="plain")
+    static = _train(mnist, model, loss, optimizer, mode="static")
+    assert static.execution["step"] == "static" and plain.execution["step"] == "plain"
+    assert _losses(static) == pytest.approx(_losses(plain), rel=1e-4, abs=1e-6)
+    for name, weight in plain.state_dict.items():
+        torch.testing.assert_close(static.state_dict[name], weight, rtol=1e-4, atol=1e-5)
+    # the losses are those of training, not of an untouched model: a different seed gives others
+    other = _train(mnist, model, loss, optimizer, mode="static", seed=1)
+    assert _losses(other) != pytest.approx(_losses(static), rel=1e-3)
+    assert static.history[-1]["train_loss"] < static.history[0]["train_loss"]
+
+
+def test_trainer_equals_a_textbook_torch_optim_loop(mnist):
+    """Warm-up runs on a snapshot that is restored: the result is that of the obvious loop, to the bit."""
+    result = _train(mnist, "mlp", "crossentropy", "adam", mode="plain", epochs=2)
+    torch.manual_seed(0)
+    net = MODELS["mlp"](mnist.input_shape, mnist.num_classes)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2, fused=True)  # what bench.optim.Adam runs on cpu
+    x, y = mnist.train[0][:1000], mnist.train[1][:1000]
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(2):
+        perm = torch.randperm(1000, generator=gen)
+        for start in range(0, 1000, 256):
+            idx = perm[start:start + 256]
+            opt.zero_grad()
+            F.cross_entropy(net(x[idx]), y[idx]).backward()
+            opt.step()
+    for name, weight in net.state_dict().items():
+        assert torch.equal(result.state_dict[name], weight), name
+    assert result.timing["warmup_time_s"] > 0
+    assert result.timing["train_time_s"] == pytest.approx(sum(h["epoch_time_s"] for h in result.history))
+
+
+def test_step_modes_and_their_errors():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert Execution().step_mode(cpu) == "plain"
+    assert Execution(cuda_graphs="off").step_mode(cpu) == "plain"
+    assert Execution().step_mode(cuda) == "graph"
+    assert Execution(cuda_graphs="off").step_mode(cuda) == "plain"
+    with pytest.raises(BenchError, match="--cuda-graphs on needs a CUDA device"):
+        Execution(cuda_graphs="on").step_mode(cpu)
+    with pytest.raises(BenchError, match="CUDA graphs need a CUDA device"):
+        Execution(mode="graph").step_mode(cpu)
+    with pytest.raises(BenchError, match="--cuda-graphs must be one of"):
+        Execution(cuda_graphs="maybe")
+
+
+def test_cli_records_phases_and_how_steps_ran(tmp_path):
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, ["run", "--models", "linear,mlp", "--device", "cpu", "--limit", "600",
+                                       "--epochs", "2", "--cuda-graphs", "off", "--out", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    env = json.loads((out / "env.json").read_text())
+    assert env["cuda_graphs"] == "off" and env["cuda_graphs_used"] is False and env["compile"] is False
+    assert env["torch_threads"] == torch.get_num_threads() and env["torch"] == torch.__version__
+    assert env["cpu"] and env["device_name"]
+    import csv
+
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [r["model"] for r in rows] == ["linear", "mlp"]
+    for row in rows:
+        assert row["step"] == "plain" and row["cuda_graphs"] == "False" and row["compiled"] == "False"
+        for col in ("data_time_s", "warmup_time_s", "train_time_s", "eval_time_s", "epoch_time_s"):
+            assert float(row[col]) > 0, col
+    # the first cell loaded the dataset: its data phase includes that; the second reused it
+    assert float(rows[0]["data_time_s"]) > 5 * float(rows[1]["data_time_s"])
+
+
+def test_cli_cuda_graphs_on_without_cuda_is_one_clear_error(tmp_path):
+    result = CliRunner().invoke(main, ["run", "--models", "linear", "--device", "cpu", "--cuda-graphs", "on",
+                                       "--out", str(tmp_path / "run"), "-q"])
+    assert result.exit_code == 2
+    assert "Error: --cuda-graphs on needs a CUDA device, not cpu" in result.output
+    assert not (tmp_path / "run").exists()
+    result = CliRunner().invoke(main, ["run", "--cuda-graphs", "sometimes", "--out", str(tmp_path / "r2")])
+    assert result.exit_code == 2 and "sometimes" in result.output
+
+
+@pytest.mark.slow
+def test_compile_gives_the_eager_losses(mnist):
+    pytest.importorskip("torch._inductor")
+    eager = _train(mnist, "linear", "crossentropy", mode="static", limit=512, epochs=1)
+    cell = Cell("linear", "crossentropy", "mnist", 0, "cpu",
+                TrainConfig(epochs=1, batch_size=256, lr=1e-2, optimizer="adam", limit=512))
+    torch.manual_seed(0)
+    net = MODELS["linear"](mnist.input_shape, mnist.num_classes)
+    compiled = train_cell(cell, net, LOSSES["crossentropy"](), mnist, torch.device("cpu"),
+                          execution=Execution(compile=True))
+    assert compiled.execution["compiled"] is True
+    assert _losses(compiled) == pytest.approx(_losses(eager), rel=1e-4)
