@@ -12,7 +12,7 @@ Plugins implement the hooks in :mod:`bench.hookspecs` with the :data:`hookimpl` 
 import pluggy
 
 from bench.data import DataSplits
-from bench.errors import BenchError, DatasetUnavailable, IncompatibleCell
+from bench.errors import BenchError, DataCorrupt, DatasetUnavailable, IncompatibleCell
 
 __version__ = "0.1.0"
 
@@ -25,6 +25,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 __all__ = [
     "PROJECT",
     "BenchError",
+    "DataCorrupt",
     "DataSplits",
     "DatasetUnavailable",
     "IncompatibleCell",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -28,6 +29,10 @@ class BenchGroup(click.Group):
             return super().invoke(ctx)
         except BenchError as exc:
             click.echo(f"Error: {exc}", err=True)
+            ctx.exit(2)
+        except click.UsageError as exc:  # a bad option value: one line too, pointing at --help
+            where = f" (see: bench {exc.ctx.info_name} --help)" if exc.ctx is not None and exc.ctx is not ctx else ""
+            click.echo(f"Error: {exc.format_message()}{where}", err=True)
             ctx.exit(2)
 
 
@@ -70,7 +75,8 @@ def main():
 @click.option("--datasets", metavar="A,B", help="Datasets to run (restricts --grid; default mnist).")
 @click.option("--param", "params", multiple=True, metavar="NAME.KEY=V1,V2",
               help="Sweep a component parameter, e.g. mlp.hidden=64,256 (repeatable; crossed with the grid).")
-@click.option("--seeds", default="0", show_default=True, metavar="S1,S2", help="Seeds; each cell runs once per seed.")
+@click.option("--seeds", metavar="S1,S2", help="Seeds; each cell runs once per seed. [default: 0]")
+@click.option("--repeat", type=int, metavar="N", help="Run each cell with N seeds, 0..N-1 (instead of --seeds).")
 @click.option("--epochs", type=int, default=2, show_default=True)
 @click.option("--batch-size", type=int, default=256, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Learning rate.")
@@ -82,11 +88,38 @@ def main():
 @click.option("--out", type=click.Path(path_type=Path), help="Run directory [default: runs/<timestamp>].")
 @click.option("--data-dir", type=click.Path(path_type=Path), envvar="BENCH_DATA_DIR", default=DEFAULT_DATA_DIR,
               show_default="~/.cache/gridbench, or $BENCH_DATA_DIR", help="Cache for downloadable datasets.")
+@click.option("--force", is_flag=True, help="Rerun every cell, also those already finished in --out.")
+@click.option("--dry-run", is_flag=True, help="List the cells that would run and those already done; train nothing.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @plugin_option
-def run(grid, models, losses, datasets, params, seeds, epochs, batch_size, lr, optimizer, limit, device_spec, out,
-        data_dir, quiet, plugin_modules):
-    """Run a grid of experiments and write a run directory (results.csv, history.csv, env.json, weights)."""
+@click.pass_context
+def run(ctx, grid, models, losses, datasets, params, seeds, repeat, epochs, batch_size, lr, optimizer, limit,
+        device_spec, out, data_dir, force, dry_run, quiet, plugin_modules):
+    """Run a grid of experiments and write a run directory (results.csv, history.csv, env.json, weights).
+
+    Rerunning the same command with the same --out resumes: finished cells are skipped, failed and
+    missing ones run. Ctrl-C stops after saving what has finished and prints the command to resume.
+    """
+    out = out or default_run_dir()
+    try:
+        _run(ctx, grid, models, losses, datasets, params, seeds, repeat, epochs, batch_size, lr, optimizer, limit,
+             device_spec, out, data_dir, force, dry_run, quiet, plugin_modules)
+    except KeyboardInterrupt:
+        from bench.store import RunStore
+
+        store = RunStore(out)
+        if store.cells_dir.is_dir():
+            store.rebuild_tables()
+            done = len(store.records())
+            click.echo(f"\ninterrupted: {done} cell record(s) are saved in {out}. Resume with:\n"
+                       f"  {resume_command(ctx, out)}", err=True)
+        else:
+            click.echo("\ninterrupted before anything was written.", err=True)
+        sys.exit(130)
+
+
+def _run(ctx, grid, models, losses, datasets, params, seeds, repeat, epochs, batch_size, lr, optimizer, limit,
+         device_spec, out, data_dir, force, dry_run, quiet, plugin_modules):
     from bench import grid as grid_mod
     from bench.device import resolve_device
     from bench.env import environment
@@ -96,7 +129,7 @@ def run(grid, models, losses, datasets, params, seeds, epochs, batch_size, lr, o
     host, registry = make_host(plugin_modules)
     config = grid_mod.TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, limit=limit)
     device = resolve_device(device_spec)
-    seed_list = grid_mod.parse_int_list("--seeds", seeds)
+    seed_list = grid_mod.seed_list(seeds, repeat)
     dataset_list = grid_mod.split_list("--datasets", datasets)
     unavailable = {}
     if grid == "all" and dataset_list is None:
@@ -110,14 +143,31 @@ def run(grid, models, losses, datasets, params, seeds, epochs, batch_size, lr, o
         losses=grid_mod.split_list("--losses", losses), datasets=dataset_list, params=list(params),
         seeds=seed_list, device=str(device), config=config,
     )
-    store = RunStore(out or default_run_dir())
+    store = RunStore(out)
+    finished = {} if force else store.finished()
+    done = {cell.cell_id: finished[cell.cell_id] for cell in cells if cell.cell_id in finished}
+    if dry_run:
+        click.echo(format_plan(cells, done, {r["row"]["cell_id"]: r["row"] for r in store.records()}, store.root))
+        return
     store.create()
+    previous = store.read_env()
     argv = click.get_current_context().find_root().obj["argv"]
-    store.write_env(environment(device, argv) | {"cells": len(cells)})
+    env = environment(device, argv) | {"cells": len(cells)}
+    if previous:  # a resumed run keeps what the earlier runs into this directory were
+        env["previous"] = [*previous.pop("previous", []), previous]
+    store.write_env(env)
     if not quiet:
         click.echo(f"gridbench {__version__}: {len(cells)} cell(s) on {device} -> {store.root}", err=True)
+    if done:
+        labels = "; ".join(cell.label for cell in cells if cell.cell_id in done)
+        click.echo(f"resume: {len(done)} of {len(cells)} cell(s) already finished in {store.root} are skipped "
+                   f"(--force reruns them): {labels}", err=True)
+    others = len({r["row"]["cell_id"] for r in store.records()} - {cell.cell_id for cell in cells})
+    if others:
+        click.echo(f"note: {store.root} also holds {others} cell(s) of other grids; results.csv lists them too",
+                   err=True)
 
-    grid_bar = None if quiet else _bar(total=len(cells), desc="grid", unit="cell")
+    grid_bar = None if quiet else _bar(total=len(cells) - len(done), desc="grid", unit="cell")
 
     def progress(cell, row):
         if grid_bar is not None:
@@ -128,11 +178,14 @@ def run(grid, models, losses, datasets, params, seeds, epochs, batch_size, lr, o
         return _bar(total=config.epochs, desc=cell.label, unit="epoch", leave=False, position=1)
 
     try:
-        summary = run_cells(cells, registry, store, device, data_dir, progress, None if quiet else epoch_bar)
+        summary = run_cells(cells, registry, store, device, data_dir, progress, None if quiet else epoch_bar, done)
     finally:
         if grid_bar is not None:
             grid_bar.close()
+    store.rebuild_tables()
     click.echo(format_summary(summary.rows))
+    if len(seed_list) > 1:
+        click.echo("\n" + format_seed_statistics(summary.rows))
     click.echo(f"results: {store.root / 'results.csv'}")
     if summary.failed:
         click.echo(f"{len(summary.failed)} cell(s) failed:", err=True)
@@ -140,6 +193,55 @@ def run(grid, models, losses, datasets, params, seeds, epochs, batch_size, lr, o
             click.echo(f"  {row['model']}+{row['loss']} on {row['dataset']} seed={row['seed']}: {row['error']}",
                        err=True)
         sys.exit(1)
+
+
+def resume_command(ctx: click.Context, out: Path) -> str:
+    """The command line that resumes this run: the options the user gave, with --out, without --force."""
+    from click.core import ParameterSource
+
+    words = ["bench", ctx.info_name or "run"]
+    for param in ctx.command.params:
+        if param.name in ("force", "dry_run", "out") or not isinstance(param, click.Option):
+            continue
+        if ctx.get_parameter_source(param.name) is not ParameterSource.COMMANDLINE:
+            continue
+        flag = max(param.opts, key=len)
+        value = ctx.params[param.name]
+        if param.is_flag:
+            words += [flag] if value else []
+        else:
+            for item in (value if param.multiple else [value]):
+                words += [flag, str(item)]
+    return shlex.join([*words, "--out", str(out)])
+
+
+def format_plan(cells, done: dict, recorded: dict, root: Path) -> str:
+    """What ``--dry-run`` prints: each cell with ``run``, ``retry`` (failed before) or ``done``."""
+    lines = [f"dry run: {len(cells)} cell(s) for {root}: {len(cells) - len(done)} to run, {len(done)} done"]
+    for cell in cells:
+        if cell.cell_id in done:
+            state = "done"
+        elif recorded.get(cell.cell_id, {}).get("status") == "failed":
+            state = "retry"
+        else:
+            state = "run"
+        lines.append(f"  {state:<5} {cell.cell_id}  {cell.label}")
+    return "\n".join(lines)
+
+
+def format_seed_statistics(rows) -> str:
+    """Mean ± 95% CI of test accuracy per cell over its seeds, then the paired comparisons."""
+    import pandas as pd
+
+    from bench import stats
+
+    frame = pd.DataFrame(rows)
+    text = "test accuracy over seeds (mean ± 95% CI, Student t):\n" + stats.format_aggregate(stats.aggregate(frame))
+    table = stats.compare(frame)
+    if not table.empty:
+        text += ("\n\npaired comparisons on shared seeds (paired t-test, Holm-corrected; "
+                 "tied = not significant):\n" + stats.format_comparisons(table))
+    return text
 
 
 def _bar(**kwargs):

@@ -17,3 +17,10 @@ class IncompatibleCell(BenchError):
 
     Raised by a factory; the grid records the cell as ``skipped`` with the reason.
     """
+
+
+class DataCorrupt(BenchError):
+    """A data file fails its checksum or its structure check; the message names the file and the fix.
+
+    Unlike a cell's failure it stops the run (exit status 2): every cell on that data would fail.
+    """

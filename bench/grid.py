@@ -102,6 +102,24 @@ def parse_int_list(option: str, value: str) -> list[int]:
         raise BenchError(f"{option} needs comma-separated integers, got '{value}'") from None
 
 
+def seed_list(seeds: str | None, repeat: int | None) -> list[int]:
+    """The seeds of a run: ``--seeds 0,1,2`` or ``--repeat N`` (seeds 0..N-1); default ``[0]``."""
+    if seeds is not None and repeat is not None:
+        raise BenchError("give --seeds or --repeat, not both")
+    if repeat is not None:
+        if repeat < 1:
+            raise BenchError(f"--repeat must be >= 1, got {repeat}")
+        return list(range(repeat))
+    if seeds is None:
+        return [0]
+    values = parse_int_list("--seeds", seeds)
+    if any(v < 0 for v in values):
+        raise BenchError(f"--seeds must be non-negative integers, got '{seeds}'")
+    if len(set(values)) != len(values):
+        raise BenchError(f"--seeds lists a seed twice: '{seeds}'")
+    return values
+
+
 def coerce(token: str, raw: str, default: Any) -> Any:
     """Convert a ``--param`` value to the type of the parameter's default."""
     if isinstance(default, bool):

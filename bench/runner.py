@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from bench.data import DataSplits
-from bench.errors import BenchError, DatasetUnavailable, IncompatibleCell
+from bench.errors import BenchError, DataCorrupt, DatasetUnavailable, IncompatibleCell
 from bench.grid import Cell
 from bench.host import Registry
 from bench.store import RunStore
@@ -78,11 +78,21 @@ def run_cells(
     data_dir: Path,
     progress: Callable[[Cell, dict[str, Any]], None] | None = None,
     epoch_bar_factory: Callable[[Cell], Any] | None = None,
+    done: dict[str, dict[str, Any]] | None = None,
 ) -> RunSummary:
-    """Train every cell and persist each outcome as it happens; a failing cell never stops the grid."""
+    """Train every cell and persist each outcome as it happens; a failing cell never stops the grid.
+
+    ``done`` maps the ids of cells finished by an earlier run to their rows: those are not trained
+    again, their rows go into the summary as they are. Corrupt data (:class:`DataCorrupt`) and
+    Ctrl-C stop the grid; everything finished before is already on disk.
+    """
     summary = RunSummary()
     loaded: dict[str, Any] = {}
+    done = done or {}
     for index, cell in enumerate(cells):
+        if cell.cell_id in done:
+            summary.rows.append(done[cell.cell_id])
+            continue
         key = json.dumps([cell.dataset, cell.override("dataset")], sort_keys=True)
         record: dict[str, Any] = {"index": index}
         try:
@@ -96,14 +106,19 @@ def run_cells(
             if isinstance(data, BaseException):
                 raise data
             record.update(_train_one(cell, registry, data, device, store, epoch_bar_factory))
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, DataCorrupt):
             raise
         except IncompatibleCell as exc:
             record["row"] = _row(cell, "skipped", str(exc))
         except Exception as exc:
-            record["row"] = _row(cell, "failed", _one_line(exc))
+            message = _one_line(exc)
+            if isinstance(exc, torch.cuda.OutOfMemoryError):
+                message += " (out of device memory: try a smaller --batch-size or model)"
+            record["row"] = _row(cell, "failed", message)
             if not isinstance(exc, BenchError):
                 record["traceback"] = traceback.format_exc()
+        if record["row"]["status"] == "failed" and device.type == "cuda":
+            torch.cuda.empty_cache()  # the failed cell's tensors are gone now; give their memory back
         store.write_cell(record)
         summary.rows.append(record["row"])
         if progress:

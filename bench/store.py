@@ -9,7 +9,9 @@ Layout of a run directory::
     weights/ID.safetensors  final weights (tensors only: loading them never unpickles code)
 
 Every file is written to a temporary name and renamed, so a crash at any moment leaves either
-the old file or the new one, never a torn one.
+the old file or the new one, never a torn one. A cell's record is written only after its weights,
+so a record marks a cell whose outputs are all on disk: a rerun skips exactly those (see
+:meth:`RunStore.finished`).
 """
 
 from __future__ import annotations
@@ -49,6 +51,21 @@ def atomic_write(path: Path, data: bytes | str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename durable across a power loss (a process crash alone cannot undo it)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems cannot fsync a directory
+    finally:
+        os.close(fd)
 
 
 def _csv_text(rows: list[dict[str, Any]], columns: list[str]) -> str:
@@ -117,6 +134,17 @@ class RunStore:
                 except (OSError, json.JSONDecodeError):
                     continue  # only a temporary file can be partial; records are renamed into place
         return sorted(records, key=lambda r: (r.get("index", 0), r["row"]["cell_id"]))
+
+    def finished(self) -> dict[str, dict[str, Any]]:
+        """Rows of the cells already done (status ``ok`` with their weights on disk, or ``skipped``),
+        by cell id. Failed cells are not done: a rerun retries them."""
+        done = {}
+        for record in self.records():
+            row = record["row"]
+            if row.get("status") == "skipped" or (
+                    row.get("status") == "ok" and (not row.get("weights") or (self.root / row["weights"]).is_file())):
+                done[row["cell_id"]] = row
+        return done
 
     def rebuild_tables(self) -> None:
         records = self.records()

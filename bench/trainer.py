@@ -16,6 +16,9 @@ from bench.grid import Cell
 from bench.timing import Stopwatch, median
 
 EVAL_BATCH = 4096
+#: Read the running training loss every this many steps to stop a diverged cell early. Reading it
+#: synchronises the device, so it is not done every step; NaN/inf propagate through the running sum.
+FINITE_CHECK_EVERY = 32
 
 
 class NonFiniteLoss(RuntimeError):
@@ -63,9 +66,10 @@ def evaluate(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor, num_cl
     return float(loss_sum) / n, float(correct) / n, confusion.cpu().tolist()
 
 
-def _check_finite(value: float, what: str, epoch: int) -> None:
+def _check_finite(value: float, what: str, epoch: int, step: int | None = None) -> None:
     if not math.isfinite(value):
-        raise NonFiniteLoss(f"{what} became {value} in epoch {epoch}: the cell diverged (try a smaller --lr)")
+        where = f"by step {step} of epoch {epoch}" if step is not None else f"in epoch {epoch}"
+        raise NonFiniteLoss(f"{what} became {value} {where}: the cell diverged and was stopped (try a smaller --lr)")
 
 
 def train_cell(
@@ -94,7 +98,7 @@ def train_cell(
         correct = torch.zeros((), device=device, dtype=torch.int64)
         with watch.phase("train"):
             perm = torch.randperm(n, generator=generator).to(device)
-            for start in range(0, n, cfg.batch_size):
+            for step, start in enumerate(range(0, n, cfg.batch_size), 1):
                 idx = perm[start:start + cfg.batch_size]
                 xb, yb = x_train.index_select(0, idx), y_train.index_select(0, idx)
                 logits = model(xb)
@@ -104,6 +108,8 @@ def train_cell(
                 optimizer.step()
                 loss_sum += loss.detach().float() * len(idx)
                 correct += (logits.detach().argmax(1) == yb).sum()
+                if step % FINITE_CHECK_EVERY == 0:
+                    _check_finite(float(loss_sum), "the training loss", epoch, step)
         epoch_time = watch.last
         train_loss, train_acc = float(loss_sum) / n, float(correct) / n
         _check_finite(train_loss, "the training loss", epoch)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import struct
+import zlib
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench import BenchError, DataSplits, DatasetUnavailable, hookimpl
+from bench import BenchError, DataCorrupt, DataSplits, DatasetUnavailable, hookimpl
 
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
@@ -44,29 +45,34 @@ _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dt
                0x0E: np.dtype(">f8")}
 
 
-def parse_idx(data: bytes | bytearray, name: str = "IDX data") -> np.ndarray:
-    """Decode the bytes of one IDX file into an array of its shape."""
+def parse_idx(data: bytes | bytearray, name: str = "IDX data", fix: str = "") -> np.ndarray:
+    """Decode the bytes of one IDX file into an array of its shape; ``fix`` ends any error message."""
+    tail = f" {fix}" if fix else ""
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
-        raise BenchError(f"{name} is not an IDX file (bad magic number)")
+        raise DataCorrupt(f"{name} is not an IDX file (bad magic number).{tail}")
     dtype, ndim = np.dtype(_IDX_DTYPES[data[2]]), data[3]
     header = 4 + 4 * ndim
     if len(data) < header:
-        raise BenchError(f"{name} is truncated (header)")
+        raise DataCorrupt(f"{name} is truncated (header).{tail}")
     shape = struct.unpack(f">{ndim}I", data[4:header])
     expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if len(data) != expected:
-        raise BenchError(f"{name} has {len(data)} bytes, its header says {expected}: the file is truncated or corrupt")
+        raise DataCorrupt(f"{name} has {len(data)} bytes, its header says {expected}: the file is truncated or "
+                          f"corrupt.{tail}")
     return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
 
 
-def read_idx_bytes(path: Path) -> bytearray:
+def read_idx_bytes(path: Path, fix: str = "") -> bytearray:
     """The decompressed bytes of ``path`` (``.gz`` or plain)."""
+    tail = f" {fix}" if fix else ""
     try:
         if path.suffix == ".gz":
             with gzip.open(path, "rb") as f:
                 return bytearray(f.read())
         return bytearray(path.read_bytes())
-    except (OSError, EOFError) as exc:
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        raise DataCorrupt(f"{path} is corrupt or truncated ({exc or type(exc).__name__}).{tail}") from None
+    except OSError as exc:
         raise BenchError(f"cannot read {path}: {exc}") from None
 
 
@@ -88,15 +94,15 @@ def load_idx_folder(folder: Path, md5: dict[str, str] | None = None, fix: str = 
         path = _find(folder, stem)
         if path is None:
             raise DatasetUnavailable(f"{folder} has no {stem} (or {stem}.gz)")
-        data = read_idx_bytes(path)
+        data = read_idx_bytes(path, fix)
         if md5 is not None:
             digest = hashlib.md5(data).hexdigest()
             if digest != md5[stem]:
-                raise BenchError(f"checksum mismatch for {path}: md5 {digest}, expected {md5[stem]}. {fix}")
-        arrays.append(parse_idx(data, str(path)))
+                raise DataCorrupt(f"checksum mismatch for {path}: md5 {digest}, expected {md5[stem]}. {fix}")
+        arrays.append(parse_idx(data, str(path), fix))
     train_x, train_y, test_x, test_y = arrays
     if len(train_x) != len(train_y) or len(test_x) != len(test_y):
-        raise BenchError(f"{folder}: image and label counts differ")
+        raise DataCorrupt(f"{folder}: image and label counts differ. {fix}")
     return train_x, train_y, test_x, test_y
 
 
@@ -169,12 +175,14 @@ def downloadable_loader(name: str):
         raw = Path(data_dir) / tv_name / "raw"
         how = (f"To get it, run once with network access (bench run --datasets {name}), or copy the four IDX "
                f"files ({', '.join(IDX_FILES)}, optionally .gz) into {raw}.")
+        fix = (f"Delete the damaged file (or the folder {raw}) and run again with network access to download it "
+               f"afresh, or copy intact IDX files into {raw}.")
         try:
-            arrays = load_idx_folder(raw)
+            arrays = load_idx_folder(raw, fix=fix)
         except DatasetUnavailable:
             try:
                 _download(tv_name, Path(data_dir))
-                arrays = load_idx_folder(raw)
+                arrays = load_idx_folder(raw, fix=fix)
             except DatasetUnavailable as exc:
                 raise DatasetUnavailable(f"{name} is not cached in {raw} and could not be fetched: {exc}. {how}") \
                     from None

@@ -1,0 +1,218 @@
+"""Statistics over seeds: mean and Student-t confidence intervals, paired comparisons with Holm.
+
+A *configuration* is a cell without its seed (model, loss, dataset, params and the training
+recipe). Its seeds are independent repeats, so a metric is summarised per configuration as
+mean, sample standard deviation and a Student-t confidence interval.
+
+Two configurations are compared *paired*: on the seeds that both finished, seed by seed (same
+initialisation seed, same data order), which removes the variance the seed itself causes. Which
+pairs are compared (see :func:`compare`): configurations that share a dataset and a training recipe;
+every pair of them when there are at most :data:`ALL_PAIRS_MAX` configurations in such a group,
+otherwise each configuration against the group's best (highest mean of the metric), so that the
+table stays readable and the multiple-testing correction does not eat all the power. The p-values
+of every comparison in the table are Holm-corrected together; a difference whose corrected p-value
+is not below ``alpha`` is reported as ``tied``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+
+import pandas as pd
+
+#: What identifies a configuration (a cell without its seed), as columns of results.csv.
+CONFIG_COLUMNS = ["model", "loss", "dataset", "params", "epochs", "batch_size", "lr", "optimizer", "device"]
+#: Configurations are compared only within a group sharing these (same data, same recipe).
+GROUP_COLUMNS = ["dataset", "epochs", "batch_size", "lr", "optimizer", "device"]
+#: With more configurations than this in a group, each is compared with the group's best only.
+ALL_PAIRS_MAX = 6
+
+
+def mean_ci(values, confidence: float = 0.95) -> tuple[float, float, float]:
+    """``(mean, std, half_width)`` of ``values``: sample standard deviation (ddof=1) and the
+    half-width of the Student-t confidence interval ``mean ± half_width``.
+
+    With fewer than two finite values the spread is unknown: ``std`` and ``half_width`` are NaN
+    (and everything is NaN for no values). Non-finite values are ignored.
+    """
+    from scipy import stats
+
+    xs = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    n = len(xs)
+    if n == 0:
+        return math.nan, math.nan, math.nan
+    mean = math.fsum(xs) / n
+    if n < 2:
+        return mean, math.nan, math.nan
+    std = math.sqrt(math.fsum((x - mean) ** 2 for x in xs) / (n - 1))
+    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * std / math.sqrt(n)
+    return mean, std, half
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (same order as given; NaN stays NaN and is not counted)."""
+    valid = sorted((p, i) for i, p in enumerate(p_values) if not math.isnan(p))
+    m = len(valid)
+    adjusted = [math.nan] * len(p_values)
+    running = 0.0
+    for rank, (p, i) in enumerate(valid):
+        running = max(running, min(1.0, (m - rank) * p))
+        adjusted[i] = running
+    return adjusted
+
+
+def paired_test(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """``(mean difference a-b, CI half-width, two-sided p of the paired t-test)`` for paired samples.
+
+    Zero variance of the differences gives p = 1 when they are all zero and p = 0 otherwise (the
+    t statistic is infinite); fewer than two pairs give NaN for the half-width and p.
+    """
+    from scipy import stats
+
+    diffs = [x - y for x, y in zip(a, b)]
+    mean, std, half = mean_ci(diffs, confidence)
+    if len(diffs) < 2:
+        return mean, math.nan, math.nan
+    if std == 0.0:
+        return mean, 0.0, 1.0 if mean == 0.0 else 0.0
+    return mean, half, float(stats.ttest_rel(a, b).pvalue)
+
+
+def _ok(results: pd.DataFrame, metric: str) -> pd.DataFrame:
+    frame = results[results["status"] == "ok"].copy()
+    frame[metric] = pd.to_numeric(frame[metric], errors="coerce")
+    frame["params"] = frame["params"].fillna("{}").replace("", "{}")
+    return frame
+
+
+def config_label(row) -> str:
+    """``model+loss`` plus the swept parameters, e.g. ``mlp+crossentropy [mlp.hidden=64]``."""
+    import json
+
+    params = row["params"]
+    try:
+        params = json.loads(params) if isinstance(params, str) and params else {}
+    except ValueError:
+        params = {}
+    extra = ",".join(f"{k}={v}" for k, v in params.items())
+    return f"{row['model']}+{row['loss']}" + (f" [{extra}]" if extra else "")
+
+
+def aggregate(results: pd.DataFrame, metric: str = "test_acc", confidence: float = 0.95) -> pd.DataFrame:
+    """One row per configuration: ``n`` (finished seeds), ``seeds``, ``failed``, and the metric's
+    ``mean``, ``std``, ``ci`` (half-width), ``ci_low`` and ``ci_high``, in first-seen order."""
+    columns = [*CONFIG_COLUMNS, "label", "n", "seeds", "failed", "mean", "std", "ci", "ci_low", "ci_high"]
+    if results.empty:
+        return pd.DataFrame(columns=columns)
+    frame = results.copy()
+    frame["params"] = frame["params"].fillna("{}").replace("", "{}")
+    rows = []
+    for key, group in frame.groupby(CONFIG_COLUMNS, sort=False, dropna=False):
+        ok = _ok(group, metric)
+        mean, std, half = mean_ci(ok[metric], confidence)
+        row = dict(zip(CONFIG_COLUMNS, key))
+        rows.append({**row, "label": config_label(row), "n": len(ok),
+                     "seeds": ",".join(str(s) for s in sorted(ok["seed"].astype(int))),
+                     "failed": int((group["status"] == "failed").sum()), "mean": mean, "std": std, "ci": half,
+                     "ci_low": mean - half, "ci_high": mean + half})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def compare(results: pd.DataFrame, metric: str = "test_acc", alpha: float = 0.05, confidence: float = 0.95,
+            pairs: str = "auto") -> pd.DataFrame:
+    """Paired comparisons of configurations on their shared seeds, Holm-corrected together.
+
+    ``pairs``: ``all`` (every pair within a group), ``best`` (each configuration against the
+    group's best) or ``auto`` (``all`` for groups of at most :data:`ALL_PAIRS_MAX`, else ``best``).
+    Columns: the group columns, ``a``, ``b``, ``n`` (shared seeds), ``diff`` (mean of a - b),
+    ``ci`` (half-width), ``ci_low``, ``ci_high``, ``p``, ``p_holm`` and ``verdict``: the better
+    label when ``p_holm < alpha``, ``tied`` when not, ``n/a`` with fewer than two shared seeds.
+    """
+    if pairs not in ("auto", "all", "best"):
+        raise ValueError(f"pairs must be auto, all or best, not {pairs!r}")
+    columns = [*GROUP_COLUMNS, "a", "b", "n", "diff", "ci", "ci_low", "ci_high", "p", "p_holm", "verdict"]
+    rows = []
+    ok = _ok(results, metric) if not results.empty else results
+    if not ok.empty:
+        summary = aggregate(ok, metric, confidence)
+        for group_key, group in summary.groupby(GROUP_COLUMNS, sort=False, dropna=False):
+            configs = list(group.itertuples(index=False))
+            if len(configs) < 2:
+                continue
+            mode = pairs if pairs != "auto" else ("all" if len(configs) <= ALL_PAIRS_MAX else "best")
+            if mode == "all":
+                chosen = list(itertools.combinations(configs, 2))
+            else:
+                best = max(configs, key=lambda c: -math.inf if math.isnan(c.mean) else c.mean)
+                chosen = [(best, c) for c in configs if c is not best]
+            for a, b in chosen:
+                va, vb = _per_seed(ok, a, metric), _per_seed(ok, b, metric)
+                shared = sorted(set(va) & set(vb))
+                xa, xb = [va[s] for s in shared], [vb[s] for s in shared]
+                diff, half, p = paired_test(xa, xb, confidence) if shared else (math.nan, math.nan, math.nan)
+                rows.append({**dict(zip(GROUP_COLUMNS, group_key)), "a": a.label, "b": b.label, "n": len(shared),
+                             "diff": diff, "ci": half, "ci_low": diff - half, "ci_high": diff + half, "p": p})
+    adjusted = holm([r["p"] for r in rows])
+    for row, p_holm in zip(rows, adjusted):
+        row["p_holm"] = p_holm
+        if math.isnan(p_holm):
+            row["verdict"] = "n/a"
+        elif p_holm < alpha:
+            row["verdict"] = row["a"] if row["diff"] > 0 else row["b"]
+        else:
+            row["verdict"] = "tied"
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _per_seed(ok: pd.DataFrame, config, metric: str) -> dict[int, float]:
+    mask = pd.Series(True, index=ok.index)
+    for col in CONFIG_COLUMNS:
+        value = getattr(config, col)
+        mask &= ok[col].isna() if _isnan(value) else ok[col] == value
+    picked = ok[mask]
+    return {int(s): float(v) for s, v in zip(picked["seed"], picked[metric]) if math.isfinite(float(v))}
+
+
+def _isnan(value) -> bool:
+    return isinstance(value, float) and math.isnan(value)
+
+
+# -- text tables for the terminal ------------------------------------------------------------------
+
+def _table(header: list[str], body: list[list[str]], right: set[int] = frozenset()) -> str:
+    table = [header, *body]
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+
+    def line(cells):
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    return "\n".join([line(header), "  ".join("-" * w for w in widths), *(line(r) for r in body)])
+
+
+def _num(value: float, fmt: str) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, fmt)
+
+
+def format_aggregate(summary: pd.DataFrame, metric: str = "test_acc", confidence: float = 0.95) -> str:
+    """``label  dataset  n  mean ± half-width  [low, high]  std`` per configuration."""
+    pct = f"{confidence:.0%}"
+    body = []
+    for r in summary.itertuples(index=False):
+        body.append([r.label, str(r.dataset), str(r.n) + (f" ({r.failed} failed)" if r.failed else ""),
+                     f"{_num(r.mean, '.4f')} ± {_num(r.ci, '.4f')}",
+                     f"[{_num(r.ci_low, '.4f')}, {_num(r.ci_high, '.4f')}]", _num(r.std, '.4f')])
+    header = ["cell", "dataset", "seeds", f"{metric} mean ± {pct} CI", f"{pct} CI", "std"]
+    return _table(header, body, right={2})
+
+
+def format_comparisons(table: pd.DataFrame, alpha: float = 0.05) -> str:
+    """``a  b  n  diff [CI]  p  p_holm  verdict`` per comparison."""
+    body = []
+    for r in table.itertuples(index=False):
+        body.append([str(r.dataset), r.a, r.b, str(r.n), f"{_num(r.diff, '+.4f')}",
+                     f"[{_num(r.ci_low, '+.4f')}, {_num(r.ci_high, '+.4f')}]", _num(r.p, '.3g'),
+                     _num(r.p_holm, '.3g'), r.verdict])
+    header = ["dataset", "a", "b", "n", "diff a-b", "95% CI", "p", "p (Holm)", f"verdict (alpha={alpha:g})"]
+    return _table(header, body, right={3, 4, 6, 7})
