@@ -43,6 +43,28 @@ def plugin_option(f):
     )(f)
 
 
+def executor_options(f):
+    """``--executor``, ``--jobs``, ``--address``: where the cells train (see plugins/executors.py)."""
+    f = click.option("--address", metavar="auto|HOST:PORT",
+                     help="With --executor ray: the Ray cluster to join [default: start a local instance].")(f)
+    f = click.option("--jobs", type=int, metavar="N",
+                     help="With --executor process: worker processes [default: one per core, or per GPU].")(f)
+    return click.option("--executor", "executor", default="local", show_default=True, metavar="NAME",
+                        help="Where cells train: local (here, one by one), process (--jobs N workers), "
+                             "ray (a Ray cluster), or a plugin's executor.")(f)
+
+
+def make_executor(registry, executor: str = "local", jobs: int | None = None, address: str | None = None):
+    """Build the executor plugin NAME with the options given (each must be one of its params)."""
+    component = registry.get("executor", executor)
+    given = {key: value for key, value in (("jobs", jobs), ("address", address)) if value is not None}
+    for key in given:
+        if key not in component.params:
+            raise BenchError(f"--{key} does not apply to --executor {executor} (its parameters: "
+                             f"{', '.join(component.params) or 'none'})")
+    return component.factory(**{**component.params, **given})
+
+
 def make_host(plugin_modules):
     from bench.host import Host
 
@@ -92,9 +114,10 @@ def main():
 @click.option("--dry-run", is_flag=True, help="List the cells that would run and those already done; train nothing.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @plugin_option
+@executor_options
 @click.pass_context
 def run(ctx, grid, models, losses, datasets, params, seeds, repeat, epochs, batch_size, lr, optimizer, limit,
-        device_spec, out, data_dir, force, dry_run, quiet, plugin_modules):
+        device_spec, out, data_dir, force, dry_run, quiet, plugin_modules, **executor_options):
     """Run a grid of experiments and write a run directory (results.csv, history.csv, env.json, weights).
 
     Rerunning the same command with the same --out resumes: finished cells are skipped, failed and
@@ -103,7 +126,7 @@ def run(ctx, grid, models, losses, datasets, params, seeds, repeat, epochs, batc
     out = out or default_run_dir()
     try:
         _run(ctx, grid, models, losses, datasets, params, seeds, repeat, epochs, batch_size, lr, optimizer, limit,
-             device_spec, out, data_dir, force, dry_run, quiet, plugin_modules)
+             device_spec, out, data_dir, force, dry_run, quiet, plugin_modules, **executor_options)
     except KeyboardInterrupt:
         from bench.store import RunStore
 
@@ -119,7 +142,7 @@ def run(ctx, grid, models, losses, datasets, params, seeds, repeat, epochs, batc
 
 
 def _run(ctx, grid, models, losses, datasets, params, seeds, repeat, epochs, batch_size, lr, optimizer, limit,
-         device_spec, out, data_dir, force, dry_run, quiet, plugin_modules):
+         device_spec, out, data_dir, force, dry_run, quiet, plugin_modules, **executor_options):
     from bench import grid as grid_mod
     from bench.device import resolve_device
     from bench.env import environment
@@ -129,6 +152,7 @@ def _run(ctx, grid, models, losses, datasets, params, seeds, repeat, epochs, bat
     host, registry = make_host(plugin_modules)
     config = grid_mod.TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, limit=limit)
     device = resolve_device(device_spec)
+    executor = make_executor(registry, **executor_options)
     seed_list = grid_mod.seed_list(seeds, repeat)
     dataset_list = grid_mod.split_list("--datasets", datasets)
     unavailable = {}
@@ -178,7 +202,8 @@ def _run(ctx, grid, models, losses, datasets, params, seeds, repeat, epochs, bat
         return _bar(total=config.epochs, desc=cell.label, unit="epoch", leave=False, position=1)
 
     try:
-        summary = run_cells(cells, registry, store, device, data_dir, progress, None if quiet else epoch_bar, done)
+        summary = run_cells(cells, registry, store, device, data_dir, progress, None if quiet else epoch_bar, done,
+                            executor, tuple(plugin_modules))
     finally:
         if grid_bar is not None:
             grid_bar.close()
@@ -292,7 +317,7 @@ def format_summary(rows) -> str:
 @main.command(name="list")
 @plugin_option
 def list_(plugin_modules):
-    """List the models, losses and datasets that can go into a grid, with their parameters."""
+    """List the models, losses and datasets that can go into a grid, and the executors that run it."""
     from bench.host import KINDS, PLURAL
 
     host, registry = make_host(plugin_modules)

@@ -25,21 +25,22 @@ class DuplicateComponent(BenchError):
     """Two plugins registered the same name for the same kind."""
 
 #: Built-in plugin modules, loaded exactly like a ``-p`` module.
-BUILTIN_PLUGINS = ("plugins.models", "plugins.losses", "plugins.datasets")
+BUILTIN_PLUGINS = ("plugins.models", "plugins.losses", "plugins.datasets", "plugins.executors")
 
-PLURAL = {"model": "models", "loss": "losses", "dataset": "datasets"}
+PLURAL = {"model": "models", "loss": "losses", "dataset": "datasets", "executor": "executors"}
 
 #: Component kind -> the hook that registers it.
 KINDS = {
     "model": "bench_register_models",
     "loss": "bench_register_losses",
     "dataset": "bench_register_datasets",
+    "executor": "bench_register_executors",
 }
 
 
 @dataclass(frozen=True)
 class Component:
-    """One registered model, loss or dataset."""
+    """One registered model, loss, dataset or executor."""
 
     kind: str
     name: str
