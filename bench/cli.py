@@ -177,6 +177,7 @@ def _run(ctx, grid, models, losses, datasets, params, seeds, repeat, epochs, bat
     previous = store.read_env()
     argv = click.get_current_context().find_root().obj["argv"]
     env = environment(device, argv) | {"cells": len(cells)}
+    env["executor"] = {key: value for key, value in executor_options.items() if value is not None}
     if previous:  # a resumed run keeps what the earlier runs into this directory were
         env["previous"] = [*previous.pop("previous", []), previous]
     store.write_env(env)

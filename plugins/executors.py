@@ -45,19 +45,29 @@ def _exit_reason(code: int | None) -> str:
 # -- process ---------------------------------------------------------------------------------------
 
 
+def _die_with_parent() -> None:
+    """On Linux, have the kernel kill this worker when the driver dies (even by SIGKILL)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # elsewhere a worker finds out at its next send or receive
+
+
 def _worker_main(conn, spec: WorkSpec, threads: int) -> None:
     """A worker process: train the cells the driver sends, one at a time, until told to stop."""
+    _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
     torch.set_num_threads(threads)
     while True:
         try:
             task = conn.recv()
+            if task is None:
+                return
+            conn.send(execute_cell(*task, spec))
         except (EOFError, OSError):  # the driver is gone
             return
-        if task is None:
-            return
-        index, cell = task
-        conn.send(execute_cell(index, cell, spec))
 
 
 class _Worker:
@@ -75,11 +85,13 @@ class _Worker:
         self.conn.send(task)
 
     def stop(self) -> None:
-        try:
-            self.conn.send(None)
-        except OSError:
-            pass
-        self.proc.join(timeout=5)
+        """Let an idle worker exit; a busy one (Ctrl-C, an error in the driver) is terminated."""
+        if self.task is None:
+            try:
+                self.conn.send(None)
+            except OSError:
+                pass
+            self.proc.join(timeout=5)
         if self.proc.is_alive():
             self.proc.terminate()
             self.proc.join(timeout=5)

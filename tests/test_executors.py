@@ -160,7 +160,7 @@ def ray_cluster(env):
     finally:
         os.killpg(head.pid, signal.SIGTERM)  # the head's session: every Ray process this fixture started
         try:
-            head.wait(timeout=15)
+            head.wait(timeout=5)
         except subprocess.TimeoutExpired:
             pass
         try:
@@ -266,8 +266,8 @@ def test_driver_sigkill_loses_no_finished_cell(name, env, tmp_path, request):
     cluster = request.getfixturevalue("ray_cluster") if name == "ray" else None
     extra, auth = executor_args(name, cluster)
     out = tmp_path / "r"
-    args = ["run", "--models", "mlp", "--param", "mlp.hidden=512", "--seeds", "0,1,2,3,4,5", "--limit", "20000",
-            "--epochs", "2", "--device", "cpu", "-q", *extra, "--out", out]
+    args = ["run", "--models", "mlp", "--seeds", "0,1,2,3,4,5", "--limit", "6000", "--epochs", "1", "--device", "cpu",
+            "-q", *extra, "--out", out]
     driver = subprocess.Popen([sys.executable, "-m", "bench", *map(str, args)], cwd=REPO,
                               env={**os.environ, **env, **auth}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 240
