@@ -186,7 +186,10 @@ def execute_cell(index: int, cell: Cell, spec: WorkSpec) -> dict[str, Any]:
     cell = replace(cell, device=str(device))  # the row names the device that trained it; the id stays
     registry = _WORKER_REGISTRIES.get(spec.plugin_modules)
     if registry is None:
-        registry = _WORKER_REGISTRIES[spec.plugin_modules] = Host(spec.plugin_modules).registry
+        try:
+            registry = _WORKER_REGISTRIES[spec.plugin_modules] = Host(spec.plugin_modules).registry
+        except Exception as exc:  # e.g. a -p module that this worker's machine cannot import
+            return failed_record(index, cell, f"the worker could not load the plugins: {_one_line(exc)}")
     try:
         record = train_record(index, cell, registry, _WORKER_DATA, device, Path(spec.data_dir))
     except DataCorrupt as exc:

@@ -30,6 +30,8 @@ def run_grid(out: Path, args: argparse.Namespace, executor: list[str]) -> float:
                "--seeds", seeds, "--epochs", str(args.epochs), "--limit", str(args.limit), "--device", "cpu", "-q",
                "--out", str(out), *executor]
     env = {**os.environ, "PYTHONPATH": str(REPO), "BENCH_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    if executor[1] == "local" and args.local_threads:
+        env["OMP_NUM_THREADS"] = str(args.local_threads)
     start = time.perf_counter()
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
     elapsed = time.perf_counter() - start
@@ -49,11 +51,14 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--limit", type=int, default=0, help="training samples per cell (0: all 55k)")
     parser.add_argument("--jobs", type=int, default=2, help="worker processes for --executor process")
+    parser.add_argument("--local-threads", type=int, default=0,
+                        help="torch threads of the local run (default: torch's, one per core)")
     parser.add_argument("--repeats", type=int, default=1, help="back-to-back (local, process) pairs")
     parser.add_argument("--max-ratio", type=float, default=0.65)
     args = parser.parse_args()
 
-    print(f"{args.cells} x {args.model}, {args.epochs} epoch(s), limit {args.limit or 'all'}, cpu "
+    threads = args.local_threads or "default"
+    print(f"{args.cells} x {args.model}, {args.epochs} epoch(s), limit {args.limit or 'all'}, cpu, local threads {threads} "
           f"({os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} before)")
     ratios = []
     with tempfile.TemporaryDirectory(prefix="bench-executors-") as tmp:
