@@ -128,17 +128,31 @@ def run(ctx, grid, models, losses, datasets, params, seeds, repeat, epochs, batc
         _run(ctx, grid, models, losses, datasets, params, seeds, repeat, epochs, batch_size, lr, optimizer, limit,
              device_spec, out, data_dir, force, dry_run, quiet, plugin_modules, **executor_options)
     except KeyboardInterrupt:
-        from bench.store import RunStore
+        _report_interrupt(ctx, out)
+        sys.exit(130)
 
+
+def _report_interrupt(ctx: click.Context, out: Path) -> None:
+    """After Ctrl-C: bring the tables up to date with the finished cells and say how to resume."""
+    import signal
+
+    from bench.store import RunStore
+
+    try:  # a second Ctrl-C while saving would only print a traceback: the records are already safe
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread
+        previous = None
+    try:
         store = RunStore(out)
         if store.cells_dir.is_dir():
             store.rebuild_tables()
-            done = len(store.records())
-            click.echo(f"\ninterrupted: {done} cell record(s) are saved in {out}. Resume with:\n"
+            click.echo(f"\ninterrupted: {len(store.records())} cell record(s) are saved in {out}. Resume with:\n"
                        f"  {resume_command(ctx, out)}", err=True)
         else:
             click.echo("\ninterrupted before anything was written.", err=True)
-        sys.exit(130)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _run(ctx, grid, models, losses, datasets, params, seeds, repeat, epochs, batch_size, lr, optimizer, limit,
@@ -184,11 +198,12 @@ def _run(ctx, grid, models, losses, datasets, params, seeds, repeat, epochs, bat
     if not quiet:
         click.echo(f"gridbench {__version__}: {len(cells)} cell(s) on {device} -> {store.root}", err=True)
     if done:
-        labels = "; ".join(cell.label for cell in cells if cell.cell_id in done)
+        labels = [cell.label for cell in cells if cell.cell_id in done]
+        labels = "; ".join(labels[:10]) + (f"; and {len(labels) - 10} more" if len(labels) > 10 else "")
         click.echo(f"resume: {len(done)} of {len(cells)} cell(s) already finished in {store.root} are skipped "
                    f"(--force reruns them): {labels}", err=True)
     others = len({r["row"]["cell_id"] for r in store.records()} - {cell.cell_id for cell in cells})
-    if others:
+    if others and not quiet:
         click.echo(f"note: {store.root} also holds {others} cell(s) of other grids; results.csv lists them too",
                    err=True)
 

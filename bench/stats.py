@@ -207,12 +207,12 @@ def format_aggregate(summary: pd.DataFrame, metric: str = "test_acc", confidence
     return _table(header, body, right={2})
 
 
-def format_comparisons(table: pd.DataFrame, alpha: float = 0.05) -> str:
+def format_comparisons(table: pd.DataFrame, alpha: float = 0.05, confidence: float = 0.95) -> str:
     """``a  b  n  diff [CI]  p  p_holm  verdict`` per comparison."""
     body = []
     for r in table.itertuples(index=False):
         body.append([str(r.dataset), r.a, r.b, str(r.n), f"{_num(r.diff, '+.4f')}",
                      f"[{_num(r.ci_low, '+.4f')}, {_num(r.ci_high, '+.4f')}]", _num(r.p, '.3g'),
                      _num(r.p_holm, '.3g'), r.verdict])
-    header = ["dataset", "a", "b", "n", "diff a-b", "95% CI", "p", "p (Holm)", f"verdict (alpha={alpha:g})"]
+    header = ["dataset", "a", "b", "n", "diff a-b", f"{confidence:.0%} CI", "p", "p (Holm)", f"verdict (alpha={alpha:g})"]
     return _table(header, body, right={3, 4, 6, 7})
