@@ -186,8 +186,8 @@ def downloadable_loader(name: str):
             except DatasetUnavailable as exc:
                 raise DatasetUnavailable(f"{name} is not cached in {raw} and could not be fetched: {exc}. {how}") \
                     from None
-        except BenchError as exc:
-            raise BenchError(f"{exc}. Delete {raw} to fetch a fresh copy, or replace the file.") from None
+        except BenchError as exc:  # keep the class: DataCorrupt stops the run (exit 2)
+            raise type(exc)(f"{exc}. Delete {raw} to fetch a fresh copy, or replace the file.") from None
         return make_splits(arrays, mean, std, classes, val_size, {"source": str(raw)})
 
     load.__doc__ = f"{name} (torchvision {tv_name}), downloaded into the data directory on first use."

@@ -81,8 +81,8 @@ class _Worker:
         self.task: tuple[int, Cell] | None = None
 
     def send(self, task: tuple[int, Cell] | None) -> None:
-        self.task = task
         self.conn.send(task)
+        self.task = task
 
     def stop(self) -> None:
         """Let an idle worker exit; a busy one (Ctrl-C, an error in the driver) is terminated."""
@@ -122,15 +122,29 @@ class ProcessExecutor:
     def run(self, tasks: list[tuple[int, Cell]], job: Job) -> Iterator[dict[str, Any]]:
         if not tasks:
             return
-        slots = self.slots(job.device)[:len(tasks)]
         context = multiprocessing.get_context("spawn")  # fork is unsafe once torch has started threads
         queue = deque(tasks)
         workers: list[_Worker] = []
+
+        def give_work(worker: _Worker | None, spec: WorkSpec, threads: int) -> None:
+            """Send the next task to ``worker``, or to a fresh one on the same slot if it is gone."""
+            if not queue:
+                return
+            if worker is not None:
+                try:
+                    worker.send(queue[0])
+                    queue.popleft()
+                    return
+                except OSError:  # it died while idle: nothing of ours was lost with it
+                    worker.stop()
+                    workers.remove(worker)
+            worker = _Worker(context, spec, threads)
+            workers.append(worker)
+            worker.send(queue.popleft())
+
         try:
-            for device, threads in slots:
-                worker = _Worker(context, replace(job.spec, device=device), threads)
-                workers.append(worker)
-                worker.send(queue.popleft())
+            for device, threads in self.slots(job.device)[:len(tasks)]:
+                give_work(None, replace(job.spec, device=device), threads)
             while any(w.task is not None for w in workers):
                 busy = [w for w in workers if w.task is not None]
                 ready = set(wait([w.conn for w in busy] + [w.proc.sentinel for w in busy]))
@@ -142,22 +156,17 @@ class ProcessExecutor:
                         record = worker.conn.recv() if worker.conn.poll() else None
                     except (EOFError, OSError):
                         record = None
-                    if record is None:  # the worker died before it could report
-                        worker.proc.join(timeout=5)
-                        yield failed_record(index, cell, "worker process died while training this cell "
-                                                         f"({_exit_reason(worker.proc.exitcode)})")
-                        worker.task = None
-                        worker.conn.close()
-                        workers.remove(worker)
-                        if queue:  # replace it, on the same device and threads
-                            worker = _Worker(context, worker.spec, worker.threads)
-                            workers.append(worker)
-                            worker.send(queue.popleft())
-                        continue
                     worker.task = None
-                    yield record
-                    if queue:
-                        worker.send(queue.popleft())
+                    if record is None:  # the worker died before it could report: only its cell is lost
+                        worker.proc.join(timeout=5)
+                        record = failed_record(index, cell, "worker process died while training this cell "
+                                                            f"({_exit_reason(worker.proc.exitcode)})")
+                        worker.stop()
+                        workers.remove(worker)
+                        give_work(None, worker.spec, worker.threads)
+                    else:
+                        give_work(worker, worker.spec, worker.threads)
+                    yield record  # the worker already has its next cell while the driver writes this one
         finally:
             for worker in workers:
                 worker.stop()
