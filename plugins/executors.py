@@ -189,14 +189,15 @@ def _one_line(exc: BaseException) -> str:
 class RayExecutor:
     """Each cell a Ray task; records come back to the driver as tasks finish."""
 
-    def __init__(self, address: str | None = None, cpus: int = 1):
+    #: CPUs (and torch threads) per cell.
+    cpus = 1
+
+    def __init__(self, address: str | None = None):
         try:
             import ray  # noqa: F401
         except ImportError:
             raise BenchError(f"--executor ray needs Ray, an optional extra: {RAY_INSTALL_HINT}") from None
-        if cpus < 1:
-            raise BenchError(f"executor ray: cpus must be >= 1, got {cpus}")
-        self.address, self.cpus = address, cpus
+        self.address = address
 
     def _connect(self) -> bool:
         """Start or join Ray unless this process already has; True when we must shut it down."""
@@ -211,8 +212,9 @@ class RayExecutor:
                 ray.init(address=self.address, **options)
             else:
                 ray.init(**options)
-        except ConnectionError as exc:
-            raise BenchError(f"--address {self.address}: cannot connect to a Ray cluster: {_one_line(exc)}") from None
+        except Exception as exc:  # no cluster there, a version mismatch, ...
+            where = f" at --address {self.address}" if self.address else ""
+            raise BenchError(f"--executor ray: cannot start or join Ray{where}: {_one_line(exc)}") from None
         return True
 
     def run(self, tasks: list[tuple[int, Cell]], job: Job) -> Iterator[dict[str, Any]]:
@@ -253,6 +255,6 @@ def bench_register_executors(register):
     register("local", LocalExecutor, description="in this process, one cell after another (the default)")
     register("process", ProcessExecutor, params={"jobs": None},
              description="--jobs N worker processes here (default: one per core, or per GPU on cuda)")
-    register("ray", RayExecutor, params={"address": None, "cpus": 1},
+    register("ray", RayExecutor, params={"address": None},
              description=f"each cell a Ray task, --address auto|HOST:PORT (default: a local instance); "
                          f"needs {RAY_INSTALL_HINT}")
