@@ -6,6 +6,11 @@ exits 1 when the ratio is above ``--max-ratio`` (issue 7 asks for <= 0.65 with -
 
     python benchmarks/bench_executors.py                 # 8 mlp cells, full MNIST train split, 1 epoch
     python benchmarks/bench_executors.py --repeats 2     # local, process, local, process: a ratio per pair
+    python benchmarks/bench_executors.py --local-threads 1   # local on one thread, as each worker has
+
+Both runs inherit this environment (e.g. ``OMP_WAIT_POLICY=PASSIVE``). On a machine shared with
+other work, a 2-thread ``local`` run can stall on spinning OpenMP threads; ``--local-threads 1``
+measures the parallel gain alone.
 """
 
 from __future__ import annotations
