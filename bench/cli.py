@@ -67,6 +67,28 @@ def plugin_option(f, **kwargs):
     )(f)
 
 
+def executor_options(f):
+    """``--executor``, ``--jobs``, ``--address``: where the cells train (see plugins/executors.py)."""
+    f = click.option("--address", metavar="auto|HOST:PORT",
+                     help="With --executor ray: the Ray cluster to join [default: start a local instance].")(f)
+    f = click.option("--jobs", type=int, metavar="N",
+                     help="With --executor process: worker processes [default: one per core, or per GPU].")(f)
+    return click.option("--executor", "executor", default="local", show_default=True, metavar="NAME",
+                        help="Where cells train: local (here, one by one), process (--jobs N workers), "
+                             "ray (a Ray cluster), or a plugin's executor.")(f)
+
+
+def make_executor(registry, executor: str = "local", jobs: int | None = None, address: str | None = None):
+    """Build the executor plugin NAME with the options given (each must be one of its params)."""
+    component = registry.get("executor", executor)
+    given = {key: value for key, value in (("jobs", jobs), ("address", address)) if value is not None}
+    for key in given:
+        if key not in component.params:
+            raise BenchError(f"--{key} does not apply to --executor {executor} (its parameters: "
+                             f"{', '.join(component.params) or 'none'})")
+    return component.factory(**{**component.params, **given})
+
+
 def make_host(plugin_modules=()):
     """The plugin host for one command: built-ins, installed plugins (unless autoload is off), and
     the ``-p`` modules given before the command name and to the command itself."""
@@ -135,6 +157,7 @@ def main(plugin_modules):
 @click.option("--report", "make_report", is_flag=True,
               help="Then write a report into RUN_DIR/report (see bench report).")
 @plugin_option
+@executor_options
 @click.pass_context
 def run(ctx, **options):
     """Run a grid of experiments and write a run directory (results.csv, history.csv, env.json, weights).
@@ -175,7 +198,7 @@ def _report_interrupt(ctx: click.Context, out: Path) -> None:
 
 def _run(ctx, *, grid, models, losses, datasets, params, seeds, repeat, epochs, batch_size, lr, optimizer, limit,
          device_spec, out, data_dir, force, dry_run, cuda_graphs, compile_, threads, quiet, make_report,
-         plugin_modules):
+         plugin_modules, executor, jobs, address):
     from bench import grid as grid_mod
     from bench.device import resolve_device
     from bench.env import environment
@@ -190,6 +213,8 @@ def _run(ctx, *, grid, models, losses, datasets, params, seeds, repeat, epochs, 
     device = resolve_device(device_spec)
     execution = Execution(cuda_graphs=cuda_graphs, compile=compile_)
     execution.step_mode(device)  # --cuda-graphs on without cuda: fail before any work
+    executor_choice = {"executor": executor, "jobs": jobs, "address": address}
+    executor_obj = make_executor(registry, **executor_choice)
     seed_list = grid_mod.seed_list(seeds, repeat)
     dataset_list = grid_mod.split_list("--datasets", datasets)
     unavailable = {}
@@ -213,6 +238,7 @@ def _run(ctx, *, grid, models, losses, datasets, params, seeds, repeat, epochs, 
     store.create()
     previous = store.read_env()
     env = environment(device, ctx.find_root().obj["argv"], execution) | {"cells": len(cells)}
+    env["executor"] = {key: value for key, value in executor_choice.items() if value is not None}
     if previous:  # a resumed run keeps what the earlier runs into this directory were
         env["previous"] = [*previous.pop("previous", []), previous]
     store.write_env(env)
@@ -240,7 +266,7 @@ def _run(ctx, *, grid, models, losses, datasets, params, seeds, repeat, epochs, 
 
     try:
         summary = run_cells(cells, registry, store, device, data_dir, progress, None if quiet else epoch_bar, done,
-                            execution=execution)
+                            executor_obj, tuple(host.modules), execution=execution)
     finally:
         if grid_bar is not None:
             grid_bar.close()
@@ -377,7 +403,8 @@ def write_report(run_dirs: list[Path], out: Path | None) -> None:
 @main.command(name="list")
 @plugin_option
 def list_(plugin_modules):
-    """List the models, losses, datasets and grids that plugins registered, with their parameters."""
+    """List the models, losses, datasets and grids that plugins registered, with their parameters, and
+    the executors that can run a grid."""
     from bench.host import KINDS, PLURAL
 
     host, registry = make_host(plugin_modules)

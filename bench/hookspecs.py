@@ -71,3 +71,23 @@ def bench_cli(cli):
     and the plugin reported as broken. Built-ins, installed plugins and ``bench -p MODULE`` (before
     the command name) take part.
     """
+
+
+@hookspec
+def bench_register_executors(register):
+    """Register executors: the ways a grid's cells can be run (``bench run --executor NAME``).
+
+    Called once when components are collected. ``register(name, factory, params=None,
+    description="")`` where ``factory(**params)`` returns an executor: an object with
+    ``run(tasks, job) -> Iterator[dict]`` (see :class:`bench.runner.Executor`). ``tasks`` is a
+    list of ``(index, bench.grid.Cell)``; ``job`` a :class:`bench.runner.Job` (the registry, the
+    device, the data directory and the picklable :class:`bench.runner.WorkSpec`). ``run`` yields
+    one record per task, in any order, as each cell finishes: in-process from
+    ``bench.runner.train_record``, from a worker through ``bench.runner.execute_cell(index, cell,
+    job.spec)``, or ``bench.runner.failed_record`` when a worker died. The driver alone writes the
+    records to the run directory; the generator's ``close()`` must stop any workers.
+
+    ``params`` are the factory's keyword defaults: ``jobs`` receives ``--jobs N`` and ``address``
+    receives ``--address``. The factory raises ``bench.BenchError`` when the executor cannot be
+    used here (e.g. a missing optional dependency), saying how to fix it.
+    """

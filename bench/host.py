@@ -35,15 +35,19 @@ class BrokenPlugin(RuntimeError):
 
 
 #: Built-in plugin modules, loaded exactly like a ``-p`` module.
-BUILTIN_PLUGINS = ("plugins.models", "plugins.losses", "plugins.datasets", "plugins.grids")
+BUILTIN_PLUGINS = (
+    "plugins.models", "plugins.losses", "plugins.datasets", "plugins.grids", "plugins.executors",
+)
 
-PLURAL = {"model": "models", "loss": "losses", "dataset": "datasets", "grid": "grids", "command": "commands"}
+PLURAL = {"model": "models", "loss": "losses", "dataset": "datasets", "executor": "executors", "grid": "grids",
+          "command": "commands"}
 
 #: Component kind -> the hook that registers it.
 KINDS = {
     "model": "bench_register_models",
     "loss": "bench_register_losses",
     "dataset": "bench_register_datasets",
+    "executor": "bench_register_executors",
 }
 GRID_HOOK = "bench_register_grids"
 CLI_HOOK = "bench_cli"
@@ -53,7 +57,7 @@ Triple = tuple[str, str, str]
 
 @dataclass(frozen=True)
 class Component:
-    """One registered model, loss or dataset."""
+    """One registered model, loss, dataset or executor."""
 
     kind: str
     name: str
@@ -243,6 +247,8 @@ class Host:
         self.plugins: dict[str, PluginInfo] = {}
         self.warnings: list[str] = []
         modules = list(modules)
+        #: The ``-p`` arguments this host was built from (workers of an executor rebuild it from them).
+        self.modules: tuple[str, ...] = tuple(modules)
         blocked = {m[3:] for m in modules if m.startswith("no:")}
         for name in blocked:
             self.pm.set_blocked(name)

@@ -1,13 +1,18 @@
-"""Runs a list of cells: loads each dataset once onto the device, trains, records every outcome."""
+"""Runs a list of cells: loads each dataset once onto the device, trains, records every outcome.
+
+The seam for executors: :func:`train_record` trains one cell into a record; an executor (plugin)
+decides where that happens (here, in worker processes, on a Ray cluster: :func:`execute_cell` is
+the picklable entry point for those); :func:`run_cells` writes every record through the store.
+"""
 
 from __future__ import annotations
 
 import json
 import traceback
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -17,9 +22,12 @@ from bench.grid import Cell
 from bench.host import Registry
 from bench.step import Execution
 from bench.store import RunStore
-from bench.templates import record_templates
+from bench.templates import template_entry
 from bench.timing import Stopwatch
 from bench.trainer import train_cell
+
+#: Record keys holding tensors ({name: tensor}) that the driver writes to ``weights/`` and replaces by a path.
+TENSOR_KEYS = ("state_dict", "templates_state")
 
 
 @dataclass
@@ -73,6 +81,158 @@ def available_datasets(registry: Registry, names: list[str], data_dir: Path) -> 
     return ok, missing
 
 
+@dataclass(frozen=True)
+class WorkSpec:
+    """What a worker process needs to rebuild the driver's world; picklable (plain strings only).
+
+    A worker (a ``process`` executor's child, a Ray task) loads the same plugins (``-p`` modules
+    plus built-ins and installed ones) and the datasets itself, so no registry, tensor or open
+    file crosses a process boundary on the way in.
+    """
+
+    plugin_modules: tuple[str, ...]
+    data_dir: str
+    device: str
+    execution: Execution | None = None
+
+
+@dataclass
+class Job:
+    """One run's cells as an executor sees them: the driver-side registry and the picklable spec."""
+
+    registry: Registry
+    device: torch.device
+    data_dir: Path
+    plugin_modules: tuple[str, ...] = ()
+    #: Per-cell epoch bars; only executors that train in the driver's process can show them.
+    epoch_bar_factory: Callable[[Cell], Any] | None = None
+    execution: Execution | None = None
+
+    @property
+    def spec(self) -> WorkSpec:
+        return WorkSpec(tuple(self.plugin_modules), str(self.data_dir), str(self.device), self.execution)
+
+
+class Executor(Protocol):
+    """Runs cells somewhere and hands their records back as they finish (see ``bench_register_executors``)."""
+
+    def run(self, tasks: list[tuple[int, Cell]], job: Job) -> Iterator[dict[str, Any]]:
+        """Yield one record per ``(index, cell)`` task, in any order, each as soon as it is done."""
+
+
+class DataCache:
+    """Keeps one dataset resident on the device at a time; a load failure is remembered as the error."""
+
+    def __init__(self) -> None:
+        self._loaded: dict[str, DataSplits | BaseException] = {}
+        #: Seconds the last load took, until the cell that caused it claims them (``take_load_time``).
+        self._load_time = 0.0
+
+    def get(self, registry: Registry, cell: Cell, data_dir: Path, device: torch.device) -> DataSplits:
+        key = json.dumps([cell.dataset, cell.override("dataset"), str(device)], sort_keys=True)
+        if key not in self._loaded:
+            self._loaded.clear()  # keep one dataset resident at a time
+            watch = Stopwatch(device)
+            try:
+                with watch.phase("load"):
+                    self._loaded[key] = load_dataset(registry, cell.dataset, cell.override("dataset"),
+                                                     data_dir).to(device)
+            except DataCorrupt:
+                raise
+            except BenchError as exc:
+                self._loaded[key] = exc
+            self._load_time = watch.last
+        data = self._loaded[key]
+        if isinstance(data, BaseException):
+            raise data
+        return data
+
+    def take_load_time(self) -> float:
+        seconds, self._load_time = self._load_time, 0.0
+        return seconds
+
+
+def train_record(index: int, cell: Cell, registry: Registry, cache: DataCache, device: torch.device,
+                 data_dir: Path, epoch_bar_factory=None, execution: Execution | None = None) -> dict[str, Any]:
+    """Train one cell and build its record; a failing cell becomes a ``failed`` (or ``skipped``) record.
+
+    An ``ok`` record carries the final weights under ``"state_dict"`` and the class templates under
+    ``"templates_state"`` for the driver to store.
+    Only Ctrl-C and corrupt data (:class:`DataCorrupt`, which stops the run) propagate.
+    """
+    record: dict[str, Any] = {"index": index}
+    try:
+        data = cache.get(registry, cell, data_dir, device)
+        record.update(_train_one(cell, registry, data, device, epoch_bar_factory, execution))
+        record["row"]["data_time_s"] += cache.take_load_time()
+    except (KeyboardInterrupt, DataCorrupt):
+        raise
+    except IncompatibleCell as exc:
+        record["row"] = _row(cell, "skipped", str(exc))
+    except Exception as exc:
+        message = _one_line(exc)
+        if isinstance(exc, torch.cuda.OutOfMemoryError):
+            message += " (out of device memory: try a smaller --batch-size or model)"
+        record["row"] = _row(cell, "failed", message)
+        if not isinstance(exc, BenchError):
+            record["traceback"] = traceback.format_exc()
+    if record["row"]["status"] == "failed" and device.type == "cuda":
+        torch.cuda.empty_cache()  # the failed cell's tensors are gone now; give their memory back
+    return record
+
+
+def failed_record(index: int, cell: Cell, error: str) -> dict[str, Any]:
+    """The record of a cell whose worker died (or was lost) before it could report."""
+    return {"index": index, "row": _row(cell, "failed", error)}
+
+
+#: Per worker process: registries by plugin modules, and the resident dataset.
+_WORKER_REGISTRIES: dict[tuple[str, ...], Registry] = {}
+_WORKER_DATA = DataCache()
+
+
+def execute_cell(index: int, cell: Cell, spec: WorkSpec) -> dict[str, Any]:
+    """Train one cell in a worker process from picklable inputs; returns a picklable record.
+
+    The plugin host and the dataset are built on first use and cached for the life of the worker
+    process. The weights come back as safetensors bytes. Corrupt data comes back as
+    ``{"fatal": message}``: the driver stops the run, as it would in-process.
+    """
+    from bench.host import Host
+
+    device = torch.device(spec.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    cell = replace(cell, device=str(device))  # the row names the device that trained it; the id stays
+    registry = _WORKER_REGISTRIES.get(spec.plugin_modules)
+    if registry is None:
+        try:
+            registry = _WORKER_REGISTRIES[spec.plugin_modules] = Host(spec.plugin_modules).registry
+        except Exception as exc:  # e.g. a -p module that this worker's machine cannot import
+            return failed_record(index, cell, f"the worker could not load the plugins: {_one_line(exc)}")
+    try:
+        record = train_record(index, cell, registry, _WORKER_DATA, device, Path(spec.data_dir),
+                              execution=spec.execution)
+    except DataCorrupt as exc:
+        return {"index": index, "fatal": str(exc)}
+    from safetensors.torch import save
+
+    for key in TENSOR_KEYS:
+        if record.get(key) is not None:
+            record[key] = save(record[key])
+    return record
+
+
+class LocalExecutor:
+    """In the driver's process, one cell after another: the default."""
+
+    def run(self, tasks: list[tuple[int, Cell]], job: Job) -> Iterator[dict[str, Any]]:
+        cache = DataCache()
+        for index, cell in tasks:
+            yield train_record(index, cell, job.registry, cache, job.device, job.data_dir, job.epoch_bar_factory,
+                               job.execution)
+
+
 def run_cells(
     cells: list[Cell],
     registry: Registry,
@@ -82,6 +242,8 @@ def run_cells(
     progress: Callable[[Cell, dict[str, Any]], None] | None = None,
     epoch_bar_factory: Callable[[Cell], Any] | None = None,
     done: dict[str, dict[str, Any]] | None = None,
+    executor: Executor | None = None,
+    plugin_modules: tuple[str, ...] = (),
     execution: Execution | None = None,
 ) -> RunSummary:
     """Train every cell and persist each outcome as it happens; a failing cell never stops the grid.
@@ -89,54 +251,49 @@ def run_cells(
     ``done`` maps the ids of cells finished by an earlier run to their rows: those are not trained
     again, their rows go into the summary as they are. Corrupt data (:class:`DataCorrupt`) and
     Ctrl-C stop the grid; everything finished before is already on disk.
+
+    ``executor`` decides where cells train (default: here, one after another); whichever it is,
+    this process alone writes the records, through ``store``, as they arrive.
     """
-    summary = RunSummary()
-    loaded: dict[str, Any] = {}
     done = done or {}
-    for index, cell in enumerate(cells):
-        if cell.cell_id in done:
-            summary.rows.append(done[cell.cell_id])
+    rows: dict[int, dict[str, Any]] = {i: done[c.cell_id] for i, c in enumerate(cells) if c.cell_id in done}
+    tasks = [(i, c) for i, c in enumerate(cells) if c.cell_id not in done]
+    job = Job(registry, device, Path(data_dir), tuple(plugin_modules), epoch_bar_factory, execution)
+    records = (executor or LocalExecutor()).run(tasks, job)
+    try:
+        for record in records:
+            if "fatal" in record:
+                raise DataCorrupt(record["fatal"])
+            cell = cells[record["index"]]
+            _write_tensors(record, cell, store)
+            store.write_cell(record)
+            rows[record["index"]] = record["row"]
+            if progress:
+                progress(cell, record["row"])
+    finally:
+        close = getattr(records, "close", None)
+        if close is not None:
+            close()  # stop the executor's workers, also on Ctrl-C or corrupt data
+    return RunSummary(rows=[rows[i] for i in sorted(rows)])
+
+
+def _write_tensors(record: dict[str, Any], cell: Cell, store: RunStore) -> None:
+    """Store the record's weights and templates (tensors, or safetensors bytes from a worker) as files."""
+    from safetensors.torch import load
+
+    for key in TENSOR_KEYS:
+        tensors = record.pop(key, None)
+        if tensors is None:
             continue
-        key = json.dumps([cell.dataset, cell.override("dataset")], sort_keys=True)
-        record: dict[str, Any] = {"index": index}
-        try:
-            load_time = 0.0
-            if key not in loaded:
-                loaded.clear()  # keep one dataset resident at a time
-                watch = Stopwatch(device)
-                try:
-                    with watch.phase("load"):
-                        loaded[key] = load_dataset(registry, cell.dataset, cell.override("dataset"),
-                                                   data_dir).to(device)
-                except BenchError as exc:
-                    loaded[key] = exc
-                load_time = watch.last
-            data = loaded[key]
-            if isinstance(data, BaseException):
-                raise data
-            record.update(_train_one(cell, registry, data, device, store, epoch_bar_factory, execution))
-            record["row"]["data_time_s"] += load_time
-        except (KeyboardInterrupt, DataCorrupt):
-            raise
-        except IncompatibleCell as exc:
-            record["row"] = _row(cell, "skipped", str(exc))
-        except Exception as exc:
-            message = _one_line(exc)
-            if isinstance(exc, torch.cuda.OutOfMemoryError):
-                message += " (out of device memory: try a smaller --batch-size or model)"
-            record["row"] = _row(cell, "failed", message)
-            if not isinstance(exc, BenchError):
-                record["traceback"] = traceback.format_exc()
-        if record["row"]["status"] == "failed" and device.type == "cuda":
-            torch.cuda.empty_cache()  # the failed cell's tensors are gone now; give their memory back
-        store.write_cell(record)
-        summary.rows.append(record["row"])
-        if progress:
-            progress(cell, record["row"])
-    return summary
+        if isinstance(tensors, bytes):
+            tensors = load(tensors)
+        if key == "state_dict":
+            record["row"]["weights"] = store.write_weights(cell.cell_id, tensors)
+        else:
+            record["templates"]["path"] = store.write_weights(f"{cell.cell_id}.templates", tensors)
 
 
-def _train_one(cell: Cell, registry: Registry, data: DataSplits, device: torch.device, store: RunStore,
+def _train_one(cell: Cell, registry: Registry, data: DataSplits, device: torch.device,
                epoch_bar_factory, execution: Execution | None = None) -> dict[str, Any]:
     model_c, loss_c = registry.get("model", cell.model), registry.get("loss", cell.loss)
     torch.manual_seed(cell.seed)
@@ -156,8 +313,9 @@ def _train_one(cell: Cell, registry: Registry, data: DataSplits, device: torch.d
     row.update(result.timing)
     row.update(result.execution)
     row["n_params"] = result.n_params
-    row["weights"] = store.write_weights(cell.cell_id, result.state_dict)
+    row["weights"] = ""  # the driver stores the weights and fills this in
     base = {k: row[k] for k in ("cell_id", "model", "loss", "dataset", "params", "seed")}
     history = [{**base, **h} for h in result.history]
     return {"row": row, "history": history, "confusion": result.confusion, "classes": data.classes,
-            "input_shape": list(data.input_shape), "templates": record_templates(model, data, store, cell.cell_id)}
+            "input_shape": list(data.input_shape), "state_dict": result.state_dict,
+            **template_entry(model, data)}

@@ -49,14 +49,15 @@ def input_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_clas
     return (sums / counts.view(-1, *([1] * (sums.dim() - 1)))).cpu()
 
 
-def record_templates(model: nn.Module, data: DataSplits, store, cell_id: str) -> dict[str, Any]:
-    """Compute and save a cell's templates; the entry for its record: ``{"path", "kind"}`` or ``{"error"}``.
+def template_entry(model: nn.Module, data: DataSplits) -> dict[str, Any]:
+    """A cell record's template entries: ``templates`` (``{"kind"}``, or ``{"error"}``) and, when they
+    could be computed, ``templates_state`` (``{"templates": tensor}``, which the driver stores and
+    replaces by ``templates["path"]``).
 
     A template that cannot be computed never fails the cell: its results are already good.
     """
     try:
         templates, kind = class_templates(model, data)
-        path = store.write_weights(f"{cell_id}.templates", {"templates": templates})
     except Exception as exc:  # a by-product: report why, keep the cell
-        return {"error": f"{type(exc).__name__}: {' '.join(str(exc).split())}"}
-    return {"path": path, "kind": kind}
+        return {"templates": {"error": f"{type(exc).__name__}: {' '.join(str(exc).split())}"}}
+    return {"templates": {"kind": kind}, "templates_state": {"templates": templates.contiguous()}}

@@ -1,0 +1,260 @@
+"""Built-in executors: where a grid's cells train.
+
+- ``local``: in this process, one cell after another (the default).
+- ``process``: ``--jobs N`` worker processes on this machine; on cpu the cores are shared out
+  (``torch.set_num_threads``), on cuda each worker gets its own GPU.
+- ``ray``: each cell a Ray task (``num_gpus=1`` on cuda), on a local Ray instance or a cluster
+  (``--address auto|HOST:PORT``); needs the optional extra ``pip install 'gridbench[ray]'``.
+
+Workers rebuild the plugin host and load the data themselves (:func:`bench.runner.execute_cell`)
+and send back records; the driver writes them, so resume and reports do not care who trained a
+cell. A worker that dies takes only its own cell with it: that cell becomes a ``failed`` row,
+which a rerun retries.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import signal
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import replace
+from multiprocessing.connection import wait
+from typing import Any
+
+import torch
+
+from bench import hookimpl
+from bench.errors import BenchError
+from bench.grid import Cell
+from bench.runner import Job, LocalExecutor, WorkSpec, execute_cell, failed_record
+
+RAY_INSTALL_HINT = "pip install 'gridbench[ray]'"
+
+
+def _exit_reason(code: int | None) -> str:
+    if code is not None and code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+# -- process ---------------------------------------------------------------------------------------
+
+
+def _die_with_parent() -> None:
+    """On Linux, have the kernel kill this worker when the driver dies (even by SIGKILL)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # elsewhere a worker finds out at its next send or receive
+
+
+def _worker_main(conn, spec: WorkSpec, threads: int) -> None:
+    """A worker process: train the cells the driver sends, one at a time, until told to stop."""
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
+    torch.set_num_threads(threads)
+    while True:
+        try:
+            task = conn.recv()
+            if task is None:
+                return
+            conn.send(execute_cell(*task, spec))
+        except (EOFError, OSError):  # the driver is gone
+            return
+
+
+class _Worker:
+    def __init__(self, context, spec: WorkSpec, threads: int):
+        self.conn, child = context.Pipe()
+        self.proc = context.Process(target=_worker_main, args=(child, spec, threads), daemon=True,
+                                    name=f"bench-worker-{spec.device}")
+        self.proc.start()
+        child.close()
+        self.spec, self.threads = spec, threads
+        self.task: tuple[int, Cell] | None = None
+
+    def send(self, task: tuple[int, Cell] | None) -> None:
+        self.conn.send(task)
+        self.task = task
+
+    def stop(self) -> None:
+        """Let an idle worker exit; a busy one (Ctrl-C, an error in the driver) is terminated."""
+        if self.task is None:
+            try:
+                self.conn.send(None)
+            except OSError:
+                pass
+            self.proc.join(timeout=5)
+        if self.proc.is_alive():
+            self.proc.terminate()
+            self.proc.join(timeout=5)
+        self.conn.close()
+
+
+class ProcessExecutor:
+    """``--jobs N`` worker processes on this machine, each training one cell at a time."""
+
+    def __init__(self, jobs: int | None = None):
+        if jobs is not None and jobs < 1:
+            raise BenchError(f"--jobs must be >= 1, got {jobs}")
+        self.jobs = jobs
+
+    def slots(self, device: torch.device) -> list[tuple[str, int]]:
+        """(device, threads) for each worker."""
+        if device.type == "cuda":
+            count = torch.cuda.device_count()
+            jobs = self.jobs or count
+            if jobs > count:
+                raise BenchError(f"--jobs {jobs}: the process executor gives each worker its own GPU, "
+                                 f"and there are {count} here")
+            return [(f"cuda:{i}", 1) for i in range(jobs)]
+        cores = torch.get_num_threads()
+        jobs = self.jobs or cores
+        return [(str(device), max(1, cores // jobs))] * jobs
+
+    def run(self, tasks: list[tuple[int, Cell]], job: Job) -> Iterator[dict[str, Any]]:
+        if not tasks:
+            return
+        context = multiprocessing.get_context("spawn")  # fork is unsafe once torch has started threads
+        queue = deque(tasks)
+        workers: list[_Worker] = []
+
+        def give_work(worker: _Worker | None, spec: WorkSpec, threads: int) -> None:
+            """Send the next task to ``worker``, or to a fresh one on the same slot if it is gone."""
+            if not queue:
+                return
+            if worker is not None:
+                try:
+                    worker.send(queue[0])
+                    queue.popleft()
+                    return
+                except OSError:  # it died while idle: nothing of ours was lost with it
+                    worker.stop()
+                    workers.remove(worker)
+            worker = _Worker(context, spec, threads)
+            workers.append(worker)
+            worker.send(queue.popleft())
+
+        try:
+            for device, threads in self.slots(job.device)[:len(tasks)]:
+                give_work(None, replace(job.spec, device=device), threads)
+            while any(w.task is not None for w in workers):
+                busy = [w for w in workers if w.task is not None]
+                ready = set(wait([w.conn for w in busy] + [w.proc.sentinel for w in busy]))
+                for worker in busy:
+                    if worker.conn not in ready and worker.proc.sentinel not in ready:
+                        continue
+                    index, cell = worker.task
+                    try:
+                        record = worker.conn.recv() if worker.conn.poll() else None
+                    except (EOFError, OSError):
+                        record = None
+                    worker.task = None
+                    if record is None:  # the worker died before it could report: only its cell is lost
+                        worker.proc.join(timeout=5)
+                        record = failed_record(index, cell, "worker process died while training this cell "
+                                                            f"({_exit_reason(worker.proc.exitcode)})")
+                        worker.stop()
+                        workers.remove(worker)
+                        give_work(None, worker.spec, worker.threads)
+                    else:
+                        give_work(worker, worker.spec, worker.threads)
+                    yield record  # the worker already has its next cell while the driver writes this one
+        finally:
+            for worker in workers:
+                worker.stop()
+
+
+# -- ray -------------------------------------------------------------------------------------------
+
+
+def _ray_cell(index: int, cell: Cell, spec: WorkSpec, threads: int) -> dict[str, Any]:
+    """The body of one Ray task (a plain function, so Ray ships it by reference)."""
+    torch.set_num_threads(threads)
+    return execute_cell(index, cell, spec)
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"
+
+
+class RayExecutor:
+    """Each cell a Ray task; records come back to the driver as tasks finish."""
+
+    #: CPUs (and torch threads) per cell.
+    cpus = 1
+
+    def __init__(self, address: str | None = None):
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise BenchError(f"--executor ray needs Ray, an optional extra: {RAY_INSTALL_HINT}") from None
+        self.address = address
+
+    def _connect(self) -> bool:
+        """Start or join Ray unless this process already has; True when we must shut it down."""
+        import ray
+
+        if ray.is_initialized():
+            return False
+        options: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING,
+                                   "configure_logging": True}
+        try:
+            if self.address:
+                ray.init(address=self.address, **options)
+            else:
+                ray.init(**options)
+        except Exception as exc:  # no cluster there, a version mismatch, ...
+            where = f" at --address {self.address}" if self.address else ""
+            raise BenchError(f"--executor ray: cannot start or join Ray{where}: {_one_line(exc)}") from None
+        return True
+
+    def run(self, tasks: list[tuple[int, Cell]], job: Job) -> Iterator[dict[str, Any]]:
+        if not tasks:
+            return
+        import ray
+
+        started = self._connect()
+        cuda = job.device.type == "cuda"
+        # Ray hands each GPU task its own device as CUDA_VISIBLE_DEVICES, so inside the task it is cuda:0.
+        spec = replace(job.spec, device="cuda:0" if cuda else job.spec.device)
+        task = ray.remote(_ray_cell).options(num_cpus=self.cpus, num_gpus=1 if cuda else 0, max_retries=0,
+                                             name="bench-cell")
+        pending = {task.remote(index, cell, spec, self.cpus): (index, cell) for index, cell in tasks}
+        try:
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                for ref in ready:
+                    index, cell = pending.pop(ref)
+                    try:
+                        record = ray.get(ref)
+                    except ray.exceptions.RayError as exc:  # the worker died, the node was lost, ...
+                        record = failed_record(index, cell, f"Ray task failed while training this cell: "
+                                                            f"{_one_line(exc)}")
+                    yield record
+        finally:
+            for ref in pending:
+                try:
+                    ray.cancel(ref, force=True)
+                except Exception:  # already finished or its worker is gone
+                    pass
+            if started:
+                ray.shutdown()
+
+
+@hookimpl
+def bench_register_executors(register):
+    register("local", LocalExecutor, description="in this process, one cell after another (the default)")
+    register("process", ProcessExecutor, params={"jobs": None},
+             description="--jobs N worker processes here (default: one per core, or per GPU on cuda)")
+    register("ray", RayExecutor, params={"address": None},
+             description=f"each cell a Ray task, --address auto|HOST:PORT (default: a local instance); "
+                         f"needs {RAY_INSTALL_HINT}")
