@@ -18,7 +18,7 @@ from typing import Any
 
 import pluggy
 
-from bench import PROJECT, hookspecs
+from bench import PROJECT, __version__, hookspecs
 from bench.errors import BenchError
 
 
@@ -270,7 +270,9 @@ class Host:
         """Import a module by dotted path and register it as a plugin named after it."""
         if self.pm.is_blocked(module_name) or module_name in self.plugins:
             return
-        info = PluginInfo(module_name, source, *_distribution_of(module_name))
+        # Built-ins are part of gridbench; only a -p module needs the (slow) scan of installed packages.
+        origin = ("gridbench", __version__) if source == "builtin" else _distribution_of(module_name)
+        info = PluginInfo(module_name, source, *origin)
         try:
             module = importlib.import_module(module_name)
         except ImportError as exc:

@@ -1,11 +1,14 @@
 """CPU threading for honest timings on shared machines: settle it before torch loads OpenMP.
 
-PyTorch's CPU kernels run on an OpenMP pool whose idle threads spin while they wait. When the
-machine's cores are shared (other processes, other benchmarks), a spinning or descheduled thread
-stalls every parallel region: on a 2-core box with other work running, a linear-model epoch took a
-median 12.8 s with the default policy and 0.29 s with ``OMP_WAIT_POLICY=PASSIVE`` (see
-benchmarks/README.md). So, unless the user chose a policy, the
-command line asks for passive waiting before torch is imported.
+PyTorch's CPU kernels run on an OpenMP pool whose idle threads spin for a while before they sleep.
+On a quiet machine that spinning is what makes small kernels fast; on an oversubscribed one (other
+processes, other benchmarks each with their own spinning pool) a spinning or descheduled thread
+stalls every parallel region. Measured on this 2-core box (benchmarks/README.md): with the cores
+busy, a linear-model epoch took a median 12.8 s with the default policy and 0.29 s with
+``OMP_WAIT_POLICY=PASSIVE``; with the machine quiet, 0.10 s with the default and 0.21-0.24 s with
+passive waiting. So, unless the user chose a policy, the command line asks for passive waiting only
+when the machine is already oversubscribed (1-minute load average above the core count) when it
+starts, and records the choice in ``env.json`` (``openmp_choice``).
 """
 
 from __future__ import annotations
@@ -17,15 +20,33 @@ import sys
 USER_CHOICES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
 
 
-def prefer_passive_openmp() -> bool:
-    """Set ``OMP_WAIT_POLICY=PASSIVE`` if torch is not loaded yet and the user set no policy.
+#: Where the command line records what it chose and why (copied into env.json).
+CHOICE_VARIABLE = "BENCH_OPENMP_CHOICE"
 
-    Returns whether it did; once torch (and so OpenMP) is loaded the setting would have no effect.
-    """
+
+def choose_passive(load: float, cores: int) -> bool:
+    """Passive waiting when the machine is oversubscribed: more runnable work than cores."""
+    return load > cores
+
+
+def prefer_passive_openmp() -> bool:
+    """Set ``OMP_WAIT_POLICY=PASSIVE`` if torch is not loaded yet, the user set no policy and the
+    machine is oversubscribed; returns whether it did. Once torch (and so OpenMP) is loaded the
+    setting would have no effect."""
     if "torch" in sys.modules or any(name in os.environ for name in USER_CHOICES):
+        os.environ.setdefault(CHOICE_VARIABLE, "as set by the user or the environment")
         return False
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-    return True
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # no load average on this platform: keep OpenMP's default
+        return False
+    cores = os.cpu_count() or 1
+    passive = choose_passive(load, cores)
+    os.environ[CHOICE_VARIABLE] = (f"{'passive' if passive else 'default'} waiting: load average {load:.2f} "
+                                   f"{'>' if passive else '<='} {cores} cores at start")
+    if passive:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    return passive
 
 
 def set_threads(threads: int | None) -> None:

@@ -10,9 +10,10 @@ exits 1 when the ratio is above ``--max-ratio`` (issue 7 asks for <= 0.65 with -
 
 The default cells are linear: a linear cell gains almost nothing from a second thread, so the
 ratio shows what running cells side by side buys. An MLP cell already gets ~1.4x from two threads,
-which caps what two one-thread workers can add (ratio >= ~0.7 on 2 cores). Both runs get
-``OMP_WAIT_POLICY=PASSIVE`` unless a policy is set, as ``bench`` itself does: on a shared machine
-spinning OpenMP threads stall a 2-thread ``local`` run and would flatter ``process``.
+which caps what two one-thread workers can add (ratio >= ~0.7 on 2 cores). Both runs get the same
+OpenMP wait policy, decided once the way ``bench`` decides (passive only on an oversubscribed
+machine, see bench/threads.py): on a shared machine spinning OpenMP threads stall a 2-thread
+``local`` run and would flatter ``process``; on a quiet one passive waiting would slow ``local``.
 """
 
 from __future__ import annotations
@@ -37,8 +38,7 @@ def run_grid(out: Path, args: argparse.Namespace, executor: list[str]) -> float:
                "--seeds", seeds, "--epochs", str(args.epochs), "--limit", str(args.limit), "--device", "cpu", "-q",
                "--out", str(out), *executor]
     env = {**os.environ, "PYTHONPATH": str(REPO), "BENCH_DISABLE_PLUGIN_AUTOLOAD": "1"}
-    if not any(name in os.environ for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")):
-        env["OMP_WAIT_POLICY"] = "PASSIVE"
+    env.update(args.openmp_env)
     if executor[1] == "local" and args.local_threads:
         env["OMP_NUM_THREADS"] = str(args.local_threads)
     start = time.perf_counter()
@@ -67,7 +67,11 @@ def main() -> None:
     args = parser.parse_args()
 
     threads = args.local_threads or "default"
-    policy = os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
+    sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
+    from process import shared_openmp_env
+
+    args.openmp_env = shared_openmp_env()
+    policy = args.openmp_env.get("OMP_WAIT_POLICY", os.environ.get("OMP_WAIT_POLICY", "default"))
     print(f"{args.cells} x {args.model}, {args.epochs} epoch(s), limit {args.limit or 'all'}, cpu, "
           f"local threads {threads}, "
           f"OMP_WAIT_POLICY={policy} "

@@ -78,9 +78,14 @@ def notebook_cmd(root: Path, epochs: int = 2, device: str = "cpu") -> list[str]:
             "--device", device, "--root", str(root)]
 
 
-#: The notebook script gets the OpenMP wait policy that ``bench`` sets for itself, so that neither
-#: process is slowed by spinning OpenMP threads on a shared machine (a fair comparison).
-NOTEBOOK_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
+def shared_openmp_env() -> dict[str, str]:
+    """The OpenMP wait policy both processes get, decided once, the way ``bench`` decides for itself
+    (passive waiting only on an oversubscribed machine): neither process is favoured."""
+    from bench.threads import USER_CHOICES, choose_passive
+
+    if any(name in os.environ for name in USER_CHOICES):
+        return {}
+    return {"OMP_WAIT_POLICY": "PASSIVE"} if choose_passive(os.getloadavg()[0], os.cpu_count() or 1) else {}
 
 
 def compare(rounds: int = 1, epochs: int = 2, device: str = "cpu",
@@ -90,12 +95,13 @@ def compare(rounds: int = 1, epochs: int = 2, device: str = "cpu",
     from notebook_loop import prepare_raw
 
     runs: dict[str, list[ProcessRun]] = {"gridbench": [], "notebook": []}
+    shared = shared_openmp_env()
     with tempfile.TemporaryDirectory(prefix="gridbench-process-") as tmp:
         raw_root = prepare_raw(Path(tmp) / "mnist")  # decompressed once, outside the timed notebook runs
         for i in range(rounds):
-            for name, cmd, env in (("gridbench", gridbench_cmd(Path(tmp) / f"run{i}", epochs, device), None),
+            for name, cmd, env in (("gridbench", gridbench_cmd(Path(tmp) / f"run{i}", epochs, device), shared),
                                    ("notebook", notebook_cmd(raw_root, epochs, device),
-                                    NOTEBOOK_ENV if notebook_env is None else notebook_env)):
+                                    shared if notebook_env is None else notebook_env)):
                 run = measure(cmd, env=env)
                 if run.returncode != 0:
                     raise RuntimeError(f"{name} failed ({run.returncode}):\n{run.output[-3000:]}")

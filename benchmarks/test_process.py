@@ -7,7 +7,10 @@ import tempfile
 from pathlib import Path
 
 from conftest import PEAK_RSS, record
-from process import NOTEBOOK_ENV, gridbench_cmd, measure, notebook_cmd
+from process import gridbench_cmd, measure, notebook_cmd, shared_openmp_env
+
+#: Both processes get the same OpenMP wait policy, decided once for the session.
+SHARED_ENV = shared_openmp_env()
 
 
 def _bench_process(benchmark, name, make_cmd, rounds, env=None):
@@ -27,8 +30,9 @@ def _bench_process(benchmark, name, make_cmd, rounds, env=None):
 def test_gridbench_process(benchmark):
     with tempfile.TemporaryDirectory(prefix="gridbench-run-") as tmp:
         counter = iter(range(100))
-        _bench_process(benchmark, "gridbench", lambda: gridbench_cmd(Path(tmp) / f"run{next(counter)}"), rounds=3)
+        _bench_process(benchmark, "gridbench", lambda: gridbench_cmd(Path(tmp) / f"run{next(counter)}"), rounds=3,
+                       env=SHARED_ENV)
 
 
 def test_notebook_process(benchmark, raw_mnist_root):
-    _bench_process(benchmark, "notebook", lambda: notebook_cmd(raw_mnist_root), rounds=1, env=NOTEBOOK_ENV)
+    _bench_process(benchmark, "notebook", lambda: notebook_cmd(raw_mnist_root), rounds=1, env=SHARED_ENV)

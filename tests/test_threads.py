@@ -22,10 +22,21 @@ def _run(tmp_path, *extra, env_extra=None):
     return json.loads((out / "env.json").read_text())
 
 
-def test_passive_openmp_by_default_and_threads_option(tmp_path):
+def test_passive_openmp_only_on_an_oversubscribed_machine_and_threads_option(tmp_path):
     env = _run(tmp_path, "--threads", "1")
-    assert env["omp_wait_policy"] == "PASSIVE"
     assert env["torch_threads"] == 1
+    choice = env["openmp_choice"]
+    load = float(choice.split("load average ")[1].split()[0])
+    if load > os.cpu_count():
+        assert choice.startswith("passive waiting") and env["omp_wait_policy"] == "PASSIVE"
+    else:
+        assert choice.startswith("default waiting") and env["omp_wait_policy"] is None
+
+
+def test_the_choice_rule():
+    from bench.threads import choose_passive
+
+    assert choose_passive(2.5, 2) and not choose_passive(1.2, 2) and not choose_passive(2.0, 2)
 
 
 @pytest.mark.parametrize("var,value", [("OMP_WAIT_POLICY", "active"), ("GOMP_SPINCOUNT", "300000")])
