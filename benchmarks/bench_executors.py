@@ -35,7 +35,8 @@ def run_grid(out: Path, args: argparse.Namespace, executor: list[str]) -> float:
     """Run the grid once as a real ``bench run`` process; returns its wall time in seconds."""
     seeds = ",".join(str(s) for s in range(args.cells))
     command = [sys.executable, "-m", "bench", "run", "--models", args.model, "--losses", "crossentropy",
-               "--seeds", seeds, "--epochs", str(args.epochs), "--limit", str(args.limit), "--device", "cpu", "-q",
+               "--seeds", seeds, "--epochs", str(args.epochs), "--limit", str(args.limit),
+               "--batch-size", str(args.batch_size), "--device", "cpu", "-q",
                "--out", str(out), *executor]
     env = {**os.environ, "PYTHONPATH": str(REPO), "BENCH_DISABLE_PLUGIN_AUTOLOAD": "1"}
     env.update(args.openmp_env)
@@ -59,6 +60,7 @@ def main() -> None:
     parser.add_argument("--model", default="linear", help="the model of every cell (default linear)")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--limit", type=int, default=0, help="training samples per cell (0: all 55k)")
+    parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--jobs", type=int, default=2, help="worker processes for --executor process")
     parser.add_argument("--local-threads", type=int, default=0,
                         help="torch threads of the local run (default: torch's, one per core)")
