@@ -33,7 +33,6 @@ TENSOR_KEYS = ("state_dict", "templates_state")
 @dataclass
 class RunSummary:
     rows: list[dict[str, Any]] = field(default_factory=list)
-    unavailable: dict[str, str] = field(default_factory=dict)
 
     @property
     def failed(self) -> list[dict[str, Any]]:

@@ -90,10 +90,6 @@ class RunStore:
     def cells_dir(self) -> Path:
         return self.root / "cells"
 
-    @property
-    def weights_dir(self) -> Path:
-        return self.root / "weights"
-
     def create(self) -> None:
         try:
             self.cells_dir.mkdir(parents=True, exist_ok=True)
@@ -114,11 +110,6 @@ class RunStore:
         rel = f"weights/{cell_id}.safetensors"
         atomic_write(self.root / rel, save({k: v.contiguous() for k, v in tensors.items()}))
         return rel
-
-    def load_weights(self, rel: str) -> dict:
-        from safetensors.torch import load
-
-        return load((self.root / rel).read_bytes())
 
     def write_cell(self, record: dict[str, Any]) -> None:
         """Persist one finished (or failed) cell, then rebuild the tables."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,7 +111,3 @@ def read_runs(paths: list[Path | str]) -> Runs:
     results_frame = _with_labels(pd.concat(results, ignore_index=True))
     history_frame = _with_labels(pd.concat(history, ignore_index=True)) if history else pd.DataFrame()
     return Runs(runs, results_frame, history_frame)
-
-
-def is_number(value: Any) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and math.isfinite(float(value))
