@@ -88,7 +88,8 @@ def test_failing_cells_become_rows_the_grid_goes_on_and_the_exit_code_is_1(tmp_p
     assert trainer.FINITE_CHECK_EVERY == 32
     rows = read_rows(out / "results.csv")
     assert len(rows) == 5
-    assert rows["linear"]["status"] == "ok" and float(rows["linear"]["test_acc"]) > 0.8
+    # 8 Adam steps on 2000 images: 0.6052 on cpu and on an H100, against 0.1 for chance
+    assert rows["linear"]["status"] == "ok" and float(rows["linear"]["test_acc"]) > 0.5
 
     nan = rows["nan-model"]
     assert nan["status"] == "failed"
@@ -154,4 +155,5 @@ def test_a_real_cuda_out_of_memory_is_a_failed_row_and_the_next_cell_runs(tmp_pa
     assert rows["hog-model"]["status"] == "failed"
     assert rows["hog-model"]["error"].startswith("OutOfMemoryError: CUDA out of memory")
     assert "out of device memory" in rows["hog-model"]["error"]
-    assert rows["linear"]["status"] == "ok" and float(rows["linear"]["test_acc"]) > 0.8
+    # 8 Adam steps on 2000 images: 0.6052 on cpu and on an H100, against 0.1 for chance
+    assert rows["linear"]["status"] == "ok" and float(rows["linear"]["test_acc"]) > 0.5
