@@ -51,6 +51,23 @@ def test_paired_test_agrees_with_the_t_statistic_by_hand():
     assert stats.paired_test([2, 3, 4], [1, 2, 3])[2] == 0.0  # a constant nonzero difference
 
 
+def test_paired_test_p_and_interval_equal_scipy_stats_on_random_samples():
+    """bench.stats uses scipy.special's t distribution (a cheaper import than scipy.stats): same numbers."""
+    import random
+
+    from scipy.stats import t as student
+    from scipy.stats import ttest_rel
+
+    rng = random.Random(7)
+    for n in (2, 3, 5, 10):
+        a = [rng.gauss(0.9, 0.01) for _ in range(n)]
+        b = [x - rng.gauss(0.004, 0.006) for x in a]
+        _, half, p = stats.paired_test(a, b)
+        assert p == pytest.approx(ttest_rel(a, b).pvalue, rel=1e-9)
+        _, std, half_ci = stats.mean_ci(a)
+        assert half_ci == pytest.approx(student.ppf(0.975, n - 1) * std / math.sqrt(n), rel=1e-9)
+
+
 def _results(accs: dict[tuple[str, str], list[float]], dataset="mnist", status=None) -> pd.DataFrame:
     rows = []
     for (model, loss), values in accs.items():
