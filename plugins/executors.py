@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import signal
 from collections import deque
 from collections.abc import Iterator
@@ -98,6 +99,20 @@ class _Worker:
         self.conn.close()
 
 
+def start_method(device: torch.device, threads: int) -> str:
+    """How worker processes start: ``fork`` for one-thread cpu workers, ``spawn`` otherwise.
+
+    A forked worker starts in milliseconds with torch and the plugins already imported; a spawned
+    one first imports torch (about 2 s here, which is a whole cell's time for a small model). But
+    a forked child hangs in its first OpenMP parallel region once the driver has run one (GNU
+    libgomp keeps the parent's thread pool, whose threads do not exist in the child), and CUDA
+    cannot be used after a fork. With one thread torch never opens a parallel region, so fork is
+    safe exactly there; ``BENCH_WORKER_START=spawn`` forces spawn anyway.
+    """
+    forkable = device.type == "cpu" and threads == 1 and "fork" in multiprocessing.get_all_start_methods()
+    return "fork" if forkable and os.environ.get("BENCH_WORKER_START") != "spawn" else "spawn"
+
+
 class ProcessExecutor:
     """``--jobs N`` worker processes on this machine, each training one cell at a time."""
 
@@ -122,7 +137,8 @@ class ProcessExecutor:
     def run(self, tasks: list[tuple[int, Cell]], job: Job) -> Iterator[dict[str, Any]]:
         if not tasks:
             return
-        context = multiprocessing.get_context("spawn")  # fork is unsafe once torch has started threads
+        slots = self.slots(job.device)[:len(tasks)]
+        context = multiprocessing.get_context(start_method(job.device, slots[0][1]))
         queue = deque(tasks)
         workers: list[_Worker] = []
 
@@ -143,7 +159,7 @@ class ProcessExecutor:
             worker.send(queue.popleft())
 
         try:
-            for device, threads in self.slots(job.device)[:len(tasks)]:
+            for device, threads in slots:
                 give_work(None, replace(job.spec, device=device), threads)
             while any(w.task is not None for w in workers):
                 busy = [w for w in workers if w.task is not None]

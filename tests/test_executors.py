@@ -261,6 +261,43 @@ def test_ray_executor_matches_local_and_survives_a_dead_worker(grid, env, refere
     _worker_dies_then_rerun_completes("ray", grid, env, reference, tmp_path, ray_cluster)
 
 
+def test_workers_fork_only_where_it_is_safe(monkeypatch):
+    import torch
+
+    from plugins.executors import start_method
+
+    monkeypatch.delenv("BENCH_WORKER_START", raising=False)
+    assert start_method(torch.device("cpu"), 1) == "fork"  # one thread: torch opens no OpenMP region
+    assert start_method(torch.device("cpu"), 2) == "spawn"
+    assert start_method(torch.device("cuda", 0), 1) == "spawn"  # CUDA cannot be used after fork
+    monkeypatch.setenv("BENCH_WORKER_START", "spawn")
+    assert start_method(torch.device("cpu"), 1) == "spawn"
+
+
+def test_two_thread_workers_do_not_hang_after_the_driver_ran_openmp(tmp_path):
+    """``--grid all`` loads every dataset in the driver (OpenMP regions on 2 threads) before the workers
+    start; a worker with 2 threads must then be spawned: forked, it hangs in its first parallel region."""
+    out = tmp_path / "r"
+    result = run_bench("run", "--grid", "all", "--models", "linear", "--losses", "crossentropy", "--limit", "2000",
+                       "--epochs", "1", "--device", "cpu", "--executor", "process", "--jobs", "1", "-q",
+                       "--out", out, env={"OMP_NUM_THREADS": "2"}, timeout=240)
+    assert result.returncode == 0, result.stderr
+    table = read_table(out / "results.csv")
+    assert list(table["model"]) == ["linear"] and list(table["status"]) == ["ok"]
+    assert table["test_acc"][0] > 0.5
+
+
+@pytest.mark.slow
+def test_spawned_workers_match_local(grid, env, reference, tmp_path):
+    marker, args = grid
+    assert not marker.exists()
+    out = tmp_path / "spawn"
+    result = run_bench("run", *args, "--executor", "process", "--jobs", "2", "--out", out,
+                       env={**env, "BENCH_WORKER_START": "spawn"})
+    assert result.returncode == 0, result.stderr
+    assert_same_rows(out, reference)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["process", "ray"])
 def test_driver_sigkill_loses_no_finished_cell(name, env, tmp_path, request):
