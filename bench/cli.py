@@ -396,6 +396,8 @@ def write_report(run_dirs: list[Path], out: Path | None) -> None:
     from reports import build_report
 
     result = build_report(run_dirs, out)
+    for skipped in result.skipped_reports:
+        click.echo(f"note: {skipped} is a gridbench report, not a run directory: left out", err=True)
     click.echo(result.terminal())
     click.echo(f"report: {result.index}")
 

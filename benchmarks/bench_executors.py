@@ -11,9 +11,10 @@ exits 1 when the ratio is above ``--max-ratio`` (issue 7 asks for <= 0.65 with -
 What ``process`` can win depends on how well one cell already uses both cores through torch's
 threads. A batch-32 linear cell is dispatch-bound, a second thread hardly helps it, and two cells side
 by side come close to twice as fast. A batch-256 linear cell gains ~1.1-1.4x and an MLP cell ~1.6x
-from the second thread (training samples/s, 3 epochs, 1 vs 2 threads), while two one-thread cells side by side slow each other by ~15-20% on
-this machine, so there the ratio stays near 0.7-0.8 however cheap the workers are. Pairs alternate
-their order (local first, then process first) so that a drift in the machine's load favours neither.
+from the second thread (training samples/s, 3 epochs, 1 vs 2 threads), while two one-thread cells
+side by side slow each other by ~15-20% on this machine, so there the ratio stays near 0.75-0.8
+however cheap the workers are. Pairs alternate their order (local first, then process first) so
+that a drift in the machine's load favours neither.
 Both runs get the same OpenMP wait policy, decided once the way ``bench`` decides (passive only on
 an oversubscribed machine, see bench/threads.py): on a shared machine spinning OpenMP threads stall a 2-thread
 ``local`` run and would flatter ``process``; on a quiet one passive waiting would slow ``local``.

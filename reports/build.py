@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -13,7 +14,7 @@ from bench import stats
 from bench.errors import BenchError
 from bench.store import atomic_write
 from reports import cellfigs, figures, html
-from reports.load import Runs, read_runs
+from reports.load import REPORT_MARKER, Runs, read_runs
 from reports.tables import Tables, make_tables
 
 RUN_FACTS = ("device", "device_name", "torch", "gridbench", "cpu", "torch_threads", "command", "started")
@@ -26,6 +27,7 @@ class Report:
     tables: Tables
     figures: dict[str, Path]  # name -> comparative figure
     cell_figures: dict[str, list[Path]]  # "run/cell_id" -> its template and confusion figures
+    skipped_reports: list[Path] = field(default_factory=list)  # report directories given as runs, left out
 
     def terminal(self) -> str:
         """The summary table as plain text, for the terminal."""
@@ -139,7 +141,7 @@ def default_out(run_dirs: list[Path]) -> Path:
 def build_report(run_dirs: list[Path | str], out: Path | str | None = None) -> Report:
     """Read the run directories and write the report; returns where everything went."""
     runs = read_runs([Path(p) for p in run_dirs])
-    out = Path(out) if out is not None else default_out([Path(p) for p in run_dirs])
+    out = Path(out) if out is not None else default_out([run.root for run in runs.runs])
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -177,4 +179,7 @@ def build_report(run_dirs: list[Path | str], out: Path | str | None = None) -> R
                      _comparisons_shown(comparisons) if len(comparisons) else None)
     index = out / "index.html"
     atomic_write(index, page)
-    return Report(out, index, tables, {k: p for k, p in made.items() if p is not None}, cell_figures)
+    atomic_write(out / REPORT_MARKER, json.dumps({"runs": [str(run.root.resolve()) for run in runs.runs]}, indent=1)
+                 + "\n")
+    return Report(out, index, tables, {k: p for k, p in made.items() if p is not None}, cell_figures,
+                  runs.skipped_reports)

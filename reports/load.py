@@ -31,6 +31,8 @@ class Runs:
     runs: list[Run]
     results: pd.DataFrame
     history: pd.DataFrame
+    #: Report directories given among the run directories (``bench report runs/*``), left out.
+    skipped_reports: list[Path] = field(default_factory=list)
 
     @property
     def several(self) -> bool:
@@ -84,11 +86,31 @@ def _with_labels(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([frame, labels], axis=1)
 
 
+#: The file that marks a directory as a gridbench report (written by ``reports.build_report``).
+REPORT_MARKER = "report.json"
+
+
+def is_report_dir(root: Path) -> bool:
+    """A report that ``bench report`` wrote (no results of its own), e.g. one that a glob picked up."""
+    if (root / "results.csv").exists():
+        return False
+    return (root / REPORT_MARKER).is_file() or ((root / "index.html").is_file() and (root / "summary.csv").is_file())
+
+
 def read_runs(paths: list[Path | str]) -> Runs:
-    """Read every run directory; a path that is not one is a clear error."""
+    """Read every run directory; a path that is not one is a clear error.
+
+    A report directory among several paths (``bench report runs/*`` after an earlier multi-run report
+    was written into ``runs/``) is left out and listed in ``skipped_reports``; given alone, it is an error.
+    """
     if not paths:
         raise BenchError("no run directory given")
     roots = [Path(p) for p in paths]
+    reports = [root for root in roots if root.is_dir() and is_report_dir(root)]
+    if reports and len(reports) == len(roots):
+        raise BenchError(f"{reports[0]} is a gridbench report, not a run directory: give the run directories "
+                         "it was made from (their paths are in its report.json and index.html)")
+    roots = [root for root in roots if root not in reports]
     seen = set()
     for root in roots:
         if root.resolve() in seen:
@@ -110,4 +132,4 @@ def read_runs(paths: list[Path | str]) -> Runs:
             history.append(hist.assign(run=label))
     results_frame = _with_labels(pd.concat(results, ignore_index=True))
     history_frame = _with_labels(pd.concat(history, ignore_index=True)) if history else pd.DataFrame()
-    return Runs(runs, results_frame, history_frame)
+    return Runs(runs, results_frame, history_frame, reports)

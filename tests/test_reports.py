@@ -154,6 +154,29 @@ def test_report_over_two_runs_compares_them(seed_run, tmp_path_factory):
     assert png_shape(out / "figures" / "val_loss.png")[0] > 1.6 * single
 
 
+def test_a_glob_over_runs_leaves_out_the_report_an_earlier_multi_run_report_put_there(seed_run, tmp_path):
+    runs = tmp_path / "runs"
+    shutil.copytree(seed_run[0], runs / "a")
+    code, output = bench("run", "--models", "linear", "--device", "cpu", "--limit", "1000", "--epochs", "1",
+                         "--out", runs / "b", "-q")
+    assert code == 0, output
+    code, output = bench("report", runs / "a", runs / "b")  # no --out: beside the first run, inside runs/
+    assert code == 0, output
+    first = runs / "report-a-and-1-more"
+    assert json.loads((first / "report.json").read_text())["runs"] == [str((runs / n).resolve()) for n in "ab"]
+
+    code, output = bench("report", *sorted(runs.iterdir()))  # what `bench report runs/*` passes
+    assert code == 0, output
+    assert f"note: {first} is a gridbench report, not a run directory: left out" in output
+    assert sorted(os.listdir(runs)) == ["a", "b", "report-a-and-1-more"]  # the same report, made again
+    summary = pd.read_csv(first / "summary.csv")
+    assert sorted(summary["run"].unique()) == ["a", "b"] and len(summary) == 4
+
+    code, output = bench("report", first)
+    assert code == 2
+    assert output.startswith(f"Error: {first} is a gridbench report, not a run directory")
+
+
 def test_failed_cell_still_reports_and_names_are_escaped(tmp_path):
     run = tmp_path / "run"
     code, output = bench("run", "-p", "tests.report_test_plugin", "--models", f"linear,{NAN_MODEL}",
