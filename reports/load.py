@@ -109,7 +109,7 @@ def read_runs(paths: list[Path | str]) -> Runs:
     reports = [root for root in roots if root.is_dir() and is_report_dir(root)]
     if reports and len(reports) == len(roots):
         raise BenchError(f"{reports[0]} is a gridbench report, not a run directory: give the run directories "
-                         "it was made from (their paths are in its report.json and index.html)")
+                         "it was made from (its index.html lists them)")
     roots = [root for root in roots if root not in reports]
     seen = set()
     for root in roots:
