@@ -18,6 +18,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import sys
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import replace
@@ -107,9 +108,10 @@ def start_method(device: torch.device, threads: int) -> str:
     a forked child hangs in its first OpenMP parallel region once the driver has run one (GNU
     libgomp keeps the parent's thread pool, whose threads do not exist in the child), and CUDA
     cannot be used after a fork. With one thread torch never opens a parallel region, so fork is
-    safe exactly there; ``BENCH_WORKER_START=spawn`` forces spawn anyway.
+    safe exactly there, on Linux (macOS system libraries are not fork-safe: Python itself spawns
+    there by default); ``BENCH_WORKER_START=spawn`` forces spawn anyway.
     """
-    forkable = device.type == "cpu" and threads == 1 and "fork" in multiprocessing.get_all_start_methods()
+    forkable = device.type == "cpu" and threads == 1 and sys.platform.startswith("linux")
     return "fork" if forkable and os.environ.get("BENCH_WORKER_START") != "spawn" else "spawn"
 
 

@@ -267,10 +267,14 @@ def test_workers_fork_only_where_it_is_safe(monkeypatch):
     from plugins.executors import start_method
 
     monkeypatch.delenv("BENCH_WORKER_START", raising=False)
+    monkeypatch.setattr(sys, "platform", "linux")
     assert start_method(torch.device("cpu"), 1) == "fork"  # one thread: torch opens no OpenMP region
     assert start_method(torch.device("cpu"), 2) == "spawn"
     assert start_method(torch.device("cuda", 0), 1) == "spawn"  # CUDA cannot be used after fork
     monkeypatch.setenv("BENCH_WORKER_START", "spawn")
+    assert start_method(torch.device("cpu"), 1) == "spawn"
+    monkeypatch.delenv("BENCH_WORKER_START")
+    monkeypatch.setattr(sys, "platform", "darwin")
     assert start_method(torch.device("cpu"), 1) == "spawn"
 
 
