@@ -209,7 +209,7 @@ def _run(ctx, *, grid, models, losses, datasets, params, seeds, repeat, epochs, 
 
     set_threads(threads)
     host, registry = make_host(plugin_modules)
-    config = grid_mod.TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, limit=limit)
+    recipe = grid_mod.Recipe(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer)
     device = resolve_device(device_spec)
     execution = Execution(cuda_graphs=cuda_graphs, compile=compile_)
     execution.step_mode(device)  # --cuda-graphs on without cuda: fail before any work
@@ -227,7 +227,7 @@ def _run(ctx, *, grid, models, losses, datasets, params, seeds, repeat, epochs, 
     cells = grid_mod.expand(
         registry, grid=grid, models=grid_mod.split_list("--models", models),
         losses=grid_mod.split_list("--losses", losses), datasets=dataset_list, params=list(params),
-        seeds=seed_list, device=str(device), config=config,
+        seeds=seed_list, device=str(device), recipe=recipe, limit=limit,
     )
     store = RunStore(out)
     finished = {} if force else store.finished()
@@ -262,7 +262,7 @@ def _run(ctx, *, grid, models, losses, datasets, params, seeds, repeat, epochs, 
             grid_bar.set_postfix_str(f"{cell.model}+{cell.loss}: {row['status']}")
 
     def epoch_bar(cell):
-        return _bar(total=config.epochs, desc=cell.label, unit="epoch", leave=False, position=1)
+        return _bar(total=cell.recipe.epochs, desc=cell.label, unit="epoch", leave=False, position=1)
 
     try:
         summary = run_cells(cells, registry, store, device, data_dir, progress, None if quiet else epoch_bar, done,

@@ -2,85 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from bench.errors import BenchError
 from bench.host import Registry, unknown_name_error
 
+from bench.config import COMPONENT_KINDS, Cell, Recipe  # noqa: F401  (Cell is re-exported: plugins import it from here)
+
 #: The notebook's three cells (registered as the grid ``seed`` by ``plugins.grids``).
 SEED_GRID = (("linear", "mse", "mnist"), ("linear", "crossentropy", "mnist"), ("mlp", "crossentropy", "mnist"))
-OPTIMIZERS = ("adam", "sgd")
-COMPONENT_KINDS = ("model", "loss", "dataset")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """The training recipe shared by every cell of a grid."""
-
-    epochs: int = 2
-    batch_size: int = 256
-    lr: float = 1e-3
-    optimizer: str = "adam"
-    limit: int = 0  # train on at most this many samples (0: all)
-
-    def __post_init__(self):
-        if self.epochs < 1:
-            raise BenchError(f"--epochs must be >= 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise BenchError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if not self.lr > 0:
-            raise BenchError(f"--lr must be > 0, got {self.lr}")
-        if self.optimizer not in OPTIMIZERS:
-            raise unknown_name_error("optimizer", self.optimizer, OPTIMIZERS)
-        if self.limit < 0:
-            raise BenchError(f"--limit must be >= 0, got {self.limit}")
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One experiment: a model, a loss and a dataset, their parameter overrides, a seed and a recipe."""
-
-    model: str
-    loss: str
-    dataset: str
-    seed: int
-    device: str
-    config: TrainConfig = field(default_factory=TrainConfig)
-    #: ``{"model": {...}, "loss": {...}, "dataset": {...}}``: overrides of the components' defaults.
-    overrides: dict[str, dict[str, Any]] = field(default_factory=dict, hash=False, compare=False)
-
-    def component(self, kind: str) -> str:
-        return getattr(self, kind)
-
-    def override(self, kind: str) -> dict[str, Any]:
-        return dict(self.overrides.get(kind, {}))
-
-    @property
-    def params(self) -> dict[str, Any]:
-        """The swept overrides as ``{"NAME.KEY": value}`` (what ``--param`` set for this cell)."""
-        return {f"{self.component(kind)}.{key}": value
-                for kind in COMPONENT_KINDS for key, value in sorted(self.override(kind).items())}
-
-    @property
-    def params_json(self) -> str:
-        return json.dumps(self.params, sort_keys=True)
-
-    @property
-    def label(self) -> str:
-        extra = ",".join(f"{k}={v}" for k, v in self.params.items())
-        return f"{self.model}+{self.loss} on {self.dataset}" + (f" [{extra}]" if extra else "") + f" seed={self.seed}"
-
-    @property
-    def cell_id(self) -> str:
-        """A short id derived from the full configuration, independent of the grid's order."""
-        device_kind = self.device.split(":")[0]
-        key = {"model": self.model, "loss": self.loss, "dataset": self.dataset, "params": self.params,
-               "seed": self.seed, "device": device_kind, **asdict(self.config)}
-        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def split_list(option: str, value: str | None) -> list[str] | None:
@@ -197,7 +129,8 @@ def expand(
     params: list[str] = (),
     seeds: list[int] = (0,),
     device: str = "cpu",
-    config: TrainConfig = TrainConfig(),
+    recipe: Recipe = Recipe(),
+    limit: int = 0,
 ) -> list[Cell]:
     """The cells to run, dataset-major so that each dataset is loaded once.
 
@@ -234,5 +167,5 @@ def expand(
         ):
             for seed in seeds:
                 overrides = {k: v for k, v in (("model", m_over), ("loss", l_over), ("dataset", d_over)) if v}
-                cells.append(Cell(model, loss, dataset, seed, device, config, overrides))
+                cells.append(Cell(model, loss, dataset, seed, device, recipe, limit, overrides))
     return cells

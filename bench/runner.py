@@ -40,11 +40,7 @@ class RunSummary:
 
 
 def _row(cell: Cell, status: str, error: str = "") -> dict[str, Any]:
-    cfg = cell.config
-    return {"cell_id": cell.cell_id, "model": cell.model, "loss": cell.loss, "dataset": cell.dataset,
-            "params": cell.params_json, "seed": cell.seed, "device": cell.device, "status": status,
-            "error": error, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr,
-            "optimizer": cfg.optimizer}
+    return cell.row(status, error)
 
 
 def _one_line(exc: BaseException) -> str:

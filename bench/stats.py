@@ -1,14 +1,16 @@
 """Statistics over seeds: mean and Student-t confidence intervals, paired comparisons with Holm.
 
-A *configuration* is a cell without its seed (model, loss, dataset, params and the training
-recipe). Its seeds are independent repeats, so a metric is summarised per configuration as
+A *configuration* is a cell without its seed, as :mod:`bench.config` defines it (components,
+parameters, recipe, ``--limit``, device kind). Its seeds are independent repeats, so a metric is summarised per configuration as
 mean, sample standard deviation and a Student-t confidence interval.
 
 Two configurations are compared *paired*: on the seeds that both finished, seed by seed (same
 initialisation seed, same data order), which removes the variance the seed itself causes. Which
-pairs are compared (see :func:`compare`): configurations that share a dataset and a training recipe;
-every pair of them when there are at most :data:`ALL_PAIRS_MAX` configurations in such a group,
-otherwise each configuration against the group's best (highest mean of the metric), so that the
+pairs are compared (see :func:`compare` and :func:`bench.config.comparable`): on the same dataset,
+``--limit`` and device kind, configurations that share the whole recipe (axis ``recipe``: they differ
+in model and/or loss), and configurations that differ in exactly one recipe axis (``lr``, ``optimizer``
+with its parameters, ...) and nothing else. Within each such group, every pair is compared when
+there are at most :data:`ALL_PAIRS_MAX` configurations, otherwise each against the group's best (highest mean of the metric), so that the
 table stays readable and the multiple-testing correction does not eat all the power. The p-values
 of every comparison in the table are Holm-corrected together; a difference whose corrected p-value
 is not below ``alpha`` is reported as ``tied``.
@@ -22,10 +24,10 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-#: What identifies a configuration (a cell without its seed), as columns of results.csv.
-CONFIG_COLUMNS = ["model", "loss", "dataset", "params", "epochs", "batch_size", "lr", "optimizer", "device"]
-#: Configurations are compared only within a group sharing these (same data, same recipe).
-GROUP_COLUMNS = ["dataset", "epochs", "batch_size", "lr", "optimizer", "device"]
+from bench.config import CONFIG_COLUMNS, axes, comparable, config_frame, config_label, varying_label
+
+#: Columns that open the comparisons table (before ``a``, ``b``): where and along which axis.
+GROUP_COLUMNS = ["dataset", "axis", "fixed"]
 #: With more configurations than this in a group, each is compared with the group's best only.
 ALL_PAIRS_MAX = 6
 
@@ -85,40 +87,35 @@ def paired_test(a: Sequence[float], b: Sequence[float], confidence: float = 0.95
 def _ok(results: pd.DataFrame, metric: str) -> pd.DataFrame:
     frame = results[results["status"] == "ok"].copy()
     frame[metric] = pd.to_numeric(frame[metric], errors="coerce")
-    frame["params"] = frame["params"].fillna("{}").replace("", "{}")
     return frame
 
 
-def config_label(row) -> str:
-    """``model+loss`` plus the swept parameters, e.g. ``mlp+crossentropy [mlp.hidden=64]``."""
-    import json
-
-    params = row["params"]
-    try:
-        params = json.loads(params) if isinstance(params, str) and params else {}
-    except ValueError:
-        params = {}
-    extra = ",".join(f"{k}={v}" for k, v in params.items())
-    return f"{row['model']}+{row['loss']}" + (f" [{extra}]" if extra else "")
+def _configs(results: pd.DataFrame) -> tuple[pd.DataFrame, list[tuple[tuple, pd.DataFrame]]]:
+    """The canonical configuration columns of ``results`` and its rows grouped by configuration."""
+    frame = config_frame(results)
+    joined = pd.concat([frame, results.drop(columns=[c for c in CONFIG_COLUMNS if c in results])], axis=1)
+    return joined, list(joined.groupby(CONFIG_COLUMNS, sort=False, dropna=False))
 
 
 def aggregate(results: pd.DataFrame, metric: str = "test_acc", confidence: float = 0.95) -> pd.DataFrame:
-    """One row per configuration: ``n`` (finished seeds), ``seeds``, ``failed``, and the metric's
-    ``mean``, ``std``, ``ci`` (half-width), ``ci_low`` and ``ci_high``, in first-seen order."""
+    """One row per configuration: its configuration columns (canonical, see :func:`bench.config.config_frame`),
+    ``label``, ``n`` (finished seeds), ``seeds``, ``failed``, and the metric's ``mean``, ``std``, ``ci``
+    (half-width), ``ci_low`` and ``ci_high``, in first-seen order."""
     columns = [*CONFIG_COLUMNS, "label", "n", "seeds", "failed", "mean", "std", "ci", "ci_low", "ci_high"]
     if results.empty:
         return pd.DataFrame(columns=columns)
-    frame = results.copy()
-    frame["params"] = frame["params"].fillna("{}").replace("", "{}")
+    _, groups = _configs(results)
     rows = []
-    for key, group in frame.groupby(CONFIG_COLUMNS, sort=False, dropna=False):
+    for key, group in groups:
         ok = _ok(group, metric)
         mean, std, half = mean_ci(ok[metric], confidence)
-        row = dict(zip(CONFIG_COLUMNS, key))
-        rows.append({**row, "label": config_label(row), "n": len(ok),
+        rows.append({**dict(zip(CONFIG_COLUMNS, key)), "n": len(ok),
                      "seeds": ",".join(str(s) for s in sorted(ok["seed"].astype(int))),
                      "failed": int((group["status"] == "failed").sum()), "mean": mean, "std": std, "ci": half,
                      "ci_low": mean - half, "ci_high": mean + half})
+    labels = varying_label(rows)
+    for row, label in zip(rows, labels):
+        row["label"] = label
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -126,11 +123,15 @@ def compare(results: pd.DataFrame, metric: str = "test_acc", alpha: float = 0.05
             pairs: str = "auto") -> pd.DataFrame:
     """Paired comparisons of configurations on their shared seeds, Holm-corrected together.
 
-    ``pairs``: ``all`` (every pair within a group), ``best`` (each configuration against the
-    group's best) or ``auto`` (``all`` for groups of at most :data:`ALL_PAIRS_MAX`, else ``best``).
-    Columns: the group columns, ``a``, ``b``, ``n`` (shared seeds), ``diff`` (mean of a - b),
-    ``ci`` (half-width), ``ci_low``, ``ci_high``, ``p``, ``p_holm`` and ``verdict``: the better
-    label when ``p_holm < alpha``, ``tied`` when not, ``n/a`` with fewer than two shared seeds.
+    Only comparable configurations are paired (:func:`bench.config.comparable`): the same dataset,
+    ``--limit`` and device kind, and either the same recipe (axis ``recipe``) or one differing recipe
+    axis (axis ``lr``, ``optimizer``, ...). A *group* is a set of configurations that differ only along
+    one axis; ``fixed`` describes what they share. ``pairs``: ``all`` (every pair within a group),
+    ``best`` (each against the group's best) or ``auto`` (``all`` for groups of at most
+    :data:`ALL_PAIRS_MAX`, else ``best``). Columns: ``dataset``, ``axis``, ``fixed``, ``a``, ``b``, ``n``
+    (shared seeds), ``diff`` (mean of a - b), ``ci`` (half-width), ``ci_low``, ``ci_high``, ``p``,
+    ``p_holm`` and ``verdict``: the better label when ``p_holm < alpha``, ``tied`` when not, ``n/a``
+    with fewer than two shared seeds.
     """
     if pairs not in ("auto", "all", "best"):
         raise ValueError(f"pairs must be auto, all or best, not {pairs!r}")
@@ -139,23 +140,25 @@ def compare(results: pd.DataFrame, metric: str = "test_acc", alpha: float = 0.05
     ok = _ok(results, metric) if not results.empty else results
     if not ok.empty:
         summary = aggregate(ok, metric, confidence)
-        for group_key, group in summary.groupby(GROUP_COLUMNS, sort=False, dropna=False):
-            configs = list(group.itertuples(index=False))
-            if len(configs) < 2:
+        configs = [dict(r) for _, r in summary.iterrows()]
+        per_seed = _per_seed(ok, metric)
+        for (axis, fixed), members in _groups(configs).items():
+            if len(members) < 2:
                 continue
-            mode = pairs if pairs != "auto" else ("all" if len(configs) <= ALL_PAIRS_MAX else "best")
+            mode = pairs if pairs != "auto" else ("all" if len(members) <= ALL_PAIRS_MAX else "best")
             if mode == "all":
-                chosen = list(itertools.combinations(configs, 2))
+                chosen = list(itertools.combinations(members, 2))
             else:
-                best = max(configs, key=lambda c: -math.inf if math.isnan(c.mean) else c.mean)
-                chosen = [(best, c) for c in configs if c is not best]
+                best = max(members, key=lambda c: -math.inf if math.isnan(c["mean"]) else c["mean"])
+                chosen = [(best, c) for c in members if c is not best]
             for a, b in chosen:
-                va, vb = _per_seed(ok, a, metric), _per_seed(ok, b, metric)
+                va, vb = per_seed[_ckey(a)], per_seed[_ckey(b)]
                 shared = sorted(set(va) & set(vb))
                 xa, xb = [va[s] for s in shared], [vb[s] for s in shared]
                 diff, half, p = paired_test(xa, xb, confidence) if shared else (math.nan, math.nan, math.nan)
-                rows.append({**dict(zip(GROUP_COLUMNS, group_key)), "a": a.label, "b": b.label, "n": len(shared),
-                             "diff": diff, "ci": half, "ci_low": diff - half, "ci_high": diff + half, "p": p})
+                rows.append({"dataset": a["dataset"], "axis": axis, "fixed": fixed, "a": a["label"], "b": b["label"],
+                             "n": len(shared), "diff": diff, "ci": half, "ci_low": diff - half,
+                             "ci_high": diff + half, "p": p})
     adjusted = holm([r["p"] for r in rows])
     for row, p_holm in zip(rows, adjusted):
         row["p_holm"] = p_holm
@@ -168,17 +171,45 @@ def compare(results: pd.DataFrame, metric: str = "test_acc", alpha: float = 0.05
     return pd.DataFrame(rows, columns=columns)
 
 
-def _per_seed(ok: pd.DataFrame, config, metric: str) -> dict[int, float]:
-    mask = pd.Series(True, index=ok.index)
-    for col in CONFIG_COLUMNS:
-        value = getattr(config, col)
-        mask &= ok[col].isna() if _isnan(value) else ok[col] == value
-    picked = ok[mask]
-    return {int(s): float(v) for s, v in zip(picked["seed"], picked[metric]) if math.isfinite(float(v))}
+def _ckey(config) -> tuple:
+    return tuple(str(config[c]) for c in CONFIG_COLUMNS)
 
 
-def _isnan(value) -> bool:
-    return isinstance(value, float) and math.isnan(value)
+def _groups(configs: list[dict]) -> dict[tuple[str, str], list[dict]]:
+    """Configurations by (axis, what they share): each group varies along that one axis only."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    split = [axes(c) for c in configs]
+    for i, j in itertools.combinations(range(len(configs)), 2):
+        axis = comparable(configs[i], configs[j])
+        if axis is None:
+            continue
+        varying = ("model", "loss") if axis == "recipe" else (axis,)
+        fixed = ", ".join(f"{k}={_show(configs[i], k)}" for k in split[i]
+                          if k not in varying and not k.startswith("_") and k not in ("model", "loss"))
+        if axis != "recipe":
+            fixed = f"{config_label(configs[i])}; " + fixed
+        members = groups.setdefault((axis, fixed), [])
+        for c in (configs[i], configs[j]):
+            if not any(m is c for m in members):
+                members.append(c)
+    return groups
+
+
+def _show(config, axis: str) -> str:
+    if axis in ("optimizer", "schedule"):
+        return config_label(config, (axis,)).split(" [")[0]
+    value = config[axis]
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _per_seed(ok: pd.DataFrame, metric: str) -> dict[tuple, dict[int, float]]:
+    """Per configuration (keyed as :func:`_ckey`), the metric of each finished seed."""
+    _, groups = _configs(ok)
+    out = {}
+    for key, group in groups:
+        out[tuple(str(k) for k in key)] = {int(s): float(v) for s, v in zip(group["seed"], group[metric])
+                                           if math.isfinite(float(v))}
+    return out
 
 
 # -- text tables for the terminal ------------------------------------------------------------------
@@ -214,9 +245,9 @@ def format_comparisons(table: pd.DataFrame, alpha: float = 0.05, confidence: flo
     """``a  b  n  diff [CI]  p  p_holm  verdict`` per comparison."""
     body = []
     for r in table.itertuples(index=False):
-        body.append([str(r.dataset), r.a, r.b, str(r.n), f"{_num(r.diff, '+.4f')}",
+        body.append([str(r.dataset), str(r.axis), r.a, r.b, str(r.n), f"{_num(r.diff, '+.4f')}",
                      f"[{_num(r.ci_low, '+.4f')}, {_num(r.ci_high, '+.4f')}]", _num(r.p, '.3g'),
                      _num(r.p_holm, '.3g'), r.verdict])
-    header = ["dataset", "a", "b", "n", "diff a-b", f"{confidence:.0%} CI", "p", "p (Holm)",
+    header = ["dataset", "axis", "a", "b", "n", "diff a-b", f"{confidence:.0%} CI", "p", "p (Holm)",
               f"verdict (alpha={alpha:g})"]
-    return _table(header, body, right={3, 4, 6, 7})
+    return _table(header, body, right={4, 5, 7, 8})

@@ -24,14 +24,16 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from bench.config import IDENTITY_COLUMNS
 from bench.errors import BenchError
 
+#: One row per cell: its id and identity (bench.config), then outcome, metrics, timings and how it ran.
 RESULT_COLUMNS = [
-    "cell_id", "model", "loss", "dataset", "params", "seed", "device", "status", "error", "epochs",
-    "batch_size", "lr", "optimizer", "test_acc", "test_loss", "val_acc", "val_loss", "train_time_s",
-    "epoch_time_s", "eval_time_s", "samples_per_s", "n_params", "weights",
+    "cell_id", *IDENTITY_COLUMNS, "status", "error", "test_acc", "test_loss", "val_acc", "val_loss",
+    "train_time_s", "epoch_time_s", "eval_time_s", "samples_per_s", "n_params", "weights",
     "data_time_s", "warmup_time_s", "step", "cuda_graphs", "compiled", "execution_note",
 ]
+#: One row per cell and epoch.
 HISTORY_COLUMNS = [
     "cell_id", "model", "loss", "dataset", "params", "seed", "epoch", "train_loss", "train_acc", "val_loss",
     "val_acc", "epoch_time_s",

@@ -78,7 +78,7 @@ def run_grid(
     import pandas as pd
 
     from bench.device import resolve_device
-    from bench.grid import TrainConfig, expand
+    from bench.grid import Recipe, expand
     from bench.runner import available_datasets, run_cells
     from bench.store import RunStore
 
@@ -89,9 +89,9 @@ def run_grid(
         torch_device = resolve_device(device)
         if grid == "all" and datasets is None:  # as bench run: leave out datasets unavailable here
             datasets, _ = available_datasets(registry, registry.names("dataset"), data)
-        config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, limit=limit)
+        recipe = Recipe(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer)
         cells = expand(registry, grid=grid, models=models, losses=losses, datasets=datasets, params=list(params),
-                       seeds=list(seeds), device=str(torch_device), config=config)
+                       seeds=list(seeds), device=str(torch_device), recipe=recipe, limit=limit)
         store = RunStore(root)
         store.create()
         summary = run_cells(cells, registry, store, torch_device, data)

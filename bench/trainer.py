@@ -80,13 +80,13 @@ def train_cell(
     graph capture; on a snapshot that is restored, so it changes no result), ``data`` (the epoch's
     permutation), ``train`` (the steps: the per-epoch figures) and ``eval``.
     """
-    cfg = cell.config
+    cfg = cell.recipe
     execution = execution or Execution()
     model = model.to(device)
     model.train()
     x_train, y_train = data.train
-    if cfg.limit:
-        x_train, y_train = x_train[:cfg.limit], y_train[:cfg.limit]
+    if cell.limit:
+        x_train, y_train = x_train[:cell.limit], y_train[:cell.limit]
     n = len(x_train)
     lengths = [min(cfg.batch_size, n)] + ([n % cfg.batch_size] if n > cfg.batch_size and n % cfg.batch_size else [])
     generator = torch.Generator().manual_seed(cell.seed)

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 from bench.errors import BenchError  # noqa: E402
-from bench.grid import Cell, TrainConfig  # noqa: E402
+from bench.grid import Cell, Recipe  # noqa: E402
 from bench.host import Host  # noqa: E402
 from bench.step import Execution  # noqa: E402
 from bench.trainer import train_cell  # noqa: E402
@@ -43,7 +43,7 @@ def check(ok: bool, what: str) -> None:
 
 def train(registry, data, device, model, loss, execution, epochs, seed=0, limit=0):
     cell = Cell(model, loss, "mnist", seed, str(device),
-                TrainConfig(epochs=epochs, batch_size=256, lr=1e-3, limit=limit))
+                Recipe(epochs=epochs, batch_size=256, lr=1e-3), limit)
     model_c, loss_c = registry.get("model", model), registry.get("loss", loss)
     torch.manual_seed(seed)
     net = model_c.factory(data.input_shape, data.num_classes, **model_c.params)
@@ -86,7 +86,7 @@ def check_fallback(data, device) -> None:
     """auto: an uncapturable model falls back to eager steps with a note; on: a clear error."""
     from plugins.losses import make_crossentropy
 
-    cell = Cell("item", "crossentropy", "mnist", 0, str(device), TrainConfig(epochs=1, limit=2048))
+    cell = Cell("item", "crossentropy", "mnist", 0, str(device), Recipe(epochs=1), 2048)
     torch.manual_seed(0)
     result = train_cell(cell, _ItemInForward(), make_crossentropy(), data, device, execution=Execution("auto"))
     check(result.execution["step"] == "plain" and "capture failed" in result.execution["execution_note"],

@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 
-from bench.grid import Cell, TrainConfig, expand
+from bench.grid import Cell, Recipe, expand
 from bench.host import Host
 
 
@@ -27,7 +27,7 @@ def test_the_order_of_the_grid_does_not_change_the_ids(registry):
     assert [c.cell_id for c in a] != [c.cell_id for c in b]  # the lists really were in another order
 
 
-BASE = Cell("mlp", "crossentropy", "mnist", 0, "cpu", TrainConfig(), {"model": {"hidden": 64}})
+BASE = Cell("mlp", "crossentropy", "mnist", 0, "cpu", Recipe(), 0, {"model": {"hidden": 64}})
 CHANGES = {
     "model": dict(model="linear"),
     "loss": dict(loss="mse"),
@@ -36,11 +36,14 @@ CHANGES = {
     "a parameter of another component": dict(overrides={"model": {"hidden": 64}, "dataset": {"val_size": 10}}),
     "seed": dict(seed=1),
     "device kind": dict(device="cuda:0"),
-    "epochs": dict(config=TrainConfig(epochs=3)),
-    "batch size": dict(config=TrainConfig(batch_size=128)),
-    "lr": dict(config=TrainConfig(lr=1e-2)),
-    "optimizer": dict(config=TrainConfig(optimizer="sgd")),
-    "limit": dict(config=TrainConfig(limit=100)),
+    "epochs": dict(recipe=Recipe(epochs=3)),
+    "batch size": dict(recipe=Recipe(batch_size=128)),
+    "lr": dict(recipe=Recipe(lr=1e-2)),
+    "optimizer": dict(recipe=Recipe(optimizer="sgd")),
+    "weight decay": dict(recipe=Recipe(weight_decay=1e-4)),
+    "schedule": dict(recipe=Recipe(schedule="cosine")),
+    "an optimizer parameter": dict(overrides={"model": {"hidden": 64}, "optimizer": {"beta1": 0.8}}),
+    "limit": dict(limit=100),
 }
 
 
@@ -52,4 +55,4 @@ def test_every_part_of_the_configuration_changes_the_id(change):
 def test_the_device_index_does_not_change_the_id():
     """cuda:0 and cuda:1 are the same kind of device: a run resumed on another GPU skips finished cells."""
     assert dataclasses.replace(BASE, device="cuda:0").cell_id == dataclasses.replace(BASE, device="cuda:1").cell_id
-    assert dataclasses.replace(BASE, config=TrainConfig(lr=0.001)).cell_id == BASE.cell_id  # 1e-3 == 0.001
+    assert dataclasses.replace(BASE, recipe=Recipe(lr=0.001)).cell_id == BASE.cell_id  # 1e-3 == 0.001

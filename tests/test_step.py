@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from bench.cli import main
 from bench.errors import BenchError
-from bench.grid import Cell, TrainConfig
+from bench.grid import Cell, Recipe
 from bench.step import Execution
 from bench.trainer import train_cell
 from plugins.datasets import load_mnist
@@ -30,7 +30,7 @@ def _train(mnist, model="linear", loss="crossentropy", optimizer="adam", mode=No
            lr=1e-2):
     # limit 1000 at batch 256: three full batches and a tail of 232, so two batch lengths
     cell = Cell(model, loss, "mnist", seed, "cpu",
-                TrainConfig(epochs=epochs, batch_size=256, lr=lr, optimizer=optimizer, limit=limit))
+                Recipe(epochs=epochs, batch_size=256, lr=lr, optimizer=optimizer), limit)
     torch.manual_seed(seed)
     net = MODELS[model](mnist.input_shape, mnist.num_classes)
     return train_cell(cell, net, LOSSES[loss](), mnist, torch.device("cpu"), execution=Execution(mode=mode))
@@ -126,7 +126,7 @@ def test_compile_gives_the_eager_losses(mnist):
     pytest.importorskip("torch._inductor")
     eager = _train(mnist, "linear", "crossentropy", mode="static", limit=512, epochs=1)
     cell = Cell("linear", "crossentropy", "mnist", 0, "cpu",
-                TrainConfig(epochs=1, batch_size=256, lr=1e-2, optimizer="adam", limit=512))
+                Recipe(epochs=1, batch_size=256, lr=1e-2, optimizer="adam"), 512)
     torch.manual_seed(0)
     net = MODELS["linear"](mnist.input_shape, mnist.num_classes)
     compiled = train_cell(cell, net, LOSSES["crossentropy"](), mnist, torch.device("cpu"),
