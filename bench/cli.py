@@ -5,13 +5,12 @@ from __future__ import annotations
 import functools
 import shlex
 import sys
-from datetime import datetime
 from pathlib import Path
 
 import click
 
 from bench import __version__
-from bench.errors import BenchError
+from bench.errors import BenchError, OptionError
 
 DEFAULT_DATA_DIR = Path("~/.cache/gridbench").expanduser()
 
@@ -31,6 +30,9 @@ class BenchGroup(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except OptionError as exc:  # the library names its option; say it as the flag the user typed
+            click.echo(f"Error: {flag_message(exc)}", err=True)
+            ctx.exit(2)
         except BenchError as exc:
             click.echo(f"Error: {exc}", err=True)
             ctx.exit(2)
@@ -60,6 +62,20 @@ class BenchGroup(click.Group):
         return root.meta["bench.plugin_commands"]
 
 
+#: Library options that are not spelled ``--name-with-dashes`` on the command line.
+FLAGS = {"plugins": "-p", "compile": "--compile", "seeds": "--seeds", "params": "--param"}
+#: Options a study file has and the command line has not.
+STUDY_ONLY = ("zip", "exclude", "recipe")
+
+
+def flag_message(exc: OptionError) -> str:
+    """An :class:`OptionError`'s message worded with the command line's flag (``--batch-size must ...``)."""
+    if exc.option in STUDY_ONLY:
+        return f"study key '{exc.option}': {exc.text}"
+    flag = FLAGS.get(exc.option, "--" + exc.option.replace("_", "-"))
+    return f"{flag} {exc.text}"
+
+
 def plugin_option(f, **kwargs):
     return click.option(
         "-p", "plugin_modules", multiple=True, metavar="MODULE",
@@ -73,20 +89,9 @@ def executor_options(f):
                      help="With --executor ray: the Ray cluster to join [default: start a local instance].")(f)
     f = click.option("--jobs", type=int, metavar="N",
                      help="With --executor process: worker processes [default: one per core, or per GPU].")(f)
-    return click.option("--executor", "executor", default="local", show_default=True, metavar="NAME",
-                        help="Where cells train: local (here, one by one), process (--jobs N workers), "
-                             "ray (a Ray cluster), or a plugin's executor.")(f)
-
-
-def make_executor(registry, executor: str = "local", jobs: int | None = None, address: str | None = None):
-    """Build the executor plugin NAME with the options given (each must be one of its params)."""
-    component = registry.get("executor", executor)
-    given = {key: value for key, value in (("jobs", jobs), ("address", address)) if value is not None}
-    for key in given:
-        if key not in component.params:
-            raise BenchError(f"--{key} does not apply to --executor {executor} (its parameters: "
-                             f"{', '.join(component.params) or 'none'})")
-    return component.factory(**{**component.params, **given})
+    return click.option("--executor", "executor", metavar="NAME",
+                        help="Where cells train: local (here, one by one; the default), process (--jobs N "
+                             "workers), ray (a Ray cluster), or a plugin's executor.")(f)
 
 
 def make_host(plugin_modules=()):
@@ -123,25 +128,33 @@ def main(plugin_modules):
 
 
 @main.command()
-@click.option("--grid", "grid", metavar="NAME", help="A registered grid (bench list shows them): all (every model x "
-              "loss x available dataset), seed (the notebook's three cells), or one from a plugin. Default: seed, "
-              "unless --models/--losses/--datasets are given.")
+@click.option("--study", "study", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE.yaml",
+              help="A study file (models, losses, datasets, grid, params, recipe, zip, exclude, seeds, limit, "
+                   "device); the options below override it. See examples/studies/.")
+@click.option("--grid", "grid", metavar="NAME", help="A registered grid (bench list shows them), e.g. all (every "
+              "model x loss x available dataset) or seed (the notebook's three cells, the default unless "
+              "--models/--losses/--datasets are given).")
 @click.option("--models", metavar="A,B", help="Models to run (restricts --grid).")
-@click.option("--losses", metavar="A,B", help="Losses to run (restricts --grid; default crossentropy).")
-@click.option("--datasets", metavar="A,B", help="Datasets to run (restricts --grid; default mnist).")
+@click.option("--losses", metavar="A,B", help="Losses to run (restricts --grid).")
+@click.option("--datasets", metavar="A,B", help="Datasets to run (restricts --grid).")
 @click.option("--param", "params", multiple=True, metavar="NAME.KEY=V1,V2",
-              help="Sweep a component parameter, e.g. mlp.hidden=64,256 (repeatable; crossed with the grid).")
+              help="Sweep a parameter of a model, loss, dataset, optimizer or schedule, e.g. mlp.hidden=64,256 or "
+                   "sgd.momentum=0,0.9 (repeatable; crossed with the grid).")
 @click.option("--seeds", metavar="S1,S2", help="Seeds; each cell runs once per seed. [default: 0]")
 @click.option("--repeat", type=int, metavar="N", help="Run each cell with N seeds, 0..N-1 (instead of --seeds).")
-@click.option("--epochs", type=int, default=2, show_default=True)
-@click.option("--batch-size", type=int, default=256, show_default=True)
-@click.option("--lr", type=float, default=1e-3, show_default=True, help="Learning rate.")
-@click.option("--optimizer", default="adam", show_default=True, help="adam or sgd (momentum 0.9).")
-@click.option("--limit", type=int, default=0, metavar="N", help="Train on the first N training samples only "
-              "(a quick smoke run); validation and test stay whole. 0: all.")
-@click.option("--device", "device_spec", default="auto", show_default=True,
-              help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.")
-@click.option("--out", type=click.Path(path_type=Path), help="Run directory [default: runs/<timestamp>].")
+@click.option("--epochs", metavar="N[,N]", help="Epochs (a comma list is an axis of the grid). [default: 2]")
+@click.option("--batch-size", metavar="N[,N]", help="Batch size(s). [default: 256]")
+@click.option("--lr", metavar="X[,X]", help="Learning rate(s). [default: 0.001]")
+@click.option("--optimizer", metavar="NAME[,NAME]", help="Optimizer(s): bench list shows them. [default: adam]")
+@click.option("--weight-decay", metavar="X[,X]", help="Weight decay(s). [default: 0]")
+@click.option("--schedule", metavar="NAME[,NAME]", help="Learning-rate schedule(s): bench list shows them. "
+              "[default: constant]")
+@click.option("--limit", type=int, metavar="N", help="Train on the first N training samples only "
+              "(a quick smoke run); validation and test stay whole. 0: all. [default: 0]")
+@click.option("--device", "device_spec", metavar="DEVICE",
+              help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps. [default: auto]")
+@click.option("--out", type=click.Path(path_type=Path), help="Run directory [default: runs/<timestamp>]. An "
+              "existing run directory resumes: with no grid options, the study it keeps.")
 @click.option("--data-dir", type=click.Path(path_type=Path), envvar="BENCH_DATA_DIR", default=DEFAULT_DATA_DIR,
               show_default="~/.cache/gridbench, or $BENCH_DATA_DIR", help="Cache for downloadable datasets.")
 @click.option("--force", is_flag=True, help="Rerun every cell, also those already finished in --out.")
@@ -160,11 +173,19 @@ def main(plugin_modules):
 @executor_options
 @click.pass_context
 def run(ctx, **options):
-    """Run a grid of experiments and write a run directory (results.csv, history.csv, env.json, weights).
+    """Run a study (a grid of experiments) and write a run directory (results.csv, history.csv, env.json,
+    study.yaml, weights).
+
+    \b
+    Every list is an axis, crossed with the others:
+      bench run --models linear --losses mse,crossentropy --lr 1e-3,1e-2,1e-1 --optimizer adam,sgd --seeds 0,1,2
+      bench run --study examples/studies/linearity.yaml --device cpu
 
     Rerunning the same command with the same --out resumes: finished cells are skipped, failed and
     missing ones run. Ctrl-C stops after saving what has finished and prints the command to resume.
     """
+    from bench.api import default_run_dir
+
     out = options["out"] = options["out"] or default_run_dir()
     try:
         _run(ctx, **options)
@@ -196,90 +217,32 @@ def _report_interrupt(ctx: click.Context, out: Path) -> None:
             signal.signal(signal.SIGINT, previous)
 
 
-def _run(ctx, *, grid, models, losses, datasets, params, seeds, repeat, epochs, batch_size, lr, optimizer, limit,
-         device_spec, out, data_dir, force, dry_run, cuda_graphs, compile_, threads, quiet, make_report,
-         plugin_modules, executor, jobs, address):
-    from bench import grid as grid_mod
-    from bench.device import resolve_device
-    from bench.env import environment
-    from bench.runner import available_datasets, run_cells
-    from bench.step import Execution
-    from bench.store import RunStore
-    from bench.threads import set_threads
+def _run(ctx, *, study, grid, models, losses, datasets, params, seeds, repeat, epochs, batch_size, lr, optimizer,
+         weight_decay, schedule, limit, device_spec, out, data_dir, force, dry_run, cuda_graphs, compile_, threads,
+         quiet, make_report, plugin_modules, executor, jobs, address):
+    from bench import api
 
-    set_threads(threads)
-    host, registry = make_host(plugin_modules)
-    recipe = grid_mod.Recipe(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer)
-    device = resolve_device(device_spec)
-    execution = Execution(cuda_graphs=cuda_graphs, compile=compile_)
-    execution.step_mode(device)  # --cuda-graphs on without cuda: fail before any work
-    executor_choice = {"executor": executor, "jobs": jobs, "address": address}
-    executor_obj = make_executor(registry, **executor_choice)
-    seed_list = grid_mod.seed_list(seeds, repeat)
-    dataset_list = grid_mod.split_list("--datasets", datasets)
-    unavailable = {}
-    if grid == "all" and dataset_list is None:
-        dataset_list, unavailable = available_datasets(registry, registry.names("dataset"), data_dir)
-        for name, reason in unavailable.items():
-            click.echo(f"note: dataset '{name}' is unavailable and left out of the grid: {reason}", err=True)
-        if not dataset_list:
-            raise BenchError("no dataset is available for --grid all")
-    cells = grid_mod.expand(
-        registry, grid=grid, models=grid_mod.split_list("--models", models),
-        losses=grid_mod.split_list("--losses", losses), datasets=dataset_list, params=list(params),
-        seeds=seed_list, device=str(device), recipe=recipe, limit=limit,
+    host, _ = make_host(plugin_modules)
+    result = api.run(
+        study, grid=grid, models=models, losses=losses, datasets=datasets, params=list(params), seeds=seeds,
+        repeat=repeat, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, weight_decay=weight_decay,
+        schedule=schedule, limit=limit, device=device_spec, out=out, data_dir=data_dir, force=force,
+        dry_run=dry_run, cuda_graphs=cuda_graphs, compile=compile_, threads=threads, quiet=quiet, report=False,
+        host=host, executor=executor, jobs=jobs, address=address, argv=ctx.find_root().obj["argv"],
+        echo=lambda message: click.echo(message, err=True),
     )
-    store = RunStore(out)
-    finished = {} if force else store.finished()
-    done = {cell.cell_id: finished[cell.cell_id] for cell in cells if cell.cell_id in finished}
     if dry_run:
-        click.echo(format_plan(cells, done, {r["row"]["cell_id"]: r["row"] for r in store.records()}, store.root))
+        click.echo(format_plan(result.plan, result.path))
         return
-    store.create()
-    previous = store.read_env()
-    env = environment(device, ctx.find_root().obj["argv"], execution) | {"cells": len(cells)}
-    env["executor"] = {key: value for key, value in executor_choice.items() if value is not None}
-    if previous:  # a resumed run keeps what the earlier runs into this directory were
-        env["previous"] = [*previous.pop("previous", []), previous]
-    store.write_env(env)
-    if not quiet:
-        click.echo(f"gridbench {__version__}: {len(cells)} cell(s) on {device} -> {store.root}", err=True)
-    if done:
-        labels = [cell.label for cell in cells if cell.cell_id in done]
-        labels = "; ".join(labels[:10]) + (f"; and {len(labels) - 10} more" if len(labels) > 10 else "")
-        click.echo(f"resume: {len(done)} of {len(cells)} cell(s) already finished in {store.root} are skipped "
-                   f"(--force reruns them): {labels}", err=True)
-    others = len({r["row"]["cell_id"] for r in store.records()} - {cell.cell_id for cell in cells})
-    if others and not quiet:
-        click.echo(f"note: {store.root} also holds {others} cell(s) of other grids; results.csv lists them too",
-                   err=True)
-
-    grid_bar = None if quiet else _bar(total=len(cells) - len(done), desc="grid", unit="cell")
-
-    def progress(cell, row):
-        if grid_bar is not None:
-            grid_bar.update(1)
-            grid_bar.set_postfix_str(f"{cell.model}+{cell.loss}: {row['status']}")
-
-    def epoch_bar(cell):
-        return _bar(total=cell.recipe.epochs, desc=cell.label, unit="epoch", leave=False, position=1)
-
-    try:
-        summary = run_cells(cells, registry, store, device, data_dir, progress, None if quiet else epoch_bar, done,
-                            executor_obj, tuple(host.modules), execution=execution)
-    finally:
-        if grid_bar is not None:
-            grid_bar.close()
-    store.rebuild_tables()
-    click.echo(format_summary(summary.rows))
-    if len(seed_list) > 1:
-        click.echo("\n" + format_seed_statistics(summary.rows))
-    click.echo(f"results: {store.root / 'results.csv'}")
+    click.echo(format_summary(result.rows))
+    if len({row["seed"] for row in result.rows}) > 1:
+        click.echo("\n" + format_seed_statistics(result.rows))
+    click.echo(f"results: {result.path / 'results.csv'}")
     if make_report:
-        write_report([store.root], None)
-    if summary.failed:
-        click.echo(f"{len(summary.failed)} cell(s) failed:", err=True)
-        for row in summary.failed:
+        write_report([result.path], None)
+    if result.failed:
+        click.echo(f"{len(result.failed)} cell(s) failed:", err=True)
+        for row in result.failed:
             click.echo(f"  {row['model']}+{row['loss']} on {row['dataset']} seed={row['seed']}: {row['error']}",
                        err=True)
         sys.exit(1)
@@ -305,17 +268,11 @@ def resume_command(ctx: click.Context, out: Path) -> str:
     return shlex.join([*words, "--out", str(out)])
 
 
-def format_plan(cells, done: dict, recorded: dict, root: Path) -> str:
+def format_plan(plan, root: Path) -> str:
     """What ``--dry-run`` prints: each cell with ``run``, ``retry`` (failed before) or ``done``."""
-    lines = [f"dry run: {len(cells)} cell(s) for {root}: {len(cells) - len(done)} to run, {len(done)} done"]
-    for cell in cells:
-        if cell.cell_id in done:
-            state = "done"
-        elif recorded.get(cell.cell_id, {}).get("status") == "failed":
-            state = "retry"
-        else:
-            state = "run"
-        lines.append(f"  {state:<5} {cell.cell_id}  {cell.label}")
+    done = sum(state == "done" for state, _ in plan)
+    lines = [f"dry run: {len(plan)} cell(s) for {root}: {len(plan) - done} to run, {done} done"]
+    lines += [f"  {state:<5} {cell.cell_id}  {cell.label}" for state, cell in plan]
     return "\n".join(lines)
 
 
@@ -334,21 +291,6 @@ def format_seed_statistics(rows) -> str:
     return text
 
 
-def _bar(**kwargs):
-    from tqdm import tqdm
-
-    return tqdm(file=sys.stderr, dynamic_ncols=True, **kwargs)
-
-
-def default_run_dir() -> Path:
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    path, n = Path("runs") / stamp, 1
-    while path.exists():
-        n += 1
-        path = Path("runs") / f"{stamp}-{n}"
-    return path
-
-
 SUMMARY_COLUMNS = [("model", "model"), ("loss", "loss"), ("dataset", "dataset"), ("params", "params"),
                    ("seed", "seed"), ("status", "status"), ("test_acc", "test_acc"), ("test_loss", "test_loss"),
                    ("epoch_time_s", "epoch_s"), ("samples_per_s", "samples/s")]
@@ -365,14 +307,20 @@ def _fmt(key, value) -> str:
         return f"{value:,.0f}"
     if key == "params":
         return "" if value == "{}" else value
+    if isinstance(value, float):
+        return f"{value:g}"
     return str(value)
 
 
 def format_summary(rows) -> str:
-    """A plain-text table of the grid's outcome, one line per cell."""
-    table = [[label for _, label in SUMMARY_COLUMNS]]
+    """A plain-text table of the grid's outcome, one line per cell (recipe columns that vary included)."""
+    from bench.config import RECIPE_FIELDS
+
+    varying = [(c, c) for c in (*RECIPE_FIELDS, "limit") if len({str(r.get(c)) for r in rows}) > 1]
+    columns = [*SUMMARY_COLUMNS[:4], *varying, *SUMMARY_COLUMNS[4:]]
+    table = [[label for _, label in columns]]
     for row in rows:
-        table.append([_fmt(key, row.get(key)) for key, _ in SUMMARY_COLUMNS])
+        table.append([_fmt(key, row.get(key)) for key, _ in columns])
     widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in table]
     lines.insert(1, "  ".join("-" * w for w in widths))

@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.errors import BenchError
+from bench.errors import BenchError, OptionError
 
 #: The components of a cell, in the order of a grid's triples.
 COMPONENT_KINDS = ("model", "loss", "dataset")
@@ -38,10 +38,10 @@ PARAM_KINDS = ("model", "loss", "dataset", "optimizer", "schedule")
 class Recipe:
     """How a cell is trained. Each field is a grid axis (``--lr 1e-3,1e-2`` crosses two recipes)."""
 
-    optimizer: str = "adam"
+    optimizer: str = ""  # "": the registry's default (a plugin declares it, see Registry.default)
     lr: float = 1e-3
     weight_decay: float = 0.0
-    schedule: str = "constant"
+    schedule: str = ""
     batch_size: int = 256
     epochs: int = 2
 
@@ -50,27 +50,26 @@ class Recipe:
         for name in ("lr", "weight_decay"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise BenchError(f"{name} must be a number, got {value!r}")
+                raise OptionError(name, f"must be a number, got {value!r}")
             object.__setattr__(self, name, float(value))
         for name in ("batch_size", "epochs"):
             value = getattr(self, name)
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
             if isinstance(value, bool) or not isinstance(value, int):
-                if isinstance(value, float) and value.is_integer():
-                    value = int(value)
-                else:
-                    raise BenchError(f"{name} must be an integer, got {value!r}")
+                raise OptionError(name, f"must be an integer, got {value!r}")
             object.__setattr__(self, name, value)
         for name in ("optimizer", "schedule"):
-            if not isinstance(getattr(self, name), str) or not getattr(self, name):
-                raise BenchError(f"{name} must be a name, got {getattr(self, name)!r}")
+            if not isinstance(getattr(self, name), str):
+                raise OptionError(name, f"must be a name, got {getattr(self, name)!r}")
         if self.epochs < 1:
-            raise BenchError(f"epochs must be >= 1, got {self.epochs}")
+            raise OptionError("epochs", f"must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
-            raise BenchError(f"batch_size must be >= 1, got {self.batch_size}")
+            raise OptionError("batch_size", f"must be >= 1, got {self.batch_size}")
         if not (math.isfinite(self.lr) and self.lr > 0):
-            raise BenchError(f"lr must be a finite number > 0, got {self.lr}")
+            raise OptionError("lr", f"must be a finite number > 0, got {self.lr}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise BenchError(f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
+            raise OptionError("weight_decay", f"must be a finite number >= 0, got {self.weight_decay}")
 
 
 #: The recipe's fields: each is a column of results.csv and an axis of the grid.
@@ -120,7 +119,7 @@ class Cell:
     def __post_init__(self):
         object.__setattr__(self, "overrides", _frozen(self.overrides))
         if isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit < 0:
-            raise BenchError(f"limit must be an integer >= 0, got {self.limit!r}")
+            raise OptionError("limit", f"must be an integer >= 0, got {self.limit!r}")
 
     # -- parts ------------------------------------------------------------------------------------
 

@@ -6,7 +6,7 @@ import re
 
 import torch
 
-from bench.errors import BenchError
+from bench.errors import OptionError
 
 DEVICE_CHOICES = "auto, cpu, cuda, cuda:N, mps"
 
@@ -28,18 +28,18 @@ def resolve_device(spec: str) -> torch.device:
     match = re.fullmatch(r"cuda(?::(\d+))?", spec)
     if match:
         if not torch.cuda.is_available():
-            raise BenchError(f"--device {spec}: CUDA is not available here (torch {torch.__version__}, "
+            raise OptionError("device", f"{spec}: CUDA is not available here (torch {torch.__version__}, "
                              f"built for CUDA {torch.version.cuda or 'none'}); use --device cpu or auto")
         index = int(match.group(1) or 0)
         count = torch.cuda.device_count()
         if index >= count:
-            raise BenchError(f"--device {spec}: only {count} CUDA device(s) here (cuda:0..cuda:{count - 1})")
+            raise OptionError("device", f"{spec}: only {count} CUDA device(s) here (cuda:0..cuda:{count - 1})")
         return torch.device("cuda", index)
     if spec == "mps":
         if not _mps_available():
-            raise BenchError("--device mps: Apple's MPS backend is not available here; use --device cpu or auto")
+            raise OptionError("device", "mps: Apple's MPS backend is not available here; use cpu or auto")
         return torch.device("mps")
-    raise BenchError(f"--device {spec}: unknown device; valid: {DEVICE_CHOICES}")
+    raise OptionError("device", f"{spec}: unknown device; valid: {DEVICE_CHOICES}")
 
 
 def synchronize(device: torch.device) -> None:

@@ -8,6 +8,18 @@ class BenchError(Exception):
     """
 
 
+class OptionError(BenchError):
+    """A bad value for one option of a run (``bench.run(epochs=0)``, ``--epochs 0``, ``epochs: 0`` in a study).
+
+    ``option`` is the library's name for it (``batch_size``); the message reads "OPTION TEXT". Front ends
+    word it their own way: the CLI names its flag (``--batch-size``), a study file its key.
+    """
+
+    def __init__(self, option: str, text: str):
+        self.option, self.text = option, text
+        super().__init__(f"{option} {text}")
+
+
 class DatasetUnavailable(BenchError):
     """A dataset cannot be loaded here (not cached and cannot be downloaded)."""
 

@@ -1,108 +1,75 @@
-"""Expands what the user asked for into cells: one cell = one training run to perform."""
+"""Expands a study into cells: one cell = one training run to perform.
+
+The axes of a grid: components (a registered grid's triples, or the crossed ``models`` x ``losses``
+x ``datasets`` lists), every parameter sweep ``NAME.KEY`` (applied to the cells whose model, loss,
+dataset, optimizer or schedule is ``NAME``), every recipe field (``lr``, ``optimizer``, ...), and
+seeds. They are crossed, except the axes a ``zip`` group ties together element by element; then the
+``exclude`` entries are taken out. Defaults (the grid, model, loss, dataset, optimizer and schedule
+used when a study does not name one) are declared by plugins (``register(..., default=True)``).
+"""
 
 from __future__ import annotations
 
 import itertools
-import json
+import math
 from typing import Any
 
-from bench.errors import BenchError
+from bench.config import COMPONENT_KINDS, PARAM_KINDS, RECIPE_FIELDS, Cell, Recipe
+from bench.errors import BenchError, OptionError
 from bench.host import Registry, unknown_name_error
+from bench.study import Study
 
-from bench.config import COMPONENT_KINDS, Cell, Recipe  # noqa: F401  (Cell is re-exported: plugins import it from here)
+__all__ = ["Cell", "Recipe", "expand", "coerce", "restrict", "MAX_CELLS"]
 
-#: The notebook's three cells (registered as the grid ``seed`` by ``plugins.grids``).
-SEED_GRID = (("linear", "mse", "mnist"), ("linear", "crossentropy", "mnist"), ("mlp", "crossentropy", "mnist"))
-
-
-def split_list(option: str, value: str | None) -> list[str] | None:
-    """``"a,b"`` -> ``["a", "b"]``; ``None`` stays ``None``; an empty list is an error."""
-    if value is None:
-        return None
-    items = [v.strip() for v in value.split(",")]
-    if not any(items) or not all(items):
-        raise BenchError(f"{option} needs a comma-separated list of names, got '{value}'")
-    return items
+#: A study that would expand to more cells than this is refused (it is almost surely a typo).
+MAX_CELLS = 1_000_000
+#: Recipe defaults for the numbers (names come from the plugins' defaults).
+RECIPE_DEFAULTS = {k: v for k, v in Recipe().__dict__.items() if k not in ("optimizer", "schedule")}
 
 
-def parse_int_list(option: str, value: str) -> list[int]:
-    items = split_list(option, value) or []
-    try:
-        return [int(v) for v in items]
-    except ValueError:
-        raise BenchError(f"{option} needs comma-separated integers, got '{value}'") from None
+def coerce(token: str, raw: Any, default: Any) -> Any:
+    """Convert a parameter value to the type of the parameter's default (strings from the command
+    line are parsed; typed values from a study file are checked). Non-finite numbers are refused."""
+    def bad(what: str):
+        return OptionError("param", f"{token}: {raw!r} is not {what}")
 
-
-def seed_list(seeds: str | None, repeat: int | None) -> list[int]:
-    """The seeds of a run: ``--seeds 0,1,2`` or ``--repeat N`` (seeds 0..N-1); default ``[0]``."""
-    if seeds is not None and repeat is not None:
-        raise BenchError("give --seeds or --repeat, not both")
-    if repeat is not None:
-        if repeat < 1:
-            raise BenchError(f"--repeat must be >= 1, got {repeat}")
-        return list(range(repeat))
-    if seeds is None:
-        return [0]
-    values = parse_int_list("--seeds", seeds)
-    if any(v < 0 for v in values):
-        raise BenchError(f"--seeds must be non-negative integers, got '{seeds}'")
-    if len(set(values)) != len(values):
-        raise BenchError(f"--seeds lists a seed twice: '{seeds}'")
-    return values
-
-
-def coerce(token: str, raw: str, default: Any) -> Any:
-    """Convert a ``--param`` value to the type of the parameter's default."""
     if isinstance(default, bool):
-        low = raw.lower()
+        if isinstance(raw, bool):
+            return raw
+        low = str(raw).lower()
         if low in ("1", "true", "yes", "on"):
             return True
         if low in ("0", "false", "no", "off"):
             return False
-        raise BenchError(f"--param {token}: '{raw}' is not a boolean (true/false)")
+        raise bad("a boolean (true/false)")
     for kind in (int, float):
         if isinstance(default, kind):
+            if isinstance(raw, bool):
+                raise bad("an integer" if kind is int else "a number")
             try:
-                return kind(raw)
-            except ValueError:
-                raise BenchError(f"--param {token}: '{raw}' is not {'an integer' if kind is int else 'a number'}") \
-                    from None
-    if default is None:
+                value = kind(raw) if isinstance(raw, str) or kind is float else raw
+                if kind is int and not isinstance(value, int):
+                    if isinstance(value, float) and value.is_integer():
+                        value = int(value)
+                    else:
+                        raise ValueError
+            except (TypeError, ValueError, OverflowError):
+                raise bad("an integer" if kind is int else "a number") from None
+            if kind is float and not math.isfinite(value):
+                raise OptionError("param", f"{token}: {raw!r} is not a finite number")
+            return value
+    if default is None and isinstance(raw, str):
         for kind in (int, float):
             try:
-                return kind(raw)
+                value = kind(raw)
             except ValueError:
-                pass
+                continue
+            if kind is float and not math.isfinite(value):
+                raise OptionError("param", f"{token}: {raw!r} is not a finite number")
+            return value
+    if isinstance(raw, float) and not math.isfinite(raw):
+        raise OptionError("param", f"{token}: {raw!r} is not a finite number")
     return raw
-
-
-def parse_params(specs: list[str], registry: Registry, selected: dict[str, list[str]]) -> dict[str, dict[str, list]]:
-    """Parse ``NAME.KEY=V1,V2`` tokens into ``{NAME: {KEY: [values]}}``, checked against the registry."""
-    parsed: dict[str, dict[str, list]] = {}
-    for token in specs:
-        if "=" not in token:
-            raise BenchError(f"--param {token}: expected NAME.KEY=V1,V2 (missing '=')")
-        lhs, rhs = token.split("=", 1)
-        if "." not in lhs:
-            raise BenchError(f"--param {token}: expected NAME.KEY=V1,V2 (missing '.' between component and key)")
-        name, key = (s.strip() for s in lhs.split(".", 1))
-        kinds = [kind for kind in COMPONENT_KINDS if name in registry.names(kind)]
-        if not kinds:
-            every = sorted({n for kind in COMPONENT_KINDS for n in registry.names(kind)})
-            raise unknown_name_error(f"component in --param {token}:", name, every)
-        in_grid = [kind for kind in kinds if name in selected[kind]]
-        if not in_grid:
-            raise BenchError(f"--param {token}: '{name}' is not part of this grid")
-        component = registry.get(in_grid[0], name)
-        if key not in component.params:
-            valid = ", ".join(sorted(component.params)) or "(it has no parameters)"
-            raise BenchError(f"--param {token}: {component.kind} '{name}' has no parameter '{key}'; valid: {valid}")
-        raws = [v.strip() for v in rhs.split(",")]
-        if not all(raws):
-            raise BenchError(f"--param {token}: empty value in '{rhs}'")
-        values = [coerce(token, raw, component.params[key]) for raw in raws]
-        parsed.setdefault(name, {})[key] = list(dict.fromkeys(values))
-    return parsed
 
 
 def restrict(triples: list[tuple[str, str, str]], explicit: dict[str, list[str] | None]) -> list[tuple[str, str, str]]:
@@ -113,59 +80,167 @@ def restrict(triples: list[tuple[str, str, str]], explicit: dict[str, list[str] 
                                             for i, k in enumerate(COMPONENT_KINDS)))
 
 
-def _component_variants(name: str, sweeps: dict[str, dict[str, list]]) -> list[dict[str, Any]]:
-    sweep = sweeps.get(name, {})
-    keys = sorted(sweep)
-    return [dict(zip(keys, combo)) for combo in itertools.product(*(sweep[k] for k in keys))]
-
-
-def expand(
-    registry: Registry,
-    *,
-    grid: str | None = None,
-    models: list[str] | None = None,
-    losses: list[str] | None = None,
-    datasets: list[str] | None = None,
-    params: list[str] = (),
-    seeds: list[int] = (0,),
-    device: str = "cpu",
-    recipe: Recipe = Recipe(),
-    limit: int = 0,
-) -> list[Cell]:
-    """The cells to run, dataset-major so that each dataset is loaded once.
-
-    ``grid`` names a registered grid (built-ins: ``all``, every registered model x loss x dataset;
-    ``seed``, the notebook's three cells; plugins add more through ``bench_register_grids``);
-    explicit ``models``/``losses``/``datasets`` restrict its axes. With no grid, the explicit lists
-    are crossed, missing ones defaulting to linear / crossentropy / mnist. With neither, the
-    ``seed`` grid runs.
-    """
-    explicit = {"model": models, "loss": losses, "dataset": datasets}
+def triples_of(registry: Registry, study: Study) -> list[tuple[str, str, str]]:
+    """The (model, loss, dataset) triples a study names: a grid restricted by the lists, or the lists
+    crossed (a missing list is the plugins' default), or the default grid."""
+    explicit = {"model": study.models, "loss": study.losses, "dataset": study.datasets}
     for kind, names in explicit.items():
         for name in names or ():
             registry.get(kind, name)  # unknown names fail here, listing the valid ones
-    if not seeds:
-        raise BenchError("--seeds needs at least one seed")
+    grid = study.grid
     if grid is None and not any(explicit.values()):
-        grid = "seed"
+        grid = registry.default("grid")
     if grid is None:
-        defaults = {"model": ["linear"], "loss": ["crossentropy"], "dataset": ["mnist"]}
-        triples = list(itertools.product(*((explicit[k] or defaults[k]) for k in COMPONENT_KINDS)))
-    else:
-        triples = restrict(registry.get_grid(grid).triples(registry), explicit)
+        lists = [explicit[k] or [registry.default(k)] for k in COMPONENT_KINDS]
+        return list(itertools.product(*lists))
+    triples = restrict(registry.get_grid(grid).triples(registry), explicit)
     if not triples:
-        raise BenchError(f"the grid '{grid}' has no cells with the given --models/--losses/--datasets")
+        raise BenchError(f"the grid '{grid}' has no cells with the given models/losses/datasets")
+    return triples
 
-    selected = {k: sorted({t[i] for t in triples}) for i, k in enumerate(COMPONENT_KINDS)}
-    sweeps = parse_params(list(params), registry, selected)
 
-    cells = []
+def _recipe_axes(registry: Registry, study: Study) -> dict[str, list]:
+    axes = {}
+    for name in RECIPE_FIELDS:
+        values = study.recipe.get(name)
+        if not values:
+            values = [registry.default(name)] if name in ("optimizer", "schedule") else [RECIPE_DEFAULTS[name]]
+        if name in ("optimizer", "schedule"):
+            for value in values:
+                registry.get(name, value)
+        axes[name] = list(values)
+    return axes
+
+
+def _param_axes(registry: Registry, study: Study, in_grid: dict[str, set[str]]) -> dict[str, list]:
+    """``{"NAME.KEY": [typed values]}``, each checked: NAME in this grid, KEY one of its parameters."""
+    axes = {}
+    for key, raws in study.params.items():
+        name, param = (s.strip() for s in key.split(".", 1))
+        token = f"{key}={','.join(map(str, raws))}"
+        kinds = [kind for kind in PARAM_KINDS if name in registry.names(kind)]
+        if not kinds:
+            every = sorted({n for kind in PARAM_KINDS for n in registry.names(kind)})
+            raise unknown_name_error(f"component in param {token}:", name, every)
+        used = [kind for kind in kinds if name in in_grid[kind]]
+        if not used:
+            raise OptionError("param", f"{token}: '{name}' is not part of this grid")
+        component = registry.get(used[0], name)
+        if param not in component.params:
+            valid = ", ".join(sorted(component.params)) or "(it has no parameters)"
+            raise OptionError("param", f"{token}: {component.kind} '{name}' has no parameter '{param}'; "
+                                       f"valid: {valid}")
+        values = [coerce(token, raw, component.params[param]) for raw in raws]
+        axes[f"{name}.{param}"] = list(dict.fromkeys(values))
+    return axes
+
+
+def _units(axes: dict[str, list], zips: list[list[str]]) -> list[list[dict[str, Any]]]:
+    """The crossed units: a zip group is one unit of element-wise tuples; every other axis its own."""
+    tied: dict[str, int] = {}
+    for i, group in enumerate(zips):
+        if len(group) < 2:
+            raise OptionError("zip", f"group {group} needs at least two axes")
+        for axis in group:
+            if axis not in axes:
+                valid = ", ".join(axes)
+                raise OptionError("zip", f"names '{axis}', which is not an axis of this study (axes: {valid})")
+            if axis in tied:
+                raise OptionError("zip", f"names '{axis}' in two groups")
+            tied[axis] = i
+        lengths = {axis: len(axes[axis]) for axis in group}
+        if len(set(lengths.values())) > 1:
+            shown = ", ".join(f"{a}: {n}" for a, n in lengths.items())
+            raise OptionError("zip", f"group {group} has lists of different lengths ({shown})")
+    units = []
+    for group in zips:
+        units.append([dict(zip(group, values)) for values in zip(*(axes[a] for a in group))])
+    for axis, values in axes.items():
+        if axis not in tied:
+            units.append([{axis: v} for v in values])
+    return units
+
+
+EXCLUDE_FIELDS = ("model", "loss", "dataset", "seed", *RECIPE_FIELDS)
+
+
+def _excluded(cell: Cell, entries: list[dict[str, Any]]) -> bool:
+    values = {**cell.config(), "seed": cell.seed, **cell.params}
+    for entry in entries:
+        if all(_same(values.get(k, _MISSING), v) for k, v in entry.items()):
+            return True
+    return False
+
+
+_MISSING = object()
+
+
+def _same(have: Any, want: Any) -> bool:
+    if have is _MISSING:
+        return False
+    if isinstance(have, (int, float)) and not isinstance(have, bool) and isinstance(want, (int, float, str)):
+        try:
+            return float(have) == float(want)
+        except ValueError:
+            return False
+    return str(have) == str(want)
+
+
+def _check_exclude(entries: list[dict[str, Any]], param_keys: set[str]) -> None:
+    for entry in entries:
+        for key in entry:
+            if key not in EXCLUDE_FIELDS and key not in param_keys:
+                raise OptionError("exclude", f"entry {entry} has an unknown key '{key}' (valid: "
+                                             f"{', '.join(EXCLUDE_FIELDS)}, or a swept NAME.KEY)")
+
+
+def expand(registry: Registry, study: Study | None = None, device: str = "cpu", **options) -> list[Cell]:
+    """The cells of ``study`` on ``device``, dataset-major (each dataset is loaded once), without
+    duplicates (a parameter of an optimizer that a recipe does not use does not multiply its cells).
+
+    ``options`` are ``bench.run``'s grid options (``models="linear,mlp"``, ``lr=[1e-3, 1e-2]``,
+    ``params=["mlp.hidden=64,256"]``, ``seeds=[0, 1]``, ...), applied over ``study``.
+    """
+    if options:
+        from bench.api import study_from_options
+
+        study = (study or Study()).merged(study_from_options(**options))
+    study = study or Study()
+    triples = triples_of(registry, study)
+    seeds = study.seeds if study.seeds is not None else [0]
+    if not seeds:
+        raise OptionError("seeds", "needs at least one seed")
+    limit = study.limit or 0
+    recipe_axes = _recipe_axes(registry, study)
+    in_grid = {k: {t[i] for t in triples} for i, k in enumerate(COMPONENT_KINDS)}
+    in_grid.update({k: set(recipe_axes[k]) for k in ("optimizer", "schedule")})
+    param_axes = _param_axes(registry, study, in_grid)
+    _check_exclude(study.exclude, set(param_axes))
+    units = _units({**recipe_axes, **param_axes}, study.zip)
+    size = len(triples) * len(seeds) * math.prod(len(u) for u in units)
+    if size > MAX_CELLS:
+        raise BenchError(f"this study would expand to {size:,} cells (more than {MAX_CELLS:,}): "
+                         "check the lists, seeds and parameter sweeps")
+
     order = {name: i for i, name in enumerate(dict.fromkeys(t[2] for t in triples))}
+    cells: dict[Cell, None] = {}
     for model, loss, dataset in sorted(triples, key=lambda t: order[t[2]]):
-        for d_over, m_over, l_over in itertools.product(
-            _component_variants(dataset, sweeps), _component_variants(model, sweeps), _component_variants(loss, sweeps)
-        ):
+        names = {"model": model, "loss": loss, "dataset": dataset}
+        for combo in itertools.product(*units):
+            values = {k: v for part in combo for k, v in part.items()}
+            recipe = Recipe(**{k: values[k] for k in RECIPE_FIELDS})
+            used = {**names, "optimizer": recipe.optimizer, "schedule": recipe.schedule}
+            overrides: dict[str, dict[str, Any]] = {}
+            for key in param_axes:
+                name, param = key.split(".", 1)
+                for kind in PARAM_KINDS:
+                    if used[kind] == name:
+                        overrides.setdefault(kind, {})[param] = values[key]
+                        break
             for seed in seeds:
-                overrides = {k: v for k, v in (("model", m_over), ("loss", l_over), ("dataset", d_over)) if v}
-                cells.append(Cell(model, loss, dataset, seed, device, recipe, limit, overrides))
-    return cells
+                cell = Cell(model, loss, dataset, seed, device, recipe, limit, overrides)
+                if not _excluded(cell, study.exclude):
+                    cells.setdefault(cell)
+    if not cells:
+        raise BenchError("every cell of this study is excluded")
+    return list(cells)

@@ -91,3 +91,13 @@ def bench_register_executors(register):
     receives ``--address``. The factory raises ``bench.BenchError`` when the executor cannot be
     used here (e.g. a missing optional dependency), saying how to fix it.
     """
+
+
+@hookspec
+def bench_register_optimizers(register):
+    """Register optimizers (temporary spec; documented fully with the optimizer plugins)."""
+
+
+@hookspec
+def bench_register_schedules(register):
+    """Register learning-rate schedules (temporary spec; documented fully with the schedule plugins)."""

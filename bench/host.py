@@ -37,10 +37,11 @@ class BrokenPlugin(RuntimeError):
 #: Built-in plugin modules, loaded exactly like a ``-p`` module.
 BUILTIN_PLUGINS = (
     "plugins.models", "plugins.losses", "plugins.datasets", "plugins.grids", "plugins.executors",
+    "plugins.optimizers", "plugins.schedules",
 )
 
 PLURAL = {"model": "models", "loss": "losses", "dataset": "datasets", "executor": "executors", "grid": "grids",
-          "command": "commands"}
+          "optimizer": "optimizers", "schedule": "schedules", "command": "commands"}
 
 #: Component kind -> the hook that registers it.
 KINDS = {
@@ -48,6 +49,8 @@ KINDS = {
     "loss": "bench_register_losses",
     "dataset": "bench_register_datasets",
     "executor": "bench_register_executors",
+    "optimizer": "bench_register_optimizers",
+    "schedule": "bench_register_schedules",
 }
 GRID_HOOK = "bench_register_grids"
 CLI_HOOK = "bench_cli"
@@ -130,16 +133,18 @@ class Registry:
     def __init__(self) -> None:
         self._items: dict[str, dict[str, Component]] = {kind: {} for kind in KINDS}
         self._grids: dict[str, Grid] = {}
+        #: kind (or "grid") -> the name registered with ``default=True`` first (built-ins come first).
+        self._defaults: dict[str, str] = {}
 
     def register_callback(self, kind: str, plugin: str) -> Callable[..., None]:
         """The ``register`` function handed to one plugin's hook for one kind."""
 
-        def register(name, factory, params=None, description=""):
-            self.add(kind, plugin, name, factory, params, description)
+        def register(name, factory, params=None, description="", *, default=False):
+            self.add(kind, plugin, name, factory, params, description, default=default)
 
         return register
 
-    def add(self, kind, plugin, name, factory, params=None, description="") -> None:
+    def add(self, kind, plugin, name, factory, params=None, description="", *, default=False) -> None:
         where = f"plugin '{plugin}' registered {kind}"
         if not isinstance(name, str) or not name or any(c in name for c in " ,=\t\n"):
             raise BenchError(f"{where} {name!r}: a name must be a non-empty string without spaces, ',' or '='")
@@ -159,16 +164,33 @@ class Registry:
                 f"{kind} '{name}' is registered twice: by plugin '{existing.plugin}' and by plugin '{plugin}'"
             )
         self._items[kind][name] = Component(kind, name, factory, dict(params), description, plugin)
+        self._claim_default(kind, name, default, where)
+
+    def _claim_default(self, kind: str, name: str, default, where: str) -> None:
+        if not isinstance(default, bool):
+            raise BenchError(f"{where} '{name}': default must be True or False")
+        if default:
+            self._defaults.setdefault(kind, name)
+
+    def default(self, kind: str) -> str:
+        """The name used for ``kind`` when a run does not say (``grid``, ``model``, ``optimizer``, ...):
+        the first component registered with ``default=True``; built-in plugins register first."""
+        name = self._defaults.get(kind)
+        if name is None:
+            valid = self.grid_names() if kind == "grid" else self.names(kind)
+            raise BenchError(f"no plugin declares a default {kind}: name one explicitly "
+                             f"(valid: {', '.join(valid) or 'none'})")
+        return name
 
     def grid_callback(self, plugin: str) -> Callable[..., None]:
         """The ``register`` function handed to one plugin's ``bench_register_grids``."""
 
-        def register(name, cells, description=""):
-            self.add_grid(plugin, name, cells, description)
+        def register(name, cells, description="", *, default=False):
+            self.add_grid(plugin, name, cells, description, default=default)
 
         return register
 
-    def add_grid(self, plugin, name, cells, description="") -> None:
+    def add_grid(self, plugin, name, cells, description="", *, default=False) -> None:
         where = f"plugin '{plugin}' registered grid"
         if not isinstance(name, str) or not name or any(c in name for c in " ,=\t\n"):
             raise BenchError(f"{where} {name!r}: a name must be a non-empty string without spaces, ',' or '='")
@@ -184,6 +206,7 @@ class Registry:
                 f"grid '{name}' is registered twice: by plugin '{existing.plugin}' and by plugin '{plugin}'"
             )
         self._grids[name] = Grid(name, cells, description, plugin)
+        self._claim_default("grid", name, default, where)
 
     def grid_names(self) -> list[str]:
         return sorted(self._grids)
@@ -204,6 +227,9 @@ class Registry:
                 del items[name]
         for name in [n for n, g in self._grids.items() if g.plugin == plugin]:
             del self._grids[name]
+        for kind, name in list(self._defaults.items()):
+            if name not in (self._grids if kind == "grid" else self._items[kind]):
+                del self._defaults[kind]
 
     def names(self, kind: str) -> list[str]:
         return sorted(self._items[kind])

@@ -63,12 +63,20 @@ def load_dataset(registry: Registry, name: str, overrides: dict, data_dir: Path)
     return splits
 
 
-def available_datasets(registry: Registry, names: list[str], data_dir: Path) -> tuple[list[str], dict[str, str]]:
-    """Split dataset names into those that load here and those unavailable (name -> reason)."""
+def available_datasets(registry: Registry, names: list[str], data_dir: Path, cache: DataCache | None = None,
+                       device: torch.device | None = None) -> tuple[list[str], dict[str, str]]:
+    """Split dataset names into those that load here and those unavailable (name -> reason).
+
+    With a ``cache`` the datasets are loaded through it onto ``device``, so the first cells that
+    train on one reuse the load instead of repeating it.
+    """
     ok, missing = [], {}
     for name in names:
         try:
-            load_dataset(registry, name, {}, data_dir)
+            if cache is not None:
+                cache.load(registry, name, {}, data_dir, device or torch.device("cpu"))
+            else:
+                load_dataset(registry, name, {}, data_dir)
         except DatasetUnavailable as exc:
             missing[name] = str(exc)
         else:
@@ -102,6 +110,8 @@ class Job:
     #: Per-cell epoch bars; only executors that train in the driver's process can show them.
     epoch_bar_factory: Callable[[Cell], Any] | None = None
     execution: Execution | None = None
+    #: The driver's resident datasets (the local executor trains on them).
+    cache: DataCache | None = None
 
     @property
     def spec(self) -> WorkSpec:
@@ -124,14 +134,18 @@ class DataCache:
         self._load_time = 0.0
 
     def get(self, registry: Registry, cell: Cell, data_dir: Path, device: torch.device) -> DataSplits:
-        key = json.dumps([cell.dataset, cell.override("dataset"), str(device)], sort_keys=True)
+        return self.load(registry, cell.dataset, cell.override("dataset"), data_dir, device)
+
+    def load(self, registry: Registry, name: str, overrides: dict, data_dir: Path, device: torch.device) -> DataSplits:
+        key = json.dumps([name, overrides, str(device)], sort_keys=True)
         if key not in self._loaded:
-            self._loaded.clear()  # keep one dataset resident at a time
+            # keep one dataset resident at a time (a load that failed costs nothing to remember)
+            for old in [k for k, v in self._loaded.items() if not isinstance(v, BaseException)]:
+                del self._loaded[old]
             watch = Stopwatch(device)
             try:
                 with watch.phase("load"):
-                    self._loaded[key] = load_dataset(registry, cell.dataset, cell.override("dataset"),
-                                                     data_dir).to(device)
+                    self._loaded[key] = load_dataset(registry, name, overrides, data_dir).to(device)
             except DataCorrupt:
                 raise
             except BenchError as exc:
@@ -222,7 +236,7 @@ class LocalExecutor:
     """In the driver's process, one cell after another: the default."""
 
     def run(self, tasks: list[tuple[int, Cell]], job: Job) -> Iterator[dict[str, Any]]:
-        cache = DataCache()
+        cache = job.cache if job.cache is not None else DataCache()
         for index, cell in tasks:
             yield train_record(index, cell, job.registry, cache, job.device, job.data_dir, job.epoch_bar_factory,
                                job.execution)
@@ -240,6 +254,8 @@ def run_cells(
     executor: Executor | None = None,
     plugin_modules: tuple[str, ...] = (),
     execution: Execution | None = None,
+    cache: DataCache | None = None,
+    on_first_record: Callable[[], None] | None = None,
 ) -> RunSummary:
     """Train every cell and persist each outcome as it happens; a failing cell never stops the grid.
 
@@ -248,18 +264,22 @@ def run_cells(
     Ctrl-C stop the grid; everything finished before is already on disk.
 
     ``executor`` decides where cells train (default: here, one after another); whichever it is,
-    this process alone writes the records, through ``store``, as they arrive.
+    this process alone writes the records, through ``store``, as they arrive. ``on_first_record``
+    is called once, just before the first record is written (never, if corrupt data stops the run first).
     """
     done = done or {}
     rows: dict[int, dict[str, Any]] = {i: done[c.cell_id] for i, c in enumerate(cells) if c.cell_id in done}
     tasks = [(i, c) for i, c in enumerate(cells) if c.cell_id not in done]
-    job = Job(registry, device, Path(data_dir), tuple(plugin_modules), epoch_bar_factory, execution)
+    job = Job(registry, device, Path(data_dir), tuple(plugin_modules), epoch_bar_factory, execution, cache)
     records = (executor or LocalExecutor()).run(tasks, job)
     try:
         for record in records:
             if "fatal" in record:
                 raise DataCorrupt(record["fatal"])
             cell = cells[record["index"]]
+            if on_first_record is not None:  # e.g. env.json: written once the data has loaded cleanly
+                on_first_record()
+                on_first_record = None
             _write_tensors(record, cell, store)
             store.write_cell(record)
             rows[record["index"]] = record["row"]

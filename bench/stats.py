@@ -1,19 +1,20 @@
 """Statistics over seeds: mean and Student-t confidence intervals, paired comparisons with Holm.
 
 A *configuration* is a cell without its seed, as :mod:`bench.config` defines it (components,
-parameters, recipe, ``--limit``, device kind). Its seeds are independent repeats, so a metric is summarised per configuration as
-mean, sample standard deviation and a Student-t confidence interval.
+parameters, recipe, ``--limit``, device kind). Its seeds are independent repeats, so a metric is
+summarised per configuration as mean, sample standard deviation and a Student-t confidence interval.
 
 Two configurations are compared *paired*: on the seeds that both finished, seed by seed (same
 initialisation seed, same data order), which removes the variance the seed itself causes. Which
 pairs are compared (see :func:`compare` and :func:`bench.config.comparable`): on the same dataset,
-``--limit`` and device kind, configurations that share the whole recipe (axis ``recipe``: they differ
-in model and/or loss), and configurations that differ in exactly one recipe axis (``lr``, ``optimizer``
-with its parameters, ...) and nothing else. Within each such group, every pair is compared when
-there are at most :data:`ALL_PAIRS_MAX` configurations, otherwise each against the group's best (highest mean of the metric), so that the
-table stays readable and the multiple-testing correction does not eat all the power. The p-values
-of every comparison in the table are Holm-corrected together; a difference whose corrected p-value
-is not below ``alpha`` is reported as ``tied``.
+``--limit`` and device kind, configurations that share the whole recipe (axis ``recipe``: they
+differ in model and/or loss), and configurations that differ in exactly one recipe axis (``lr``,
+``optimizer`` with its parameters, ...) and nothing else. Within each such group, every pair is
+compared when there are at most :data:`ALL_PAIRS_MAX` configurations, otherwise each against the
+group's best (highest mean of the metric), so that the table stays readable and the
+multiple-testing correction does not eat all the power. The p-values of every comparison in the
+table are Holm-corrected together; a difference whose corrected p-value is not below ``alpha`` is
+reported as ``tied``.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bench.errors import BenchError
+from bench.errors import BenchError, OptionError
 from bench.optim import make_optimizer
 
 GRAPH_CHOICES = ("auto", "on", "off")
@@ -44,7 +44,7 @@ class Execution:
 
     def __post_init__(self):
         if self.cuda_graphs not in GRAPH_CHOICES:
-            raise BenchError(f"--cuda-graphs must be one of {', '.join(GRAPH_CHOICES)}, got '{self.cuda_graphs}'")
+            raise OptionError("cuda_graphs", f"must be one of {', '.join(GRAPH_CHOICES)}, got '{self.cuda_graphs}'")
         if self.mode is not None and self.mode not in MODES:
             raise BenchError(f"step mode must be one of {', '.join(MODES)}, got '{self.mode}'")
 
@@ -57,7 +57,7 @@ class Execution:
         if device.type == "cuda" and self.cuda_graphs in ("auto", "on"):
             return "graph"
         if self.cuda_graphs == "on":
-            raise BenchError(f"--cuda-graphs on needs a CUDA device, not {device} (use auto or off)")
+            raise OptionError("cuda_graphs", f"on needs a CUDA device, not {device} (use auto or off)")
         return "plain"
 
 

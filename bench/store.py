@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.config import IDENTITY_COLUMNS
-from bench.errors import BenchError
+from bench.errors import BenchError, OptionError
 
 #: One row per cell: its id and identity (bench.config), then outcome, metrics, timings and how it ran.
 RESULT_COLUMNS = [
@@ -86,7 +86,7 @@ class RunStore:
     def __init__(self, root: Path | str):
         self.root = Path(root)
         if self.root.exists() and not self.root.is_dir():
-            raise BenchError(f"--out {self.root}: exists and is not a directory")
+            raise OptionError("out", f"{self.root}: exists and is not a directory")
 
     @property
     def cells_dir(self) -> Path:
@@ -100,6 +100,10 @@ class RunStore:
 
     def write_env(self, env: dict[str, Any]) -> None:
         atomic_write(self.root / "env.json", json.dumps(env, indent=2, sort_keys=True) + "\n")
+
+    def write_text(self, name: str, text: str) -> None:
+        """Write a text file of the run directory (e.g. ``study.yaml``) atomically."""
+        atomic_write(self.root / name, text)
 
     def read_env(self) -> dict[str, Any]:
         path = self.root / "env.json"

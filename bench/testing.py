@@ -60,44 +60,35 @@ def run_grid(
     epochs: int = 1,
     batch_size: int = 256,
     lr: float = 1e-3,
-    optimizer: str = "adam",
+    optimizer: str | None = None,
     limit: int = 0,
     device: str = "cpu",
     out: Path | str | None = None,
     data_dir: Path | str | None = None,
     check: bool = True,
+    **options,
 ) -> pandas.DataFrame:
-    """Run a (tiny) grid on ``host`` exactly as ``bench run`` does and return its results table.
+    """Run a (tiny) grid on ``host`` through ``bench.run`` (exactly what ``bench run`` does) and return
+    its results table.
 
-    The arguments mirror ``bench run``'s options (``params`` are ``NAME.KEY=V1,V2`` strings);
-    ``epochs`` defaults to 1 and ``device`` to ``cpu`` to keep tests fast and deterministic. The
-    table is ``results.csv`` read back with pandas: one row per cell. ``out`` keeps the run
-    directory (otherwise a temporary one is removed); ``check`` raises ``AssertionError`` naming
-    every cell whose status is ``failed``.
+    The arguments are ``bench.run``'s (``params`` are ``NAME.KEY=V1,V2`` strings; any other option of
+    ``bench.run``, e.g. ``weight_decay`` or ``schedule``, passes through); ``epochs`` defaults to 1 and
+    ``device`` to ``cpu`` to keep tests fast and deterministic. The table is ``results.csv`` read back
+    with pandas: one row per cell. ``out`` keeps the run directory (otherwise a temporary one is
+    removed); ``check`` raises ``AssertionError`` naming every cell whose status is ``failed``.
     """
-    import pandas as pd
-
-    from bench.device import resolve_device
-    from bench.grid import Recipe, expand
-    from bench.runner import available_datasets, run_cells
-    from bench.store import RunStore
+    from bench.api import run
 
     with tempfile.TemporaryDirectory(prefix="gridbench-test-") as tmp:
         root = Path(out) if out is not None else Path(tmp) / "run"
         data = Path(data_dir) if data_dir is not None else Path(tmp) / "data"
-        registry = host.registry
-        torch_device = resolve_device(device)
-        if grid == "all" and datasets is None:  # as bench run: leave out datasets unavailable here
-            datasets, _ = available_datasets(registry, registry.names("dataset"), data)
-        recipe = Recipe(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer)
-        cells = expand(registry, grid=grid, models=models, losses=losses, datasets=datasets, params=list(params),
-                       seeds=list(seeds), device=str(torch_device), recipe=recipe, limit=limit)
-        store = RunStore(root)
-        store.create()
-        summary = run_cells(cells, registry, store, torch_device, data)
-        table = pd.read_csv(root / "results.csv", keep_default_na=False, na_values=[""])
-    if check and summary.failed:
-        lines = [f"{r['model']}+{r['loss']} on {r['dataset']} seed={r['seed']}: {r['error']}" for r in summary.failed]
+        result = run(host=host, grid=grid, models=models, losses=losses, datasets=datasets, params=list(params),
+                     seeds=list(seeds), epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
+                     limit=limit, device=device, out=root, data_dir=data, quiet=True, echo=lambda message: None,
+                     **options)
+        table = result.results
+    if check and result.failed:
+        lines = [f"{r['model']}+{r['loss']} on {r['dataset']} seed={r['seed']}: {r['error']}" for r in result.failed]
         raise AssertionError(f"{len(lines)} cell(s) failed:\n" + "\n".join(lines))
     return table
 

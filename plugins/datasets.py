@@ -195,7 +195,7 @@ def downloadable_loader(name: str):
 @hookimpl
 def bench_register_datasets(register):
     register("mnist", load_mnist, params={"val_size": 5000},
-             description="canonical MNIST embedded in the package (md5-verified), 55k/5k/10k")
+             description="canonical MNIST embedded in the package (md5-verified), 55k/5k/10k", default=True)
     for name, (tv_name, *_rest) in DOWNLOADABLE.items():
         register(name, downloadable_loader(name), params={"val_size": 5000},
                  description=f"{tv_name} via torchvision's downloader into the data directory (--data-dir)")

@@ -270,7 +270,8 @@ class RayExecutor:
 
 @hookimpl
 def bench_register_executors(register):
-    register("local", LocalExecutor, description="in this process, one cell after another (the default)")
+    register("local", LocalExecutor, description="in this process, one cell after another (the default)",
+             default=True)
     register("process", ProcessExecutor, params={"jobs": None},
              description="--jobs N worker processes here (default: one per core, or per GPU on cuda)")
     register("ray", RayExecutor, params={"address": None},

@@ -43,6 +43,6 @@ def bench_register_losses(register):
     register("mse", make_mse, description="mean squared error between softmax(logits) and one-hot targets")
     register(
         "crossentropy", make_crossentropy, params={"label_smoothing": 0.0},
-        description="softmax cross-entropy",
+        description="softmax cross-entropy", default=True,
     )
     register("hinge", make_hinge, params={"margin": 1.0}, description="multi-class margin (hinge) loss")

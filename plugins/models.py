@@ -104,7 +104,7 @@ def make_cnn(input_shape, num_classes, c1=6, c2=16, fc=120):
 
 @hookimpl
 def bench_register_models(register):
-    register("linear", make_linear, description="one nn.Linear on the flattened input (attribute fc)")
+    register("linear", make_linear, description="one nn.Linear on the flattened input (attribute fc)", default=True)
     register(
         "mlp", make_mlp, params={"hidden": 256, "depth": 1, "activation": "relu"},
         description="multi-layer perceptron: depth hidden layers of width hidden with an activation",

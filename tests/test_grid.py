@@ -58,21 +58,21 @@ def test_cell_id_depends_on_configuration_not_order(registry):
     a = expand(registry, grid="all", datasets=["mnist"], models=["linear", "mlp"])
     b = expand(registry, grid="all", datasets=["mnist"], models=["mlp", "linear"])
     assert {c.cell_id for c in a} == {c.cell_id for c in b}
-    c = expand(registry, grid="all", datasets=["mnist"], models=["linear", "mlp"], recipe=Recipe(epochs=3))
+    c = expand(registry, grid="all", datasets=["mnist"], models=["linear", "mlp"], epochs=3)
     assert not {x.cell_id for x in a} & {x.cell_id for x in c}
 
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"grid": "everything"}, r"unknown grid 'everything'; valid: all, seed"),
     ({"models": ["lineer"]}, r"unknown model 'lineer' \(did you mean 'linear'\?\)"),
-    ({"params": ["mlp.hidden"]}, r"--param mlp.hidden: expected NAME.KEY=V1,V2 \(missing '='\)"),
+    ({"params": ["mlp.hidden"]}, r"param mlp.hidden: expected NAME.KEY=V1,V2 \(missing '='\)"),
     ({"params": ["hidden=3"]}, r"missing '.'"),
     ({"params": ["mlp.width=3"]}, r"model 'mlp' has no parameter 'width'; valid: activation, depth, hidden"),
-    ({"params": ["mlp.hidden=big"]}, r"--param mlp.hidden=big: 'big' is not an integer"),
+    ({"params": ["mlp.hidden=big"]}, r"param mlp.hidden=big: 'big' is not an integer"),
     ({"params": ["mlp.hidden=1,,2"]}, r"empty value"),
     ({"params": ["cnn.c1=3"]}, r"'cnn' is not part of this grid"),
     ({"params": ["nosuch.x=1"]}, r"unknown component"),
-    ({"seeds": []}, r"--seeds needs at least one seed"),
+    ({"seeds": []}, r"seeds needs comma-separated integers"),
 ])
 def test_bad_grid_input_is_a_clear_error(registry, kwargs, message):
     with pytest.raises(BenchError, match=message):

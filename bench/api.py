@@ -1,0 +1,349 @@
+"""One run of gridbench as a library call: ``bench.run(...)`` returns a :class:`Run`.
+
+The command line (``bench run``), ``bench.testing`` and notebooks are thin layers over :func:`run`:
+it reads the study (a file, a dict, options, or the one a run directory keeps), expands and checks
+the cells, trains those not finished yet in the run directory through an executor, and returns the
+run. :func:`load` opens a finished run directory the same way.
+
+    import bench
+    run = bench.run(models="linear", losses="mse,crossentropy", lr=[1e-3, 1e-2], seeds=[0, 1, 2],
+                    device="cpu", limit=5000)
+    run.summary()          # one row per configuration, seeds aggregated (mean ± 95% CI)
+    run.results            # results.csv as a DataFrame
+    run.report()           # writes RUN/report/index.html and returns its path
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from bench import __version__
+from bench.errors import BenchError, OptionError
+from bench.study import Study
+
+#: The file in a run directory that keeps the resolved study.
+STUDY_FILE = "study.yaml"
+
+
+def default_run_dir() -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    path, n = Path("runs") / stamp, 1
+    while path.exists():
+        n += 1
+        path = Path("runs") / f"{stamp}-{n}"
+    return path
+
+
+def default_data_dir() -> Path:
+    return Path("~/.cache/gridbench").expanduser()
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@dataclass
+class Run:
+    """A run directory and what was run into it: results, history, summary, report.
+
+    ``path`` is the run directory; ``results`` and ``history`` are its ``results.csv`` and
+    ``history.csv`` as DataFrames (read when asked, so they are always what is on disk).
+    From :func:`run`, ``cells`` are the study's cells and ``rows`` their rows in grid order;
+    with ``dry_run=True`` nothing trained and ``plan`` lists ``(state, cell)`` pairs.
+    """
+
+    path: Path
+    study: Study | None = None
+    cells: list = field(default_factory=list)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    plan: list[tuple[str, Any]] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def store(self):
+        from bench.store import RunStore
+
+        return RunStore(self.path)
+
+    @property
+    def results(self):
+        """``results.csv``: one row per cell (every cell in the directory, also of earlier studies)."""
+        return self.store.results()
+
+    @property
+    def history(self):
+        """``history.csv``: one row per cell and epoch."""
+        return self.store.history()
+
+    @property
+    def failed(self) -> list[dict[str, Any]]:
+        return [r for r in self.rows if r.get("status") == "failed"]
+
+    def summary(self, metric: str = "test_acc"):
+        """One row per configuration (a cell without its seed): ``n`` finished seeds and the metric's
+        mean, standard deviation and 95% Student-t interval (:func:`bench.stats.aggregate`)."""
+        from bench import stats
+
+        return stats.aggregate(self.results, metric)
+
+    def comparisons(self, metric: str = "test_acc"):
+        """Paired seed-by-seed comparisons of comparable configurations (:func:`bench.stats.compare`)."""
+        from bench import stats
+
+        return stats.compare(self.results, metric)
+
+    def report(self, out: Path | str | None = None) -> Path:
+        """Write the report (default ``RUN/report``) and return the path of its ``index.html``."""
+        from reports import build_report
+
+        return Path(build_report([self.path], Path(out) if out is not None else None).index)
+
+    def _repr_html_(self) -> str:
+        import html
+
+        try:
+            table = self.summary()
+        except BenchError as exc:
+            return f"<p>gridbench run {html.escape(str(self.path))}: {html.escape(str(exc))}</p>"
+        shown = table[["label", "dataset", "n", "mean", "ci", "failed"]].rename(
+            columns={"label": "configuration", "n": "seeds", "mean": "test_acc", "ci": "± 95% CI"})
+        return (f"<p><b>gridbench run</b> <code>{html.escape(str(self.path))}</code>: "
+                f"{len(self.results)} cell(s)</p>" + shown.to_html(index=False, float_format=lambda v: f"{v:.4f}",
+                                                                    na_rep="", escape=True))
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r}, {len(self.rows)} cell(s))"
+
+
+def load(run_dir: Path | str) -> Run:
+    """Open a run directory (one that ``bench run`` wrote) as a :class:`Run`."""
+    from bench import study as study_mod
+    from bench.store import RunStore
+
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise BenchError(f"{path}: no such run directory")
+    store = RunStore(path)
+    store.results()  # a clear error now if it is not a run directory
+    study_path = path / STUDY_FILE
+    study = study_mod.load(study_path) if study_path.is_file() else None
+    rows = [record["row"] for record in store.records()]
+    return Run(path, study, rows=rows)
+
+
+def study_from_options(*, grid=None, models=None, losses=None, datasets=None, params=(), seeds=None, repeat=None,
+                       epochs=None, batch_size=None, lr=None, optimizer=None, weight_decay=None, schedule=None,
+                       limit=None, device=None) -> Study:
+    """A :class:`Study` from ``bench.run``'s (and ``bench run``'s) options; ``None`` means not given.
+
+    Lists may be Python lists or comma-separated strings; ``params`` are ``NAME.KEY=V1,V2`` strings or
+    a ``{"NAME.KEY": [values]}`` dict.
+    """
+    from bench import study as study_mod
+
+    def names(option, value):
+        if value is None:
+            return None
+        try:
+            return study_mod._names(option, value)
+        except BenchError as exc:
+            raise OptionError(option, str(exc)[len(option):].strip()) from None
+
+    recipe = {}
+    for key, value in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr), ("optimizer", optimizer),
+                       ("weight_decay", weight_decay), ("schedule", schedule)):
+        if value is not None:
+            recipe[key] = study_mod.recipe_values(key, value)
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        raise OptionError("limit", f"must be an integer >= 0, got {limit!r}")
+    if grid is not None and (not isinstance(grid, str) or not grid.strip()):
+        raise OptionError("grid", f"must be the name of a registered grid, got {grid!r}")
+    return Study(models=names("models", models), losses=names("losses", losses),
+                 datasets=names("datasets", datasets), grid=grid, params=study_mod.param_specs(params),
+                 recipe=recipe, seeds=study_mod.seed_values(seeds, repeat), limit=limit, device=device)
+
+
+def resolve_study(study: Path | str | Mapping | Study | None, options: Study, out: Path | None) -> Study:
+    """The study to run: a file or mapping, overridden by the options that were given; with neither
+    saying what to train and ``out`` an existing run directory, the study that directory keeps."""
+    from bench import study as study_mod
+
+    if isinstance(study, Study):
+        base = study
+    elif isinstance(study, Mapping):
+        base = study_mod.from_mapping(study, "study")
+    elif study is not None:
+        base = study_mod.load(study)
+    else:
+        base = Study()
+    merged = base.merged(options)
+    if not merged.sets_grid() and out is not None and (Path(out) / STUDY_FILE).is_file():
+        kept = study_mod.load(Path(out) / STUDY_FILE)
+        merged = kept.merged(options)
+    return merged
+
+
+def resolved(study: Study, registry, cells, device) -> Study:
+    """The study with its defaults filled in (what ``study.yaml`` keeps): what ran, said in full."""
+    from bench.config import RECIPE_FIELDS
+
+    recipe = {name: list(dict.fromkeys(getattr(c.recipe, name) for c in cells)) for name in RECIPE_FIELDS}
+    recipe = {k: (v[0] if len(v) == 1 else v) for k, v in recipe.items()}
+    params = {}
+    for key, values in study.params.items():
+        typed = list(dict.fromkeys(v for c in cells for k, v in c.params.items() if k == key))
+        params[key] = typed or values
+    out = Study(models=study.models, losses=study.losses, datasets=study.datasets, grid=study.grid, params=params,
+                recipe=recipe, zip=study.zip, exclude=study.exclude,
+                seeds=list(dict.fromkeys(c.seed for c in cells)), limit=study.limit or 0,
+                device=study.device or str(device))
+    if out.grid is None and not any((out.models, out.losses, out.datasets)):
+        out.grid = registry.default("grid")
+    return out
+
+
+def make_executor(registry, executor: str | None = None, jobs: int | None = None, address: str | None = None):
+    """Build the executor plugin ``executor`` (the plugins' default when None) with the options given."""
+    name = executor or registry.default("executor")
+    component = registry.get("executor", name)
+    given = {key: value for key, value in (("jobs", jobs), ("address", address)) if value is not None}
+    for key in given:
+        if key not in component.params:
+            raise OptionError(key, f"does not apply to executor '{name}' (its parameters: "
+                                   f"{', '.join(component.params) or 'none'})")
+    return name, component.factory(**{**component.params, **given})
+
+
+def run(study: Path | str | Mapping | Study | None = None, *,
+        grid: str | None = None, models=None, losses=None, datasets=None, params=(), seeds=None,
+        repeat: int | None = None, epochs=None, batch_size=None, lr=None, optimizer=None, weight_decay=None,
+        schedule=None, limit: int | None = None, device: str | None = None, out: Path | str | None = None,
+        data_dir: Path | str | None = None, force: bool = False, dry_run: bool = False,
+        cuda_graphs: str = "auto", compile: bool = False, threads: int = 0, quiet: bool = False,
+        report: bool = False, plugins: Iterable[str] = (), executor: str | None = None, jobs: int | None = None,
+        address: str | None = None, host=None, argv: list[str] | None = None,
+        echo: Callable[[str], None] = _stderr) -> Run:
+    """Run a study and return the :class:`Run`; the options are ``bench run``'s.
+
+    ``study``: a YAML file, a mapping with the same keys, or a :class:`bench.study.Study`; the
+    other options override it. Axes (``models``, ``lr``, ``optimizer``, ``seeds``, ...) take a value,
+    a list or a comma-separated string. ``out`` defaults to ``runs/<timestamp>``; rerunning into
+    the same ``out`` resumes (finished cells are skipped, failed ones retried; ``force`` reruns all).
+    ``plugins`` are ``-p`` modules; ``host`` a ready :class:`bench.host.Host` instead. Bad input
+    raises :class:`bench.BenchError` before anything trains; a failing cell does not raise (see
+    ``Run.failed``). ``echo`` receives the notes (stderr by default).
+    """
+    from bench.device import resolve_device
+    from bench.env import environment
+    from bench.grid import expand, triples_of
+    from bench.host import Host
+    from bench.runner import DataCache, available_datasets, run_cells
+    from bench.step import Execution
+    from bench.store import RunStore
+    from bench.study import dump
+    from bench.threads import set_threads
+    from bench.validate import check_cells
+
+    set_threads(threads)
+    if host is None:
+        host = Host(plugins)
+        registry = host.registry
+        for warning in host.warnings:
+            echo(warning)
+    registry = host.registry
+    out_path = Path(out) if out is not None else default_run_dir()
+    options = study_from_options(grid=grid, models=models, losses=losses, datasets=datasets, params=params,
+                                 seeds=seeds, repeat=repeat, epochs=epochs, batch_size=batch_size, lr=lr,
+                                 optimizer=optimizer, weight_decay=weight_decay, schedule=schedule, limit=limit,
+                                 device=device)
+    the_study = resolve_study(study, options, out_path)
+    torch_device = resolve_device(the_study.device or "auto")
+    execution = Execution(cuda_graphs=cuda_graphs, compile=compile)
+    execution.step_mode(torch_device)  # cuda_graphs="on" without cuda: fail before any work
+    executor_name, executor_obj = make_executor(registry, executor, jobs, address)
+    data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+
+    cache = DataCache()
+    notes: list[str] = []
+    if the_study.datasets is None:  # a grid's datasets: leave out those that cannot be had here
+        names = list(dict.fromkeys(t[2] for t in triples_of(registry, the_study)))
+        available, unavailable = available_datasets(registry, names, data_dir, cache, torch_device)
+        for name, reason in unavailable.items():
+            notes.append(f"note: dataset '{name}' is unavailable and left out of the grid: {reason}")
+            echo(notes[-1])
+        if not available:
+            raise BenchError("no dataset of this grid is available here")
+        if unavailable:
+            the_study = the_study.merged(Study(datasets=available))
+    cells = expand(registry, the_study, str(torch_device))
+    check_cells(registry, cells)
+
+    store = RunStore(out_path)
+    finished = {} if force else store.finished()
+    done = {cell.cell_id: finished[cell.cell_id] for cell in cells if cell.cell_id in finished}
+    the_study = resolved(the_study, registry, cells, torch_device)
+    if dry_run:
+        recorded = {r["row"]["cell_id"]: r["row"] for r in store.records()}
+        plan = [("done" if c.cell_id in done else "retry" if recorded.get(c.cell_id, {}).get("status") == "failed"
+                 else "run", c) for c in cells]
+        return Run(out_path, the_study, cells, plan=plan, notes=notes)
+
+    env = environment(torch_device, argv or ["bench.run"], execution) | {"cells": len(cells)}
+    env["executor"] = {k: v for k, v in (("executor", executor_name), ("jobs", jobs), ("address", address))
+                       if v is not None}
+
+    def write_env() -> None:
+        """env.json and study.yaml, once the first cell is done (corrupt data must not touch them)."""
+        previous = store.read_env()
+        if previous:  # a resumed run keeps what the earlier runs into this directory were
+            env["previous"] = [*previous.pop("previous", []), previous]
+        store.write_env(env)
+        store.write_text(STUDY_FILE, dump(the_study))
+
+    store.create()
+    if not quiet:
+        echo(f"gridbench {__version__}: {len(cells)} cell(s) on {torch_device} -> {store.root}")
+    if done:
+        labels = [cell.label for cell in cells if cell.cell_id in done]
+        labels = "; ".join(labels[:10]) + (f"; and {len(labels) - 10} more" if len(labels) > 10 else "")
+        echo(f"resume: {len(done)} of {len(cells)} cell(s) already finished in {store.root} are skipped "
+             f"(force reruns them): {labels}")
+    others = len({r["row"]["cell_id"] for r in store.records()} - {cell.cell_id for cell in cells})
+    if others and not quiet:
+        echo(f"note: {store.root} also holds {others} cell(s) of other studies; results.csv lists them too")
+
+    grid_bar = None if quiet else _bar(total=len(cells) - len(done), desc="grid", unit="cell")
+
+    def progress(cell, row):
+        if grid_bar is not None:
+            grid_bar.update(1)
+            grid_bar.set_postfix_str(f"{cell.model}+{cell.loss}: {row['status']}")
+
+    def epoch_bar(cell):
+        return _bar(total=cell.recipe.epochs, desc=cell.label, unit="epoch", leave=False, position=1)
+
+    try:
+        summary = run_cells(cells, registry, store, torch_device, data_dir, progress, None if quiet else epoch_bar,
+                            done, executor_obj, tuple(host.modules), execution=execution, cache=cache,
+                            on_first_record=write_env)
+    finally:
+        if grid_bar is not None:
+            grid_bar.close()
+    if len(done) == len(cells):  # nothing ran: still record this study (and keep the tables current)
+        write_env()
+        store.rebuild_tables()
+    result = Run(store.root, the_study, cells, summary.rows, notes=notes)
+    if report:
+        result.report()
+    return result
+
+
+def _bar(**kwargs):
+    from tqdm.auto import tqdm
+
+    return tqdm(file=sys.stderr, dynamic_ncols=True, **kwargs)

@@ -1,0 +1,333 @@
+"""A study: what a run trains, as one record that a YAML file, the command line or Python can give.
+
+A study names components (or a registered grid), parameter sweeps, the recipe's axes, seeds,
+``limit`` and the device; ``zip`` ties axes together element by element instead of crossing them;
+``exclude`` leaves partial cells out. :func:`bench.grid.expand` turns a study into cells. The
+resolved study (defaults filled in) is kept in the run directory as ``study.yaml``, so a run can be
+repeated or resumed from it alone.
+
+File format (every key optional)::
+
+    models: [linear, mlp]            # or "linear,mlp"
+    losses: [mse, crossentropy]
+    datasets: [mnist]
+    grid: seed                       # a registered grid instead of (or restricted by) the lists
+    params: {mlp.hidden: [64, 256]}  # NAME.KEY: a value or a list
+    recipe: {lr: [0.001, 0.01], optimizer: [adam, sgd], epochs: 2, batch_size: 256,
+             weight_decay: 0, schedule: constant}
+    zip: [[optimizer, lr]]           # these axes vary together: (adam, 0.001), (sgd, 0.01)
+    exclude: [{model: mlp, loss: mse}]
+    seeds: [0, 1, 2]
+    limit: 5000
+    device: cpu
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.config import RECIPE_FIELDS, Recipe
+from bench.errors import BenchError, OptionError
+
+#: The keys a study file may have.
+STUDY_KEYS = ("models", "losses", "datasets", "grid", "params", "recipe", "zip", "exclude", "seeds", "limit",
+              "device")
+#: Recipe fields holding plugin names (the others are numbers).
+NAME_FIELDS = ("optimizer", "schedule")
+INT_FIELDS = ("batch_size", "epochs")
+#: Most seeds a run may have (``--repeat 100000000`` would otherwise expand for minutes).
+MAX_SEEDS = 10_000
+#: torch.manual_seed accepts seeds in [0, 2**64).
+MAX_SEED = 2 ** 64 - 1
+
+
+@dataclass
+class Study:
+    """What to run. ``None`` (or an empty dict/list) means "not given here": a default or another
+    source (see :meth:`merged`) decides."""
+
+    models: list[str] | None = None
+    losses: list[str] | None = None
+    datasets: list[str] | None = None
+    grid: str | None = None
+    #: ``{"NAME.KEY": [values]}``: values typed (from a file or Python) or strings (from the command line)
+    params: dict[str, list] = field(default_factory=dict)
+    #: ``{recipe field: [values]}``
+    recipe: dict[str, list] = field(default_factory=dict)
+    zip: list[list[str]] = field(default_factory=list)
+    exclude: list[dict[str, Any]] = field(default_factory=list)
+    seeds: list[int] | None = None
+    limit: int | None = None
+    device: str | None = None
+
+    def merged(self, override: Study) -> Study:
+        """This study with every key that ``override`` sets replaced (recipe and params key by key)."""
+        out = dataclasses.replace(self, params=dict(self.params), recipe=dict(self.recipe))
+        for f in dataclasses.fields(self):
+            value = getattr(override, f.name)
+            if f.name in ("params", "recipe"):
+                getattr(out, f.name).update(value)
+            elif value not in (None, [], {}):
+                setattr(out, f.name, value)
+        return out
+
+    def sets_grid(self) -> bool:
+        """Does it say what to train (anything but seeds-independent settings)?"""
+        return any(getattr(self, k) not in (None, [], {}) for k in STUDY_KEYS if k not in ("device",))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The study as a plain mapping, for ``study.yaml`` (keys that are not set are left out)."""
+        out = {}
+        for key in STUDY_KEYS:
+            value = getattr(self, key)
+            if value not in (None, [], {}):
+                out[key] = value
+        return out
+
+
+# -- reading -------------------------------------------------------------------------------------------
+
+def _names(where: str, value: Any) -> list[str]:
+    if isinstance(value, str):
+        items = [v.strip() for v in value.split(",")]
+    elif isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        items = [v.strip() for v in value]
+    else:
+        raise BenchError(f"{where} must be a list of names or a comma-separated string, got {value!r}")
+    if not items or not all(items):
+        raise BenchError(f"{where} needs a comma-separated list of names, got {value!r}")
+    return list(dict.fromkeys(items))
+
+
+def _values(where: str, value: Any) -> list:
+    """A value or a list of values; a comma-separated string is a list of strings."""
+    if isinstance(value, str):
+        items = [v.strip() for v in value.split(",")]
+        if not all(items):
+            raise BenchError(f"{where}: empty value in {value!r}")
+        return items
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise BenchError(f"{where} needs at least one value")
+        for v in value:
+            if not isinstance(v, (str, int, float, bool)):
+                raise BenchError(f"{where}: {v!r} is not a number, a string or a boolean")
+        return list(value)
+    if isinstance(value, (int, float, bool)):
+        return [value]
+    raise BenchError(f"{where} must be a value or a list of values, got {value!r}")
+
+
+def recipe_values(option: str, value: Any) -> list:
+    """Values of one recipe axis, typed (``"1e-3,1e-2"`` -> ``[0.001, 0.01]``); bad values raise
+    :class:`OptionError` naming the option."""
+    if option not in RECIPE_FIELDS:
+        raise OptionError("recipe", f"has no key '{option}' (valid: {', '.join(RECIPE_FIELDS)})")
+    try:
+        raw = _values(option, value)
+    except BenchError as exc:
+        raise OptionError(option, str(exc)[len(option):].lstrip(": ") or "is empty") from None
+    out = []
+    for v in raw:
+        if option in NAME_FIELDS:
+            if not isinstance(v, str):
+                raise OptionError(option, f"needs names, got {v!r}")
+            out.append(v)
+            continue
+        kind = int if option in INT_FIELDS else float
+        if isinstance(v, bool):
+            raise OptionError(option, f"needs {'integers' if kind is int else 'numbers'}, got {v!r}")
+        try:
+            number = kind(v) if not isinstance(v, str) else (int(v) if kind is int else float(v))
+        except (TypeError, ValueError):
+            raise OptionError(option, f"needs {'integers' if kind is int else 'numbers'}, got {v!r}") from None
+        if kind is int and isinstance(v, float) and not v.is_integer():
+            raise OptionError(option, f"needs integers, got {v!r}")
+        Recipe(**{option: number})  # range checks (epochs >= 1, finite lr > 0, ...) with the option named
+        out.append(number)
+    return list(dict.fromkeys(out))
+
+
+def seed_values(seeds: Any = None, repeat: Any = None) -> list[int] | None:
+    """``seeds`` (``"0,1,2"`` or a list) or ``repeat`` (N: seeds 0..N-1); ``None`` when neither is given."""
+    if seeds is not None and repeat is not None:
+        raise BenchError("give seeds or repeat, not both")
+    if repeat is not None:
+        if isinstance(repeat, bool) or not isinstance(repeat, int):
+            raise OptionError("repeat", f"must be an integer, got {repeat!r}")
+        if not 1 <= repeat <= MAX_SEEDS:
+            raise OptionError("repeat", f"must be between 1 and {MAX_SEEDS}, got {repeat}")
+        return list(range(repeat))
+    if seeds is None:
+        return None
+    items = [v.strip() for v in seeds.split(",")] if isinstance(seeds, str) else seeds
+    if isinstance(items, int) and not isinstance(items, bool):
+        items = [items]
+    if not isinstance(items, (list, tuple)) or not items:
+        raise OptionError("seeds", f"needs comma-separated integers, got {seeds!r}")
+    values = []
+    for v in items:
+        try:
+            if isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()):
+                raise ValueError
+            values.append(int(v))
+        except (TypeError, ValueError):
+            raise OptionError("seeds", f"needs comma-separated integers, got {seeds!r}") from None
+    if any(not 0 <= v <= MAX_SEED for v in values):
+        raise OptionError("seeds", f"must be integers from 0 to 2**64-1, got {seeds!r}")
+    if len(set(values)) != len(values):
+        raise OptionError("seeds", f"lists a seed twice: {seeds!r}")
+    if len(values) > MAX_SEEDS:
+        raise OptionError("seeds", f"lists {len(values)} seeds; at most {MAX_SEEDS}")
+    return values
+
+
+def param_specs(specs: Any) -> dict[str, list]:
+    """``["mlp.hidden=64,256", ...]`` or ``{"mlp.hidden": [64, 256]}`` -> ``{"mlp.hidden": [64, 256]}``.
+
+    Values stay as given (strings from the command line); :func:`bench.grid.expand` types them
+    against the parameter's default. A key given twice is an error.
+    """
+    out: dict[str, list] = {}
+    if isinstance(specs, Mapping):
+        for key, value in specs.items():
+            _check_param_key(f"{key}", key)
+            out[key] = _values(f"param {key}", value)
+        return out
+    if isinstance(specs, str):
+        specs = [specs]
+    for token in specs or ():
+        if not isinstance(token, str) or "=" not in token:
+            raise OptionError("param", f"{token}: expected NAME.KEY=V1,V2 (missing '=')")
+        lhs, rhs = token.split("=", 1)
+        key = lhs.strip()
+        _check_param_key(token, key)
+        if key in out:
+            raise OptionError("param", f"{token}: {key} is given twice; list every value once, e.g. "
+                                       f"{key}=V1,V2")
+        raws = [v.strip() for v in rhs.split(",")]
+        if not all(raws):
+            raise OptionError("param", f"{token}: empty value in '{rhs}'")
+        out[key] = raws
+    return out
+
+
+def _check_param_key(token: str, key: Any) -> None:
+    if not isinstance(key, str) or "." not in key:
+        raise OptionError("param", f"{token}: expected NAME.KEY=V1,V2 (missing '.' between component and key)")
+    name, param = key.split(".", 1)
+    if not name.strip() or not param.strip():
+        raise OptionError("param", f"{token}: expected NAME.KEY=V1,V2")
+
+
+def from_mapping(data: Any, source: str = "study") -> Study:
+    """A :class:`Study` from a mapping (a parsed YAML file, or a dict given to ``bench.run(study=...)``).
+
+    Errors name ``source`` and the key: an unknown key, a value of the wrong type, a bad number.
+    """
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise BenchError(f"{source}: a study must be a mapping of keys ({', '.join(STUDY_KEYS)}), "
+                         f"got {type(data).__name__}")
+    for key in data:
+        if key not in STUDY_KEYS:
+            from bench.host import close_match_hint
+
+            raise BenchError(f"{source}: unknown key '{key}'{close_match_hint(str(key), STUDY_KEYS)}; "
+                             f"valid: {', '.join(STUDY_KEYS)}")
+
+    def at(key: str, fn, *args):
+        try:
+            return fn(*args)
+        except OptionError as exc:
+            raise BenchError(f"{source}: {key}: {exc.text if exc.option in (key, key.split('.')[-1]) else exc}") \
+                from None
+        except BenchError as exc:
+            raise BenchError(f"{source}: {key}: {exc}") from None
+
+    study = Study()
+    for key in ("models", "losses", "datasets"):
+        if data.get(key) is not None:
+            setattr(study, key, at(key, _names, key, data[key]))
+    if data.get("grid") is not None:
+        if not isinstance(data["grid"], str) or not data["grid"].strip():
+            raise BenchError(f"{source}: grid: must be the name of a registered grid, got {data['grid']!r}")
+        study.grid = data["grid"].strip()
+    if data.get("params") is not None:
+        if not isinstance(data["params"], Mapping):
+            raise BenchError(f"{source}: params: must be a mapping NAME.KEY: [values], got {data['params']!r}")
+        for key, value in data["params"].items():
+            study.params.update(at(f"params.{key}", param_specs, {key: value}))
+    if data.get("recipe") is not None:
+        if not isinstance(data["recipe"], Mapping):
+            raise BenchError(f"{source}: recipe: must be a mapping ({', '.join(RECIPE_FIELDS)}), "
+                             f"got {data['recipe']!r}")
+        for key, value in data["recipe"].items():
+            if key not in RECIPE_FIELDS:
+                raise BenchError(f"{source}: recipe: unknown key '{key}'; valid: {', '.join(RECIPE_FIELDS)}")
+            study.recipe[key] = at(f"recipe.{key}", recipe_values, key, value)
+    if data.get("zip") is not None:
+        groups = data["zip"]
+        if not (isinstance(groups, list) and all(isinstance(g, list) and all(isinstance(a, str) for a in g)
+                                                 for g in groups)):
+            raise BenchError(f"{source}: zip: must be a list of lists of axis names, e.g. [[optimizer, lr]], "
+                             f"got {groups!r}")
+        study.zip = [list(g) for g in groups]
+    if data.get("exclude") is not None:
+        ex = data["exclude"]
+        if not (isinstance(ex, list) and all(isinstance(e, Mapping) and e for e in ex)):
+            raise BenchError(f"{source}: exclude: must be a list of partial cells, e.g. "
+                             f"[{{model: cnn, loss: mse}}], got {ex!r}")
+        study.exclude = [dict(e) for e in ex]
+    if data.get("seeds") is not None:
+        study.seeds = at("seeds", seed_values, data["seeds"])
+    if data.get("limit") is not None:
+        limit = data["limit"]
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise BenchError(f"{source}: limit: must be an integer >= 0, got {limit!r}")
+        study.limit = limit
+    if data.get("device") is not None:
+        if not isinstance(data["device"], str):
+            raise BenchError(f"{source}: device: must be a string (auto, cpu, cuda, cuda:N, mps), "
+                             f"got {data['device']!r}")
+        study.device = data["device"]
+    return study
+
+
+def load(path: Path | str) -> Study:
+    """Read a study file (YAML, ``yaml.safe_load``); every error names the file."""
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise BenchError(f"study {path}: cannot read it: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise BenchError(f"study {path}: not a text file") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise BenchError(f"study {path}: not valid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
+    return from_mapping(data, f"study {path}")
+
+
+def dump(study: Study) -> str:
+    """The study as YAML text (what ``study.yaml`` holds)."""
+    import yaml
+
+    def plain(value):
+        if isinstance(value, float) and math.isfinite(value):
+            return value
+        return value
+
+    data = {k: plain(v) for k, v in study.to_dict().items()}
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
