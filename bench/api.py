@@ -168,7 +168,13 @@ def study_from_options(*, grid=None, models=None, losses=None, datasets=None, pa
                  recipe=recipe, seeds=study_mod.seed_values(seeds, repeat), limit=limit, device=device)
 
 
-def resolve_study(study: Path | str | Mapping | Study | None, options: Study, out: Path | None) -> Study:
+def study_source(study) -> str:
+    """How errors name a study: ``study FILE`` or ``study``."""
+    return "study" if isinstance(study, (Mapping, Study)) or study is None else f"study {study}"
+
+
+def resolve_study(study: Path | str | Mapping | Study | None, options: Study, out: Path | None,
+                  registry=None) -> Study:
     """The study to run: a file or mapping, overridden by the options that were given; with neither
     saying what to train and ``out`` an existing run directory, the study that directory keeps."""
     from bench import study as study_mod
@@ -181,6 +187,8 @@ def resolve_study(study: Path | str | Mapping | Study | None, options: Study, ou
         base = study_mod.load(study)
     else:
         base = Study()
+    if registry is not None and study is not None and not isinstance(study, Study):
+        study_mod.check_names(base, registry, study_source(study))
     merged = base.merged(options)
     if not merged.sets_grid() and out is not None and (Path(out) / STUDY_FILE).is_file():
         kept = study_mod.load(Path(out) / STUDY_FILE)
@@ -261,7 +269,7 @@ def run(study: Path | str | Mapping | Study | None = None, *,
                                  seeds=seeds, repeat=repeat, epochs=epochs, batch_size=batch_size, lr=lr,
                                  optimizer=optimizer, weight_decay=weight_decay, schedule=schedule, limit=limit,
                                  device=device)
-    the_study = resolve_study(study, options, out_path)
+    the_study = resolve_study(study, options, out_path, registry)
     torch_device = resolve_device(the_study.device or "auto")
     execution = Execution(cuda_graphs=cuda_graphs, compile=compile)
     execution.step_mode(torch_device)  # cuda_graphs="on" without cuda: fail before any work
@@ -280,7 +288,12 @@ def run(study: Path | str | Mapping | Study | None = None, *,
             raise BenchError("no dataset of this grid is available here")
         if unavailable:
             the_study = the_study.merged(Study(datasets=available))
-    cells = expand(registry, the_study, str(torch_device))
+    try:
+        cells = expand(registry, the_study, str(torch_device))
+    except OptionError as exc:
+        if exc.option in ("zip", "exclude") and study is not None:  # only a study says those
+            raise BenchError(f"{study_source(study)}: {exc.option}: {exc.text}") from None
+        raise
     check_cells(registry, cells)
 
     store = RunStore(out_path)

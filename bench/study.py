@@ -331,3 +331,30 @@ def dump(study: Study) -> str:
 
     data = {k: plain(v) for k, v in study.to_dict().items()}
     return yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
+
+
+def check_names(study: Study, registry, source: str) -> None:
+    """Every plugin name a study (file) uses is registered; an error names ``source`` and the key."""
+    from bench.config import PARAM_KINDS
+
+    def check(key: str, fn) -> None:
+        try:
+            fn()
+        except BenchError as exc:
+            raise BenchError(f"{source}: {key}: {exc}") from None
+
+    for key, kind in (("models", "model"), ("losses", "loss"), ("datasets", "dataset")):
+        for name in getattr(study, key) or ():
+            check(key, lambda kind=kind, name=name: registry.get(kind, name))
+    if study.grid is not None:
+        check("grid", lambda: registry.get_grid(study.grid))
+    for field_name in NAME_FIELDS:
+        for name in study.recipe.get(field_name, ()):
+            check(f"recipe.{field_name}", lambda f=field_name, n=name: registry.get(f, n))
+    every = sorted({n for kind in PARAM_KINDS for n in registry.names(kind)})
+    for key in study.params:
+        name = key.split(".", 1)[0]
+        if name not in every:
+            from bench.host import unknown_name_error
+
+            raise BenchError(f"{source}: params.{key}: {unknown_name_error('component', name, every)}")

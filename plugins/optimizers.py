@@ -3,16 +3,19 @@
 from bench import hookimpl
 
 
-def _named(name):
-    def factory(params, lr, weight_decay=0.0, capturable=False):
-        from bench.optim import make_optimizer
+def make_adam(params, lr, weight_decay=0.0, capturable=False):
+    from bench.optim import Adam
 
-        return make_optimizer(name, params, lr, capturable=capturable)
+    return Adam(params, lr=lr, capturable=capturable)
 
-    return factory
+
+def make_sgd(params, lr, weight_decay=0.0, momentum=0.9, capturable=False):
+    from bench.optim import SGD
+
+    return SGD(params, lr=lr, momentum=momentum, capturable=capturable)
 
 
 @hookimpl
 def bench_register_optimizers(register):
-    register("adam", _named("adam"), description="Adam", default=True)
-    register("sgd", _named("sgd"), description="SGD with momentum 0.9")
+    register("adam", make_adam, description="Adam", default=True)
+    register("sgd", make_sgd, params={"momentum": 0.9}, description="SGD with momentum")
