@@ -63,6 +63,12 @@ class Run:
     rows: list[dict[str, Any]] = field(default_factory=list)
     plan: list[tuple[str, Any]] | None = None
     notes: list[str] = field(default_factory=list)
+    #: What observers (lifecycle hooks, trackers) are told: no progress output wanted, the ``track``
+    #: names, how many cells will train, the device.
+    quiet: bool = False
+    tracked: tuple[str, ...] = ()
+    to_train: int = 0
+    device: str = ""
 
     @property
     def store(self):
@@ -83,6 +89,20 @@ class Run:
     @property
     def failed(self) -> list[dict[str, Any]]:
         return [r for r in self.rows if r.get("status") == "failed"]
+
+    def templates(self, cell_id: str):
+        """``(templates, classes, kind)`` of a finished cell: a float array ``[classes, *input_shape]`` (for
+        ``linear``, its weights; see the README's Reports section), the class names, and the kind."""
+        from safetensors.numpy import load_file
+
+        records = {r["row"]["cell_id"]: r for r in self.store.records()}
+        if cell_id not in records:
+            raise BenchError(f"{self.path}: no cell {cell_id}")
+        entry = records[cell_id].get("templates") or {}
+        if not entry.get("path"):
+            raise BenchError(f"cell {cell_id} has no templates: {entry.get('error', 'it did not finish')}")
+        arrays = load_file(str(self.path / entry["path"]))
+        return arrays["templates"], records[cell_id].get("classes", []), entry.get("kind", "")
 
     def summary(self, metric: str = "test_acc"):
         """One row per configuration (a cell without its seed): ``n`` finished seeds and the metric's
@@ -138,7 +158,7 @@ def load(run_dir: Path | str) -> Run:
 
 def study_from_options(*, grid=None, models=None, losses=None, datasets=None, params=(), seeds=None, repeat=None,
                        epochs=None, batch_size=None, lr=None, optimizer=None, weight_decay=None, schedule=None,
-                       limit=None, device=None) -> Study:
+                       limit=None, device=None, track=None) -> Study:
     """A :class:`Study` from ``bench.run``'s (and ``bench run``'s) options; ``None`` means not given.
 
     Lists may be Python lists or comma-separated strings; ``params`` are ``NAME.KEY=V1,V2`` strings or
@@ -165,7 +185,8 @@ def study_from_options(*, grid=None, models=None, losses=None, datasets=None, pa
         raise OptionError("grid", f"must be the name of a registered grid, got {grid!r}")
     return Study(models=names("models", models), losses=names("losses", losses),
                  datasets=names("datasets", datasets), grid=grid, params=study_mod.param_specs(params),
-                 recipe=recipe, seeds=study_mod.seed_values(seeds, repeat), limit=limit, device=device)
+                 recipe=recipe, seeds=study_mod.seed_values(seeds, repeat), limit=limit, device=device,
+                 track=names("track", track))
 
 
 def study_source(study) -> str:
@@ -209,7 +230,7 @@ def resolved(study: Study, registry, cells, device) -> Study:
     out = Study(models=study.models, losses=study.losses, datasets=study.datasets, grid=study.grid, params=params,
                 recipe=recipe, zip=study.zip, exclude=study.exclude,
                 seeds=list(dict.fromkeys(c.seed for c in cells)), limit=study.limit or 0,
-                device=study.device or str(device))
+                device=study.device or str(device), track=study.track)
     if out.grid is None and not any((out.models, out.losses, out.datasets)):
         out.grid = registry.default("grid")
     return out
@@ -227,6 +248,16 @@ def make_executor(registry, executor: str | None = None, jobs: int | None = None
     return name, component.factory(**{**component.params, **given})
 
 
+def make_trackers(registry, names: list[str] | None) -> dict[str, Any]:
+    """The trackers a run asked for (``track``), built now: a missing optional dependency is an error
+    before anything trains."""
+    trackers = {}
+    for name in names or ():
+        component = registry.get("tracker", name)
+        trackers[name] = component.factory(**component.params)
+    return trackers
+
+
 def run(study: Path | str | Mapping | Study | None = None, *,
         grid: str | None = None, models=None, losses=None, datasets=None, params=(), seeds=None,
         repeat: int | None = None, epochs=None, batch_size=None, lr=None, optimizer=None, weight_decay=None,
@@ -234,7 +265,7 @@ def run(study: Path | str | Mapping | Study | None = None, *,
         data_dir: Path | str | None = None, force: bool = False, dry_run: bool = False,
         cuda_graphs: str = "auto", compile: bool = False, threads: int = 0, quiet: bool = False,
         report: bool = False, plugins: Iterable[str] = (), executor: str | None = None, jobs: int | None = None,
-        address: str | None = None, host=None, argv: list[str] | None = None,
+        address: str | None = None, track=None, host=None, argv: list[str] | None = None,
         echo: Callable[[str], None] = _stderr) -> Run:
     """Run a study and return the :class:`Run`; the options are ``bench run``'s.
 
@@ -250,6 +281,7 @@ def run(study: Path | str | Mapping | Study | None = None, *,
     from bench.env import environment
     from bench.grid import expand, triples_of
     from bench.host import Host
+    from bench.lifecycle import Lifecycle
     from bench.runner import DataCache, available_datasets, run_cells
     from bench.step import Execution
     from bench.store import RunStore
@@ -268,12 +300,13 @@ def run(study: Path | str | Mapping | Study | None = None, *,
     options = study_from_options(grid=grid, models=models, losses=losses, datasets=datasets, params=params,
                                  seeds=seeds, repeat=repeat, epochs=epochs, batch_size=batch_size, lr=lr,
                                  optimizer=optimizer, weight_decay=weight_decay, schedule=schedule, limit=limit,
-                                 device=device)
+                                 device=device, track=track)
     the_study = resolve_study(study, options, out_path, registry)
     torch_device = resolve_device(the_study.device or "auto")
     execution = Execution(cuda_graphs=cuda_graphs, compile=compile)
     execution.step_mode(torch_device)  # cuda_graphs="on" without cuda: fail before any work
     executor_name, executor_obj = make_executor(registry, executor, jobs, address)
+    trackers = make_trackers(registry, the_study.track)
     data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
 
     cache = DataCache()
@@ -330,33 +363,23 @@ def run(study: Path | str | Mapping | Study | None = None, *,
     if others and not quiet:
         echo(f"note: {store.root} also holds {others} cell(s) of other studies; results.csv lists them too")
 
-    grid_bar = None if quiet else _bar(total=len(cells) - len(done), desc="grid", unit="cell")
-
-    def progress(cell, row):
-        if grid_bar is not None:
-            grid_bar.update(1)
-            grid_bar.set_postfix_str(f"{cell.model}+{cell.loss}: {row['status']}")
-
-    def epoch_bar(cell):
-        return _bar(total=cell.recipe.epochs, desc=cell.label, unit="epoch", leave=False, position=1)
-
+    the_run = Run(store.root, the_study, cells, notes=notes, quiet=quiet, tracked=tuple(trackers),
+                  to_train=len(cells) - len(done), device=str(torch_device))
+    events = Lifecycle(host, trackers, echo)
+    events.run_start(the_run)
+    rows: list[dict[str, Any]] = []
     try:
-        summary = run_cells(cells, registry, store, torch_device, data_dir, progress, None if quiet else epoch_bar,
-                            done, executor_obj, tuple(host.modules), execution=execution, cache=cache,
-                            on_first_record=write_env)
+        summary = run_cells(cells, registry, store, torch_device, data_dir, done=done, executor=executor_obj,
+                            plugin_modules=tuple(host.modules), execution=execution, cache=cache,
+                            on_first_record=write_env, events=events)
+        rows = summary.rows
     finally:
-        if grid_bar is not None:
-            grid_bar.close()
-    if len(done) == len(cells):  # nothing ran: still record this study (and keep the tables current)
-        write_env()
-        store.rebuild_tables()
-    result = Run(store.root, the_study, cells, summary.rows, notes=notes)
+        if not rows:  # interrupted: what is on disk is what finished
+            rows = [record["row"] for record in store.records() if record["row"]["cell_id"] in
+                    {c.cell_id for c in cells}]
+        the_run.rows = rows
+        events.run_end(the_run, rows)
+    result = the_run
     if report:
         result.report()
     return result
-
-
-def _bar(**kwargs):
-    from tqdm.auto import tqdm
-
-    return tqdm(file=sys.stderr, dynamic_ncols=True, **kwargs)

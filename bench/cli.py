@@ -166,6 +166,8 @@ def main(plugin_modules):
               "timed as warm-up, apart from the epochs).")
 @click.option("--threads", type=click.IntRange(min=0), default=0, metavar="N",
               help="CPU threads for torch (0: torch's default, one per core).")
+@click.option("--track", metavar="NAME[,NAME]", help="Log the run to experiment trackers, e.g. mlflow, tensorboard "
+              "(bench list shows them; each is an optional extra).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @click.option("--report", "make_report", is_flag=True,
               help="Then write a report into RUN_DIR/report (see bench report).")
@@ -219,7 +221,7 @@ def _report_interrupt(ctx: click.Context, out: Path) -> None:
 
 def _run(ctx, *, study, grid, models, losses, datasets, params, seeds, repeat, epochs, batch_size, lr, optimizer,
          weight_decay, schedule, limit, device_spec, out, data_dir, force, dry_run, cuda_graphs, compile_, threads,
-         quiet, make_report, plugin_modules, executor, jobs, address):
+         track, quiet, make_report, plugin_modules, executor, jobs, address):
     from bench import api
 
     host, _ = make_host(plugin_modules)
@@ -228,7 +230,7 @@ def _run(ctx, *, study, grid, models, losses, datasets, params, seeds, repeat, e
         repeat=repeat, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, weight_decay=weight_decay,
         schedule=schedule, limit=limit, device=device_spec, out=out, data_dir=data_dir, force=force,
         dry_run=dry_run, cuda_graphs=cuda_graphs, compile=compile_, threads=threads, quiet=quiet, report=False,
-        host=host, executor=executor, jobs=jobs, address=address, argv=ctx.find_root().obj["argv"],
+        host=host, executor=executor, jobs=jobs, address=address, track=track, argv=ctx.find_root().obj["argv"],
         echo=lambda message: click.echo(message, err=True),
     )
     if dry_run:

@@ -180,7 +180,13 @@ class Cell:
 
     @property
     def label(self) -> str:
-        return f"{config_label(self.config())} seed={self.seed}"
+        """``linear+mse on mnist [adam lr=0.001 batch=256 epochs=2] seed=0`` (weight decay, a schedule
+        and ``limit`` shown where set)."""
+        r = self.recipe
+        recipe = [r.optimizer, f"lr={r.lr:g}"] + ([f"wd={r.weight_decay:g}"] if r.weight_decay else [])
+        recipe += [r.schedule, f"batch={r.batch_size}", f"epochs={r.epochs}"]
+        recipe += [f"limit={self.limit}"] if self.limit else []
+        return f"{config_label(self.config())} on {self.dataset} [{' '.join(recipe)}] seed={self.seed}"
 
 
 def _key(values: Mapping[str, Any]) -> str:

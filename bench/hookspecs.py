@@ -101,3 +101,56 @@ def bench_register_optimizers(register):
 @hookspec
 def bench_register_schedules(register):
     """Register learning-rate schedules (temporary spec; documented fully with the schedule plugins)."""
+
+
+# -- lifecycle: observing a run (see bench/lifecycle.py) ---------------------------------------------------
+
+@hookspec
+def bench_run_start(run):
+    """A run starts: its cells are expanded and checked, nothing has trained yet.
+
+    ``run`` is the :class:`bench.Run` being written: ``path`` (the run directory), ``study`` (the
+    resolved :class:`bench.Study`), ``cells`` (every cell of the study), ``to_train`` (how many of them
+    will train; the others finished earlier), ``quiet`` and ``tracked`` (the ``--track`` names).
+    Called in the process that writes the run directory, as are all lifecycle hooks; an
+    implementation that raises is reported once, naming its plugin, and gets no more events.
+    """
+
+
+@hookspec
+def bench_cell_start(cell):
+    """A cell (a :class:`bench.config.Cell`) starts training. With an executor that trains elsewhere
+    (``process``, ``ray``), called when its record reaches the driver, just before ``bench_cell_end``."""
+
+
+@hookspec
+def bench_epoch_end(cell, row):
+    """An epoch of ``cell`` ended. ``row`` is its history row: ``epoch``, ``train_loss``, ``train_acc``,
+    ``val_loss``, ``val_acc``, ``epoch_time_s``. With ``process``/``ray``: when the cell's record arrives."""
+
+
+@hookspec
+def bench_cell_end(cell, record):
+    """A cell finished (``ok``), failed or was skipped, and its record is written to ``cells/ID.json``.
+
+    ``record["row"]`` is its row of results.csv (``status``, ``error``, metrics, timings);
+    ``record["history"]`` its epochs."""
+
+
+@hookspec
+def bench_run_end(run, results):
+    """The run ended (also after Ctrl-C, before the exception goes on). ``results`` are the rows of the
+    study's cells (dicts, as in results.csv), those finished by earlier runs included."""
+
+
+@hookspec
+def bench_register_trackers(register):
+    """Register experiment trackers, chosen per run with ``bench run --track NAME,...``.
+
+    Called once when components are collected. ``register(name, factory, params=None,
+    description="")`` where ``factory(**params)`` returns a tracker: an object with any of the
+    methods ``run_start(run)``, ``cell_start(cell)``, ``epoch_end(cell, row)``, ``cell_end(cell,
+    record)``, ``run_end(run, results)`` (the lifecycle hooks' arguments). The factory is called
+    before anything trains; it raises ``bench.BenchError`` when the tracker cannot work here (e.g. its
+    optional dependency is missing), saying what to install.
+    """

@@ -37,11 +37,12 @@ class BrokenPlugin(RuntimeError):
 #: Built-in plugin modules, loaded exactly like a ``-p`` module.
 BUILTIN_PLUGINS = (
     "plugins.models", "plugins.losses", "plugins.datasets", "plugins.grids", "plugins.executors",
-    "plugins.optimizers", "plugins.schedules",
+    "plugins.optimizers", "plugins.schedules", "plugins.progress",
 )
 
 PLURAL = {"model": "models", "loss": "losses", "dataset": "datasets", "executor": "executors", "grid": "grids",
-          "optimizer": "optimizers", "schedule": "schedules", "command": "commands"}
+          "optimizer": "optimizers", "schedule": "schedules", "tracker": "trackers",
+          "command": "commands"}
 
 #: Component kind -> the hook that registers it.
 KINDS = {
@@ -51,6 +52,7 @@ KINDS = {
     "executor": "bench_register_executors",
     "optimizer": "bench_register_optimizers",
     "schedule": "bench_register_schedules",
+    "tracker": "bench_register_trackers",
 }
 GRID_HOOK = "bench_register_grids"
 CLI_HOOK = "bench_cli"

@@ -107,8 +107,9 @@ class Job:
     device: torch.device
     data_dir: Path
     plugin_modules: tuple[str, ...] = ()
-    #: Per-cell epoch bars; only executors that train in the driver's process can show them.
-    epoch_bar_factory: Callable[[Cell], Any] | None = None
+    #: The run's lifecycle events (bench/lifecycle.py); executors that train in the driver's process
+    #: pass it to :func:`train_record`, so that cell starts and epochs are announced as they happen.
+    events: Any = None
     execution: Execution | None = None
     #: The driver's resident datasets (the local executor trains on them).
     cache: DataCache | None = None
@@ -162,7 +163,7 @@ class DataCache:
 
 
 def train_record(index: int, cell: Cell, registry: Registry, cache: DataCache, device: torch.device,
-                 data_dir: Path, epoch_bar_factory=None, execution: Execution | None = None) -> dict[str, Any]:
+                 data_dir: Path, events=None, execution: Execution | None = None) -> dict[str, Any]:
     """Train one cell and build its record; a failing cell becomes a ``failed`` (or ``skipped``) record.
 
     An ``ok`` record carries the final weights under ``"state_dict"`` and the class templates under
@@ -172,7 +173,7 @@ def train_record(index: int, cell: Cell, registry: Registry, cache: DataCache, d
     record: dict[str, Any] = {"index": index}
     try:
         data = cache.get(registry, cell, data_dir, device)
-        record.update(_train_one(cell, registry, data, device, epoch_bar_factory, execution))
+        record.update(_train_one(cell, registry, data, device, events, execution))
         record["row"]["data_time_s"] += cache.take_load_time()
     except (KeyboardInterrupt, DataCorrupt):
         raise
@@ -238,7 +239,7 @@ class LocalExecutor:
     def run(self, tasks: list[tuple[int, Cell]], job: Job) -> Iterator[dict[str, Any]]:
         cache = job.cache if job.cache is not None else DataCache()
         for index, cell in tasks:
-            yield train_record(index, cell, job.registry, cache, job.device, job.data_dir, job.epoch_bar_factory,
+            yield train_record(index, cell, job.registry, cache, job.device, job.data_dir, job.events,
                                job.execution)
 
 
@@ -248,8 +249,7 @@ def run_cells(
     store: RunStore,
     device: torch.device,
     data_dir: Path,
-    progress: Callable[[Cell, dict[str, Any]], None] | None = None,
-    epoch_bar_factory: Callable[[Cell], Any] | None = None,
+    events=None,
     done: dict[str, dict[str, Any]] | None = None,
     executor: Executor | None = None,
     plugin_modules: tuple[str, ...] = (),
@@ -270,7 +270,7 @@ def run_cells(
     done = done or {}
     rows: dict[int, dict[str, Any]] = {i: done[c.cell_id] for i, c in enumerate(cells) if c.cell_id in done}
     tasks = [(i, c) for i, c in enumerate(cells) if c.cell_id not in done]
-    job = Job(registry, device, Path(data_dir), tuple(plugin_modules), epoch_bar_factory, execution, cache)
+    job = Job(registry, device, Path(data_dir), tuple(plugin_modules), events, execution, cache)
     records = (executor or LocalExecutor()).run(tasks, job)
     try:
         for record in records:
@@ -283,8 +283,8 @@ def run_cells(
             _write_tensors(record, cell, store)
             store.write_cell(record)
             rows[record["index"]] = record["row"]
-            if progress:
-                progress(cell, record["row"])
+            if events is not None:
+                events.cell_end(cell, record)
     finally:
         close = getattr(records, "close", None)
         if close is not None:
@@ -309,20 +309,17 @@ def _write_tensors(record: dict[str, Any], cell: Cell, store: RunStore) -> None:
 
 
 def _train_one(cell: Cell, registry: Registry, data: DataSplits, device: torch.device,
-               epoch_bar_factory, execution: Execution | None = None) -> dict[str, Any]:
+               events=None, execution: Execution | None = None) -> dict[str, Any]:
     model_c, loss_c = registry.get("model", cell.model), registry.get("loss", cell.loss)
     torch.manual_seed(cell.seed)
     model = model_c.factory(data.input_shape, data.num_classes, **{**model_c.params, **cell.override("model")})
     if not isinstance(model, torch.nn.Module):
         raise BenchError(f"model '{cell.model}' factory returned {type(model).__name__}, not a torch.nn.Module")
     loss_fn = loss_c.factory(**{**loss_c.params, **cell.override("loss")})
-    bar = epoch_bar_factory(cell) if epoch_bar_factory else None
-    try:
-        result = train_cell(cell, model, loss_fn, data, device, on_epoch=(lambda row: bar.update(1)) if bar else None,
-                            execution=execution)
-    finally:
-        if bar is not None:
-            bar.close()
+    if events is not None:
+        events.cell_start(cell)
+    on_epoch = (lambda row: events.epoch_end(cell, row)) if events is not None else None
+    result = train_cell(cell, model, loss_fn, data, device, on_epoch=on_epoch, execution=execution)
     row = _row(cell, "ok")
     row.update(result.metrics)
     row.update(result.timing)

@@ -36,7 +36,7 @@ from bench.errors import BenchError, OptionError
 
 #: The keys a study file may have.
 STUDY_KEYS = ("models", "losses", "datasets", "grid", "params", "recipe", "zip", "exclude", "seeds", "limit",
-              "device")
+              "device", "track")
 #: Recipe fields holding plugin names (the others are numbers).
 NAME_FIELDS = ("optimizer", "schedule")
 INT_FIELDS = ("batch_size", "epochs")
@@ -64,6 +64,8 @@ class Study:
     seeds: list[int] | None = None
     limit: int | None = None
     device: str | None = None
+    #: Experiment trackers to log to (not part of any cell's configuration).
+    track: list[str] | None = None
 
     def merged(self, override: Study) -> Study:
         """This study with every key that ``override`` sets replaced (recipe and params key by key)."""
@@ -78,7 +80,7 @@ class Study:
 
     def sets_grid(self) -> bool:
         """Does it say what to train (anything but seeds-independent settings)?"""
-        return any(getattr(self, k) not in (None, [], {}) for k in STUDY_KEYS if k not in ("device",))
+        return any(getattr(self, k) not in (None, [], {}) for k in STUDY_KEYS if k not in ("device", "track"))
 
     def to_dict(self) -> dict[str, Any]:
         """The study as a plain mapping, for ``study.yaml`` (keys that are not set are left out)."""
@@ -292,6 +294,8 @@ def from_mapping(data: Any, source: str = "study") -> Study:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
             raise BenchError(f"{source}: limit: must be an integer >= 0, got {limit!r}")
         study.limit = limit
+    if data.get("track") is not None:
+        study.track = at("track", _names, "track", data["track"])
     if data.get("device") is not None:
         if not isinstance(data["device"], str):
             raise BenchError(f"{source}: device: must be a string (auto, cpu, cuda, cuda:N, mps), "
@@ -348,6 +352,8 @@ def check_names(study: Study, registry, source: str) -> None:
             check(key, lambda kind=kind, name=name: registry.get(kind, name))
     if study.grid is not None:
         check("grid", lambda: registry.get_grid(study.grid))
+    for name in study.track or ():
+        check("track", lambda n=name: registry.get("tracker", n))
     for field_name in NAME_FIELDS:
         for name in study.recipe.get(field_name, ()):
             check(f"recipe.{field_name}", lambda f=field_name, n=name: registry.get(f, n))

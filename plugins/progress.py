@@ -1,0 +1,60 @@
+"""Progress bars on the terminal (or tqdm's widgets in Jupyter): a built-in plugin on the lifecycle hooks.
+
+One bar for the grid (cells trained) and one for the epochs of the cell that is training. ``quiet``
+runs show none. Block it with ``-p no:plugins.progress``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from bench import hookimpl
+
+#: The bars of the run in progress (runs in one process happen one after another).
+_bars: dict = {}
+
+
+def _bar(**kwargs):
+    from tqdm.auto import tqdm
+
+    return tqdm(file=sys.stderr, dynamic_ncols=True, **kwargs)
+
+
+@hookimpl
+def bench_run_start(run):
+    _close_all()
+    if not run.quiet:
+        _bars["grid"] = _bar(total=run.to_train, desc="grid", unit="cell")
+
+
+@hookimpl
+def bench_cell_start(cell):
+    if "grid" in _bars:
+        _bars["cell"] = _bar(total=cell.recipe.epochs, desc=cell.label, unit="epoch", leave=False, position=1)
+
+
+@hookimpl
+def bench_epoch_end(cell, row):
+    if "cell" in _bars:
+        _bars["cell"].update(1)
+
+
+@hookimpl
+def bench_cell_end(cell, record):
+    if "cell" in _bars:
+        _bars.pop("cell").close()
+    if "grid" in _bars:
+        _bars["grid"].update(1)
+        _bars["grid"].set_postfix_str(f"{cell.model}+{cell.loss}: {record['row']['status']}")
+
+
+@hookimpl
+def bench_run_end(run, results):
+    _close_all()
+
+
+def _close_all() -> None:
+    for key in ("cell", "grid"):
+        bar = _bars.pop(key, None)
+        if bar is not None:
+            bar.close()
