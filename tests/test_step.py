@@ -82,11 +82,11 @@ def test_step_modes_and_their_errors():
     assert Execution(cuda_graphs="off").step_mode(cpu) == "plain"
     assert Execution().step_mode(cuda) == "graph"
     assert Execution(cuda_graphs="off").step_mode(cuda) == "plain"
-    with pytest.raises(BenchError, match="--cuda-graphs on needs a CUDA device"):
+    with pytest.raises(BenchError, match="cuda_graphs on needs a CUDA device"):
         Execution(cuda_graphs="on").step_mode(cpu)
     with pytest.raises(BenchError, match="CUDA graphs need a CUDA device"):
         Execution(mode="graph").step_mode(cpu)
-    with pytest.raises(BenchError, match="--cuda-graphs must be one of"):
+    with pytest.raises(BenchError, match="cuda_graphs must be one of"):
         Execution(cuda_graphs="maybe")
 
 
