@@ -20,12 +20,14 @@ reported as ``tied``.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from collections.abc import Sequence
 
 import pandas as pd
 
 from bench.config import CONFIG_COLUMNS, axes, comparable, config_frame, config_label, varying_label
+from bench.tune import tuned_keys
 
 #: Columns that open the comparisons table (before ``a``, ``b``): where and along which axis.
 GROUP_COLUMNS = ["dataset", "axis", "fixed"]
@@ -85,7 +87,15 @@ def paired_test(a: Sequence[float], b: Sequence[float], confidence: float = 0.95
     return mean, half, float(2 * stdtr(n - 1, -abs(t)))
 
 
+def results_only(results: pd.DataFrame) -> pd.DataFrame:
+    """The rows that are results: tuning trials (``phase == "tune"``) left out."""
+    if "phase" in results:
+        return results[results["phase"].fillna("final").astype(str) != "tune"]
+    return results
+
+
 def _ok(results: pd.DataFrame, metric: str) -> pd.DataFrame:
+    results = results_only(results)
     frame = results[results["status"] == "ok"].copy()
     frame[metric] = pd.to_numeric(frame[metric], errors="coerce")
     return frame
@@ -102,7 +112,8 @@ def aggregate(results: pd.DataFrame, metric: str = "test_acc", confidence: float
     """One row per configuration: its configuration columns (canonical, see :func:`bench.config.config_frame`),
     ``label``, ``n`` (finished seeds), ``seeds``, ``failed``, and the metric's ``mean``, ``std``, ``ci``
     (half-width), ``ci_low`` and ``ci_high``, in first-seen order."""
-    columns = [*CONFIG_COLUMNS, "label", "n", "seeds", "failed", "mean", "std", "ci", "ci_low", "ci_high"]
+    columns = [*CONFIG_COLUMNS, "label", "tuned", "n", "seeds", "failed", "mean", "std", "ci", "ci_low", "ci_high"]
+    results = results_only(results)
     if results.empty:
         return pd.DataFrame(columns=columns)
     _, groups = _configs(results)
@@ -110,7 +121,9 @@ def aggregate(results: pd.DataFrame, metric: str = "test_acc", confidence: float
     for key, group in groups:
         ok = _ok(group, metric)
         mean, std, half = mean_ci(ok[metric], confidence)
-        rows.append({**dict(zip(CONFIG_COLUMNS, key)), "n": len(ok),
+        tuning = group["tuning"].dropna().astype(str) if "tuning" in group else pd.Series([], dtype=str)
+        rows.append({**dict(zip(CONFIG_COLUMNS, key)), "tuned": ",".join(tuned_keys(next(iter(tuning), ""))),
+                     "n": len(ok),
                      "seeds": ",".join(str(s) for s in sorted(ok["seed"].astype(int))),
                      "failed": int((group["status"] == "failed").sum()), "mean": mean, "std": std, "ci": half,
                      "ci_low": mean - half, "ci_high": mean + half})
@@ -179,13 +192,14 @@ def _ckey(config) -> tuple:
 def _groups(configs: list[dict]) -> dict[tuple[str, str], list[dict]]:
     """Configurations by (axis, what they share): each group varies along that one axis only."""
     groups: dict[tuple[str, str], list[dict]] = {}
-    split = [axes(c) for c in configs]
+    seen = [_untuned(c) for c in configs]
+    split = [axes(c) for c in seen]
     for i, j in itertools.combinations(range(len(configs)), 2):
-        axis = comparable(configs[i], configs[j])
+        axis = comparable(seen[i], seen[j])
         if axis is None:
             continue
         varying = ("model", "loss") if axis == "recipe" else (axis,)
-        fixed = ", ".join(f"{k}={_show(configs[i], k)}" for k in split[i]
+        fixed = ", ".join(f"{k}={_show(seen[i], k)}" for k in split[i]
                           if k not in varying and not k.startswith("_") and k not in ("model", "loss"))
         if axis != "recipe":
             fixed = f"{config_label(configs[i])}; " + fixed
@@ -194,6 +208,22 @@ def _groups(configs: list[dict]) -> dict[tuple[str, str], list[dict]]:
             if not any(m is c for m in members):
                 members.append(c)
     return groups
+
+
+def _untuned(config: dict) -> dict:
+    """A tuned configuration as comparisons see it: its tuned keys are "tuned", not a value (each
+    configuration is compared at its own best values)."""
+    keys = [k for k in str(config.get("tuned") or "").split(",") if k]
+    if not keys:
+        return config
+    out = dict(config)
+    params = json.loads(out["params"]) if isinstance(out["params"], str) else dict(out["params"])
+    for key in keys:
+        if key in out:
+            out[key] = "tuned"
+        params.pop(key, None)
+    out["params"] = json.dumps(params, sort_keys=True)
+    return out
 
 
 def _show(config, axis: str) -> str:

@@ -36,7 +36,7 @@ from bench.errors import BenchError, OptionError
 
 #: The keys a study file may have.
 STUDY_KEYS = ("models", "losses", "datasets", "grid", "params", "recipe", "zip", "exclude", "seeds", "limit",
-              "device", "track")
+              "device", "track", "tune", "trials", "sampler", "tune_metric")
 #: Recipe fields holding plugin names (the others are numbers).
 NAME_FIELDS = ("optimizer", "schedule")
 INT_FIELDS = ("batch_size", "epochs")
@@ -66,13 +66,19 @@ class Study:
     device: str | None = None
     #: Experiment trackers to log to (not part of any cell's configuration).
     track: list[str] | None = None
+    #: Tuning (bench/tune.py): ``{key: "LOW:HIGH[:log]" | [choices] | {low, high, log}}``, the trial budget
+    #: per configuration, the sampler (qmc, tpe) and the validation metric (val_acc, val_loss).
+    tune: dict[str, Any] = field(default_factory=dict)
+    trials: int | None = None
+    sampler: str | None = None
+    tune_metric: str | None = None
 
     def merged(self, override: Study) -> Study:
         """This study with every key that ``override`` sets replaced (recipe and params key by key)."""
-        out = dataclasses.replace(self, params=dict(self.params), recipe=dict(self.recipe))
+        out = dataclasses.replace(self, params=dict(self.params), recipe=dict(self.recipe), tune=dict(self.tune))
         for f in dataclasses.fields(self):
             value = getattr(override, f.name)
-            if f.name in ("params", "recipe"):
+            if f.name in ("params", "recipe", "tune"):
                 getattr(out, f.name).update(value)
             elif value not in (None, [], {}):
                 setattr(out, f.name, value)
@@ -80,7 +86,8 @@ class Study:
 
     def sets_grid(self) -> bool:
         """Does it say what to train (anything but seeds-independent settings)?"""
-        return any(getattr(self, k) not in (None, [], {}) for k in STUDY_KEYS if k not in ("device", "track"))
+        return any(getattr(self, k) not in (None, [], {}) for k in STUDY_KEYS
+                   if k not in ("device", "track", "trials", "sampler", "tune_metric"))
 
     def to_dict(self) -> dict[str, Any]:
         """The study as a plain mapping, for ``study.yaml`` (keys that are not set are left out)."""
@@ -294,6 +301,24 @@ def from_mapping(data: Any, source: str = "study") -> Study:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
             raise BenchError(f"{source}: limit: must be an integer >= 0, got {limit!r}")
         study.limit = limit
+    if data.get("tune") is not None:
+        if not isinstance(data["tune"], Mapping):
+            raise BenchError(f"{source}: tune: must be a mapping KEY: LOW:HIGH[:log] (or a list of choices), "
+                             f"got {data['tune']!r}")
+        from bench.tune import parse_space
+
+        for key, spec in data["tune"].items():
+            at(f"tune.{key}", parse_space, str(key), spec)
+        study.tune = {str(k): v for k, v in data["tune"].items()}
+    if data.get("trials") is not None:
+        if isinstance(data["trials"], bool) or not isinstance(data["trials"], int) or data["trials"] < 1:
+            raise BenchError(f"{source}: trials: must be an integer >= 1, got {data['trials']!r}")
+        study.trials = data["trials"]
+    for key in ("sampler", "tune_metric"):
+        if data.get(key) is not None:
+            if not isinstance(data[key], str):
+                raise BenchError(f"{source}: {key}: must be a string, got {data[key]!r}")
+            setattr(study, key, data[key])
     if data.get("track") is not None:
         study.track = at("track", _names, "track", data["track"])
     if data.get("device") is not None:
