@@ -282,3 +282,75 @@ def format_comparisons(table: pd.DataFrame, alpha: float = 0.05, confidence: flo
     header = ["dataset", "axis", "a", "b", "n", "diff a-b", f"{confidence:.0%} CI", "p", "p (Holm)",
               f"verdict (alpha={alpha:g})"]
     return _table(header, body, right={4, 5, 7, 8})
+
+
+# -- across datasets ---------------------------------------------------------------------------------------
+
+def _per_dataset_scores(results: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, bool]:
+    """Mean ``metric`` per (configuration without its dataset, dataset), and whether higher is better.
+
+    Accuracies become errors (1 - accuracy) so that every score is a cost: smaller is better.
+    """
+    summary = aggregate(results, metric)
+    if summary.empty:
+        return pd.DataFrame(columns=["config", "dataset", "cost"]), False
+    others = [c for c in CONFIG_COLUMNS if c not in ("dataset",)]
+    labels = varying_label([{**r, "dataset": ""} for r in summary.to_dict("records")])
+    frame = summary.assign(config=[lbl for lbl in labels], key=summary[others].astype(str).agg("|".join, axis=1))
+    higher = metric.endswith("acc")
+    frame["cost"] = (1 - frame["mean"]) if higher else frame["mean"]
+    return frame[["key", "config", "dataset", "cost"]], higher
+
+
+def performance_profiles(results: pd.DataFrame, metric: str = "test_acc", taus: Sequence[float] | None = None
+                         ) -> pd.DataFrame:
+    """AlgoPerf-style performance profiles across datasets.
+
+    For each configuration (its dataset left out) and dataset, the cost is the test error (or the
+    metric when lower is better, e.g. a time to target); its ratio to the best cost on that dataset is
+    ``r >= 1`` (infinite where the configuration did not finish there). A configuration's profile at
+    ``tau`` is the fraction of datasets with ``r <= tau``: 1 at ``tau = 1`` means best everywhere.
+    Columns: ``config``, ``tau``, ``fraction``. Empty with fewer than two datasets.
+    """
+    frame, _ = _per_dataset_scores(results, metric)
+    datasets = list(dict.fromkeys(frame["dataset"]))
+    if len(datasets) < 2:
+        return pd.DataFrame(columns=["config", "tau", "fraction"])
+    best = frame.groupby("dataset")["cost"].min()
+    ratios: dict[str, dict[str, float]] = {}
+    labels: dict[str, str] = {}
+    for row in frame.itertuples(index=False):
+        labels[row.key] = row.config
+        b = best[row.dataset]
+        if not math.isfinite(row.cost):
+            r = math.inf
+        elif b <= 0:
+            r = 1.0 if row.cost <= 0 else math.inf
+        else:
+            r = row.cost / b
+        ratios.setdefault(row.key, {})[row.dataset] = r
+    finite = [r for per in ratios.values() for r in per.values() if math.isfinite(r)]
+    if taus is None:
+        top = max([*finite, 1.0]) * 1.05
+        taus = [1 + (top - 1) * i / 49 for i in range(50)]
+    rows = []
+    for key, per in ratios.items():
+        for tau in taus:
+            hits = sum(per.get(d, math.inf) <= tau * (1 + 1e-9) for d in datasets)  # ratios carry rounding
+            rows.append({"config": labels[key], "tau": float(tau), "fraction": hits / len(datasets)})
+    return pd.DataFrame(rows, columns=["config", "tau", "fraction"])
+
+
+def mean_ranks(results: pd.DataFrame, metric: str = "test_acc") -> pd.DataFrame:
+    """Rank of each configuration (dataset left out) on each dataset by its mean metric (1 = best; a
+    configuration missing on a dataset ranks last there), and the mean rank across datasets.
+    Columns: ``config``, one per dataset, ``mean_rank``; best first. Empty with fewer than two datasets."""
+    frame, _ = _per_dataset_scores(results, metric)
+    datasets = list(dict.fromkeys(frame["dataset"]))
+    if len(datasets) < 2:
+        return pd.DataFrame(columns=["config", "mean_rank"])
+    table = frame.pivot_table(index=["key", "config"], columns="dataset", values="cost", aggfunc="first")
+    ranks = table.rank(axis=0, method="average", na_option="bottom")
+    ranks["mean_rank"] = ranks[datasets].mean(axis=1)
+    out = ranks.reset_index().drop(columns="key")[["config", *datasets, "mean_rank"]]
+    return out.sort_values("mean_rank", kind="stable").reset_index(drop=True)
