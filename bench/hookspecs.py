@@ -91,3 +91,37 @@ def bench_register_executors(register):
     receives ``--address``. The factory raises ``bench.BenchError`` when the executor cannot be
     used here (e.g. a missing optional dependency), saying how to fix it.
     """
+
+
+@hookspec
+def bench_register_optimizers(register):
+    """Register optimizers (``--optimizer NAME``).
+
+    Called once when components are collected. ``register(name, factory, params=None,
+    description="")`` where ``factory(params, lr: float, weight_decay: float, **params)`` returns an
+    object with torch's optimizer interface: ``step()``, ``zero_grad()``, ``param_groups`` (each a dict
+    whose ``"lr"`` is read at every step, so that a schedule can change it) and ``state_dict()`` /
+    ``load_state_dict()``; a ``torch.optim.Optimizer`` qualifies. It is called once per cell with the
+    model's parameters (a list of tensors), ``lr`` and ``weight_decay`` as keywords, and the
+    registered ``params`` (overridden by ``--param NAME.KEY=V``). A factory that also names a keyword
+    ``capturable`` receives ``capturable=True`` when the step is captured in a CUDA graph: it must then
+    keep all its state, and its learning rate as a tensor, on the parameters' device, and step without
+    host synchronisation. The built-ins ``adam``, ``adamw`` and ``sgd`` are registered through this
+    hook by ``plugins.optimizers``.
+    """
+
+
+@hookspec
+def bench_register_schedules(register):
+    """Register learning-rate schedules (``--schedule NAME``).
+
+    Called once when components are collected. ``register(name, factory, params=None,
+    description="")`` where ``factory(optimizer, total_steps: int, **params)`` returns a scheduler (an
+    object whose ``step()`` is called once after every optimizer step, and which sets each of
+    ``optimizer.param_groups``' ``"lr"``), or ``None`` for no per-step work at all. ``total_steps`` is
+    the cell's number of optimizer steps (epochs x batches per epoch). A tensor ``lr`` must be updated
+    in place (``lr.fill_(value)``, as :func:`bench.optim.set_lr` and torch's schedulers do), or a
+    captured CUDA graph would not see it; :class:`bench.optim.FactorSchedule` sets ``lr = base_lr *
+    factor(t)`` that way. The built-ins ``constant``, ``cosine`` and ``warmup-cosine`` are registered
+    through this hook by ``plugins.schedules``.
+    """

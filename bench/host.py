@@ -19,6 +19,7 @@ from typing import Any
 import pluggy
 
 from bench import PROJECT, __version__, hookspecs
+from bench.config import COMPONENT_KINDS
 from bench.errors import BenchError
 
 
@@ -37,10 +38,11 @@ class BrokenPlugin(RuntimeError):
 #: Built-in plugin modules, loaded exactly like a ``-p`` module.
 BUILTIN_PLUGINS = (
     "plugins.models", "plugins.losses", "plugins.datasets", "plugins.grids", "plugins.executors",
+    "plugins.optimizers", "plugins.schedules",
 )
 
 PLURAL = {"model": "models", "loss": "losses", "dataset": "datasets", "executor": "executors", "grid": "grids",
-          "command": "commands"}
+          "optimizer": "optimizers", "schedule": "schedules", "command": "commands"}
 
 #: Component kind -> the hook that registers it.
 KINDS = {
@@ -48,6 +50,8 @@ KINDS = {
     "loss": "bench_register_losses",
     "dataset": "bench_register_datasets",
     "executor": "bench_register_executors",
+    "optimizer": "bench_register_optimizers",
+    "schedule": "bench_register_schedules",
 }
 GRID_HOOK = "bench_register_grids"
 CLI_HOOK = "bench_cli"
@@ -57,7 +61,7 @@ Triple = tuple[str, str, str]
 
 @dataclass(frozen=True)
 class Component:
-    """One registered model, loss, dataset or executor."""
+    """One registered model, loss, dataset, executor, optimizer or schedule."""
 
     kind: str
     name: str
@@ -89,7 +93,7 @@ class Grid:
         for cell in cells:
             if not (isinstance(cell, (tuple, list)) and len(cell) == 3 and all(isinstance(n, str) for n in cell)):
                 raise BenchError(f"{where}: a cell must be a (model, loss, dataset) triple of names, got {cell!r}")
-            for kind, name in zip(KINDS, cell):
+            for kind, name in zip(COMPONENT_KINDS, cell):
                 try:
                     registry.get(kind, name)
                 except BenchError as exc:

@@ -20,6 +20,7 @@ from bench.data import DataSplits
 from bench.errors import BenchError, DataCorrupt, DatasetUnavailable, IncompatibleCell
 from bench.grid import Cell
 from bench.host import Registry
+from bench.recipe import recipe_factories
 from bench.step import Execution
 from bench.store import RunStore
 from bench.templates import template_entry
@@ -298,8 +299,9 @@ def _train_one(cell: Cell, registry: Registry, data: DataSplits, device: torch.d
     loss_fn = loss_c.factory(**{**loss_c.params, **cell.override("loss")})
     bar = epoch_bar_factory(cell) if epoch_bar_factory else None
     try:
+        make_optimizer, make_schedule = recipe_factories(registry, cell)
         result = train_cell(cell, model, loss_fn, data, device, on_epoch=(lambda row: bar.update(1)) if bar else None,
-                            execution=execution)
+                            execution=execution, make_optimizer=make_optimizer, make_schedule=make_schedule)
     finally:
         if bar is not None:
             bar.close()
