@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import itertools
-import json
 from typing import Any
 
+from bench.config import (  # noqa: F401  (Cell is re-exported: plugins import it from here)
+    COMPONENT_KINDS,
+    PARAM_KINDS,
+    Cell,
+    Recipe,
+)
 from bench.errors import BenchError
 from bench.host import Registry, unknown_name_error
-
-from bench.config import COMPONENT_KINDS, Cell, Recipe  # noqa: F401  (Cell is re-exported: plugins import it from here)
 
 #: The notebook's three cells (registered as the grid ``seed`` by ``plugins.grids``).
 SEED_GRID = (("linear", "mse", "mnist"), ("linear", "crossentropy", "mnist"), ("mlp", "crossentropy", "mnist"))
@@ -77,7 +80,11 @@ def coerce(token: str, raw: str, default: Any) -> Any:
 
 
 def parse_params(specs: list[str], registry: Registry, selected: dict[str, list[str]]) -> dict[str, dict[str, list]]:
-    """Parse ``NAME.KEY=V1,V2`` tokens into ``{NAME: {KEY: [values]}}``, checked against the registry."""
+    """Parse ``NAME.KEY=V1,V2`` tokens into ``{NAME: {KEY: [values]}}``, checked against the registry.
+
+    ``NAME`` is a component (model, loss, dataset) or the recipe's optimizer or schedule; ``selected``
+    maps each kind to the names this grid uses.
+    """
     parsed: dict[str, dict[str, list]] = {}
     for token in specs:
         if "=" not in token:
@@ -86,11 +93,11 @@ def parse_params(specs: list[str], registry: Registry, selected: dict[str, list[
         if "." not in lhs:
             raise BenchError(f"--param {token}: expected NAME.KEY=V1,V2 (missing '.' between component and key)")
         name, key = (s.strip() for s in lhs.split(".", 1))
-        kinds = [kind for kind in COMPONENT_KINDS if name in registry.names(kind)]
+        kinds = [kind for kind in PARAM_KINDS if name in registry.names(kind)]
         if not kinds:
-            every = sorted({n for kind in COMPONENT_KINDS for n in registry.names(kind)})
+            every = sorted({n for kind in PARAM_KINDS for n in registry.names(kind)})
             raise unknown_name_error(f"component in --param {token}:", name, every)
-        in_grid = [kind for kind in kinds if name in selected[kind]]
+        in_grid = [kind for kind in kinds if name in selected.get(kind, ())]
         if not in_grid:
             raise BenchError(f"--param {token}: '{name}' is not part of this grid")
         component = registry.get(in_grid[0], name)
@@ -129,7 +136,7 @@ def expand(
     params: list[str] = (),
     seeds: list[int] = (0,),
     device: str = "cpu",
-    recipe: Recipe = Recipe(),
+    recipe: Recipe = Recipe(),  # noqa: B008 (frozen: one shared default is safe)
     limit: int = 0,
 ) -> list[Cell]:
     """The cells to run, dataset-major so that each dataset is loaded once.
@@ -157,15 +164,24 @@ def expand(
         raise BenchError(f"the grid '{grid}' has no cells with the given --models/--losses/--datasets")
 
     selected = {k: sorted({t[i] for t in triples}) for i, k in enumerate(COMPONENT_KINDS)}
+    selected.update(optimizer=[recipe.optimizer], schedule=[recipe.schedule])
     sweeps = parse_params(list(params), registry, selected)
+    recipe_variants = list(itertools.product(_component_variants(recipe.optimizer, sweeps),
+                                             _component_variants(recipe.schedule, sweeps)))
+    from bench.recipe import check_recipe
+
+    for o_over, s_over in recipe_variants:  # an unknown name or a bad value fails here, before any training
+        check_recipe(registry, recipe, {"optimizer": o_over, "schedule": s_over})
 
     cells = []
     order = {name: i for i, name in enumerate(dict.fromkeys(t[2] for t in triples))}
     for model, loss, dataset in sorted(triples, key=lambda t: order[t[2]]):
-        for d_over, m_over, l_over in itertools.product(
-            _component_variants(dataset, sweeps), _component_variants(model, sweeps), _component_variants(loss, sweeps)
+        for d_over, m_over, l_over, (o_over, s_over) in itertools.product(
+            _component_variants(dataset, sweeps), _component_variants(model, sweeps), _component_variants(loss, sweeps),
+            recipe_variants,
         ):
             for seed in seeds:
-                overrides = {k: v for k, v in (("model", m_over), ("loss", l_over), ("dataset", d_over)) if v}
+                overrides = {k: v for k, v in (("model", m_over), ("loss", l_over), ("dataset", d_over),
+                                               ("optimizer", o_over), ("schedule", s_over)) if v}
                 cells.append(Cell(model, loss, dataset, seed, device, recipe, limit, overrides))
     return cells
