@@ -4,7 +4,9 @@
   (as torch's own optimizers do);
 - ``rmsprop-test``: ``torch.optim.RMSprop`` registered as it is (it takes ``lr`` and ``weight_decay``
   as keywords);
-- ``broken-opt``: a factory that raises;
+- ``broken-opt``: a factory that always raises (caught when the grid is expanded);
+- ``fragile-opt``: a factory that raises only for a real model (more than one parameter tensor), so
+  that the cell fails in training;
 - ``halving``: a schedule that halves the learning rate half-way, counting its calls.
 """
 
@@ -41,6 +43,13 @@ def broken(params, lr, weight_decay, strength=1.0):
     raise RuntimeError(f"broken-opt refuses to optimise (strength {strength})")
 
 
+def fragile(params, lr, weight_decay):
+    params = list(params)
+    if len(params) > 1:
+        raise ValueError(f"fragile-opt handles one parameter tensor, got {len(params)}")
+    return SignSGD(params, lr=lr, weight_decay=weight_decay)
+
+
 class Halving:
     """Halves every group's learning rate after half of the steps; ``calls`` counts its steps."""
 
@@ -65,6 +74,7 @@ def bench_register_optimizers(register):
     register("signsgd-test", SignSGD, params={"beta": 0.9}, description="signum, a torch.optim.Optimizer subclass")
     register("rmsprop-test", torch.optim.RMSprop, params={"alpha": 0.99}, description="torch.optim.RMSprop as it is")
     register("broken-opt", broken, params={"strength": 1.0}, description="raises")
+    register("fragile-opt", fragile, description="raises for a model with more than one parameter tensor")
 
 
 @hookimpl

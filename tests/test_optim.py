@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from click.testing import CliRunner
 from torch import nn
 
+from bench.cli import main
 from bench.host import Host
 from bench.optim import state_tensor_ptrs
 from plugins.optimizers import SGD, Adam, AdamW
@@ -191,3 +193,92 @@ def test_bench_run_on_cpu_never_imports_dynamo(tmp_path):
     assert "torch" in imported and "bench.recipe" in imported
     assert "torch._dynamo" not in imported
     assert "torchvision" not in imported
+
+
+# -- optimizers from a plugin, through the real CLI -------------------------------------------------
+
+PLUGIN = "tests.optimizer_test_plugin"
+
+
+def _results(out):
+    import pandas as pd
+
+    return pd.read_csv(out / "results.csv", keep_default_na=False, na_values=[""])
+
+
+def test_a_plugin_optimizer_trains_through_bench_run(tmp_path):
+    from tests.conftest import run_bench
+
+    out = tmp_path / "run"
+    proc = run_bench("-p", PLUGIN, "run", "--models", "linear", "--optimizer", "signsgd-test", "--lr", "1e-3",
+                     "--limit", "2000", "--epochs", "1", "--device", "cpu", "-q", "--out", out, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    row = _results(out).iloc[0]
+    assert row["status"] == "ok" and row["optimizer"] == "signsgd-test"
+    assert row["test_acc"] > 0.5  # chance is 0.1
+
+
+def test_torch_optim_registered_as_it_is_trains(cli, tmp_path):
+    out = tmp_path / "run"
+    result = cli("-p", PLUGIN, "run", "--models", "linear", "--optimizer", "rmsprop-test", "--lr", "1e-3",
+                 "--param", "rmsprop-test.alpha=0.9", "--limit", "2000", "--epochs", "1", "--device", "cpu", "-q",
+                 "--out", out)
+    assert result.exit_code == 0, result.output
+    row = _results(out).iloc[0]
+    assert row["status"] == "ok" and row["test_acc"] > 0.5
+    assert row["params"] == '{"rmsprop-test.alpha": 0.9}'
+
+
+def test_bench_list_and_plugins_show_optimizers_and_schedules(cli):
+    listing = cli("-p", PLUGIN, "list").output
+    optimizers = listing[listing.index("optimizers:"):listing.index("schedules:")]
+    for name in ("adam", "adamw", "sgd", "signsgd-test", "rmsprop-test"):
+        assert f"  {name} " in optimizers, name
+    assert "params: momentum=0.9   plugin: plugins.optimizers" in optimizers
+    schedules = listing[listing.index("schedules:"):listing.index("grids:")]
+    for name in ("constant", "cosine", "warmup-cosine", "halving"):
+        assert f"  {name} " in schedules, name
+    assert "params: warmup=0.05   plugin: plugins.schedules" in schedules
+    plugins = cli("-p", PLUGIN, "plugins").output
+    assert "registered optimizers: adam, adamw, sgd" in plugins
+    assert "registered schedules: constant, cosine, warmup-cosine" in plugins
+    assert "registered optimizers: broken-opt, fragile-opt, rmsprop-test, signsgd-test; schedules: halving" in plugins
+
+
+def test_param_sweeps_an_optimizer_parameter(cli, tmp_path):
+    out = tmp_path / "run"
+    result = cli("run", "--models", "linear", "--optimizer", "sgd", "--lr", "0.05", "--param", "sgd.momentum=0,0.9",
+                 "--limit", "2000", "--epochs", "1", "--device", "cpu", "-q", "--out", out)
+    assert result.exit_code == 0, result.output
+    table = _results(out)
+    assert list(table["params"]) == ['{"sgd.momentum": 0.0}', '{"sgd.momentum": 0.9}']
+    assert table["cell_id"].nunique() == 2
+    assert table["test_acc"].iloc[0] != table["test_acc"].iloc[1]
+    # an optimizer that is not this run's is not part of the grid
+    result = CliRunner().invoke(main, ["run", "--models", "linear", "--param", "sgd.momentum=0",
+                                       "--out", str(tmp_path / "r2")])
+    assert result.exit_code == 2 and "'sgd' is not part of this grid" in result.stderr
+
+
+def test_a_factory_that_always_raises_is_one_line_before_any_training(tmp_path):
+    from tests.conftest import run_bench
+
+    out = tmp_path / "run"
+    proc = run_bench("-p", PLUGIN, "run", "--models", "linear", "--optimizer", "broken-opt", "--limit", "500",
+                     "--epochs", "1", "--device", "cpu", "-q", "--out", out, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("Error: optimizer 'broken-opt' (plugin 'tests.optimizer_test_plugin') failed: "
+                                   "RuntimeError: broken-opt refuses to optimise (strength 1.0)")
+    assert not out.exists()
+
+
+def test_a_factory_that_raises_in_training_gives_failed_rows_not_a_crash(cli, tmp_path):
+    out = tmp_path / "run"
+    result = cli("-p", PLUGIN, "run", "--models", "linear,mlp", "--optimizer", "fragile-opt", "--limit", "500",
+                 "--epochs", "1", "--device", "cpu", "-q", "--out", out)
+    assert result.exit_code == 1, result.output
+    table = _results(out)
+    assert list(table["status"]) == ["failed", "failed"]
+    assert list(table["error"]) == [
+        "optimizer 'fragile-opt' (plugin 'tests.optimizer_test_plugin') failed: ValueError: fragile-opt handles "
+        f"one parameter tensor, got {n}" for n in (2, 4)]
