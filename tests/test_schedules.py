@@ -2,6 +2,7 @@
 trainer stepping them once per optimizer step, and a plugin's schedule through the real runner."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -165,3 +166,28 @@ def test_a_plugin_schedule_and_its_param_run_through_the_runner(tmp_path, regist
     assert summary.rows[0]["test_acc"] != summary.rows[1]["test_acc"]
     trained = [h for h in Halving.instances if h.total_steps == 8]  # 2000 samples at batch 256: 8 steps
     assert [(h.at, h.calls) for h in trained] == [(2, 8), (4, 8)]
+
+
+def test_the_documented_optimizer_and_schedule_work(cli, tmp_path, monkeypatch):
+    import re
+    import sys
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "plugins.md").read_text()
+    section = doc.split("\n## An optimizer and a schedule\n", 1)[1].split("\n## ", 1)[0]
+    (source,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    (tmp_path / "doc_optim.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "doc_optim", raising=False)
+    out = tmp_path / "run"
+    result = cli("-p", "doc_optim", "run", "--models", "linear", "--optimizer", "signsgd", "--lr", "1e-3",
+                 "--limit", "2000", "--epochs", "1", "--device", "cpu", "-q", "--out", out)
+    assert result.exit_code == 0, result.output
+    import csv
+
+    (row,) = csv.DictReader((out / "results.csv").open())
+    assert row["optimizer"] == "signsgd" and float(row["test_acc"]) > 0.5  # chance is 0.1
+    registry = Host(["doc_optim"], autoload=False).registry
+    optimizer = Adam(_weight(), lr=1.0)
+    rates = _rates(_schedule(registry, "step-decay", optimizer, 10), optimizer, 7)
+    assert rates == pytest.approx([1, 1, 1, 0.1, 0.1, 0.1, 0.01, 0.01], rel=1e-12)
+    monkeypatch.delitem(sys.modules, "doc_optim")
