@@ -20,6 +20,7 @@ from bench.data import DataSplits
 from bench.errors import BenchError, DataCorrupt, DatasetUnavailable, IncompatibleCell
 from bench.grid import Cell
 from bench.host import Registry
+from bench.recipe import recipe_factories
 from bench.step import Execution
 from bench.store import RunStore
 from bench.templates import template_entry
@@ -319,7 +320,9 @@ def _train_one(cell: Cell, registry: Registry, data: DataSplits, device: torch.d
     if events is not None:
         events.cell_start(cell)
     on_epoch = (lambda row: events.epoch_end(cell, row)) if events is not None else None
-    result = train_cell(cell, model, loss_fn, data, device, on_epoch=on_epoch, execution=execution)
+    make_optimizer, make_schedule = recipe_factories(registry, cell)
+    result = train_cell(cell, model, loss_fn, data, device, on_epoch=on_epoch, execution=execution,
+                        make_optimizer=make_optimizer, make_schedule=make_schedule)
     row = _row(cell, "ok")
     row.update(result.metrics)
     row.update(result.timing)

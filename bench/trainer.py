@@ -12,6 +12,7 @@ from torch import nn
 
 from bench.data import DataSplits
 from bench.grid import Cell
+from bench.recipe import MakeOptimizer, MakeSchedule, builtin_registry, recipe_factories
 from bench.step import Execution, build_step
 from bench.timing import Stopwatch, median
 
@@ -73,8 +74,16 @@ def train_cell(
     device: torch.device,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     execution: Execution | None = None,
+    make_optimizer: MakeOptimizer | None = None,
+    make_schedule: MakeSchedule | None = None,
 ) -> CellResult:
     """Train ``model`` (already built under the cell's seed) on ``data`` (already on ``device``).
+
+    ``make_optimizer(parameters, capturable)`` returns the optimizer and ``make_schedule(optimizer,
+    total_steps)`` the learning-rate schedule or ``None`` (see :func:`bench.recipe.recipe_factories`,
+    which builds both from a registry and the cell). Without ``make_optimizer`` both come from the
+    built-in plugins and the cell's recipe; a given ``make_optimizer`` without ``make_schedule`` trains
+    at a constant learning rate.
 
     Phases are timed apart, each with the device synchronised: ``warmup`` (first steps, compilation,
     graph capture; on a snapshot that is restored, so it changes no result), ``data`` (the epoch's
@@ -88,12 +97,16 @@ def train_cell(
     if cell.limit:
         x_train, y_train = x_train[:cell.limit], y_train[:cell.limit]
     n = len(x_train)
+    if make_optimizer is None:
+        make_optimizer, make_schedule = recipe_factories(builtin_registry(), cell)
+    total_steps = cfg.epochs * math.ceil(n / cfg.batch_size)
     lengths = [min(cfg.batch_size, n)] + ([n % cfg.batch_size] if n > cfg.batch_size and n % cfg.batch_size else [])
     generator = torch.Generator().manual_seed(cell.seed)
     watch = Stopwatch(device)
     history: list[dict[str, float]] = []
     with watch.phase("warmup"):
-        step = build_step(execution, model, loss_fn, x_train, y_train, cfg.optimizer, cfg.lr, lengths)
+        step = build_step(execution, model, loss_fn, x_train, y_train, lengths, make_optimizer, make_schedule,
+                          total_steps)
 
     for epoch in range(1, cfg.epochs + 1):
         model.train()
