@@ -159,7 +159,7 @@ def load(run_dir: Path | str) -> Run:
 def study_from_options(*, grid=None, models=None, losses=None, datasets=None, params=(), seeds=None, repeat=None,
                        epochs=None, batch_size=None, lr=None, optimizer=None, weight_decay=None, schedule=None,
                        limit=None, device=None, track=None, tune=None, trials=None, sampler=None,
-                       tune_metric=None) -> Study:
+                       tune_metric=None, target=None, eval_every=None) -> Study:
     """A :class:`Study` from ``bench.run``'s (and ``bench run``'s) options; ``None`` means not given.
 
     Lists may be Python lists or comma-separated strings; ``params`` are ``NAME.KEY=V1,V2`` strings or
@@ -188,7 +188,8 @@ def study_from_options(*, grid=None, models=None, losses=None, datasets=None, pa
                  datasets=names("datasets", datasets), grid=grid, params=study_mod.param_specs(params),
                  recipe=recipe, seeds=study_mod.seed_values(seeds, repeat), limit=limit, device=device,
                  track=names("track", track), tune=_tune_specs(tune), trials=trials, sampler=sampler,
-                 tune_metric=tune_metric)
+                 tune_metric=tune_metric, target=target if study_mod.parse_target(target) else None,
+                 eval_every=eval_every)
 
 
 def _tune_specs(tune) -> dict[str, Any]:
@@ -239,7 +240,8 @@ def resolved(study: Study, registry, cells, device) -> Study:
                 recipe=recipe, zip=study.zip, exclude=study.exclude,
                 seeds=list(dict.fromkeys(c.seed for c in cells)), limit=study.limit or 0,
                 device=study.device or str(device), track=study.track, tune=study.tune, trials=study.trials,
-                sampler=study.sampler, tune_metric=study.tune_metric)
+                sampler=study.sampler, tune_metric=study.tune_metric, target=study.target,
+                eval_every=study.eval_every)
     if out.grid is None and not any((out.models, out.losses, out.datasets)):
         out.grid = registry.default("grid")
     return out
@@ -275,7 +277,8 @@ def run(study: Path | str | Mapping | Study | None = None, *,
         cuda_graphs: str = "auto", compile: bool = False, threads: int = 0, quiet: bool = False,
         report: bool = False, plugins: Iterable[str] = (), executor: str | None = None, jobs: int | None = None,
         address: str | None = None, track=None, tune=None, trials: int | None = None, sampler: str | None = None,
-        tune_metric: str | None = None, host=None, argv: list[str] | None = None,
+        tune_metric: str | None = None, target: str | None = None, eval_every: int | None = None, host=None,
+        argv: list[str] | None = None,
         echo: Callable[[str], None] = _stderr) -> Run:
     """Run a study and return the :class:`Run`; the options are ``bench run``'s.
 
@@ -311,10 +314,13 @@ def run(study: Path | str | Mapping | Study | None = None, *,
                                  seeds=seeds, repeat=repeat, epochs=epochs, batch_size=batch_size, lr=lr,
                                  optimizer=optimizer, weight_decay=weight_decay, schedule=schedule, limit=limit,
                                  device=device, track=track, tune=tune, trials=trials, sampler=sampler,
-                                 tune_metric=tune_metric)
+                                 tune_metric=tune_metric, target=target, eval_every=eval_every)
     the_study = resolve_study(study, options, out_path, registry)
     torch_device = resolve_device(the_study.device or "auto")
-    execution = Execution(cuda_graphs=cuda_graphs, compile=compile)
+    from bench.study import parse_target
+
+    execution = Execution(cuda_graphs=cuda_graphs, compile=compile, target=parse_target(the_study.target),
+                          eval_every=the_study.eval_every or 0)
     execution.step_mode(torch_device)  # cuda_graphs="on" without cuda: fail before any work
     executor_name, executor_obj = make_executor(registry, executor, jobs, address)
     trackers = make_trackers(registry, the_study.track)

@@ -175,6 +175,10 @@ def main(plugin_modules):
               "TPE (Optuna), seeded by the first seed. [default: qmc]")
 @click.option("--tune-metric", type=click.Choice(["val_acc", "val_loss"]), help="What tuning optimises (val_acc is "
               "maximised, val_loss minimised). [default: val_acc]")
+@click.option("--target", metavar="val_acc=X|val_loss=X", help="Time to target: record, per cell, the first epoch, "
+              "training steps and training seconds at which the validation metric reached X.")
+@click.option("--eval-every", type=click.IntRange(min=0), metavar="STEPS", help="Also evaluate on the validation "
+              "split every STEPS training steps (a finer time to target; timed apart from training). [default: 0]")
 @click.option("--track", metavar="NAME[,NAME]", help="Log the run to experiment trackers, e.g. mlflow, tensorboard "
               "(bench list shows them; each is an optional extra).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
@@ -230,7 +234,8 @@ def _report_interrupt(ctx: click.Context, out: Path) -> None:
 
 def _run(ctx, *, study, grid, models, losses, datasets, params, seeds, repeat, epochs, batch_size, lr, optimizer,
          weight_decay, schedule, limit, device_spec, out, data_dir, force, dry_run, cuda_graphs, compile_, threads,
-         tune, trials, sampler, tune_metric, track, quiet, make_report, plugin_modules, executor, jobs, address):
+         tune, trials, sampler, tune_metric, target, eval_every, track, quiet, make_report, plugin_modules, executor,
+         jobs, address):
     from bench import api
 
     host, _ = make_host(plugin_modules)
@@ -240,7 +245,8 @@ def _run(ctx, *, study, grid, models, losses, datasets, params, seeds, repeat, e
         schedule=schedule, limit=limit, device=device_spec, out=out, data_dir=data_dir, force=force,
         dry_run=dry_run, cuda_graphs=cuda_graphs, compile=compile_, threads=threads, quiet=quiet, report=False,
         host=host, executor=executor, jobs=jobs, address=address, track=track, tune=list(tune), trials=trials,
-        sampler=sampler, tune_metric=tune_metric, argv=ctx.find_root().obj["argv"],
+        sampler=sampler, tune_metric=tune_metric, target=target, eval_every=eval_every,
+        argv=ctx.find_root().obj["argv"],
         echo=lambda message: click.echo(message, err=True),
     )
     if dry_run:
@@ -249,6 +255,14 @@ def _run(ctx, *, study, grid, models, losses, datasets, params, seeds, repeat, e
     click.echo(format_summary(result.rows))
     if len({row["seed"] for row in result.rows}) > 1:
         click.echo("\n" + format_seed_statistics(result.rows))
+    if any(row.get("target") for row in result.rows):
+        import pandas as pd
+
+        from bench import stats
+
+        table = stats.time_to_target(pd.DataFrame(result.rows))
+        click.echo("\ntime to target (training time until the validation metric first reached it; median over "
+                   "the seeds that did):\n" + stats.format_time_to_target(table))
     click.echo(f"results: {result.path / 'results.csv'}")
     if make_report:
         write_report([result.path], None)

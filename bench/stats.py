@@ -354,3 +354,36 @@ def mean_ranks(results: pd.DataFrame, metric: str = "test_acc") -> pd.DataFrame:
     ranks["mean_rank"] = ranks[datasets].mean(axis=1)
     out = ranks.reset_index().drop(columns="key")[["config", *datasets, "mean_rank"]]
     return out.sort_values("mean_rank", kind="stable").reset_index(drop=True)
+
+
+def time_to_target(results: pd.DataFrame) -> pd.DataFrame:
+    """Per configuration with a ``target``: how many finished seeds reached it, and over those the median
+    training seconds, steps and epoch at which they did. Columns: the configuration columns, ``label``,
+    ``target``, ``reached`` (e.g. ``2/3``), ``time_s``, ``steps``, ``epoch``. Empty without targets."""
+    columns = [*CONFIG_COLUMNS, "label", "target", "reached", "time_s", "steps", "epoch"]
+    results = results_only(results)
+    if results.empty or "target" not in results or results["target"].isna().all():
+        return pd.DataFrame(columns=columns)
+    ok = results[(results["status"] == "ok") & results["target"].notna()]
+    if ok.empty:
+        return pd.DataFrame(columns=columns)
+    _, groups = _configs(ok)
+    rows = []
+    for key, group in groups:
+        hit = group[pd.to_numeric(group["target_time_s"], errors="coerce").notna()]
+        rows.append({**dict(zip(CONFIG_COLUMNS, key)), "target": str(group["target"].iloc[0]),
+                     "reached": f"{len(hit)}/{len(group)}",
+                     "time_s": pd.to_numeric(hit["target_time_s"]).median() if len(hit) else math.nan,
+                     "steps": pd.to_numeric(hit["target_steps"]).median() if len(hit) else math.nan,
+                     "epoch": pd.to_numeric(hit["target_epoch"]).median() if len(hit) else math.nan})
+    for row, label in zip(rows, varying_label(rows)):
+        row["label"] = label
+    return pd.DataFrame(rows, columns=columns)
+
+
+def format_time_to_target(table: pd.DataFrame) -> str:
+    """``cell  dataset  target  reached  median s  median steps  median epoch`` per configuration."""
+    body = [[r.label, str(r.dataset), r.target, r.reached, _num(r.time_s, ".3g"), _num(r.steps, ".0f"),
+             _num(r.epoch, ".0f")] for r in table.itertuples(index=False)]
+    header = ["cell", "dataset", "target", "reached", "median s", "median steps", "median epoch"]
+    return _table(header, body, right={3, 4, 5, 6})

@@ -23,6 +23,7 @@ not step the schedule.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +35,8 @@ from bench.errors import BenchError, OptionError
 from bench.optim import state_tensor_ptrs
 
 GRAPH_CHOICES = ("auto", "on", "off")
+#: What a target can be set on: validation accuracy (reached from below) or loss (from above).
+TARGET_METRICS = ("val_acc", "val_loss")
 MODES = ("plain", "static", "graph")
 
 
@@ -49,8 +52,20 @@ class Execution:
     cuda_graphs: str = "auto"
     compile: bool = False
     mode: str | None = None
+    #: Time to target: ``("val_acc", 0.97)`` records when the validation metric first reaches the value
+    #: (``val_loss``: falls to it); ``eval_every`` evaluates the validation split every N training steps
+    #: as well as at each epoch's end (the evaluations are timed apart from training).
+    target: tuple[str, float] | None = None
+    eval_every: int = 0
 
     def __post_init__(self):
+        if self.target is not None:
+            metric, value = self.target
+            if metric not in TARGET_METRICS or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise OptionError("target", f"must be {' or '.join(TARGET_METRICS)}=VALUE with a finite value, "
+                                            f"got {metric}={value}")
+        if isinstance(self.eval_every, bool) or not isinstance(self.eval_every, int) or self.eval_every < 0:
+            raise OptionError("eval_every", f"must be an integer >= 0, got {self.eval_every!r}")
         if self.cuda_graphs not in GRAPH_CHOICES:
             raise OptionError("cuda_graphs", f"must be one of {', '.join(GRAPH_CHOICES)}, got '{self.cuda_graphs}'")
         if self.mode is not None and self.mode not in MODES:

@@ -36,7 +36,7 @@ from bench.errors import BenchError, OptionError
 
 #: The keys a study file may have.
 STUDY_KEYS = ("models", "losses", "datasets", "grid", "params", "recipe", "zip", "exclude", "seeds", "limit",
-              "device", "track", "tune", "trials", "sampler", "tune_metric")
+              "device", "track", "tune", "trials", "sampler", "tune_metric", "target", "eval_every")
 #: Recipe fields holding plugin names (the others are numbers).
 NAME_FIELDS = ("optimizer", "schedule")
 INT_FIELDS = ("batch_size", "epochs")
@@ -72,6 +72,10 @@ class Study:
     trials: int | None = None
     sampler: str | None = None
     tune_metric: str | None = None
+    #: Time to target (not part of any cell's configuration): ``"val_acc=0.97"``, and how often (in
+    #: training steps) to evaluate on the validation split besides each epoch's end.
+    target: str | None = None
+    eval_every: int | None = None
 
     def merged(self, override: Study) -> Study:
         """This study with every key that ``override`` sets replaced (recipe and params key by key)."""
@@ -87,7 +91,7 @@ class Study:
     def sets_grid(self) -> bool:
         """Does it say what to train (anything but seeds-independent settings)?"""
         return any(getattr(self, k) not in (None, [], {}) for k in STUDY_KEYS
-                   if k not in ("device", "track", "trials", "sampler", "tune_metric"))
+                   if k not in ("device", "track", "trials", "sampler", "tune_metric", "target", "eval_every"))
 
     def to_dict(self) -> dict[str, Any]:
         """The study as a plain mapping, for ``study.yaml`` (keys that are not set are left out)."""
@@ -319,6 +323,16 @@ def from_mapping(data: Any, source: str = "study") -> Study:
             if not isinstance(data[key], str):
                 raise BenchError(f"{source}: {key}: must be a string, got {data[key]!r}")
             setattr(study, key, data[key])
+    if data.get("target") is not None:
+        target = data["target"]
+        if isinstance(target, Mapping) and len(target) == 1:
+            target = "=".join(map(str, next(iter(target.items()))))
+        study.target = str(at("target", parse_target, target) and target)
+    if data.get("eval_every") is not None:
+        every = data["eval_every"]
+        if isinstance(every, bool) or not isinstance(every, int) or every < 0:
+            raise BenchError(f"{source}: eval_every: must be an integer >= 0, got {every!r}")
+        study.eval_every = every
     if data.get("track") is not None:
         study.track = at("track", _names, "track", data["track"])
     if data.get("device") is not None:
@@ -360,6 +374,25 @@ def dump(study: Study) -> str:
 
     data = {k: plain(v) for k, v in study.to_dict().items()}
     return yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
+
+
+def parse_target(spec: Any) -> tuple[str, float] | None:
+    """``"val_acc=0.97"`` -> ``("val_acc", 0.97)``; None stays None."""
+    if spec is None:
+        return None
+    text = str(spec)
+    if "=" not in text:
+        raise OptionError("target", f"expected val_acc=VALUE or val_loss=VALUE, got {text!r}")
+    metric, value = (s.strip() for s in text.split("=", 1))
+    if metric not in ("val_acc", "val_loss"):
+        raise OptionError("target", f"{text}: the metric must be val_acc or val_loss")
+    try:
+        number = float(value)
+    except ValueError:
+        raise OptionError("target", f"{text}: {value!r} is not a number") from None
+    if not math.isfinite(number):
+        raise OptionError("target", f"{text}: {value!r} is not a finite number")
+    return metric, number
 
 
 def check_names(study: Study, registry, source: str) -> None:
