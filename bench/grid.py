@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from typing import Any
 
 from bench.errors import BenchError
@@ -33,6 +34,13 @@ def parse_int_list(option: str, value: str) -> list[int]:
         raise BenchError(f"{option} needs comma-separated integers, got '{value}'") from None
 
 
+#: The largest seed: ``torch.manual_seed`` takes a 64-bit unsigned integer (0 .. 2**64 - 1).
+MAX_SEED = 2**64 - 1
+#: ``--repeat`` at most this many seeds: a grid of more cells would not finish anyway, and even
+#: listing it (``--dry-run``) would take minutes.
+MAX_REPEAT = 10_000
+
+
 def seed_list(seeds: str | None, repeat: int | None) -> list[int]:
     """The seeds of a run: ``--seeds 0,1,2`` or ``--repeat N`` (seeds 0..N-1); default ``[0]``."""
     if seeds is not None and repeat is not None:
@@ -40,12 +48,18 @@ def seed_list(seeds: str | None, repeat: int | None) -> list[int]:
     if repeat is not None:
         if repeat < 1:
             raise BenchError(f"--repeat must be >= 1, got {repeat}")
+        if repeat > MAX_REPEAT:
+            raise BenchError(f"--repeat must be <= {MAX_REPEAT:,}, got {repeat:,}")
         return list(range(repeat))
     if seeds is None:
         return [0]
     values = parse_int_list("--seeds", seeds)
     if any(v < 0 for v in values):
         raise BenchError(f"--seeds must be non-negative integers, got '{seeds}'")
+    too_big = [v for v in values if v > MAX_SEED]
+    if too_big:
+        raise BenchError(f"--seeds: {too_big[0]} is too large; a seed must be in 0..{MAX_SEED} (2**64 - 1, "
+                         "the range torch.manual_seed accepts)")
     if len(set(values)) != len(values):
         raise BenchError(f"--seeds lists a seed twice: '{seeds}'")
     return values
@@ -63,22 +77,32 @@ def coerce(token: str, raw: str, default: Any) -> Any:
     for kind in (int, float):
         if isinstance(default, kind):
             try:
-                return kind(raw)
+                value = kind(raw)
             except ValueError:
                 raise BenchError(f"--param {token}: '{raw}' is not {'an integer' if kind is int else 'a number'}") \
                     from None
+            return _finite(token, raw, value)
     if default is None:
         for kind in (int, float):
             try:
-                return kind(raw)
+                return _finite(token, raw, kind(raw))
             except ValueError:
                 pass
     return raw
 
 
+def _finite(token: str, raw: str, value: Any) -> Any:
+    """``nan`` and ``inf`` are floats to Python but never a parameter value: they train nonsense or
+    fail every cell, and ``NaN`` is not JSON (params are written into results.csv as JSON)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise BenchError(f"--param {token}: '{raw}' is not a finite number")
+    return value
+
+
 def parse_params(specs: list[str], registry: Registry, selected: dict[str, list[str]]) -> dict[str, dict[str, list]]:
     """Parse ``NAME.KEY=V1,V2`` tokens into ``{NAME: {KEY: [values]}}``, checked against the registry."""
     parsed: dict[str, dict[str, list]] = {}
+    given: dict[tuple[str, str], str] = {}
     for token in specs:
         if "=" not in token:
             raise BenchError(f"--param {token}: expected NAME.KEY=V1,V2 (missing '=')")
@@ -86,6 +110,10 @@ def parse_params(specs: list[str], registry: Registry, selected: dict[str, list[
         if "." not in lhs:
             raise BenchError(f"--param {token}: expected NAME.KEY=V1,V2 (missing '.' between component and key)")
         name, key = (s.strip() for s in lhs.split(".", 1))
+        if (name, key) in given:
+            raise BenchError(f"--param {token}: {name}.{key} is already given ({given[name, key]}); list all its "
+                             f"values in one --param {name}.{key}=V1,V2")
+        given[name, key] = token
         kinds = [kind for kind in COMPONENT_KINDS if name in registry.names(kind)]
         if not kinds:
             every = sorted({n for kind in COMPONENT_KINDS for n in registry.names(kind)})
