@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import shlex
 import sys
@@ -12,8 +13,9 @@ import click
 
 from bench import __version__
 from bench.errors import BenchError
+from bench.paths import default_data_dir
 
-DEFAULT_DATA_DIR = Path("~/.cache/gridbench").expanduser()
+DEFAULT_DATA_DIR = default_data_dir()
 
 
 class BenchGroup(click.Group):
@@ -33,6 +35,12 @@ class BenchGroup(click.Group):
             return super().invoke(ctx)
         except BenchError as exc:
             click.echo(f"Error: {exc}", err=True)
+            ctx.exit(2)
+        except OSError as exc:  # a full disk anywhere (a figure, a report): one line, not a traceback
+            if exc.errno not in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+                raise
+            click.echo(f"Error: no space left on the device{f' to write {exc.filename}' if exc.filename else ''}: "
+                       "free some space and run the same command again", err=True)
             ctx.exit(2)
         except click.UsageError as exc:  # a bad option value: one line too, pointing at --help
             where = f" (see: bench {exc.ctx.info_name} --help)" if exc.ctx is not None and exc.ctx is not ctx else ""
@@ -143,8 +151,10 @@ def main(plugin_modules):
               help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.")
 @click.option("--out", type=click.Path(path_type=Path), help="Run directory [default: runs/<timestamp>].")
 @click.option("--data-dir", type=click.Path(path_type=Path), envvar="BENCH_DATA_DIR", default=DEFAULT_DATA_DIR,
-              show_default="~/.cache/gridbench, or $BENCH_DATA_DIR", help="Cache for downloadable datasets.")
+              show_default=f"{DEFAULT_DATA_DIR}, or $BENCH_DATA_DIR", help="Cache for downloadable datasets.")
 @click.option("--force", is_flag=True, help="Rerun every cell, also those already finished in --out.")
+@click.option("--wait", is_flag=True, help="If another bench run is writing --out, wait for it to finish "
+              "[default: exit with status 2].")
 @click.option("--dry-run", is_flag=True, help="List the cells that would run and those already done; train nothing.")
 @click.option("--cuda-graphs", "cuda_graphs", type=click.Choice(["auto", "on", "off"]), default="auto",
               show_default=True, help="Capture each training step in a CUDA graph: auto (on for cuda, eager steps "
@@ -185,7 +195,7 @@ def _report_interrupt(ctx: click.Context, out: Path) -> None:
         previous = None
     try:
         store = RunStore(out)
-        if store.cells_dir.is_dir():
+        if store.cells_dir.is_dir() and store.held_here():  # not while waiting for another run's lock
             store.rebuild_tables()
             click.echo(f"\ninterrupted: {len(store.records())} cell record(s) are saved in {out}. Resume with:\n"
                        f"  {resume_command(ctx, out)}", err=True)
@@ -197,17 +207,19 @@ def _report_interrupt(ctx: click.Context, out: Path) -> None:
 
 
 def _run(ctx, *, grid, models, losses, datasets, params, seeds, repeat, epochs, batch_size, lr, optimizer, limit,
-         device_spec, out, data_dir, force, dry_run, cuda_graphs, compile_, threads, quiet, make_report,
+         device_spec, out, data_dir, force, wait, dry_run, cuda_graphs, compile_, threads, quiet, make_report,
          plugin_modules, executor, jobs, address):
     from bench import grid as grid_mod
     from bench.device import resolve_device
     from bench.env import environment
     from bench.runner import available_datasets, run_cells
     from bench.step import Execution
-    from bench.store import RunStore
+    from bench.store import RunLocked, RunStore
     from bench.threads import set_threads
 
-    set_threads(threads)
+    note = set_threads(threads)
+    if note:
+        click.echo(f"note: --threads: {note}", err=True)
     host, registry = make_host(plugin_modules)
     recipe = grid_mod.Recipe(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer)
     device = resolve_device(device_spec)
@@ -230,18 +242,24 @@ def _run(ctx, *, grid, models, losses, datasets, params, seeds, repeat, epochs, 
         seeds=seed_list, device=str(device), recipe=recipe, limit=limit,
     )
     store = RunStore(out)
+    if dry_run:
+        store.check_owned()
+    else:  # refuse a directory that is not a run's; lock it until this command ends
+        try:
+            ctx.with_resource(store.claim(wait=wait, on_wait=lambda line: click.echo(f"{line} ...", err=True)))
+        except RunLocked as exc:
+            raise BenchError(f"{exc}: wait for it to finish, or add --wait to wait for it") from None
     finished = {} if force else store.finished()
     done = {cell.cell_id: finished[cell.cell_id] for cell in cells if cell.cell_id in finished}
     if dry_run:
         click.echo(format_plan(cells, done, {r["row"]["cell_id"]: r["row"] for r in store.records()}, store.root))
         return
-    store.create()
     previous = store.read_env()
     env = environment(device, ctx.find_root().obj["argv"], execution) | {"cells": len(cells)}
     env["executor"] = {key: value for key, value in executor_choice.items() if value is not None}
     if previous:  # a resumed run keeps what the earlier runs into this directory were
         env["previous"] = [*previous.pop("previous", []), previous]
-    store.write_env(env)
+    store.stage_env(env)  # written with the first record: a run stopped by corrupt data leaves env.json alone
     if not quiet:
         click.echo(f"gridbench {__version__}: {len(cells)} cell(s) on {device} -> {store.root}", err=True)
     if done:
@@ -289,7 +307,9 @@ def resume_command(ctx: click.Context, out: Path) -> str:
     """The command line that resumes this run: the options the user gave, with --out, without --force."""
     from click.core import ParameterSource
 
-    words = ["bench", ctx.info_name or "run"]
+    root = ctx.find_root()
+    words = ["bench", *(w for module in root.params.get("plugin_modules") or () for w in ("-p", module)),
+             ctx.info_name or "run"]
     for param in ctx.command.params:
         if param.name in ("force", "dry_run", "out") or not isinstance(param, click.Option):
             continue
