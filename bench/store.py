@@ -218,7 +218,7 @@ class RunStore:
         if not self.root.exists():
             return
         if not self.root.is_dir():
-            raise BenchError(f"--out {self.root}: exists and is not a directory")
+            raise BenchError(f"{self.root} exists and is not a directory")
         try:
             entries = sorted(p.name for p in self.root.iterdir())
         except OSError as exc:
