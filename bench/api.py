@@ -276,9 +276,9 @@ def run(study: Path | str | Mapping | Study | None = None, *,
         data_dir: Path | str | None = None, force: bool = False, dry_run: bool = False,
         cuda_graphs: str = "auto", compile: bool = False, threads: int = 0, quiet: bool = False,
         report: bool = False, plugins: Iterable[str] = (), executor: str | None = None, jobs: int | None = None,
-        address: str | None = None, track=None, tune=None, trials: int | None = None, sampler: str | None = None,
-        tune_metric: str | None = None, target: str | None = None, eval_every: int | None = None, host=None,
-        argv: list[str] | None = None,
+        address: str | None = None, wait: bool = False, track=None, tune=None, trials: int | None = None,
+        sampler: str | None = None, tune_metric: str | None = None, target: str | None = None,
+        eval_every: int | None = None, host=None, argv: list[str] | None = None,
         echo: Callable[[str], None] = _stderr) -> Run:
     """Run a study and return the :class:`Run`; the options are ``bench run``'s.
 
@@ -288,21 +288,22 @@ def run(study: Path | str | Mapping | Study | None = None, *,
     the same ``out`` resumes (finished cells are skipped, failed ones retried; ``force`` reruns all).
     ``plugins`` are ``-p`` modules; ``host`` a ready :class:`bench.host.Host` instead. Bad input
     raises :class:`bench.BenchError` before anything trains; a failing cell does not raise (see
-    ``Run.failed``). ``echo`` receives the notes (stderr by default).
+    ``Run.failed``). ``echo`` receives the notes (stderr by default). The run directory is locked while
+    the run writes it: another process on the same ``out`` raises :class:`bench.store.RunLocked`
+    naming the holder, unless ``wait=True``.
     """
     from bench.device import resolve_device
-    from bench.env import environment
     from bench.grid import expand, triples_of
     from bench.host import Host
-    from bench.lifecycle import Lifecycle
-    from bench.runner import DataCache, available_datasets, run_cells
+    from bench.runner import DataCache, available_datasets
     from bench.step import Execution
     from bench.store import RunStore
-    from bench.study import dump
     from bench.threads import set_threads
     from bench.validate import check_cells
 
-    set_threads(threads)
+    note = set_threads(threads)
+    if note:
+        echo(f"note: threads: {note}")
     if host is None:
         host = Host(plugins)
         registry = host.registry
@@ -351,6 +352,28 @@ def run(study: Path | str | Mapping | Study | None = None, *,
         cells = [c for c in cells if c.seed == seeds_used[0]]
 
     store = RunStore(out_path)
+    if dry_run:
+        store.check_owned()
+        lock = None
+    else:  # refuse a directory that is not a run's; keep it locked until this run ends
+        lock = store.claim(wait=wait, on_wait=lambda line: echo(f"{line} ..."))
+        lock.__enter__()
+    try:
+        return _execute(**locals())
+    finally:
+        if lock is not None:
+            lock.__exit__(None, None, None)
+
+
+def _execute(*, store, cells, the_study, registry, host, torch_device, execution, executor_obj, executor_name,
+             trackers, data_dir, cache, notes, force, dry_run, quiet, report, jobs, address, argv, echo, tuning,
+             seeds_used, out_path, **_):
+    """The part of :func:`run` that reads and writes the run directory (locked by the caller)."""
+    from bench.env import environment
+    from bench.lifecycle import Lifecycle
+    from bench.runner import run_cells
+    from bench.study import dump
+
     finished = {} if force else store.finished()
     done = {cell.cell_id: finished[cell.cell_id] for cell in cells if cell.cell_id in finished}
     the_study = resolved(the_study, registry, cells, torch_device)
@@ -371,15 +394,16 @@ def run(study: Path | str | Mapping | Study | None = None, *,
     env["executor"] = {k: v for k, v in (("executor", executor_name), ("jobs", jobs), ("address", address))
                        if v is not None}
 
+    previous_env = store.read_env()  # a damaged env.json is named now, before anything trains
+
     def write_env() -> None:
         """env.json and study.yaml, once the first cell is done (corrupt data must not touch them)."""
-        previous = store.read_env()
+        previous = dict(previous_env)
         if previous:  # a resumed run keeps what the earlier runs into this directory were
             env["previous"] = [*previous.pop("previous", []), previous]
         store.write_env(env)
         store.write_text(STUDY_FILE, dump(the_study))
 
-    store.create()
     if not quiet:
         what = (f"{len(cells)} configuration(s) x {tuning.trials} trial(s), then {len(seeds_used)} seed(s) each"
                 if tuning is not None else f"{len(cells)} cell(s)")

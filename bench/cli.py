@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import shlex
 import sys
@@ -11,8 +12,9 @@ import click
 
 from bench import __version__
 from bench.errors import BenchError, OptionError
+from bench.paths import default_data_dir
 
-DEFAULT_DATA_DIR = Path("~/.cache/gridbench").expanduser()
+DEFAULT_DATA_DIR = default_data_dir()
 
 
 class BenchGroup(click.Group):
@@ -34,7 +36,16 @@ class BenchGroup(click.Group):
             click.echo(f"Error: {flag_message(exc)}", err=True)
             ctx.exit(2)
         except BenchError as exc:
-            click.echo(f"Error: {exc}", err=True)
+            from bench.store import RunLocked
+
+            hint = ": wait for it to finish, or add --wait to wait for it" if isinstance(exc, RunLocked) else ""
+            click.echo(f"Error: {exc}{hint}", err=True)
+            ctx.exit(2)
+        except OSError as exc:  # a full disk anywhere (a figure, a report): one line, not a traceback
+            if exc.errno not in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+                raise
+            click.echo(f"Error: no space left on the device{f' to write {exc.filename}' if exc.filename else ''}: "
+                       "free some space and run the same command again", err=True)
             ctx.exit(2)
         except click.UsageError as exc:  # a bad option value: one line too, pointing at --help
             where = f" (see: bench {exc.ctx.info_name} --help)" if exc.ctx is not None and exc.ctx is not ctx else ""
@@ -156,8 +167,10 @@ def main(plugin_modules):
 @click.option("--out", type=click.Path(path_type=Path), help="Run directory [default: runs/<timestamp>]. An "
               "existing run directory resumes: with no grid options, the study it keeps.")
 @click.option("--data-dir", type=click.Path(path_type=Path), envvar="BENCH_DATA_DIR", default=DEFAULT_DATA_DIR,
-              show_default="~/.cache/gridbench, or $BENCH_DATA_DIR", help="Cache for downloadable datasets.")
+              show_default=f"{DEFAULT_DATA_DIR}, or $BENCH_DATA_DIR", help="Cache for downloadable datasets.")
 @click.option("--force", is_flag=True, help="Rerun every cell, also those already finished in --out.")
+@click.option("--wait", is_flag=True, help="If another bench run is writing --out, wait for it to finish "
+              "[default: exit with status 2].")
 @click.option("--dry-run", is_flag=True, help="List the cells that would run and those already done; train nothing.")
 @click.option("--cuda-graphs", "cuda_graphs", type=click.Choice(["auto", "on", "off"]), default="auto",
               show_default=True, help="Capture each training step in a CUDA graph: auto (on for cuda, eager steps "
@@ -221,8 +234,7 @@ def _report_interrupt(ctx: click.Context, out: Path) -> None:
         previous = None
     try:
         store = RunStore(out)
-        if store.cells_dir.is_dir():
-            store.rebuild_tables()
+        if store.cells_dir.is_dir() and store.records():  # each record rebuilt the tables as it was written
             click.echo(f"\ninterrupted: {len(store.records())} cell record(s) are saved in {out}. Resume with:\n"
                        f"  {resume_command(ctx, out)}", err=True)
         else:
@@ -233,9 +245,9 @@ def _report_interrupt(ctx: click.Context, out: Path) -> None:
 
 
 def _run(ctx, *, study, grid, models, losses, datasets, params, seeds, repeat, epochs, batch_size, lr, optimizer,
-         weight_decay, schedule, limit, device_spec, out, data_dir, force, dry_run, cuda_graphs, compile_, threads,
-         tune, trials, sampler, tune_metric, target, eval_every, track, quiet, make_report, plugin_modules, executor,
-         jobs, address):
+         weight_decay, schedule, limit, device_spec, out, data_dir, force, wait, dry_run, cuda_graphs, compile_,
+         threads, tune, trials, sampler, tune_metric, target, eval_every, track, quiet, make_report, plugin_modules,
+         executor, jobs, address):
     from bench import api
 
     host, _ = make_host(plugin_modules)
@@ -243,7 +255,8 @@ def _run(ctx, *, study, grid, models, losses, datasets, params, seeds, repeat, e
         study, grid=grid, models=models, losses=losses, datasets=datasets, params=list(params), seeds=seeds,
         repeat=repeat, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, weight_decay=weight_decay,
         schedule=schedule, limit=limit, device=device_spec, out=out, data_dir=data_dir, force=force,
-        dry_run=dry_run, cuda_graphs=cuda_graphs, compile=compile_, threads=threads, quiet=quiet, report=False,
+        dry_run=dry_run, wait=wait, cuda_graphs=cuda_graphs, compile=compile_, threads=threads, quiet=quiet,
+        report=False,
         host=host, executor=executor, jobs=jobs, address=address, track=track, tune=list(tune), trials=trials,
         sampler=sampler, tune_metric=tune_metric, target=target, eval_every=eval_every,
         argv=ctx.find_root().obj["argv"],
@@ -278,7 +291,9 @@ def resume_command(ctx: click.Context, out: Path) -> str:
     """The command line that resumes this run: the options the user gave, with --out, without --force."""
     from click.core import ParameterSource
 
-    words = ["bench", ctx.info_name or "run"]
+    root = ctx.find_root()
+    words = ["bench", *(w for module in root.params.get("plugin_modules") or () for w in ("-p", module)),
+             ctx.info_name or "run"]
     for param in ctx.command.params:
         if param.name in ("force", "dry_run", "out") or not isinstance(param, click.Option):
             continue

@@ -169,7 +169,8 @@ def train_record(index: int, cell: Cell, registry: Registry, cache: DataCache, d
 
     An ``ok`` record carries the final weights under ``"state_dict"`` and the class templates under
     ``"templates_state"`` for the driver to store.
-    Only Ctrl-C and corrupt data (:class:`DataCorrupt`, which stops the run) propagate.
+    Only Ctrl-C and corrupt data (:class:`DataCorrupt`, which stops the run) propagate; a
+    ``sys.exit()`` in plugin code is the cell's failure, not the end of the grid.
     """
     record: dict[str, Any] = {"index": index}
     try:
@@ -180,8 +181,10 @@ def train_record(index: int, cell: Cell, registry: Registry, cache: DataCache, d
         raise
     except IncompatibleCell as exc:
         record["row"] = _row(cell, "skipped", str(exc))
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         message = _one_line(exc)
+        if isinstance(exc, SystemExit):
+            message = f"SystemExit: the cell's code called sys.exit({exc.code!r})"
         if isinstance(exc, torch.cuda.OutOfMemoryError):
             message += " (out of device memory: try a smaller --batch-size or model)"
         record["row"] = _row(cell, "failed", message)

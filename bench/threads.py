@@ -49,9 +49,31 @@ def prefer_passive_openmp() -> bool:
     return passive
 
 
-def set_threads(threads: int | None) -> None:
-    """``torch.set_num_threads(threads)`` when given (``None``/0: torch's default, one per core)."""
-    if threads:
-        import torch
+def available_cores() -> int:
+    """The CPUs this process may run on (its affinity where the platform has one, else all)."""
+    if hasattr(os, "sched_getaffinity"):
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except OSError:
+            pass
+    return os.cpu_count() or 1
 
-        torch.set_num_threads(threads)
+
+def set_threads(threads: int | None) -> str | None:
+    """``torch.set_num_threads(threads)`` when given (``None``/0: torch's default, one per core).
+
+    A count above the cores this process may use is capped to them, and the returned note says so:
+    more threads than cores only slow a run down, and a huge count (100000) crashes OpenMP with a
+    segmentation fault rather than failing cleanly.
+    """
+    if not threads:
+        return None
+    import torch
+
+    cores = available_cores()
+    note = None
+    if threads > cores:
+        note = f"{threads} CPU threads asked for, but this process may use {cores} core(s): using {cores}"
+        threads = cores
+    torch.set_num_threads(threads)
+    return note

@@ -6,15 +6,15 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
+from html import escape
 from pathlib import Path
 
 import pandas as pd
 
 from bench import stats
-from bench.errors import BenchError
 from bench.store import atomic_write
 from reports import cellfigs, figures, html
-from reports.load import REPORT_MARKER, Runs, read_runs
+from reports.load import REPORT_MARKER, Runs, prepare_report_dir, read_runs
 from reports.tables import Tables, make_tables
 
 RUN_FACTS = ("device", "device_name", "torch", "gridbench", "cpu", "torch_threads", "command", "started")
@@ -41,7 +41,8 @@ class Report:
 
 def _write_tables(frame: pd.DataFrame, shown: pd.DataFrame, out: Path, stem: str, table_id: str) -> None:
     atomic_write(out / f"{stem}.csv", frame.to_csv(index=False))
-    cells = shown.map(lambda v: str(v).replace("|", "\\|"))  # a '|' in a name would split the column
+    # plugin names and errors are text, never markup: escape HTML; a '|' would split the column
+    cells = shown.map(lambda v: escape(str(v), quote=False).replace("|", "\\|"))
     markdown = cells.to_markdown(index=False, disable_numparse=True) if len(shown) else "(no cells)"
     atomic_write(out / f"{stem}.md", markdown + "\n")
     atomic_write(out / f"{stem}.html", html.standalone_table(shown, table_id, f"gridbench {stem}"))
@@ -142,10 +143,7 @@ def build_report(run_dirs: list[Path | str], out: Path | str | None = None) -> R
     """Read the run directories and write the report; returns where everything went."""
     runs = read_runs([Path(p) for p in run_dirs])
     out = Path(out) if out is not None else default_out([run.root for run in runs.runs])
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise BenchError(f"cannot create the report directory {out}: {exc.strerror}") from None
+    prepare_report_dir(out, [run.root for run in runs.runs])  # refuses a folder that is not a report
     tables = make_tables(runs)
     summary_shown = tables.display(tables.summary)
     if "error" in summary_shown and not summary_shown["error"].astype(bool).any():

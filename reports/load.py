@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from bench.errors import BenchError
-from bench.store import RunStore
+from bench.store import RunStore, atomic_write
 
 
 @dataclass
@@ -97,6 +97,32 @@ def is_report_dir(root: Path) -> bool:
     return (root / REPORT_MARKER).is_file() or ((root / "index.html").is_file() and (root / "summary.csv").is_file())
 
 
+def prepare_report_dir(out: Path, runs: list[Path]) -> None:
+    """Make ``out`` the report directory of ``runs``, refusing to write where a report would overwrite or
+    damage what is not a report: a folder that is neither new, empty nor an earlier gridbench report,
+    or one inside a run directory's ``cells/`` or ``weights/``. The marker (``report.json``) is written
+    first, so a report killed half-way is still recognised as one (and may be overwritten)."""
+    resolved = out.resolve()
+    for run in runs:
+        root = run.resolve()
+        if resolved == root or any(resolved.is_relative_to(root / part) for part in ("cells", "weights")):
+            raise BenchError(f"the report directory {out} would be inside the run directory {run} itself; "
+                             f"choose another (the default is {run / 'report'})")
+    if out.exists():
+        if not out.is_dir():
+            raise BenchError(f"the report directory {out} exists and is not a directory")
+        entries = sorted(p.name for p in out.iterdir())
+        if entries and not is_report_dir(out):
+            shown = ", ".join(entries[:4]) + (f" and {len(entries) - 4} more" if len(entries) > 4 else "")
+            raise BenchError(f"{out} is not empty and is not a gridbench report (it holds {shown}): a report "
+                             "is written only into a new or empty directory or over an earlier report; choose another")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BenchError(f"cannot create the report directory {out}: {exc.strerror}") from None
+    atomic_write(out / REPORT_MARKER, json.dumps({"runs": [str(r.resolve()) for r in runs]}, indent=1) + "\n")
+
+
 def read_runs(paths: list[Path | str]) -> Runs:
     """Read every run directory; a path that is not one is a clear error.
 
@@ -120,14 +146,14 @@ def read_runs(paths: list[Path | str]) -> Runs:
     for label, root in zip(_labels(roots), roots):
         if not root.is_dir():
             raise BenchError(f"{root}: no such run directory")
-        store = RunStore(root)
-        frame = store.results()
-        records = {r["row"]["cell_id"]: r for r in store.records()}
+        store = RunStore(root)  # rows and history come from the cell records (results.csv may be stale or cut)
+        cell_records = store.records()
+        frame = store.results(cell_records)
+        records = {r["row"]["cell_id"]: r for r in cell_records}
         runs.append(Run(label, root, store.read_env(), records))
         results.append(frame.assign(run=label))
-        hist_path = root / "history.csv"
-        if hist_path.exists() and hist_path.stat().st_size:
-            hist = store.history()
+        hist = store.history(cell_records)
+        if "cell_id" in hist.columns:
             hist = hist.merge(frame[["cell_id", "device"]], on="cell_id", how="left")
             history.append(hist.assign(run=label))
     results_frame = _with_labels(pd.concat(results, ignore_index=True))
