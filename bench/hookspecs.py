@@ -119,28 +119,36 @@ def bench_run_start(run):
 
 @hookspec
 def bench_cell_start(cell):
-    """A cell (a :class:`bench.config.Cell`) starts training. With an executor that trains elsewhere
+    """A cell (a :class:`bench.config.Cell`) starts training.
+
+    Called as it starts, for each cell that trains in this run. With an executor that trains elsewhere
     (``process``, ``ray``), called when its record reaches the driver, just before ``bench_cell_end``."""
 
 
 @hookspec
 def bench_epoch_end(cell, row):
-    """An epoch of ``cell`` ended. ``row`` is its history row: ``epoch``, ``train_loss``, ``train_acc``,
-    ``val_loss``, ``val_acc``, ``epoch_time_s``. With ``process``/``ray``: when the cell's record arrives."""
+    """An epoch of ``cell`` ended. ``row`` is its row of history.csv: ``cell_id``, ``model``, ``loss``,
+    ``dataset``, ``params``, ``seed``, ``epoch``, ``train_loss``, ``train_acc``, ``val_loss``, ``val_acc``,
+    ``epoch_time_s``.
+
+    Called after each epoch; with ``process``/``ray``, for each epoch when the cell's record arrives."""
 
 
 @hookspec
 def bench_cell_end(cell, record):
     """A cell finished (``ok``), failed or was skipped, and its record is written to ``cells/ID.json``.
 
-    ``record["row"]`` is its row of results.csv (``status``, ``error``, metrics, timings);
-    ``record["history"]`` its epochs."""
+    Called once per cell that trained in this run, after its record is on disk. ``record["row"]`` is
+    its row of results.csv (``status``, ``error``, metrics, timings); ``record["history"]`` its epochs;
+    ``record["started_at"]``/``["ended_at"]`` the attempt's wall-clock times (Unix seconds)."""
 
 
 @hookspec
 def bench_run_end(run, results):
-    """The run ended (also after Ctrl-C, before the exception goes on). ``results`` are the rows of the
-    study's cells (dicts, as in results.csv), those finished by earlier runs included."""
+    """The run ended. ``results`` are the rows of the study's cells (dicts, as in results.csv), those
+    finished by earlier runs included.
+
+    Called once per run, last; also after Ctrl-C, before the interruption goes on."""
 
 
 @hookspec

@@ -20,7 +20,7 @@ import torch
 from bench.data import DataSplits
 from bench.errors import BenchError, DataCorrupt, DatasetUnavailable, IncompatibleCell
 from bench.grid import Cell
-from bench.host import Registry
+from bench.host import BrokenPlugin, Registry
 from bench.step import Execution
 from bench.store import RunStore
 from bench.templates import template_entry
@@ -177,7 +177,7 @@ def train_record(index: int, cell: Cell, registry: Registry, cache: DataCache, d
         data = cache.get(registry, cell, data_dir, device)
         record.update(_train_one(cell, registry, data, device, events, execution))
         record["row"]["data_time_s"] += cache.take_load_time()
-    except (KeyboardInterrupt, DataCorrupt):
+    except (KeyboardInterrupt, DataCorrupt, BrokenPlugin):  # BrokenPlugin: an observer under BENCH_STRICT_PLUGINS
         raise
     except IncompatibleCell as exc:
         record["row"] = _row(cell, "skipped", str(exc))

@@ -7,12 +7,17 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import textwrap
 import uuid
+from pathlib import Path
 
 import pytest
 
+from bench.host import BrokenPlugin
 from tests.conftest import REPO, run_bench
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"
 
 #: Appends every event, with what it was given, as a JSON line to $BENCH_EVENTS.
 RECORDER = textwrap.dedent('''
@@ -196,6 +201,45 @@ def test_a_raising_hook_is_reported_once_by_name_and_the_run_goes_on(cli, plugin
     assert [r["status"] for r in table(out / "results.csv")] == ["ok"] * 4
     assert len(table(out / "history.csv")) == 8
     assert (tmp_path / "events.jsonl").read_text().splitlines() == ["epoch_end"]  # and nothing after it
+
+
+def test_under_strict_plugins_a_raising_hook_is_an_error_with_its_traceback(cli, plugin, tmp_path, monkeypatch):
+    name = plugin(RAISER)
+    monkeypatch.setenv("BENCH_STRICT_PLUGINS", "1")
+    with pytest.raises(BrokenPlugin, match=f"plugin '{name}' failed in bench_epoch_end: ValueError: boom") as info:
+        cli("run", "-p", name, *GRID, "--out", tmp_path / "run")
+    assert isinstance(info.value.__cause__, ValueError)
+
+
+def doc_block(heading: str, index: int) -> str:
+    section = DOC.read_text().split(f"\n{heading}\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, flags=re.S)[index]
+
+
+def test_the_documented_observer_works(cli, plugin, tmp_path):
+    name = plugin(doc_block("## Observing a run: lifecycle hooks", 0))
+    out = tmp_path / "run"
+    result = cli("run", "-p", name, *GRID, "--out", out)
+    assert result.exit_code == 0, result.output
+    results = table(out / "results.csv")
+    lines = result.stderr.splitlines()
+    assert len([line for line in lines if ": ok test_acc=" in line]) == 4
+    best = max(results, key=lambda r: float(r["test_acc"]))
+    assert lines[-1] == (f"best: {best['model']}+{best['loss']} seed={best['seed']} "
+                         f"test_acc={float(best['test_acc']):.4f}")
+
+
+def test_the_documented_tracker_works(cli, plugin, tmp_path):
+    name = plugin(doc_block("## Trackers", 0))
+    out = tmp_path / "run"
+    result = cli("run", "-p", name, "--track", "jsonl", *GRID, "--out", out)
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in (out / "track.jsonl").read_text().splitlines()]
+    epochs = [line for line in lines if "epoch" in line]
+    assert [(e["cell_id"], e["epoch"], e["val_acc"]) for e in epochs] == [
+        (h["cell_id"], int(h["epoch"]), float(h["val_acc"])) for h in table(out / "history.csv")]
+    assert sorted((c["cell_id"], c["status"]) for c in lines if "status" in c) == sorted(
+        (r["cell_id"], r["status"]) for r in table(out / "results.csv"))
 
 
 @pytest.mark.parametrize("blocked", [False, True])
