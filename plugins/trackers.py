@@ -276,6 +276,10 @@ class MlflowTracker:
 
     def cell_end(self, cell, record) -> None:
         state = self.cells.pop(cell.cell_id, None)
+        if state and state["run_id"] is not None and state["seen"] > record.get("ended_at", state["seen"]):
+            # opened while a cell that had ended elsewhere was replayed (slowly): its times were not the cell's
+            self.client.delete_run(state["run_id"])
+            state = None
         if state is None or state["run_id"] is None:
             stamps = [stamp for _, stamp in state["epochs"]] if state else []
             if record.get("ended_at") is None or any(t > record["ended_at"] for t in stamps):

@@ -8,14 +8,18 @@ import csv
 import json
 import os
 import re
+import signal
+import subprocess
+import sys
 import textwrap
+import time
 import uuid
 from pathlib import Path
 
 import pytest
 
 from bench.host import BrokenPlugin
-from tests.conftest import REPO, run_bench
+from tests.conftest import REPO, bench_env, run_bench
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"
 
@@ -187,6 +191,29 @@ def test_events_reach_the_driver_with_the_process_executor(plugin, tmp_path):
     evts = events(tmp_path / "events.jsonl")
     (driver,) = {e["pid"] for e in evts if e["event"] == "run_start"}
     check_run(evts, out, {driver})
+
+
+def test_ctrl_c_still_ends_the_run_with_what_is_on_disk(plugin, tmp_path):
+    name = plugin(RECORDER)
+    out = tmp_path / "run"
+    env = {**bench_env(), "PYTHONPATH": os.pathsep.join([str(REPO), str(tmp_path)]),
+           "BENCH_EVENTS": str(tmp_path / "events.jsonl")}
+    args = ["-p", name, *GRID, "--seeds", "0,1,2,3", "--out", str(out)]
+    driver = subprocess.Popen([sys.executable, "-m", "bench", "run", *args], cwd=REPO, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list((out / "cells").glob("*.json")):
+        assert driver.poll() is None and time.monotonic() < deadline, driver.stderr.read()
+        time.sleep(0.02)
+    driver.send_signal(signal.SIGINT)
+    _, stderr = driver.communicate(timeout=120)
+    assert driver.returncode == 130, stderr
+    evts = events(tmp_path / "events.jsonl")
+    assert evts[0]["event"] == "run_start" and evts[-1]["event"] == "run_end"
+    on_disk = sorted(json.loads(p.read_text())["row"]["cell_id"] for p in (out / "cells").glob("*.json"))
+    assert 1 <= len(on_disk) < 8, "interrupted too late to test anything"
+    assert sorted(r["cell_id"] for r in evts[-1]["results"]) == on_disk
+    assert sorted(e["cell"] for e in evts if e["event"] == "cell_end") == on_disk
 
 
 def test_a_raising_hook_is_reported_once_by_name_and_the_run_goes_on(cli, plugin, tmp_path):

@@ -140,7 +140,10 @@ def assert_mlflow_mirrors(out: Path, uri: str | None = None, experiment: str | N
         assert len(done) == 1, f"cell {cell}: {len(done)} finished MLflow runs"
         run = done[0]
         finished[cell] = run.info.run_id
-        assert run.info.start_time <= run.info.end_time
+        # the attempt's own times (these tests' cells are short, so they are logged when they end)
+        record = json.loads((out / "cells" / f"{cell}.json").read_text())
+        assert (run.info.start_time, run.info.end_time) == (int(record["started_at"] * 1000),
+                                                            int(record["ended_at"] * 1000))
         assert run.data.tags["status"] == result["status"]
         assert set(run.data.params) >= set(IDENTITY_COLUMNS)
         for column in IDENTITY_COLUMNS:
@@ -372,3 +375,17 @@ def test_kills_in_the_trackers_windows_leave_each_cell_once(plugin, tmp_path):
     assert client.get_run(running.info.run_id).info.status == "KILLED"
     assert sorted(c.info.status for c in children) == ["FINISHED"] * 4 + ["KILLED"]
     assert_tensorboard_mirrors(out)
+
+
+@pytest.mark.slow
+def test_cells_from_worker_processes_are_logged_with_their_own_times(plugin, tmp_path):
+    """With --executor process a cell's events reach the driver when it has ended; even when a slow
+    observer makes their replay take seconds, the MLflow run has the times the cell trained at."""
+    pytest.importorskip("mlflow")
+    out = tmp_path / "run"
+    env = {"PYTHONPATH": os.pathsep.join([str(REPO), str(tmp_path)]), "BENCH_SLOW_EPOCH": "0.6",
+           "OMP_NUM_THREADS": "1"}
+    proc = run_bench("run", "-p", plugin, *GRID, "--seeds", "0", "--track", "mlflow", "--executor", "process",
+                     "--jobs", "2", "--out", out, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert len(assert_mlflow_mirrors(out)) == 2
