@@ -69,6 +69,8 @@ class Run:
     tracked: tuple[str, ...] = ()
     to_train: int = 0
     device: str = ""
+    #: Set when the run ended: True if it stopped early (Ctrl-C, corrupt data) rather than ran every cell.
+    interrupted: bool = False
 
     @property
     def store(self):
@@ -158,7 +160,8 @@ def load(run_dir: Path | str) -> Run:
 
 def study_from_options(*, grid=None, models=None, losses=None, datasets=None, params=(), seeds=None, repeat=None,
                        epochs=None, batch_size=None, lr=None, optimizer=None, weight_decay=None, schedule=None,
-                       limit=None, device=None, track=None) -> Study:
+                       limit=None, device=None, track=None, tune=None, trials=None, sampler=None,
+                       tune_metric=None, target=None, eval_every=None) -> Study:
     """A :class:`Study` from ``bench.run``'s (and ``bench run``'s) options; ``None`` means not given.
 
     Lists may be Python lists or comma-separated strings; ``params`` are ``NAME.KEY=V1,V2`` strings or
@@ -186,7 +189,15 @@ def study_from_options(*, grid=None, models=None, losses=None, datasets=None, pa
     return Study(models=names("models", models), losses=names("losses", losses),
                  datasets=names("datasets", datasets), grid=grid, params=study_mod.param_specs(params),
                  recipe=recipe, seeds=study_mod.seed_values(seeds, repeat), limit=limit, device=device,
-                 track=names("track", track))
+                 track=names("track", track), tune=_tune_specs(tune), trials=trials, sampler=sampler,
+                 tune_metric=tune_metric, target=target if study_mod.parse_target(target) else None,
+                 eval_every=eval_every)
+
+
+def _tune_specs(tune) -> dict[str, Any]:
+    from bench.tune import parse_tune_options
+
+    return parse_tune_options(tune) if tune else {}
 
 
 def study_source(study) -> str:
@@ -230,7 +241,9 @@ def resolved(study: Study, registry, cells, device) -> Study:
     out = Study(models=study.models, losses=study.losses, datasets=study.datasets, grid=study.grid, params=params,
                 recipe=recipe, zip=study.zip, exclude=study.exclude,
                 seeds=list(dict.fromkeys(c.seed for c in cells)), limit=study.limit or 0,
-                device=study.device or str(device), track=study.track)
+                device=study.device or str(device), track=study.track, tune=study.tune, trials=study.trials,
+                sampler=study.sampler, tune_metric=study.tune_metric, target=study.target,
+                eval_every=study.eval_every)
     if out.grid is None and not any((out.models, out.losses, out.datasets)):
         out.grid = registry.default("grid")
     return out
@@ -265,7 +278,9 @@ def run(study: Path | str | Mapping | Study | None = None, *,
         data_dir: Path | str | None = None, force: bool = False, dry_run: bool = False,
         cuda_graphs: str = "auto", compile: bool = False, threads: int = 0, quiet: bool = False,
         report: bool = False, plugins: Iterable[str] = (), executor: str | None = None, jobs: int | None = None,
-        address: str | None = None, track=None, host=None, argv: list[str] | None = None,
+        address: str | None = None, track=None, tune=None, trials: int | None = None, sampler: str | None = None,
+        tune_metric: str | None = None, target: str | None = None, eval_every: int | None = None, host=None,
+        argv: list[str] | None = None,
         echo: Callable[[str], None] = _stderr) -> Run:
     """Run a study and return the :class:`Run`; the options are ``bench run``'s.
 
@@ -300,10 +315,14 @@ def run(study: Path | str | Mapping | Study | None = None, *,
     options = study_from_options(grid=grid, models=models, losses=losses, datasets=datasets, params=params,
                                  seeds=seeds, repeat=repeat, epochs=epochs, batch_size=batch_size, lr=lr,
                                  optimizer=optimizer, weight_decay=weight_decay, schedule=schedule, limit=limit,
-                                 device=device, track=track)
+                                 device=device, track=track, tune=tune, trials=trials, sampler=sampler,
+                                 tune_metric=tune_metric, target=target, eval_every=eval_every)
     the_study = resolve_study(study, options, out_path, registry)
     torch_device = resolve_device(the_study.device or "auto")
-    execution = Execution(cuda_graphs=cuda_graphs, compile=compile)
+    from bench.study import parse_target
+
+    execution = Execution(cuda_graphs=cuda_graphs, compile=compile, target=parse_target(the_study.target),
+                          eval_every=the_study.eval_every or 0)
     execution.step_mode(torch_device)  # cuda_graphs="on" without cuda: fail before any work
     executor_name, executor_obj = make_executor(registry, executor, jobs, address)
     trackers = make_trackers(registry, the_study.track)
@@ -328,13 +347,24 @@ def run(study: Path | str | Mapping | Study | None = None, *,
             raise BenchError(f"{study_source(study)}: {exc.option}: {exc.text}") from None
         raise
     check_cells(registry, cells)
+    tuning = make_tuning(the_study, registry, cells)
+    seeds_used = list(dict.fromkeys(c.seed for c in cells))
+    if tuning is not None:  # the study's cells on the first seed are the configurations to tune
+        cells = [c for c in cells if c.seed == seeds_used[0]]
 
     store = RunStore(out_path)
     finished = {} if force else store.finished()
     done = {cell.cell_id: finished[cell.cell_id] for cell in cells if cell.cell_id in finished}
     the_study = resolved(the_study, registry, cells, torch_device)
+    if tuning is not None:
+        the_study.seeds = seeds_used
     if dry_run:
         recorded = {r["row"]["cell_id"]: r["row"] for r in store.records()}
+        if tuning is not None:
+            notes.append(f"tuning {', '.join(f'{k}={s.describe()}' for k, s in tuning.spaces.items())}: "
+                         f"{tuning.trials} trial(s) per configuration ({tuning.sampler} sampler, on the first seed, "
+                         f"by {tuning.metric}), then the best values with seeds {seeds_used}; the configurations:")
+            echo(notes[-1])
         plan = [("done" if c.cell_id in done else "retry" if recorded.get(c.cell_id, {}).get("status") == "failed"
                  else "run", c) for c in cells]
         return Run(out_path, the_study, cells, plan=plan, notes=notes)
@@ -353,33 +383,90 @@ def run(study: Path | str | Mapping | Study | None = None, *,
 
     store.create()
     if not quiet:
-        echo(f"gridbench {__version__}: {len(cells)} cell(s) on {torch_device} -> {store.root}")
-    if done:
+        what = (f"{len(cells)} configuration(s) x {tuning.trials} trial(s), then {len(seeds_used)} seed(s) each"
+                if tuning is not None else f"{len(cells)} cell(s)")
+        echo(f"gridbench {__version__}: {what} on {torch_device} -> {store.root}")
+    if done and tuning is None:
         labels = [cell.label for cell in cells if cell.cell_id in done]
         labels = "; ".join(labels[:10]) + (f"; and {len(labels) - 10} more" if len(labels) > 10 else "")
         echo(f"resume: {len(done)} of {len(cells)} cell(s) already finished in {store.root} are skipped "
              f"(force reruns them): {labels}")
     others = len({r["row"]["cell_id"] for r in store.records()} - {cell.cell_id for cell in cells})
-    if others and not quiet:
+    if others and not quiet and tuning is None:
         echo(f"note: {store.root} also holds {others} cell(s) of other studies; results.csv lists them too")
 
-    the_run = Run(store.root, the_study, cells, notes=notes, quiet=quiet, tracked=tuple(trackers),
-                  to_train=len(cells) - len(done), device=str(torch_device))
+    to_train = (len(cells) * (tuning.trials + len(seeds_used)) if tuning is not None
+                else len(cells) - len(done))
+    the_run = Run(store.root, the_study, list(cells), notes=notes, quiet=quiet, tracked=tuple(trackers),
+                  to_train=to_train, device=str(torch_device))
     events = Lifecycle(host, trackers, echo)
     events.run_start(the_run)
-    rows: list[dict[str, Any]] = []
-    try:
-        summary = run_cells(cells, registry, store, torch_device, data_dir, done=done, executor=executor_obj,
+    trained: dict[str, dict[str, Any]] = {}
+    first_write = [write_env]
+
+    def train(batch: list) -> list[dict[str, Any]]:
+        """Train the cells of ``batch`` not finished yet (resuming); their rows, in order."""
+        finished_now = {} if force else store.finished()
+        if force:
+            finished_now = {k: v for k, v in trained.items()}
+        already = {c.cell_id: finished_now[c.cell_id] for c in batch if c.cell_id in finished_now}
+
+        def once() -> None:
+            if first_write:
+                first_write.pop()()
+
+        summary = run_cells(batch, registry, store, torch_device, data_dir, done=already, executor=executor_obj,
                             plugin_modules=tuple(host.modules), execution=execution, cache=cache,
-                            on_first_record=write_env, events=events)
-        rows = summary.rows
+                            on_first_record=once, events=events)
+        for row in summary.rows:
+            trained[row["cell_id"]] = row
+        return summary.rows
+
+    rows: list[dict[str, Any]] = []
+    completed = False
+    try:
+        if tuning is None:
+            rows = train(cells)
+        else:
+            from bench.tune import run_tuning
+
+            finals = run_tuning(tuning, registry, cells, seeds_used, store.root, train,
+                                lambda: {r["row"]["cell_id"]: r["row"] for r in store.records()},
+                                batch_size=0 if tuning.sampler == "qmc" else max(1, jobs or 1))
+            final_rows = train(finals)
+            the_run.cells = [*the_run.cells, *finals]
+            rows = [*[r for r in trained.values() if r.get("phase") == "tune"], *final_rows]
+        completed = True
     finally:
         if not rows:  # interrupted: what is on disk is what finished
-            rows = [record["row"] for record in store.records() if record["row"]["cell_id"] in
-                    {c.cell_id for c in cells}]
+            ids = {c.cell_id for c in cells} | set(trained)
+            rows = [record["row"] for record in store.records() if record["row"]["cell_id"] in ids]
         the_run.rows = rows
+        the_run.interrupted = not completed
         events.run_end(the_run, rows)
+    if first_write:  # nothing ran (all finished before): still record this study
+        write_env()
+        store.rebuild_tables()
     result = the_run
     if report:
         result.report()
     return result
+
+
+def make_tuning(study: Study, registry, cells):
+    """The study's :class:`bench.tune.Tuning`, checked against its cells, or None when nothing is tuned."""
+    if not study.tune:
+        if study.trials is not None or study.sampler is not None or study.tune_metric is not None:
+            raise OptionError("tune", "is needed for trials, sampler and tune_metric (what should be tuned?)")
+        return None
+    from bench.tune import Tuning, check_spaces, parse_space
+
+    spaces = {key: parse_space(key, spec) for key, spec in study.tune.items()}
+    for key in spaces:
+        swept = study.recipe.get(key) if key in study.recipe else study.params.get(key)
+        if swept is not None and len(swept) > 1:
+            raise OptionError("tune", f"{key} is both tuned and swept ({swept}): choose one")
+    tuning = Tuning(spaces, trials=8 if study.trials is None else study.trials, sampler=study.sampler or "qmc",
+                    metric=study.tune_metric or "val_acc")
+    tuning.spaces = check_spaces(tuning, registry, cells)
+    return tuning

@@ -166,6 +166,19 @@ def main(plugin_modules):
               "timed as warm-up, apart from the epochs).")
 @click.option("--threads", type=click.IntRange(min=0), default=0, metavar="N",
               help="CPU threads for torch (0: torch's default, one per core).")
+@click.option("--tune", "tune", multiple=True, metavar="KEY=LOW:HIGH[:log]",
+              help="Tune KEY (a recipe key such as lr, or a parameter NAME.KEY such as adam.beta2) per configuration "
+                   "on the validation split, then train the best value with every seed (repeatable; categorical: "
+                   "KEY=a|b|c).")
+@click.option("--trials", type=int, metavar="N", help="Tuning trials per configuration. [default: 8]")
+@click.option("--sampler", type=click.Choice(["qmc", "tpe"]), help="Tuning sampler: quasi-random Sobol points or "
+              "TPE (Optuna), seeded by the first seed. [default: qmc]")
+@click.option("--tune-metric", type=click.Choice(["val_acc", "val_loss"]), help="What tuning optimises (val_acc is "
+              "maximised, val_loss minimised). [default: val_acc]")
+@click.option("--target", metavar="val_acc=X|val_loss=X", help="Time to target: record, per cell, the first epoch, "
+              "training steps and training seconds at which the validation metric reached X.")
+@click.option("--eval-every", type=click.IntRange(min=0), metavar="STEPS", help="Also evaluate on the validation "
+              "split every STEPS training steps (a finer time to target; timed apart from training). [default: 0]")
 @click.option("--track", metavar="NAME[,NAME]", help="Log the run to experiment trackers, e.g. mlflow, tensorboard "
               "(bench list shows them; each is an optional extra).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
@@ -221,7 +234,8 @@ def _report_interrupt(ctx: click.Context, out: Path) -> None:
 
 def _run(ctx, *, study, grid, models, losses, datasets, params, seeds, repeat, epochs, batch_size, lr, optimizer,
          weight_decay, schedule, limit, device_spec, out, data_dir, force, dry_run, cuda_graphs, compile_, threads,
-         track, quiet, make_report, plugin_modules, executor, jobs, address):
+         tune, trials, sampler, tune_metric, target, eval_every, track, quiet, make_report, plugin_modules, executor,
+         jobs, address):
     from bench import api
 
     host, _ = make_host(plugin_modules)
@@ -230,7 +244,9 @@ def _run(ctx, *, study, grid, models, losses, datasets, params, seeds, repeat, e
         repeat=repeat, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, weight_decay=weight_decay,
         schedule=schedule, limit=limit, device=device_spec, out=out, data_dir=data_dir, force=force,
         dry_run=dry_run, cuda_graphs=cuda_graphs, compile=compile_, threads=threads, quiet=quiet, report=False,
-        host=host, executor=executor, jobs=jobs, address=address, track=track, argv=ctx.find_root().obj["argv"],
+        host=host, executor=executor, jobs=jobs, address=address, track=track, tune=list(tune), trials=trials,
+        sampler=sampler, tune_metric=tune_metric, target=target, eval_every=eval_every,
+        argv=ctx.find_root().obj["argv"],
         echo=lambda message: click.echo(message, err=True),
     )
     if dry_run:
@@ -239,6 +255,14 @@ def _run(ctx, *, study, grid, models, losses, datasets, params, seeds, repeat, e
     click.echo(format_summary(result.rows))
     if len({row["seed"] for row in result.rows}) > 1:
         click.echo("\n" + format_seed_statistics(result.rows))
+    if any(row.get("target") for row in result.rows):
+        import pandas as pd
+
+        from bench import stats
+
+        table = stats.time_to_target(pd.DataFrame(result.rows))
+        click.echo("\ntime to target (training time until the validation metric first reached it; median over "
+                   "the seeds that did):\n" + stats.format_time_to_target(table))
     click.echo(f"results: {result.path / 'results.csv'}")
     if make_report:
         write_report([result.path], None)
@@ -319,7 +343,8 @@ def format_summary(rows) -> str:
     from bench.config import RECIPE_FIELDS
 
     varying = [(c, c) for c in (*RECIPE_FIELDS, "limit") if len({str(r.get(c)) for r in rows}) > 1]
-    columns = [*SUMMARY_COLUMNS[:4], *varying, *SUMMARY_COLUMNS[4:]]
+    tuned = [("phase", "phase"), ("trial", "trial")] if any(r.get("phase") == "tune" for r in rows) else []
+    columns = [*SUMMARY_COLUMNS[:4], *varying, *SUMMARY_COLUMNS[4:5], *tuned, *SUMMARY_COLUMNS[5:]]
     table = [[label for _, label in columns]]
     for row in rows:
         table.append([_fmt(key, row.get(key)) for key, _ in columns])

@@ -115,6 +115,11 @@ class Cell:
     #: ``{"model": {...}, "loss": {...}, "dataset": {...}, "optimizer": {...}, "schedule": {...}}``:
     #: overrides of those plugins' default parameters.
     overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    #: ``final`` (a result) or ``tune`` (a tuning trial, see bench/tune.py: then ``trial`` is its Optuna
+    #: trial number and part of the identity); ``tuning`` names the tuned configuration it belongs to.
+    phase: str = "final"
+    trial: int | None = None
+    tuning: str = ""
 
     def __post_init__(self):
         object.__setattr__(self, "overrides", _frozen(self.overrides))
@@ -152,7 +157,10 @@ class Cell:
                 **dataclasses.asdict(self.recipe), "limit": self.limit, "device": self.device_kind}
 
     def identity(self) -> dict[str, Any]:
-        return {**self.config(), "seed": self.seed}
+        identity = {**self.config(), "seed": self.seed}
+        if self.phase == "tune":  # a trial is its own experiment, even where its values repeat
+            identity.update(phase=self.phase, trial=self.trial, tuning=self.tuning)
+        return identity
 
     @property
     def config_key(self) -> str:
@@ -176,7 +184,8 @@ class Cell:
         ``device`` is the device that trained it (``cuda:1``); its identity uses only the kind.
         """
         return {"cell_id": self.cell_id, **self.config(), "params": self.params_json, "device": self.device,
-                "seed": self.seed, "status": status, "error": error}
+                "seed": self.seed, "phase": self.phase, "trial": self.trial, "tuning": self.tuning,
+                "status": status, "error": error}
 
     @property
     def label(self) -> str:
@@ -186,7 +195,8 @@ class Cell:
         recipe = [r.optimizer, f"lr={r.lr:g}"] + ([f"wd={r.weight_decay:g}"] if r.weight_decay else [])
         recipe += [r.schedule, f"batch={r.batch_size}", f"epochs={r.epochs}"]
         recipe += [f"limit={self.limit}"] if self.limit else []
-        return f"{config_label(self.config())} on {self.dataset} [{' '.join(recipe)}] seed={self.seed}"
+        trial = f" trial={self.trial}" if self.phase == "tune" else ""
+        return f"{config_label(self.config())} on {self.dataset} [{' '.join(recipe)}] seed={self.seed}{trial}"
 
 
 def _key(values: Mapping[str, Any]) -> str:

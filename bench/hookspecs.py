@@ -95,19 +95,43 @@ def bench_register_executors(register):
 
 @hookspec
 def bench_register_optimizers(register):
-    """Register optimizers (temporary spec; documented fully with the optimizer plugins)."""
+    """Register optimizers (``--optimizer NAME``).
+
+    Called once when components are collected. ``register(name, factory, params=None,
+    description="")`` where ``factory(params, lr: float, weight_decay: float, **params)`` returns an
+    object with torch's optimizer interface: ``step()``, ``zero_grad()``, ``param_groups`` (each a dict
+    whose ``"lr"`` is read at every step, so that a schedule can change it) and ``state_dict()`` /
+    ``load_state_dict()``; a ``torch.optim.Optimizer`` qualifies. It is called once per cell with the
+    model's parameters (a list of tensors), ``lr`` and ``weight_decay`` as keywords, and the
+    registered ``params`` (overridden by ``--param NAME.KEY=V``). A factory that also names a keyword
+    ``capturable`` receives ``capturable=True`` when the step is captured in a CUDA graph: it must then
+    keep all its state, and its learning rate as a tensor, on the parameters' device, and step without
+    host synchronisation. The built-ins ``adam``, ``adamw`` and ``sgd`` are registered through this
+    hook by ``plugins.optimizers``.
+    """
 
 
 @hookspec
 def bench_register_schedules(register):
-    """Register learning-rate schedules (temporary spec; documented fully with the schedule plugins)."""
+    """Register learning-rate schedules (``--schedule NAME``).
+
+    Called once when components are collected. ``register(name, factory, params=None,
+    description="")`` where ``factory(optimizer, total_steps: int, **params)`` returns a scheduler (an
+    object whose ``step()`` is called once after every optimizer step, and which sets each of
+    ``optimizer.param_groups``' ``"lr"``), or ``None`` for no per-step work at all. ``total_steps`` is
+    the cell's number of optimizer steps (epochs x batches per epoch). A tensor ``lr`` must be updated
+    in place (``lr.fill_(value)``, as :func:`bench.optim.set_lr` and torch's schedulers do), or a
+    captured CUDA graph would not see it; :class:`bench.optim.FactorSchedule` sets ``lr = base_lr *
+    factor(t)`` that way. The built-ins ``constant``, ``cosine`` and ``warmup-cosine`` are registered
+    through this hook by ``plugins.schedules``.
+    """
 
 
 # -- lifecycle: observing a run (see bench/lifecycle.py) ---------------------------------------------------
 
 @hookspec
 def bench_run_start(run):
-    """A run starts: its cells are expanded and checked, nothing has trained yet.
+    """Called when a run starts: its cells are expanded and checked, nothing has trained yet.
 
     ``run`` is the :class:`bench.Run` being written: ``path`` (the run directory), ``study`` (the
     resolved :class:`bench.Study`), ``cells`` (every cell of the study), ``to_train`` (how many of them
@@ -119,36 +143,32 @@ def bench_run_start(run):
 
 @hookspec
 def bench_cell_start(cell):
-    """A cell (a :class:`bench.config.Cell`) starts training.
-
-    Called as it starts, for each cell that trains in this run. With an executor that trains elsewhere
-    (``process``, ``ray``), called when its record reaches the driver, just before ``bench_cell_end``."""
+    """Called when a cell (a :class:`bench.config.Cell`) starts training. With an executor that trains
+    elsewhere (``process``, ``ray``): when its record reaches the driver, just before ``bench_cell_end``."""
 
 
 @hookspec
 def bench_epoch_end(cell, row):
-    """An epoch of ``cell`` ended. ``row`` is its row of history.csv: ``cell_id``, ``model``, ``loss``,
-    ``dataset``, ``params``, ``seed``, ``epoch``, ``train_loss``, ``train_acc``, ``val_loss``, ``val_acc``,
-    ``epoch_time_s``.
-
-    Called after each epoch; with ``process``/``ray``, for each epoch when the cell's record arrives."""
+    """Called when an epoch of ``cell`` ended. ``row`` is its row of history.csv: ``cell_id``, ``model``,
+    ``loss``, ``dataset``, ``params``, ``seed``, ``epoch``, ``train_loss``, ``train_acc``, ``val_loss``,
+    ``val_acc``, ``epoch_time_s``. With ``process``/``ray``: when the cell's record arrives."""
 
 
 @hookspec
 def bench_cell_end(cell, record):
-    """A cell finished (``ok``), failed or was skipped, and its record is written to ``cells/ID.json``.
+    """Called when a cell finished (``ok``), failed or was skipped, once its record is written to
+    ``cells/ID.json``.
 
-    Called once per cell that trained in this run, after its record is on disk. ``record["row"]`` is
-    its row of results.csv (``status``, ``error``, metrics, timings); ``record["history"]`` its epochs;
-    ``record["started_at"]``/``["ended_at"]`` the attempt's wall-clock times (Unix seconds)."""
+    ``record["row"]`` is its row of results.csv (``status``, ``error``, metrics, timings);
+    ``record["history"]`` its epochs; ``record["started_at"]``/``["ended_at"]`` the attempt's wall-clock
+    times (Unix seconds)."""
 
 
 @hookspec
 def bench_run_end(run, results):
-    """The run ended. ``results`` are the rows of the study's cells (dicts, as in results.csv), those
-    finished by earlier runs included.
-
-    Called once per run, last; also after Ctrl-C, before the interruption goes on."""
+    """Called when the run ended (also after Ctrl-C, before the exception goes on: then ``run.interrupted``
+    is true). ``results`` are the rows of the study's cells (dicts, as in results.csv), those finished by
+    earlier runs included."""
 
 
 @hookspec

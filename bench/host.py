@@ -19,6 +19,7 @@ from typing import Any
 import pluggy
 
 from bench import PROJECT, __version__, hookspecs
+from bench.config import COMPONENT_KINDS
 from bench.errors import BenchError
 
 
@@ -62,7 +63,7 @@ Triple = tuple[str, str, str]
 
 @dataclass(frozen=True)
 class Component:
-    """One registered model, loss, dataset or executor."""
+    """One registered model, loss, dataset, executor, optimizer or schedule."""
 
     kind: str
     name: str
@@ -94,7 +95,7 @@ class Grid:
         for cell in cells:
             if not (isinstance(cell, (tuple, list)) and len(cell) == 3 and all(isinstance(n, str) for n in cell)):
                 raise BenchError(f"{where}: a cell must be a (model, loss, dataset) triple of names, got {cell!r}")
-            for kind, name in zip(KINDS, cell):
+            for kind, name in zip(COMPONENT_KINDS, cell):
                 try:
                     registry.get(kind, name)
                 except BenchError as exc:

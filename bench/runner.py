@@ -21,6 +21,7 @@ from bench.data import DataSplits
 from bench.errors import BenchError, DataCorrupt, DatasetUnavailable, IncompatibleCell
 from bench.grid import Cell
 from bench.host import BrokenPlugin, Registry
+from bench.recipe import recipe_factories
 from bench.step import Execution
 from bench.store import RunStore
 from bench.templates import template_entry
@@ -325,7 +326,9 @@ def _train_one(cell: Cell, registry: Registry, data: DataSplits, device: torch.d
         events.cell_start(cell)
     # observers get each epoch's row exactly as the record's history will hold it
     on_epoch = (lambda h: events.epoch_end(cell, {**base, **h})) if events is not None else None
-    result = train_cell(cell, model, loss_fn, data, device, on_epoch=on_epoch, execution=execution)
+    make_optimizer, make_schedule = recipe_factories(registry, cell)
+    result = train_cell(cell, model, loss_fn, data, device, on_epoch=on_epoch, execution=execution,
+                        make_optimizer=make_optimizer, make_schedule=make_schedule)
     row.update(result.metrics)
     row.update(result.timing)
     row.update(result.execution)

@@ -20,12 +20,14 @@ reported as ``tied``.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from collections.abc import Sequence
 
 import pandas as pd
 
 from bench.config import CONFIG_COLUMNS, axes, comparable, config_frame, config_label, varying_label
+from bench.tune import tuned_keys
 
 #: Columns that open the comparisons table (before ``a``, ``b``): where and along which axis.
 GROUP_COLUMNS = ["dataset", "axis", "fixed"]
@@ -85,7 +87,15 @@ def paired_test(a: Sequence[float], b: Sequence[float], confidence: float = 0.95
     return mean, half, float(2 * stdtr(n - 1, -abs(t)))
 
 
+def results_only(results: pd.DataFrame) -> pd.DataFrame:
+    """The rows that are results: tuning trials (``phase == "tune"``) left out."""
+    if "phase" in results:
+        return results[results["phase"].fillna("final").astype(str) != "tune"]
+    return results
+
+
 def _ok(results: pd.DataFrame, metric: str) -> pd.DataFrame:
+    results = results_only(results)
     frame = results[results["status"] == "ok"].copy()
     frame[metric] = pd.to_numeric(frame[metric], errors="coerce")
     return frame
@@ -102,7 +112,8 @@ def aggregate(results: pd.DataFrame, metric: str = "test_acc", confidence: float
     """One row per configuration: its configuration columns (canonical, see :func:`bench.config.config_frame`),
     ``label``, ``n`` (finished seeds), ``seeds``, ``failed``, and the metric's ``mean``, ``std``, ``ci``
     (half-width), ``ci_low`` and ``ci_high``, in first-seen order."""
-    columns = [*CONFIG_COLUMNS, "label", "n", "seeds", "failed", "mean", "std", "ci", "ci_low", "ci_high"]
+    columns = [*CONFIG_COLUMNS, "label", "tuned", "n", "seeds", "failed", "mean", "std", "ci", "ci_low", "ci_high"]
+    results = results_only(results)
     if results.empty:
         return pd.DataFrame(columns=columns)
     _, groups = _configs(results)
@@ -110,7 +121,9 @@ def aggregate(results: pd.DataFrame, metric: str = "test_acc", confidence: float
     for key, group in groups:
         ok = _ok(group, metric)
         mean, std, half = mean_ci(ok[metric], confidence)
-        rows.append({**dict(zip(CONFIG_COLUMNS, key)), "n": len(ok),
+        tuning = group["tuning"].dropna().astype(str) if "tuning" in group else pd.Series([], dtype=str)
+        rows.append({**dict(zip(CONFIG_COLUMNS, key)), "tuned": ",".join(tuned_keys(next(iter(tuning), ""))),
+                     "n": len(ok),
                      "seeds": ",".join(str(s) for s in sorted(ok["seed"].astype(int))),
                      "failed": int((group["status"] == "failed").sum()), "mean": mean, "std": std, "ci": half,
                      "ci_low": mean - half, "ci_high": mean + half})
@@ -179,13 +192,14 @@ def _ckey(config) -> tuple:
 def _groups(configs: list[dict]) -> dict[tuple[str, str], list[dict]]:
     """Configurations by (axis, what they share): each group varies along that one axis only."""
     groups: dict[tuple[str, str], list[dict]] = {}
-    split = [axes(c) for c in configs]
+    seen = [_untuned(c) for c in configs]
+    split = [axes(c) for c in seen]
     for i, j in itertools.combinations(range(len(configs)), 2):
-        axis = comparable(configs[i], configs[j])
+        axis = comparable(seen[i], seen[j])
         if axis is None:
             continue
         varying = ("model", "loss") if axis == "recipe" else (axis,)
-        fixed = ", ".join(f"{k}={_show(configs[i], k)}" for k in split[i]
+        fixed = ", ".join(f"{k}={_show(seen[i], k)}" for k in split[i]
                           if k not in varying and not k.startswith("_") and k not in ("model", "loss"))
         if axis != "recipe":
             fixed = f"{config_label(configs[i])}; " + fixed
@@ -194,6 +208,22 @@ def _groups(configs: list[dict]) -> dict[tuple[str, str], list[dict]]:
             if not any(m is c for m in members):
                 members.append(c)
     return groups
+
+
+def _untuned(config: dict) -> dict:
+    """A tuned configuration as comparisons see it: its tuned keys are "tuned", not a value (each
+    configuration is compared at its own best values)."""
+    keys = [k for k in str(config.get("tuned") or "").split(",") if k]
+    if not keys:
+        return config
+    out = dict(config)
+    params = json.loads(out["params"]) if isinstance(out["params"], str) else dict(out["params"])
+    for key in keys:
+        if key in out:
+            out[key] = "tuned"
+        params.pop(key, None)
+    out["params"] = json.dumps(params, sort_keys=True)
+    return out
 
 
 def _show(config, axis: str) -> str:
@@ -252,3 +282,108 @@ def format_comparisons(table: pd.DataFrame, alpha: float = 0.05, confidence: flo
     header = ["dataset", "axis", "a", "b", "n", "diff a-b", f"{confidence:.0%} CI", "p", "p (Holm)",
               f"verdict (alpha={alpha:g})"]
     return _table(header, body, right={4, 5, 7, 8})
+
+
+# -- across datasets ---------------------------------------------------------------------------------------
+
+def _per_dataset_scores(results: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, bool]:
+    """Mean ``metric`` per (configuration without its dataset, dataset), and whether higher is better.
+
+    Accuracies become errors (1 - accuracy) so that every score is a cost: smaller is better.
+    """
+    summary = aggregate(results, metric)
+    if summary.empty:
+        return pd.DataFrame(columns=["config", "dataset", "cost"]), False
+    others = [c for c in CONFIG_COLUMNS if c not in ("dataset",)]
+    labels = varying_label([{**r, "dataset": ""} for r in summary.to_dict("records")])
+    frame = summary.assign(config=[lbl for lbl in labels], key=summary[others].astype(str).agg("|".join, axis=1))
+    higher = metric.endswith("acc")
+    frame["cost"] = (1 - frame["mean"]) if higher else frame["mean"]
+    return frame[["key", "config", "dataset", "cost"]], higher
+
+
+def performance_profiles(results: pd.DataFrame, metric: str = "test_acc", taus: Sequence[float] | None = None
+                         ) -> pd.DataFrame:
+    """AlgoPerf-style performance profiles across datasets.
+
+    For each configuration (its dataset left out) and dataset, the cost is the test error (or the
+    metric when lower is better, e.g. a time to target); its ratio to the best cost on that dataset is
+    ``r >= 1`` (infinite where the configuration did not finish there). A configuration's profile at
+    ``tau`` is the fraction of datasets with ``r <= tau``: 1 at ``tau = 1`` means best everywhere.
+    Columns: ``config``, ``tau``, ``fraction``. Empty with fewer than two datasets.
+    """
+    frame, _ = _per_dataset_scores(results, metric)
+    datasets = list(dict.fromkeys(frame["dataset"]))
+    if len(datasets) < 2:
+        return pd.DataFrame(columns=["config", "tau", "fraction"])
+    best = frame.groupby("dataset")["cost"].min()
+    ratios: dict[str, dict[str, float]] = {}
+    labels: dict[str, str] = {}
+    for row in frame.itertuples(index=False):
+        labels[row.key] = row.config
+        b = best[row.dataset]
+        if not math.isfinite(row.cost):
+            r = math.inf
+        elif b <= 0:
+            r = 1.0 if row.cost <= 0 else math.inf
+        else:
+            r = row.cost / b
+        ratios.setdefault(row.key, {})[row.dataset] = r
+    finite = [r for per in ratios.values() for r in per.values() if math.isfinite(r)]
+    if taus is None:
+        top = max([*finite, 1.0]) * 1.05
+        taus = [1 + (top - 1) * i / 49 for i in range(50)]
+    rows = []
+    for key, per in ratios.items():
+        for tau in taus:
+            hits = sum(per.get(d, math.inf) <= tau * (1 + 1e-9) for d in datasets)  # ratios carry rounding
+            rows.append({"config": labels[key], "tau": float(tau), "fraction": hits / len(datasets)})
+    return pd.DataFrame(rows, columns=["config", "tau", "fraction"])
+
+
+def mean_ranks(results: pd.DataFrame, metric: str = "test_acc") -> pd.DataFrame:
+    """Rank of each configuration (dataset left out) on each dataset by its mean metric (1 = best; a
+    configuration missing on a dataset ranks last there), and the mean rank across datasets.
+    Columns: ``config``, one per dataset, ``mean_rank``; best first. Empty with fewer than two datasets."""
+    frame, _ = _per_dataset_scores(results, metric)
+    datasets = list(dict.fromkeys(frame["dataset"]))
+    if len(datasets) < 2:
+        return pd.DataFrame(columns=["config", "mean_rank"])
+    table = frame.pivot_table(index=["key", "config"], columns="dataset", values="cost", aggfunc="first")
+    ranks = table.rank(axis=0, method="average", na_option="bottom")
+    ranks["mean_rank"] = ranks[datasets].mean(axis=1)
+    out = ranks.reset_index().drop(columns="key")[["config", *datasets, "mean_rank"]]
+    return out.sort_values("mean_rank", kind="stable").reset_index(drop=True)
+
+
+def time_to_target(results: pd.DataFrame) -> pd.DataFrame:
+    """Per configuration with a ``target``: how many finished seeds reached it, and over those the median
+    training seconds, steps and epoch at which they did. Columns: the configuration columns, ``label``,
+    ``target``, ``reached`` (e.g. ``2/3``), ``time_s``, ``steps``, ``epoch``. Empty without targets."""
+    columns = [*CONFIG_COLUMNS, "label", "target", "reached", "time_s", "steps", "epoch"]
+    results = results_only(results)
+    if results.empty or "target" not in results or results["target"].isna().all():
+        return pd.DataFrame(columns=columns)
+    ok = results[(results["status"] == "ok") & results["target"].notna()]
+    if ok.empty:
+        return pd.DataFrame(columns=columns)
+    _, groups = _configs(ok)
+    rows = []
+    for key, group in groups:
+        hit = group[pd.to_numeric(group["target_time_s"], errors="coerce").notna()]
+        rows.append({**dict(zip(CONFIG_COLUMNS, key)), "target": str(group["target"].iloc[0]),
+                     "reached": f"{len(hit)}/{len(group)}",
+                     "time_s": pd.to_numeric(hit["target_time_s"]).median() if len(hit) else math.nan,
+                     "steps": pd.to_numeric(hit["target_steps"]).median() if len(hit) else math.nan,
+                     "epoch": pd.to_numeric(hit["target_epoch"]).median() if len(hit) else math.nan})
+    for row, label in zip(rows, varying_label(rows)):
+        row["label"] = label
+    return pd.DataFrame(rows, columns=columns)
+
+
+def format_time_to_target(table: pd.DataFrame) -> str:
+    """``cell  dataset  target  reached  median s  median steps  median epoch`` per configuration."""
+    body = [[r.label, str(r.dataset), r.target, r.reached, _num(r.time_s, ".3g"), _num(r.steps, ".0f"),
+             _num(r.epoch, ".0f")] for r in table.itertuples(index=False)]
+    header = ["cell", "dataset", "target", "reached", "median s", "median steps", "median epoch"]
+    return _table(header, body, right={3, 4, 5, 6})

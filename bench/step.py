@@ -10,22 +10,33 @@ Three ways to run the same arithmetic:
 - ``graph``: the ``static`` step captured once per batch length in a CUDA graph and replayed; a step
   is one index copy and one replay, with no Python in between.
 
+The optimiser comes from ``make_optimizer(parameters, capturable)`` (``capturable`` is true for
+``static`` and ``graph``), the learning-rate schedule, if any, from ``make_schedule(optimizer,
+total_steps)``; the schedule is stepped after every optimiser step, outside the captured graph: it
+updates the learning rate tensor that the graph reads.
+
 Warm-up (first steps, compilation, capture) happens in :meth:`Step.prepare`, on a snapshot of the
-model and optimiser that is restored afterwards, so it changes no result and is timed apart.
+model and optimiser that is restored afterwards, so it changes no result and is timed apart. It does
+not step the schedule.
 """
 
 from __future__ import annotations
 
+import copy
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from bench.errors import BenchError, OptionError
-from bench.optim import make_optimizer
+from bench.optim import state_tensor_ptrs
 
 GRAPH_CHOICES = ("auto", "on", "off")
+#: What a target can be set on: validation accuracy (reached from below) or loss (from above).
+TARGET_METRICS = ("val_acc", "val_loss")
 MODES = ("plain", "static", "graph")
 
 
@@ -41,8 +52,20 @@ class Execution:
     cuda_graphs: str = "auto"
     compile: bool = False
     mode: str | None = None
+    #: Time to target: ``("val_acc", 0.97)`` records when the validation metric first reaches the value
+    #: (``val_loss``: falls to it); ``eval_every`` evaluates the validation split every N training steps
+    #: as well as at each epoch's end (the evaluations are timed apart from training).
+    target: tuple[str, float] | None = None
+    eval_every: int = 0
 
     def __post_init__(self):
+        if self.target is not None:
+            metric, value = self.target
+            if metric not in TARGET_METRICS or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise OptionError("target", f"must be {' or '.join(TARGET_METRICS)}=VALUE with a finite value, "
+                                            f"got {metric}={value}")
+        if isinstance(self.eval_every, bool) or not isinstance(self.eval_every, int) or self.eval_every < 0:
+            raise OptionError("eval_every", f"must be an integer >= 0, got {self.eval_every!r}")
         if self.cuda_graphs not in GRAPH_CHOICES:
             raise OptionError("cuda_graphs", f"must be one of {', '.join(GRAPH_CHOICES)}, got '{self.cuda_graphs}'")
         if self.mode is not None and self.mode not in MODES:
@@ -66,11 +89,14 @@ class Step:
 
     mode = "plain"
 
-    def __init__(self, model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor, optimizer: str,
-                 lr: float, compile: bool = False):
+    def __init__(self, model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor,
+                 make_optimizer: Callable[[list[torch.Tensor], bool], Any],
+                 make_schedule: Callable[[Any], Any] | None = None, compile: bool = False):
         self.model, self.loss_fn, self.x, self.y = model, loss_fn, x, y
         self.device = x.device
-        self.optimizer = make_optimizer(optimizer, model.parameters(), lr, capturable=self.mode != "plain")
+        self.optimizer = make_optimizer(list(model.parameters()), self.mode != "plain")
+        #: stepped after every optimiser step; ``None``: the learning rate stays as it is
+        self.schedule = make_schedule(self.optimizer) if make_schedule is not None else None
         self.forward = torch.compile(model) if compile else model
         self.loss_sum = torch.zeros((), device=self.device)
         self.correct = torch.zeros((), device=self.device, dtype=torch.int64)
@@ -91,8 +117,15 @@ class Step:
             self.loss_sum.add_(loss.detach().float(), alpha=len(yb))
             self.correct.add_((logits.detach().argmax(1) == yb).sum())
 
-    def __call__(self, idx: torch.Tensor) -> None:
+    def run(self, idx: torch.Tensor) -> None:
+        """One training step on the batch ``idx``, without the schedule."""
         self._train(self.x.index_select(0, idx), self.y.index_select(0, idx))
+
+    def __call__(self, idx: torch.Tensor) -> None:
+        """One training step on the batch ``idx``, then the schedule's step."""
+        self.run(idx)
+        if self.schedule is not None:
+            self.schedule.step()
 
     def prepare(self, lengths: Iterable[int], warmup_steps: int = 1) -> None:
         """Run ``warmup_steps`` steps per batch length on a snapshot, then put everything back."""
@@ -100,7 +133,7 @@ class Step:
         for length in sorted(set(lengths)):
             idx = torch.arange(length, device=self.device)
             for _ in range(warmup_steps):
-                self(idx)
+                self.run(idx)
         saved.restore()
         self.reset()
 
@@ -129,7 +162,7 @@ class StaticStep(Step):
         torch.index_select(self.y, 0, idx, out=yb)
         self._train(xb, yb)
 
-    def __call__(self, idx: torch.Tensor) -> None:
+    def run(self, idx: torch.Tensor) -> None:
         self.buffers(len(idx))[0].copy_(idx)
         self._body(len(idx))
 
@@ -144,7 +177,19 @@ class GraphStep(StaticStep):
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
 
     def prepare(self, lengths: Iterable[int], warmup_steps: int = 3) -> None:
-        """Warm up on a side stream (as capture requires), restore the snapshot, then capture."""
+        """Warm up on a side stream (as capture requires), restore the snapshot, then capture.
+
+        With a schedule, every param group's learning rate must be a tensor on the device (updated in
+        place by the schedule) or the graph would replay the first one: otherwise this raises, and
+        :func:`build_step` falls back to eager steps.
+        """
+        if self.schedule is not None:
+            floats = [g["lr"] for g in self.optimizer.param_groups
+                      if not (isinstance(g["lr"], torch.Tensor) and g["lr"].device == self.device)]
+            if floats:
+                raise BenchError(f"the optimizer {type(self.optimizer).__name__} keeps its learning rate as "
+                                 f"{type(floats[0]).__name__}, not as a tensor on {self.device}: a captured step "
+                                 "would not see the schedule's changes")
         saved = _Snapshot(self.model, self.optimizer)
         main_stream = torch.cuda.current_stream(self.device)
         try:
@@ -168,6 +213,9 @@ class GraphStep(StaticStep):
                     self._body(length)
         torch.cuda.current_stream(self.device).wait_stream(stream)
         saved.restore()
+        if not saved.in_place:
+            raise BenchError(f"the optimizer {type(self.optimizer).__name__}'s load_state_dict() does not restore its "
+                             "state in place (e.g. state created on the first step), which a captured graph needs")
         self.reset()
         for length in lengths:
             self.optimizer.zero_grad()
@@ -176,30 +224,47 @@ class GraphStep(StaticStep):
                 self._body(length)
             self.graphs[length] = graph
         saved.restore(rng=False)  # capture runs nothing, but be exact about it
+        self._lrs = [g["lr"] for g in self.optimizer.param_groups]
         self.reset()
 
-    def __call__(self, idx: torch.Tensor) -> None:
+    def run(self, idx: torch.Tensor) -> None:
         self.buffers(len(idx))[0].copy_(idx)
         self.graphs[len(idx)].replay()
 
+    def __call__(self, idx: torch.Tensor) -> None:
+        self.run(idx)
+        if self.schedule is not None:
+            self.schedule.step()
+            if any(g["lr"] is not lr for g, lr in zip(self.optimizer.param_groups, self._lrs)):
+                raise BenchError("the schedule replaced the optimizer's learning rate tensor instead of updating it "
+                                 "in place (lr.fill_(value)): the captured CUDA graph would not see it")
+
 
 class _Snapshot:
-    """Copies of a model's parameters and buffers, the optimiser's state and the RNG states."""
+    """Copies of a model's parameters and buffers, the optimiser's state and the RNG states.
+
+    The optimiser's state is a deep copy of its ``state_dict()``, put back with ``load_state_dict()``;
+    :attr:`in_place` then says whether that kept the state's tensors where they were (the built-in
+    optimisers copy into them), which is what a captured CUDA graph needs.
+    """
 
     def __init__(self, model: nn.Module, optimizer):
         self.model, self.optimizer = model, optimizer
-        self.tensors = [*model.parameters(), *model.buffers(), *optimizer.state_tensors()]
+        self.tensors = [*model.parameters(), *model.buffers()]
         self.copies = [t.detach().clone() for t in self.tensors]
-        self.steps = list(getattr(optimizer, "steps", []))
+        self.optimizer_state = copy.deepcopy(optimizer.state_dict())
+        self.in_place = True
         self.cpu_rng = torch.get_rng_state()
         self.cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
 
     @torch.no_grad()
     def restore(self, rng: bool = True) -> None:
-        for tensor, copy in zip(self.tensors, self.copies):
-            tensor.copy_(copy)
-        if self.steps:
-            self.optimizer.steps = list(self.steps)
+        for tensor, saved in zip(self.tensors, self.copies):
+            tensor.copy_(saved)
+        before = state_tensor_ptrs(self.optimizer)
+        # a copy again: an optimiser may keep the tensors it is given (torch.optim does), and train them
+        self.optimizer.load_state_dict(copy.deepcopy(self.optimizer_state))
+        self.in_place = state_tensor_ptrs(self.optimizer) == before
         self.optimizer.zero_grad()
         if not rng:
             return
@@ -212,14 +277,18 @@ STEPS = {"plain": Step, "static": StaticStep, "graph": GraphStep}
 
 
 def build_step(execution: Execution, model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor,
-               optimizer: str, lr: float, lengths: list[int]) -> Step:
+               lengths: list[int], make_optimizer: Callable[[list[torch.Tensor], bool], Any],
+               make_schedule: Callable[[Any, int], Any] | None = None, total_steps: int = 0) -> Step:
     """The prepared (warmed-up, and on cuda captured) step for ``execution`` on ``x``'s device.
 
-    With ``cuda_graphs=auto`` a model that cannot be captured falls back to the plain step, and the
-    step's ``note`` says why; with ``on`` that is an error.
+    ``make_optimizer(parameters, capturable)`` builds the optimiser, ``make_schedule(optimizer,
+    total_steps)`` the schedule (or ``None``). With ``cuda_graphs=auto`` a model, optimiser or
+    schedule that cannot be captured falls back to the plain step (a fresh optimiser and schedule),
+    and the step's ``note`` says why; with ``on`` that is an error.
     """
+    schedule = (lambda optimizer: make_schedule(optimizer, total_steps)) if make_schedule is not None else None
     mode = execution.step_mode(x.device)
-    step = STEPS[mode](model, loss_fn, x, y, optimizer, lr, compile=execution.compile)
+    step = STEPS[mode](model, loss_fn, x, y, make_optimizer, schedule, compile=execution.compile)
     if mode != "graph":
         step.prepare(lengths)
         return step
@@ -231,7 +300,7 @@ def build_step(execution: Execution, model: nn.Module, loss_fn: Callable, x: tor
         if execution.cuda_graphs == "on" and execution.mode is None:
             raise BenchError(f"CUDA graph capture failed: {reason} (use --cuda-graphs auto or off)") from exc
         torch.cuda.synchronize(x.device)
-    fallback = Step(model, loss_fn, x, y, optimizer, lr, compile=execution.compile)
+    fallback = Step(model, loss_fn, x, y, make_optimizer, schedule, compile=execution.compile)
     fallback.note = f"CUDA graph capture failed, ran eager steps: {reason}"
     fallback.prepare(lengths)
     return fallback

@@ -36,7 +36,7 @@ from bench.errors import BenchError, OptionError
 
 #: The keys a study file may have.
 STUDY_KEYS = ("models", "losses", "datasets", "grid", "params", "recipe", "zip", "exclude", "seeds", "limit",
-              "device", "track")
+              "device", "track", "tune", "trials", "sampler", "tune_metric", "target", "eval_every")
 #: Recipe fields holding plugin names (the others are numbers).
 NAME_FIELDS = ("optimizer", "schedule")
 INT_FIELDS = ("batch_size", "epochs")
@@ -66,13 +66,23 @@ class Study:
     device: str | None = None
     #: Experiment trackers to log to (not part of any cell's configuration).
     track: list[str] | None = None
+    #: Tuning (bench/tune.py): ``{key: "LOW:HIGH[:log]" | [choices] | {low, high, log}}``, the trial budget
+    #: per configuration, the sampler (qmc, tpe) and the validation metric (val_acc, val_loss).
+    tune: dict[str, Any] = field(default_factory=dict)
+    trials: int | None = None
+    sampler: str | None = None
+    tune_metric: str | None = None
+    #: Time to target (not part of any cell's configuration): ``"val_acc=0.97"``, and how often (in
+    #: training steps) to evaluate on the validation split besides each epoch's end.
+    target: str | None = None
+    eval_every: int | None = None
 
     def merged(self, override: Study) -> Study:
         """This study with every key that ``override`` sets replaced (recipe and params key by key)."""
-        out = dataclasses.replace(self, params=dict(self.params), recipe=dict(self.recipe))
+        out = dataclasses.replace(self, params=dict(self.params), recipe=dict(self.recipe), tune=dict(self.tune))
         for f in dataclasses.fields(self):
             value = getattr(override, f.name)
-            if f.name in ("params", "recipe"):
+            if f.name in ("params", "recipe", "tune"):
                 getattr(out, f.name).update(value)
             elif value not in (None, [], {}):
                 setattr(out, f.name, value)
@@ -80,7 +90,8 @@ class Study:
 
     def sets_grid(self) -> bool:
         """Does it say what to train (anything but seeds-independent settings)?"""
-        return any(getattr(self, k) not in (None, [], {}) for k in STUDY_KEYS if k not in ("device", "track"))
+        return any(getattr(self, k) not in (None, [], {}) for k in STUDY_KEYS
+                   if k not in ("device", "track", "trials", "sampler", "tune_metric", "target", "eval_every"))
 
     def to_dict(self) -> dict[str, Any]:
         """The study as a plain mapping, for ``study.yaml`` (keys that are not set are left out)."""
@@ -294,6 +305,34 @@ def from_mapping(data: Any, source: str = "study") -> Study:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
             raise BenchError(f"{source}: limit: must be an integer >= 0, got {limit!r}")
         study.limit = limit
+    if data.get("tune") is not None:
+        if not isinstance(data["tune"], Mapping):
+            raise BenchError(f"{source}: tune: must be a mapping KEY: LOW:HIGH[:log] (or a list of choices), "
+                             f"got {data['tune']!r}")
+        from bench.tune import parse_space
+
+        for key, spec in data["tune"].items():
+            at(f"tune.{key}", parse_space, str(key), spec)
+        study.tune = {str(k): v for k, v in data["tune"].items()}
+    if data.get("trials") is not None:
+        if isinstance(data["trials"], bool) or not isinstance(data["trials"], int) or data["trials"] < 1:
+            raise BenchError(f"{source}: trials: must be an integer >= 1, got {data['trials']!r}")
+        study.trials = data["trials"]
+    for key in ("sampler", "tune_metric"):
+        if data.get(key) is not None:
+            if not isinstance(data[key], str):
+                raise BenchError(f"{source}: {key}: must be a string, got {data[key]!r}")
+            setattr(study, key, data[key])
+    if data.get("target") is not None:
+        target = data["target"]
+        if isinstance(target, Mapping) and len(target) == 1:
+            target = "=".join(map(str, next(iter(target.items()))))
+        study.target = str(at("target", parse_target, target) and target)
+    if data.get("eval_every") is not None:
+        every = data["eval_every"]
+        if isinstance(every, bool) or not isinstance(every, int) or every < 0:
+            raise BenchError(f"{source}: eval_every: must be an integer >= 0, got {every!r}")
+        study.eval_every = every
     if data.get("track") is not None:
         study.track = at("track", _names, "track", data["track"])
     if data.get("device") is not None:
@@ -335,6 +374,25 @@ def dump(study: Study) -> str:
 
     data = {k: plain(v) for k, v in study.to_dict().items()}
     return yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
+
+
+def parse_target(spec: Any) -> tuple[str, float] | None:
+    """``"val_acc=0.97"`` -> ``("val_acc", 0.97)``; None stays None."""
+    if spec is None:
+        return None
+    text = str(spec)
+    if "=" not in text:
+        raise OptionError("target", f"expected val_acc=VALUE or val_loss=VALUE, got {text!r}")
+    metric, value = (s.strip() for s in text.split("=", 1))
+    if metric not in ("val_acc", "val_loss"):
+        raise OptionError("target", f"{text}: the metric must be val_acc or val_loss")
+    try:
+        number = float(value)
+    except ValueError:
+        raise OptionError("target", f"{text}: {value!r} is not a number") from None
+    if not math.isfinite(number):
+        raise OptionError("target", f"{text}: {value!r} is not a finite number")
+    return metric, number
 
 
 def check_names(study: Study, registry, source: str) -> None:

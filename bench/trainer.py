@@ -12,6 +12,7 @@ from torch import nn
 
 from bench.data import DataSplits
 from bench.grid import Cell
+from bench.recipe import MakeOptimizer, MakeSchedule, builtin_registry, recipe_factories
 from bench.step import Execution, build_step
 from bench.timing import Stopwatch, median
 
@@ -65,6 +66,30 @@ def _check_finite(value: float, what: str, epoch: int, step: int | None = None) 
         raise NonFiniteLoss(f"{what} became {value} {where}: the cell diverged and was stopped (try a smaller --lr)")
 
 
+class _Target:
+    """When the validation metric first reached the target: epoch, training steps and training seconds."""
+
+    def __init__(self, target: tuple[str, float] | None):
+        self.target = target
+        self.epoch = self.steps = self.seconds = None
+
+    def check(self, val: tuple, epoch: int, steps: int, train_seconds: float) -> None:
+        if self.target is None or self.epoch is not None:
+            return
+        metric, value = self.target
+        loss, acc = val[0], val[1]
+        if (acc >= value) if metric == "val_acc" else (loss <= value):
+            self.epoch, self.steps, self.seconds = epoch, steps, train_seconds
+
+    def columns(self) -> dict[str, Any]:
+        """``target`` (e.g. ``val_acc>=0.97``) and when it was reached (blank: never), or nothing without one."""
+        if self.target is None:
+            return {}
+        metric, value = self.target
+        return {"target": f"{metric}{'>=' if metric == 'val_acc' else '<='}{value:g}", "target_epoch": self.epoch,
+                "target_steps": self.steps, "target_time_s": self.seconds}
+
+
 def train_cell(
     cell: Cell,
     model: nn.Module,
@@ -73,8 +98,16 @@ def train_cell(
     device: torch.device,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     execution: Execution | None = None,
+    make_optimizer: MakeOptimizer | None = None,
+    make_schedule: MakeSchedule | None = None,
 ) -> CellResult:
     """Train ``model`` (already built under the cell's seed) on ``data`` (already on ``device``).
+
+    ``make_optimizer(parameters, capturable)`` returns the optimizer and ``make_schedule(optimizer,
+    total_steps)`` the learning-rate schedule or ``None`` (see :func:`bench.recipe.recipe_factories`,
+    which builds both from a registry and the cell). Without ``make_optimizer`` both come from the
+    built-in plugins and the cell's recipe; a given ``make_optimizer`` without ``make_schedule`` trains
+    at a constant learning rate.
 
     Phases are timed apart, each with the device synchronised: ``warmup`` (first steps, compilation,
     graph capture; on a snapshot that is restored, so it changes no result), ``data`` (the epoch's
@@ -88,29 +121,46 @@ def train_cell(
     if cell.limit:
         x_train, y_train = x_train[:cell.limit], y_train[:cell.limit]
     n = len(x_train)
+    if make_optimizer is None:
+        make_optimizer, make_schedule = recipe_factories(builtin_registry(), cell)
+    total_steps = cfg.epochs * math.ceil(n / cfg.batch_size)
     lengths = [min(cfg.batch_size, n)] + ([n % cfg.batch_size] if n > cfg.batch_size and n % cfg.batch_size else [])
     generator = torch.Generator().manual_seed(cell.seed)
     watch = Stopwatch(device)
     history: list[dict[str, float]] = []
     with watch.phase("warmup"):
-        step = build_step(execution, model, loss_fn, x_train, y_train, cfg.optimizer, cfg.lr, lengths)
+        step = build_step(execution, model, loss_fn, x_train, y_train, lengths, make_optimizer, make_schedule,
+                          total_steps)
 
+    reached = _Target(execution.target)
+    steps_done = 0
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         with watch.phase("data"):
             perm = torch.randperm(n, generator=generator).to(device)
-        with watch.phase("train"):
-            step.reset()
-            for batch, start in enumerate(range(0, n, cfg.batch_size), 1):
-                step(perm[start:start + cfg.batch_size])
-                if batch % FINITE_CHECK_EVERY == 0:
-                    _check_finite(float(step.loss_sum), "the training loss", epoch, batch)
-        epoch_time = watch.last
+        step.reset()
+        epoch_time = 0.0
+        starts = list(range(0, n, cfg.batch_size))
+        chunk = execution.eval_every or len(starts)
+        for first in range(0, len(starts), chunk):  # training steps, with validation every eval_every steps
+            with watch.phase("train"):
+                for batch, start in enumerate(starts[first:first + chunk], first + 1):
+                    step(perm[start:start + cfg.batch_size])
+                    if batch % FINITE_CHECK_EVERY == 0:
+                        _check_finite(float(step.loss_sum), "the training loss", epoch, batch)
+            epoch_time += watch.last
+            steps_done += len(starts[first:first + chunk])
+            if first + chunk < len(starts):
+                with watch.phase("eval"):
+                    mid = evaluate(model, loss_fn, *data.val)
+                model.train()
+                reached.check(mid, epoch, steps_done, watch.totals["train"])
         train_loss, train_acc = float(step.loss_sum) / n, float(step.correct) / n
         _check_finite(train_loss, "the training loss", epoch)
         with watch.phase("eval"):
             val_loss, val_acc, _ = evaluate(model, loss_fn, *data.val)
         _check_finite(val_loss, "the validation loss", epoch)
+        reached.check((val_loss, val_acc), epoch, steps_done, watch.totals["train"])
         row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
                "val_acc": val_acc, "epoch_time_s": epoch_time}
         history.append(row)
@@ -129,6 +179,7 @@ def train_cell(
         "data_time_s": watch.totals.get("data", 0.0),
         "warmup_time_s": watch.totals.get("warmup", 0.0),
         "samples_per_s": n * cfg.epochs / train_time if train_time > 0 else float("nan"),
+        **reached.columns(),
     }
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     n_params = sum(p.numel() for p in model.parameters())

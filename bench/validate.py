@@ -13,12 +13,14 @@ left to the run, which records such cells as skipped.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
 from bench.config import Cell
 from bench.errors import BenchError, IncompatibleCell
 from bench.host import Registry
+from bench.recipe import check_recipe
 
 NOMINAL_SHAPE = (1, 28, 28)
 NOMINAL_CLASSES = 10
@@ -47,14 +49,17 @@ def check_cells(registry: Registry, cells: list[Cell]) -> None:
     model_defaults_ok: dict[str, bool] = {}
     for cell in cells:
         checks = [("model", cell.model, cell.override("model")), ("loss", cell.loss, cell.override("loss")),
-                  ("optimizer", cell.recipe.optimizer, cell.override("optimizer")),
-                  ("schedule", cell.recipe.schedule, cell.override("schedule"))]
+                  ("recipe", cell.recipe.optimizer, {"optimizer": cell.override("optimizer"),
+                                                     "schedule": cell.override("schedule")})]
         for kind, name, overrides in checks:
-            extra = (cell.recipe.lr, cell.recipe.weight_decay) if kind == "optimizer" else ()
+            extra = dataclasses.astuple(cell.recipe) if kind == "recipe" else ()
             key = json.dumps([kind, name, overrides, extra], sort_keys=True, default=str)
             if key in seen:
                 continue
             seen.add(key)
+            if kind == "recipe":  # the optimizer and schedule, built and stepped once on a tiny tensor
+                check_recipe(registry, cell.recipe, overrides)
+                continue
             component = registry.get(kind, name)
             params = {**component.params, **overrides}
             try:
@@ -68,15 +73,8 @@ def check_cells(registry: Registry, cells: list[Cell]) -> None:
                     if not model_defaults_ok[name] or not overrides:
                         continue
                     _build_model(component.factory, params)
-                elif kind == "loss":
-                    component.factory(**params)
-                elif kind == "optimizer":
-                    _build_optimizer(component.factory, cell, params)
                 else:
-                    optimizer_c = registry.get("optimizer", cell.recipe.optimizer)
-                    optimizer = _build_optimizer(optimizer_c.factory, cell,
-                                                 {**optimizer_c.params, **cell.override("optimizer")})
-                    component.factory(optimizer, 100, **params)
+                    component.factory(**params)
             except IncompatibleCell:
                 continue
             except BenchError as exc:
@@ -85,9 +83,3 @@ def check_cells(registry: Registry, cells: list[Cell]) -> None:
                 raise BenchError(f"{_describe(kind, name, overrides)} is refused by its factory: "
                                  f"{_message(exc)}") from None
 
-
-def _build_optimizer(factory, cell: Cell, params: dict[str, Any]):
-    import torch
-
-    weight = torch.zeros(1, requires_grad=True)
-    return factory([weight], lr=cell.recipe.lr, weight_decay=cell.recipe.weight_decay, **params)

@@ -1,4 +1,5 @@
-"""GPU check: CUDA-graph steps must give the eager steps' losses; then per-epoch times with graphs on/off.
+"""GPU check: CUDA-graph steps must give the eager steps' losses, with a learning-rate schedule too; then
+per-epoch times with graphs on/off.
 
 Run through ``benchmarks/gpu_check.sh`` on a machine with a CUDA GPU. Exit status 1 if any check fails.
 ``--device cpu`` runs the same script with the static-buffer step (what the graph captures) in place of
@@ -24,6 +25,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 from bench.errors import BenchError  # noqa: E402
 from bench.grid import Cell, Recipe  # noqa: E402
 from bench.host import Host  # noqa: E402
+from bench.recipe import recipe_factories  # noqa: E402
 from bench.step import Execution  # noqa: E402
 from bench.trainer import train_cell  # noqa: E402
 from plugins.datasets import load_mnist  # noqa: E402
@@ -41,13 +43,16 @@ def check(ok: bool, what: str) -> None:
         FAILURES.append(what)
 
 
-def train(registry, data, device, model, loss, execution, epochs, seed=0, limit=0):
+def train(registry, data, device, model, loss, execution, epochs, seed=0, limit=0, optimizer="adam",
+          schedule="constant", lr=1e-3):
     cell = Cell(model, loss, "mnist", seed, str(device),
-                Recipe(epochs=epochs, batch_size=256, lr=1e-3), limit)
+                Recipe(epochs=epochs, batch_size=256, lr=lr, optimizer=optimizer, schedule=schedule), limit)
     model_c, loss_c = registry.get("model", model), registry.get("loss", loss)
     torch.manual_seed(seed)
     net = model_c.factory(data.input_shape, data.num_classes, **model_c.params)
-    return train_cell(cell, net, loss_c.factory(**loss_c.params), data, device, execution=execution)
+    make_optimizer, make_schedule = recipe_factories(registry, cell)
+    return train_cell(cell, net, loss_c.factory(**loss_c.params), data, device, execution=execution,
+                      make_optimizer=make_optimizer, make_schedule=make_schedule)
 
 
 def losses(result) -> list[float]:
@@ -97,6 +102,32 @@ def check_fallback(data, device) -> None:
         check(False, "--cuda-graphs on raises for an uncapturable model (it did not)")
     except BenchError as exc:
         check("CUDA graph capture failed" in str(exc), f"--cuda-graphs on raises: {str(exc)[:120]}")
+
+
+SCHEDULED = [("mlp", "crossentropy", "adam", 1e-3), ("mlp", "crossentropy", "sgd", 1e-2),
+             ("linear", "crossentropy", "adamw", 1e-3)]
+
+
+def check_schedule(registry, data, device, eager, graphs, epochs, limit) -> None:
+    """Graph replay with a cosine schedule (the learning rate a device tensor that the schedule updates in
+    place) gives the eager steps' losses. ``graphs`` is ``auto`` on cuda: a capture that fails falls back
+    to eager steps with a note, recorded as a failed check, and the script goes on."""
+    for model, loss, optimizer, lr in SCHEDULED:
+        what = f"{model}+{loss} {optimizer} lr={lr:g} cosine"
+        try:
+            off, on, flat = (train(registry, data, device, model, loss, execution, epochs, limit=limit,
+                                   optimizer=optimizer, schedule=schedule, lr=lr)
+                             for execution, schedule in ((eager, "cosine"), (graphs, "cosine"), (graphs, "constant")))
+        except Exception as exc:  # report and go on: one broken case must not hide the others
+            check(False, f"{what}: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
+            continue
+        expected = graphs.step_mode(device)
+        check(on.execution["step"] == expected,
+              f"{what}: step ran as {on.execution['step']} (wanted {expected}) {on.execution['execution_note']}")
+        diff = rel_diff(losses(on), losses(off))
+        check(diff < 1e-3, f"{what}: losses {on.execution['step']} vs eager agree, max rel diff {diff:.2e}")
+        effect = rel_diff(losses(flat), losses(on))
+        check(effect > 1e-4, f"{what}: the schedule changed the training (vs constant: {effect:.2e})")
 
 
 def notebook_epoch_times(device, model_names, rounds=1) -> dict[str, float]:
@@ -199,6 +230,10 @@ def main(argv=None) -> int:
             check(on.metrics["test_acc"] >= FLOORS[(model, loss)],
                   f"{model}+{loss}: test_acc {on.metrics['test_acc']:.4f} >= {FLOORS[(model, loss)]} "
                   f"(after {args.epochs} epochs; val_acc after 2: {acc2:.4f})")
+
+    print("\n1b. a cosine learning-rate schedule: graph replay vs the eager step", flush=True)
+    scheduled = Execution(cuda_graphs="auto") if device.type == "cuda" else graphs
+    check_schedule(registry, data, device, eager, scheduled, min(args.epochs, 2), args.limit)
 
     if device.type == "cuda":
         print("\n2. capture failure: fallback and error", flush=True)

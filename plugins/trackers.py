@@ -33,11 +33,14 @@ from pathlib import Path
 from typing import Any
 
 from bench import hookimpl
-from bench.config import IDENTITY_COLUMNS
+from bench.config import IDENTITY_COLUMNS, Cell
 from bench.errors import BenchError
 
-#: What a history row and a results row hold besides their numbers: never logged as metrics.
-_NOT_METRICS = {"cell_id", "epoch", *IDENTITY_COLUMNS}
+#: The columns a results row starts with (:meth:`bench.config.Cell.row`: id, configuration, seed, the
+#: cell's role and status): what the cell is, never a measurement of it.
+_ROW_START = frozenset(Cell("model", "loss", "dataset", 0, "cpu").row("ok"))
+#: ... and of a history row, with its epoch.
+_NOT_METRICS = _ROW_START | {"epoch"}
 #: results.csv's ``epoch_time_s`` is the median over the epochs; the per-epoch series has the name.
 _FINAL_NAMES = {"epoch_time_s": "median_epoch_time_s"}
 
@@ -87,9 +90,10 @@ def config_params(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def result_tags(row: dict[str, Any]) -> dict[str, str]:
-    """What a results row says besides its configuration and numbers: ``cell_id``, ``status``, ``error``, ..."""
+    """What a results row says besides its configuration and measurements: ``cell_id``, ``status``,
+    ``error``, how it ran, ..."""
     return {k: str(v) for k, v in row.items()
-            if k not in IDENTITY_COLUMNS and not _is_number(v) and v not in ("", None)}
+            if k not in IDENTITY_COLUMNS and (k in _ROW_START or not _is_number(v)) and v not in ("", None)}
 
 
 def _will_train(run) -> set[str]:
@@ -297,8 +301,7 @@ class MlflowTracker:
         for state in self.cells.values():  # interrupted mid-cell
             if state["run_id"] is not None:
                 self.client.set_terminated(state["run_id"], "KILLED")
-        done = {row["cell_id"] for row in results}
-        complete = all(cell.cell_id in done for cell in run.cells)
+        complete = not getattr(run, "interrupted", False)
         for name in ("results.csv", "history.csv", "study.yaml"):
             if (root / name).is_file():
                 self.client.log_artifact(self.parent_id, str(root / name))
@@ -326,7 +329,8 @@ def _run_name(row: dict[str, Any]) -> str:
     """``linear+mse seed=0`` (with the swept parameters): short, the params hold the rest."""
     swept = json.loads(row.get("params") or "{}")
     extra = ",".join(f"{k}={v}" for k, v in sorted(swept.items()))
-    return f"{row['model']}+{row['loss']}{f' [{extra}]' if extra else ''} seed={row['seed']}"
+    trial = f" trial={row['trial']}" if row.get("phase") == "tune" else ""
+    return f"{row['model']}+{row['loss']}{f' [{extra}]' if extra else ''} seed={row['seed']}{trial}"
 
 
 def _text(value: Any) -> str:

@@ -50,7 +50,7 @@ CASES = {
     "unknown loss": (["--losses", "l1"], "unknown loss 'l1'"),
     "unknown dataset": (["--datasets", "cifar"], "valid: fashion-mnist, kmnist, mnist"),
     "unknown grid": (["--grid", "big"], "unknown grid 'big'; valid: all, seed"),
-    "unknown optimizer": (["--optimizer", "rmsprop"], "unknown optimizer 'rmsprop'; valid: adam, sgd"),
+    "unknown optimizer": (["--optimizer", "rmsprop"], "unknown optimizer 'rmsprop'; valid: adam, adamw, sgd"),
     "param without =": (["--models", "mlp", "--param", "mlp.hidden64"],
                         "--param mlp.hidden64: expected NAME.KEY=V1,V2 (missing '=')"),
     "param without .": (["--models", "mlp", "--param", "mlphidden=64"], "missing '.' between component and key"),

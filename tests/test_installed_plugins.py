@@ -146,7 +146,7 @@ def test_plugins_shows_distributions_registrations_and_the_broken_one(site):
     head, registered = entry("example")
     assert head[1:3] == ["gridbench-example", "0.1.0"] and head[-1] == "ok"
     assert registered == ("registered models: rff-linear; losses: smooth-ce; datasets: two-spirals; "
-                          "grids: spirals")
+                          "optimizers: lion; grids: spirals")
 
     head, registered = entry("extras")
     assert registered == "registered grids: tiny; commands: greet"
@@ -175,14 +175,15 @@ def test_p_no_blocks_an_installed_plugin(site):
     assert [line.split()[0] for line in bench(site, "plugins", "-p", "no:broken").stdout.splitlines()
             if not line.startswith(" ")] == [
         "plugins.models", "plugins.losses", "plugins.datasets", "plugins.grids", "plugins.executors",
-        "example", "extras"]  # by name
+        "plugins.optimizers", "plugins.schedules", "example", "extras"]  # by name
 
 
 def test_autoload_off_loads_only_builtins_and_p_modules(site):
     result = bench(site, "plugins", autoload=False)
     assert result.returncode == 0 and result.stderr == ""
     assert [line.split()[0] for line in result.stdout.splitlines() if not line.startswith(" ")] == [
-        "plugins.models", "plugins.losses", "plugins.datasets", "plugins.grids", "plugins.executors"]
+        "plugins.models", "plugins.losses", "plugins.datasets", "plugins.grids", "plugins.executors",
+        "plugins.optimizers", "plugins.schedules"]
 
     result = bench(site, "plugins", "-p", "gridbench_example.plugin", autoload=False)
     assert result.returncode == 0 and result.stderr == ""

@@ -64,7 +64,7 @@ RECORDER = textwrap.dedent('''
 
     @hookimpl
     def bench_run_end(run, results):
-        write("run_end", results=results)
+        write("run_end", results=results, interrupted=run.interrupted)
 ''')
 
 #: Raises in its first epoch event; records every call it gets, to show it gets no more after.
@@ -161,7 +161,7 @@ def check_run(evts: list[dict], out, pids: set[int]) -> None:
         for key in ("test_acc", "test_loss", "val_acc", "seed", "lr", "params", "model", "loss"):
             assert same(cell_end["record"]["row"][key], result[key])
     assert sorted(seen) == sorted(start["cells"])
-    assert [r["cell_id"] for r in end["results"]] == start["cells"]  # grid order
+    assert [r["cell_id"] for r in end["results"]] == start["cells"] and not end["interrupted"]  # grid order
     assert [r["test_acc"] for r in end["results"]] == [float(next(x for x in results if x["cell_id"] == r["cell_id"])
                                                              ["test_acc"]) for r in end["results"]]
 
@@ -209,11 +209,13 @@ def test_ctrl_c_still_ends_the_run_with_what_is_on_disk(plugin, tmp_path):
     _, stderr = driver.communicate(timeout=120)
     assert driver.returncode == 130, stderr
     evts = events(tmp_path / "events.jsonl")
-    assert evts[0]["event"] == "run_start" and evts[-1]["event"] == "run_end"
+    assert evts[0]["event"] == "run_start" and evts[-1]["event"] == "run_end" and evts[-1]["interrupted"]
     on_disk = sorted(json.loads(p.read_text())["row"]["cell_id"] for p in (out / "cells").glob("*.json"))
     assert 1 <= len(on_disk) < 8, "interrupted too late to test anything"
     assert sorted(r["cell_id"] for r in evts[-1]["results"]) == on_disk
-    assert sorted(e["cell"] for e in evts if e["event"] == "cell_end") == on_disk
+    ended = sorted(e["cell"] for e in evts if e["event"] == "cell_end")
+    # Ctrl-C may land between a record's write and its cell_end: at most that one cell is not announced
+    assert set(ended) <= set(on_disk) and len(ended) >= len(on_disk) - 1
 
 
 def test_a_raising_hook_is_reported_once_by_name_and_the_run_goes_on(cli, plugin, tmp_path):

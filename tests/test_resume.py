@@ -170,7 +170,7 @@ def test_repeat_n_runs_seeds_0_to_n_minus_1_and_prints_statistics(tmp_path):
     assert "paired comparisons" in result.stdout
     pair = next(line for line in lines
                 if line.startswith("mnist ") and "mlp+crossentropy" in line and "linear+crossentropy" in line)
-    assert pair.split()[3] == "3"  # n shared seeds
+    assert pair.split()[1] == "recipe" and pair.split()[4] == "3"  # same recipe, n shared seeds
 
 
 def test_leftovers_of_a_crash_between_writes_are_ignored_and_the_cell_redone(tmp_path):

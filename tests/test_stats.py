@@ -132,3 +132,29 @@ def test_compare_with_many_configurations_compares_each_with_the_best():
 def test_single_seed_gives_no_verdict():
     table = stats.compare(_results({("linear", "mse"): [0.9], ("mlp", "mse"): [0.95]}))
     assert list(table["verdict"]) == ["n/a"] and table.iloc[0]["n"] == 1
+
+
+def _two_datasets():
+    accs = {"a": {"x": 0.9, "y": 0.8, "z": 0.85}, "b": {"x": 0.7, "y": 0.75, "z": 0.6}}
+    rows = [{"model": m, "loss": "ce", "dataset": d, "params": "{}", "seed": s, "device": "cpu", "status": "ok",
+             "epochs": 1, "batch_size": 256, "lr": 0.001, "optimizer": "adam", "test_acc": acc}
+            for d, per in accs.items() for m, acc in per.items() for s in range(2)]
+    return pd.DataFrame(rows)
+
+
+def test_performance_profiles_count_datasets_within_a_factor_of_the_best_error():
+    # errors on a: x 0.10, y 0.20, z 0.15 (ratios 1, 2, 1.5); on b: x 0.30, y 0.25, z 0.40 (1.2, 1, 1.6)
+    profile = stats.performance_profiles(_two_datasets(), taus=[1, 1.5, 2])
+    at = {(r.config, r.tau): r.fraction for r in profile.itertuples()}
+    assert at[("x+ce", 1.0)] == 0.5 and at[("x+ce", 1.5)] == 1.0
+    assert at[("y+ce", 1.0)] == 0.5 and at[("y+ce", 1.5)] == 0.5 and at[("y+ce", 2.0)] == 1.0
+    assert at[("z+ce", 1.0)] == 0.0 and at[("z+ce", 1.5)] == 0.5 and at[("z+ce", 2.0)] == 1.0
+    one = _two_datasets().query("dataset == 'a'")
+    assert stats.performance_profiles(one).empty and stats.mean_ranks(one).empty
+
+
+def test_mean_ranks_average_each_configurations_rank_over_datasets():
+    ranks = stats.mean_ranks(_two_datasets())
+    assert list(ranks["config"]) == ["x+ce", "y+ce", "z+ce"]
+    assert list(ranks["mean_rank"]) == [1.5, 2.0, 2.5]
+    assert list(ranks["a"]) == [1.0, 3.0, 2.0] and list(ranks["b"]) == [2.0, 1.0, 3.0]

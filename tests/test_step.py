@@ -1,5 +1,6 @@
-"""The training step: static buffers (what a CUDA graph captures) give the plain step's losses; warm-up
-changes nothing; the trainer equals a textbook torch.optim loop; the CLI options and records."""
+"""The training step: static buffers (what a CUDA graph captures) give the plain step's losses, with a
+learning-rate schedule and with a plugin's optimizer too; warm-up changes nothing; the trainer equals a
+textbook torch.optim loop; the CLI options and records."""
 
 import json
 
@@ -11,6 +12,8 @@ from click.testing import CliRunner
 from bench.cli import main
 from bench.errors import BenchError
 from bench.grid import Cell, Recipe
+from bench.host import Host
+from bench.recipe import recipe_factories
 from bench.step import Execution
 from bench.trainer import train_cell
 from plugins.datasets import load_mnist
@@ -27,13 +30,16 @@ def mnist():
 
 
 def _train(mnist, model="linear", loss="crossentropy", optimizer="adam", mode=None, limit=1000, epochs=2, seed=0,
-           lr=1e-2):
+           lr=1e-2, registry=None, **recipe):
     # limit 1000 at batch 256: three full batches and a tail of 232, so two batch lengths
     cell = Cell(model, loss, "mnist", seed, "cpu",
-                Recipe(epochs=epochs, batch_size=256, lr=lr, optimizer=optimizer), limit)
+                Recipe(epochs=epochs, batch_size=256, lr=lr, optimizer=optimizer, **recipe), limit)
     torch.manual_seed(seed)
     net = MODELS[model](mnist.input_shape, mnist.num_classes)
-    return train_cell(cell, net, LOSSES[loss](), mnist, torch.device("cpu"), execution=Execution(mode=mode))
+    # without a registry: train_cell's default, the built-in plugins
+    factories = dict(zip(("make_optimizer", "make_schedule"), recipe_factories(registry, cell))) if registry else {}
+    return train_cell(cell, net, LOSSES[loss](), mnist, torch.device("cpu"), execution=Execution(mode=mode),
+                      **factories)
 
 
 def _losses(result):
@@ -55,22 +61,68 @@ def test_static_buffer_step_gives_the_plain_steps_losses(mnist, model, loss, opt
     assert static.history[-1]["train_loss"] < static.history[0]["train_loss"]
 
 
+@pytest.mark.parametrize("optimizer,schedule,weight_decay", [("adam", "cosine", 0.0), ("adamw", "warmup-cosine", 0.01),
+                                                              ("sgd", "cosine", 0.01)])
+def test_static_step_with_a_schedule_gives_exactly_the_plain_steps_losses(mnist, optimizer, schedule, weight_decay):
+    """static: the learning rate is a tensor that the schedule updates in place, as under a CUDA graph."""
+    kwargs = dict(model="mlp", optimizer=optimizer, schedule=schedule, weight_decay=weight_decay, lr=3e-2)
+    plain, static = _train(mnist, mode="plain", **kwargs), _train(mnist, mode="static", **kwargs)
+    assert static.execution["step"] == "static"
+    assert _losses(static) == _losses(plain)
+    for name, weight in plain.state_dict.items():
+        assert torch.equal(static.state_dict[name], weight), name
+    # the schedule is in force: without it the training differs
+    assert _losses(_train(mnist, mode="static", **{**kwargs, "schedule": "constant"})) != _losses(static)
+
+
+@pytest.fixture(scope="module")
+def plugin_registry():
+    return Host(["tests.optimizer_test_plugin"], autoload=False).registry
+
+
+def _textbook(mnist, net, opt, epochs=2, n=1000, schedule=None):
+    x, y = mnist.train[0][:n], mnist.train[1][:n]
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(epochs):
+        perm = torch.randperm(n, generator=gen)
+        for start in range(0, n, 256):
+            idx = perm[start:start + 256]
+            opt.zero_grad()
+            F.cross_entropy(net(x[idx]), y[idx]).backward()
+            opt.step()
+            if schedule is not None:
+                schedule.step()
+    return net
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_a_torch_optim_plugin_optimizer_trains_exactly_as_its_textbook_loop(mnist, plugin_registry, schedule):
+    """A torch.optim.Optimizer subclass whose state appears on its first step: the warm-up snapshot
+    restores it through state_dict()/load_state_dict(), so the warm-up leaves no momentum behind, in the
+    plain step and in the static one."""
+    from plugins.schedules import cosine_factor
+    from tests.optimizer_test_plugin import SignSGD
+
+    kwargs = dict(model="mlp", optimizer="signsgd-test", schedule=schedule, lr=1e-3, registry=plugin_registry)
+    plain, static = _train(mnist, mode="plain", **kwargs), _train(mnist, mode="static", **kwargs)
+    torch.manual_seed(0)
+    net = MODELS["mlp"](mnist.input_shape, mnist.num_classes)
+    opt = SignSGD(net.parameters(), lr=1e-3)
+    lambda_lr = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: cosine_factor(t, 8)) if schedule == "cosine" else None
+    for name, weight in _textbook(mnist, net, opt, schedule=lambda_lr).state_dict().items():
+        assert torch.equal(plain.state_dict[name], weight), name
+        assert torch.equal(static.state_dict[name], weight), name
+    assert plain.history[-1]["train_loss"] < plain.history[0]["train_loss"]
+    assert plain.metrics["test_acc"] > 0.5
+
+
 def test_trainer_equals_a_textbook_torch_optim_loop(mnist):
     """Warm-up runs on a snapshot that is restored: the result is that of the obvious loop, to the bit."""
     result = _train(mnist, "mlp", "crossentropy", "adam", mode="plain", epochs=2)
     torch.manual_seed(0)
     net = MODELS["mlp"](mnist.input_shape, mnist.num_classes)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-2, fused=True)  # what bench.optim.Adam runs on cpu
-    x, y = mnist.train[0][:1000], mnist.train[1][:1000]
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(2):
-        perm = torch.randperm(1000, generator=gen)
-        for start in range(0, 1000, 256):
-            idx = perm[start:start + 256]
-            opt.zero_grad()
-            F.cross_entropy(net(x[idx]), y[idx]).backward()
-            opt.step()
-    for name, weight in net.state_dict().items():
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2, fused=True)  # what the built-in adam runs on cpu
+    for name, weight in _textbook(mnist, net, opt).state_dict().items():
         assert torch.equal(result.state_dict[name], weight), name
     assert result.timing["warmup_time_s"] > 0
     assert result.timing["train_time_s"] == pytest.approx(sum(h["epoch_time_s"] for h in result.history))
@@ -82,11 +134,11 @@ def test_step_modes_and_their_errors():
     assert Execution(cuda_graphs="off").step_mode(cpu) == "plain"
     assert Execution().step_mode(cuda) == "graph"
     assert Execution(cuda_graphs="off").step_mode(cuda) == "plain"
-    with pytest.raises(BenchError, match="--cuda-graphs on needs a CUDA device"):
+    with pytest.raises(BenchError, match="cuda_graphs on needs a CUDA device"):
         Execution(cuda_graphs="on").step_mode(cpu)
     with pytest.raises(BenchError, match="CUDA graphs need a CUDA device"):
         Execution(mode="graph").step_mode(cpu)
-    with pytest.raises(BenchError, match="--cuda-graphs must be one of"):
+    with pytest.raises(BenchError, match="cuda_graphs must be one of"):
         Execution(cuda_graphs="maybe")
 
 
