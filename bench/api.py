@@ -69,6 +69,8 @@ class Run:
     tracked: tuple[str, ...] = ()
     to_train: int = 0
     device: str = ""
+    #: Set when the run ended: True if it stopped early (Ctrl-C, corrupt data) rather than ran every cell.
+    interrupted: bool = False
 
     @property
     def store(self):
@@ -445,6 +447,7 @@ def _execute(*, store, cells, the_study, registry, host, torch_device, execution
         return summary.rows
 
     rows: list[dict[str, Any]] = []
+    completed = False
     try:
         if tuning is None:
             rows = train(cells)
@@ -457,11 +460,13 @@ def _execute(*, store, cells, the_study, registry, host, torch_device, execution
             final_rows = train(finals)
             the_run.cells = [*the_run.cells, *finals]
             rows = [*[r for r in trained.values() if r.get("phase") == "tune"], *final_rows]
+        completed = True
     finally:
         if not rows:  # interrupted: what is on disk is what finished
             ids = {c.cell_id for c in cells} | set(trained)
             rows = [record["row"] for record in store.records() if record["row"]["cell_id"] in ids]
         the_run.rows = rows
+        the_run.interrupted = not completed
         events.run_end(the_run, rows)
     if first_write:  # nothing ran (all finished before): still record this study
         write_env()

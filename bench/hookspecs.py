@@ -149,8 +149,9 @@ def bench_cell_start(cell):
 
 @hookspec
 def bench_epoch_end(cell, row):
-    """Called when an epoch of ``cell`` ended. ``row`` is its history row: ``epoch``, ``train_loss``, ``train_acc``,
-    ``val_loss``, ``val_acc``, ``epoch_time_s``. With ``process``/``ray``: when the cell's record arrives."""
+    """Called when an epoch of ``cell`` ended. ``row`` is its row of history.csv: ``cell_id``, ``model``,
+    ``loss``, ``dataset``, ``params``, ``seed``, ``epoch``, ``train_loss``, ``train_acc``, ``val_loss``,
+    ``val_acc``, ``epoch_time_s``. With ``process``/``ray``: when the cell's record arrives."""
 
 
 @hookspec
@@ -159,13 +160,15 @@ def bench_cell_end(cell, record):
     ``cells/ID.json``.
 
     ``record["row"]`` is its row of results.csv (``status``, ``error``, metrics, timings);
-    ``record["history"]`` its epochs."""
+    ``record["history"]`` its epochs; ``record["started_at"]``/``["ended_at"]`` the attempt's wall-clock
+    times (Unix seconds)."""
 
 
 @hookspec
 def bench_run_end(run, results):
-    """Called when the run ended (also after Ctrl-C, before the exception goes on). ``results`` are the rows of the
-    study's cells (dicts, as in results.csv), those finished by earlier runs included."""
+    """Called when the run ended (also after Ctrl-C, before the exception goes on: then ``run.interrupted``
+    is true). ``results`` are the rows of the study's cells (dicts, as in results.csv), those finished by
+    earlier runs included."""
 
 
 @hookspec

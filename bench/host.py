@@ -38,7 +38,7 @@ class BrokenPlugin(RuntimeError):
 #: Built-in plugin modules, loaded exactly like a ``-p`` module.
 BUILTIN_PLUGINS = (
     "plugins.models", "plugins.losses", "plugins.datasets", "plugins.grids", "plugins.executors",
-    "plugins.optimizers", "plugins.schedules", "plugins.progress",
+    "plugins.optimizers", "plugins.schedules", "plugins.progress", "plugins.trackers",
 )
 
 PLURAL = {"model": "models", "loss": "losses", "dataset": "datasets", "executor": "executors", "grid": "grids",

@@ -11,7 +11,8 @@ Events, in the process that writes the run directory (the driver), in this order
 With the ``local`` executor they happen as training happens. With executors that train elsewhere
 (``process``, ``ray``) a cell's start and epoch events reach the driver together with its record,
 just before ``bench_cell_end``. An observer that raises is reported once, naming its plugin, and
-gets no further events in that run; the run goes on.
+gets no further events in that run; the run goes on (under ``BENCH_STRICT_PLUGINS=1`` it raises
+:class:`bench.host.BrokenPlugin` instead, with the original traceback).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class Lifecycle:
     def __init__(self, host=None, trackers: dict[str, Any] | None = None,
                  echo: Callable[[str], None] = lambda message: None):
         self.echo = echo
+        self.strict = bool(getattr(host, "strict", False))  # BENCH_STRICT_PLUGINS: raise, with the traceback
         self.observers: list[tuple[str, str, Callable]] = []  # (who, event, function)
         if host is not None:
             for event in EVENTS:
@@ -55,6 +57,10 @@ class Lifecycle:
             except Exception as exc:  # an observer never takes the run down
                 self.broken.add(who)
                 text = " ".join(str(exc).split())
+                if self.strict:
+                    from bench.host import BrokenPlugin
+
+                    raise BrokenPlugin(f"{who} failed in {event}: {type(exc).__name__}: {text}") from exc
                 self.echo(f"warning: {who} failed in {event} and gets no more events in this run: "
                           f"{type(exc).__name__}: {text}")
 

@@ -8,6 +8,7 @@ the picklable entry point for those); :func:`run_cells` writes every record thro
 from __future__ import annotations
 
 import json
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -19,7 +20,7 @@ import torch
 from bench.data import DataSplits
 from bench.errors import BenchError, DataCorrupt, DatasetUnavailable, IncompatibleCell
 from bench.grid import Cell
-from bench.host import Registry
+from bench.host import BrokenPlugin, Registry
 from bench.recipe import recipe_factories
 from bench.step import Execution
 from bench.store import RunStore
@@ -170,14 +171,15 @@ def train_record(index: int, cell: Cell, registry: Registry, cache: DataCache, d
     An ``ok`` record carries the final weights under ``"state_dict"`` and the class templates under
     ``"templates_state"`` for the driver to store.
     Only Ctrl-C and corrupt data (:class:`DataCorrupt`, which stops the run) propagate; a
-    ``sys.exit()`` in plugin code is the cell's failure, not the end of the grid.
+    ``sys.exit()`` in plugin code is the cell's failure, not the end of the grid. ``started_at`` and
+    ``ended_at`` are wall-clock times (Unix seconds) of the attempt, wherever it ran.
     """
-    record: dict[str, Any] = {"index": index}
+    record: dict[str, Any] = {"index": index, "started_at": time.time()}
     try:
         data = cache.get(registry, cell, data_dir, device)
         record.update(_train_one(cell, registry, data, device, events, execution))
         record["row"]["data_time_s"] += cache.take_load_time()
-    except (KeyboardInterrupt, DataCorrupt):
+    except (KeyboardInterrupt, DataCorrupt, BrokenPlugin):  # BrokenPlugin: an observer under BENCH_STRICT_PLUGINS
         raise
     except IncompatibleCell as exc:
         record["row"] = _row(cell, "skipped", str(exc))
@@ -192,6 +194,7 @@ def train_record(index: int, cell: Cell, registry: Registry, cache: DataCache, d
             record["traceback"] = traceback.format_exc()
     if record["row"]["status"] == "failed" and device.type == "cuda":
         torch.cuda.empty_cache()  # the failed cell's tensors are gone now; give their memory back
+    record["ended_at"] = time.time()
     return record
 
 
@@ -320,19 +323,20 @@ def _train_one(cell: Cell, registry: Registry, data: DataSplits, device: torch.d
     if not isinstance(model, torch.nn.Module):
         raise BenchError(f"model '{cell.model}' factory returned {type(model).__name__}, not a torch.nn.Module")
     loss_fn = loss_c.factory(**{**loss_c.params, **cell.override("loss")})
+    row = _row(cell, "ok")
+    base = {k: row[k] for k in ("cell_id", "model", "loss", "dataset", "params", "seed")}
     if events is not None:
         events.cell_start(cell)
-    on_epoch = (lambda row: events.epoch_end(cell, row)) if events is not None else None
+    # observers get each epoch's row exactly as the record's history will hold it
+    on_epoch = (lambda h: events.epoch_end(cell, {**base, **h})) if events is not None else None
     make_optimizer, make_schedule = recipe_factories(registry, cell)
     result = train_cell(cell, model, loss_fn, data, device, on_epoch=on_epoch, execution=execution,
                         make_optimizer=make_optimizer, make_schedule=make_schedule)
-    row = _row(cell, "ok")
     row.update(result.metrics)
     row.update(result.timing)
     row.update(result.execution)
     row["n_params"] = result.n_params
     row["weights"] = ""  # the driver stores the weights and fills this in
-    base = {k: row[k] for k in ("cell_id", "model", "loss", "dataset", "params", "seed")}
     history = [{**base, **h} for h in result.history]
     return {"row": row, "history": history, "confusion": result.confusion, "classes": data.classes,
             "input_shape": list(data.input_shape), "state_dict": result.state_dict,

@@ -29,7 +29,9 @@ def test_every_hookspec_is_documented_with_its_exact_signature():
     signatures = hookspec_signatures()
     assert set(signatures) == {"bench_register_models", "bench_register_losses", "bench_register_datasets",
                                "bench_register_grids", "bench_cli", "bench_register_executors",
-                               "bench_register_optimizers", "bench_register_schedules"}
+                               "bench_register_optimizers", "bench_register_schedules",
+                               "bench_run_start", "bench_cell_start", "bench_epoch_end", "bench_cell_end",
+                               "bench_run_end", "bench_register_trackers"}
     for signature in signatures.values():
         assert f"### `{signature}`" in text, f"docs/plugins.md has no heading for {signature}"
     documented = set(re.findall(r"^### `(bench_\w+)\(", text, flags=re.M))

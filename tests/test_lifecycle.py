@@ -1,0 +1,282 @@
+"""Lifecycle hooks: a ``-p`` plugin sees run start, each cell's start, epochs and end, and run end, in that
+order and with the run directory's own numbers, for the local executor and for ``process --jobs 2``; a hook
+that raises is reported once by plugin name and the run goes on; the progress bars are a blockable plugin."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from bench.host import BrokenPlugin
+from tests.conftest import REPO, bench_env, run_bench
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"
+
+#: Appends every event, with what it was given, as a JSON line to $BENCH_EVENTS.
+RECORDER = textwrap.dedent('''
+    import json, os
+    from pathlib import Path
+
+    from bench import hookimpl
+
+    RUN = {}
+
+
+    def write(event, **data):
+        with open(os.environ["BENCH_EVENTS"], "a") as f:
+            f.write(json.dumps({"event": event, "pid": os.getpid(), **data}) + "\\n")
+
+
+    @hookimpl
+    def bench_run_start(run):
+        RUN["path"] = Path(run.path)
+        write("run_start", path=str(run.path), cells=[c.cell_id for c in run.cells], to_train=run.to_train,
+              quiet=run.quiet, tracked=list(run.tracked), device=run.device,
+              results_exists=(Path(run.path) / "results.csv").exists())
+
+
+    @hookimpl
+    def bench_cell_start(cell):
+        write("cell_start", cell=cell.cell_id, epochs=cell.recipe.epochs)
+
+
+    @hookimpl
+    def bench_epoch_end(cell, row):
+        write("epoch_end", cell=cell.cell_id, row=row)
+
+
+    @hookimpl
+    def bench_cell_end(cell, record):
+        on_disk = json.loads((RUN["path"] / "cells" / f"{cell.cell_id}.json").read_text())
+        write("cell_end", cell=cell.cell_id, record=json.loads(json.dumps(record, sort_keys=True)), on_disk=on_disk)
+
+
+    @hookimpl
+    def bench_run_end(run, results):
+        write("run_end", results=results, interrupted=run.interrupted)
+''')
+
+#: Raises in its first epoch event; records every call it gets, to show it gets no more after.
+RAISER = textwrap.dedent('''
+    import os
+
+    from bench import hookimpl
+
+
+    def note(text):
+        with open(os.environ["BENCH_EVENTS"], "a") as f:
+            f.write(text + "\\n")
+
+
+    @hookimpl
+    def bench_epoch_end(cell, row):
+        note("epoch_end")
+        raise ValueError(f"boom at epoch {row['epoch']}")
+
+
+    @hookimpl
+    def bench_cell_end(cell, record):
+        note("cell_end")
+
+
+    @hookimpl
+    def bench_run_end(run, results):
+        note("run_end")
+''')
+
+GRID = ["--models", "linear", "--losses", "mse,crossentropy", "--seeds", "0,1", "--limit", "1000", "--epochs", "2",
+        "--device", "cpu", "-q"]
+
+
+@pytest.fixture
+def plugin(tmp_path, monkeypatch):
+    """Write a plugin module under a fresh name (so no earlier test's module is reused); returns its name."""
+
+    def write(source: str) -> str:
+        name = f"lifecycle_{uuid.uuid4().hex[:8]}"
+        (tmp_path / f"{name}.py").write_text(source)
+        return name
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("BENCH_EVENTS", str(tmp_path / "events.jsonl"))
+    return write
+
+
+def events(path) -> list[dict]:
+    text = path.read_text() if path.exists() else ""
+    path.unlink(missing_ok=True)
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def table(path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def same(value, text: str) -> bool:
+    """A value as an event carried it equals the CSV's text of it (floats exactly: both are repr)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value) == text
+    return float(text) == value
+
+
+def check_run(evts: list[dict], out, pids: set[int]) -> None:
+    """The order and arguments of one run's events, against the run directory it wrote."""
+    results, history = table(out / "results.csv"), table(out / "history.csv")
+    assert [e["event"] for e in evts[:1] + evts[-1:]] == ["run_start", "run_end"]
+    start, end, cells = evts[0], evts[-1], evts[1:-1]
+    assert start["path"] == str(out) and start["to_train"] == 4 and start["quiet"] and start["device"] == "cpu"
+    assert sorted(start["cells"]) == sorted(r["cell_id"] for r in results) and not start["results_exists"]
+    assert {e["pid"] for e in evts} == pids  # called in the process that writes the run directory
+
+    # per cell, together: start, its epochs in order, end (the record already on disk and equal to it)
+    assert len(cells) == 4 * 4
+    seen = []
+    for i in range(0, len(cells), 4):
+        cell_start, epoch1, epoch2, cell_end = cells[i:i + 4]
+        cell = cell_start["cell"]
+        assert [e["event"] for e in cells[i:i + 4]] == ["cell_start", "epoch_end", "epoch_end", "cell_end"]
+        assert {e["cell"] for e in cells[i:i + 4]} == {cell} and cell_start["epochs"] == 2
+        assert [epoch1["row"]["epoch"], epoch2["row"]["epoch"]] == [1, 2]
+        assert cell_end["record"] == cell_end["on_disk"]
+        assert [epoch1["row"], epoch2["row"]] == cell_end["record"]["history"]
+        seen.append(cell)
+        for event in (epoch1, epoch2):
+            (csv_row,) = [h for h in history if h["cell_id"] == cell and int(h["epoch"]) == event["row"]["epoch"]]
+            assert set(event["row"]) == set(csv_row)
+            assert all(same(v, csv_row[k]) for k, v in event["row"].items()), (event["row"], csv_row)
+        (result,) = [r for r in results if r["cell_id"] == cell]
+        assert cell_end["record"]["row"]["status"] == "ok"
+        for key in ("test_acc", "test_loss", "val_acc", "seed", "lr", "params", "model", "loss"):
+            assert same(cell_end["record"]["row"][key], result[key])
+    assert sorted(seen) == sorted(start["cells"])
+    assert [r["cell_id"] for r in end["results"]] == start["cells"] and not end["interrupted"]  # grid order
+    assert [r["test_acc"] for r in end["results"]] == [float(next(x for x in results if x["cell_id"] == r["cell_id"])
+                                                             ["test_acc"]) for r in end["results"]]
+
+
+def test_events_in_order_with_the_run_directorys_numbers_local(cli, plugin, tmp_path):
+    name = plugin(RECORDER)
+    out = tmp_path / "run"
+    result = cli("run", "-p", name, *GRID, "--out", out)
+    assert result.exit_code == 0, result.output
+    check_run(events(tmp_path / "events.jsonl"), out, {os.getpid()})
+
+    again = cli("run", "-p", name, *GRID, "--out", out)  # resumed: nothing trains, the run still starts and ends
+    assert again.exit_code == 0, again.output
+    evts = events(tmp_path / "events.jsonl")
+    assert [e["event"] for e in evts] == ["run_start", "run_end"]
+    assert evts[0]["to_train"] == 0 and len(evts[1]["results"]) == 4
+    assert {r["status"] for r in evts[1]["results"]} == {"ok"}
+
+
+def test_events_reach_the_driver_with_the_process_executor(plugin, tmp_path):
+    name = plugin(RECORDER)
+    out = tmp_path / "run"
+    env = {"PYTHONPATH": os.pathsep.join([str(REPO), str(tmp_path)]), "BENCH_EVENTS": str(tmp_path / "events.jsonl"),
+           "OMP_NUM_THREADS": "1"}
+    proc = run_bench("run", "-p", name, *GRID, "--executor", "process", "--jobs", "2", "--out", out, env=env)
+    assert proc.returncode == 0, proc.stderr
+    evts = events(tmp_path / "events.jsonl")
+    (driver,) = {e["pid"] for e in evts if e["event"] == "run_start"}
+    check_run(evts, out, {driver})
+
+
+def test_ctrl_c_still_ends_the_run_with_what_is_on_disk(plugin, tmp_path):
+    name = plugin(RECORDER)
+    out = tmp_path / "run"
+    env = {**bench_env(), "PYTHONPATH": os.pathsep.join([str(REPO), str(tmp_path)]),
+           "BENCH_EVENTS": str(tmp_path / "events.jsonl")}
+    args = ["-p", name, *GRID, "--seeds", "0,1,2,3", "--out", str(out)]
+    driver = subprocess.Popen([sys.executable, "-m", "bench", "run", *args], cwd=REPO, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list((out / "cells").glob("*.json")):
+        assert driver.poll() is None and time.monotonic() < deadline, driver.stderr.read()
+        time.sleep(0.02)
+    driver.send_signal(signal.SIGINT)
+    _, stderr = driver.communicate(timeout=120)
+    assert driver.returncode == 130, stderr
+    evts = events(tmp_path / "events.jsonl")
+    assert evts[0]["event"] == "run_start" and evts[-1]["event"] == "run_end" and evts[-1]["interrupted"]
+    on_disk = sorted(json.loads(p.read_text())["row"]["cell_id"] for p in (out / "cells").glob("*.json"))
+    assert 1 <= len(on_disk) < 8, "interrupted too late to test anything"
+    assert sorted(r["cell_id"] for r in evts[-1]["results"]) == on_disk
+    ended = sorted(e["cell"] for e in evts if e["event"] == "cell_end")
+    # Ctrl-C may land between a record's write and its cell_end: at most that one cell is not announced
+    assert set(ended) <= set(on_disk) and len(ended) >= len(on_disk) - 1
+
+
+def test_a_raising_hook_is_reported_once_by_name_and_the_run_goes_on(cli, plugin, tmp_path):
+    name = plugin(RAISER)
+    out = tmp_path / "run"
+    result = cli("run", "-p", name, *GRID, "--out", out)
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert warnings == [f"warning: plugin '{name}' failed in bench_epoch_end and gets no more events in this run: "
+                        "ValueError: boom at epoch 1"]
+    assert "Traceback" not in result.output
+    assert [r["status"] for r in table(out / "results.csv")] == ["ok"] * 4
+    assert len(table(out / "history.csv")) == 8
+    assert (tmp_path / "events.jsonl").read_text().splitlines() == ["epoch_end"]  # and nothing after it
+
+
+def test_under_strict_plugins_a_raising_hook_is_an_error_with_its_traceback(cli, plugin, tmp_path, monkeypatch):
+    name = plugin(RAISER)
+    monkeypatch.setenv("BENCH_STRICT_PLUGINS", "1")
+    with pytest.raises(BrokenPlugin, match=f"plugin '{name}' failed in bench_epoch_end: ValueError: boom") as info:
+        cli("run", "-p", name, *GRID, "--out", tmp_path / "run")
+    assert isinstance(info.value.__cause__, ValueError)
+
+
+def doc_block(heading: str, index: int) -> str:
+    section = DOC.read_text().split(f"\n{heading}\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, flags=re.S)[index]
+
+
+def test_the_documented_observer_works(cli, plugin, tmp_path):
+    name = plugin(doc_block("## Observing a run: lifecycle hooks", 0))
+    out = tmp_path / "run"
+    result = cli("run", "-p", name, *GRID, "--out", out)
+    assert result.exit_code == 0, result.output
+    results = table(out / "results.csv")
+    lines = result.stderr.splitlines()
+    assert len([line for line in lines if ": ok test_acc=" in line]) == 4
+    best = max(results, key=lambda r: float(r["test_acc"]))
+    assert lines[-1] == (f"best: {best['model']}+{best['loss']} seed={best['seed']} "
+                         f"test_acc={float(best['test_acc']):.4f}")
+
+
+def test_the_documented_tracker_works(cli, plugin, tmp_path):
+    name = plugin(doc_block("## Trackers", 0))
+    out = tmp_path / "run"
+    result = cli("run", "-p", name, "--track", "jsonl", *GRID, "--out", out)
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in (out / "track.jsonl").read_text().splitlines()]
+    epochs = [line for line in lines if "epoch" in line]
+    assert [(e["cell_id"], e["epoch"], e["val_acc"]) for e in epochs] == [
+        (h["cell_id"], int(h["epoch"]), float(h["val_acc"])) for h in table(out / "history.csv")]
+    assert sorted((c["cell_id"], c["status"]) for c in lines if "status" in c) == sorted(
+        (r["cell_id"], r["status"]) for r in table(out / "results.csv"))
+
+
+@pytest.mark.parametrize("blocked", [False, True])
+def test_progress_bars_are_a_plugin_that_can_be_blocked(cli, tmp_path, blocked):
+    args = ["-p", "no:plugins.progress"] if blocked else []
+    result = cli("run", *args, "--models", "linear", "--limit", "500", "--epochs", "2", "--device", "cpu",
+                 "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    bars = [line for line in result.stderr.replace("\r", "\n").splitlines() if "cell/s" in line or "epoch" in line]
+    assert bool(bars) is not blocked, result.stderr
+    assert "1/1" in result.stderr or blocked  # the grid bar counted the cell
