@@ -151,6 +151,12 @@ def main(plugin_modules):
               "if a model cannot be captured), on (an error if it cannot), off.")
 @click.option("--compile", "compile_", is_flag=True, help="Wrap each model in torch.compile (compilation is "
               "timed as warm-up, apart from the epochs).")
+@click.option("--fuse", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+              help="Train cells that differ only in seed, lr, weight decay or optimizer params as one stacked model: "
+              "auto (where the model and optimizer allow; others train one by one, execution_note says why), on "
+              "(an error where they cannot), off.")
+@click.option("--fuse-max", "fuse_max", type=click.IntRange(min=0), default=0, metavar="N",
+              help="At most N cells in one fused group (0: as many as fit in the device's memory).")
 @click.option("--threads", type=click.IntRange(min=0), default=0, metavar="N",
               help="CPU threads for torch (0: torch's default, one per core).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
@@ -198,7 +204,7 @@ def _report_interrupt(ctx: click.Context, out: Path) -> None:
 
 def _run(ctx, *, grid, models, losses, datasets, params, seeds, repeat, epochs, batch_size, lr, optimizer, limit,
          device_spec, out, data_dir, force, dry_run, cuda_graphs, compile_, threads, quiet, make_report,
-         plugin_modules, executor, jobs, address):
+         plugin_modules, executor, jobs, address, fuse, fuse_max):
     from bench import grid as grid_mod
     from bench.device import resolve_device
     from bench.env import environment
@@ -211,7 +217,7 @@ def _run(ctx, *, grid, models, losses, datasets, params, seeds, repeat, epochs, 
     host, registry = make_host(plugin_modules)
     recipe = grid_mod.Recipe(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer)
     device = resolve_device(device_spec)
-    execution = Execution(cuda_graphs=cuda_graphs, compile=compile_)
+    execution = Execution(cuda_graphs=cuda_graphs, compile=compile_, fuse=fuse, fuse_max=fuse_max)
     execution.step_mode(device)  # --cuda-graphs on without cuda: fail before any work
     executor_choice = {"executor": executor, "jobs": jobs, "address": address}
     executor_obj = make_executor(registry, **executor_choice)
@@ -234,6 +240,8 @@ def _run(ctx, *, grid, models, losses, datasets, params, seeds, repeat, epochs, 
     done = {cell.cell_id: finished[cell.cell_id] for cell in cells if cell.cell_id in finished}
     if dry_run:
         click.echo(format_plan(cells, done, {r["row"]["cell_id"]: r["row"] for r in store.records()}, store.root))
+        if fuse != "off":
+            click.echo(format_groups([cell for cell in cells if cell.cell_id not in done], fuse_max))
         return
     store.create()
     previous = store.read_env()
@@ -316,6 +324,19 @@ def format_plan(cells, done: dict, recorded: dict, root: Path) -> str:
         else:
             state = "run"
         lines.append(f"  {state:<5} {cell.cell_id}  {cell.label}")
+    return "\n".join(lines)
+
+
+def format_groups(cells, fuse_max: int) -> str:
+    """What ``--dry-run`` prints about fused training: the groups of the cells to run."""
+    from bench.fuse import group_cells, group_id
+
+    groups = [g for g in group_cells(cells, fuse_max or None) if len(g) > 1]
+    lines = [f"fused groups: {len(groups)} ({sum(map(len, groups))} of {len(cells)} cell(s) to run"
+             + (", split further by memory when they run)" if not fuse_max else ")")]
+    for group in groups:
+        lines.append(f"  {group_id(group)}  {len(group):>3} cells  {group[0].label.rsplit(' seed=', 1)[0]}  seeds "
+                     f"{','.join(str(c.seed) for c in group)}")
     return "\n".join(lines)
 
 

@@ -162,18 +162,73 @@ def train_record(index: int, cell: Cell, registry: Registry, cache: DataCache, d
         record["row"]["data_time_s"] += cache.take_load_time()
     except (KeyboardInterrupt, DataCorrupt):
         raise
-    except IncompatibleCell as exc:
-        record["row"] = _row(cell, "skipped", str(exc))
     except Exception as exc:
-        message = _one_line(exc)
-        if isinstance(exc, torch.cuda.OutOfMemoryError):
-            message += " (out of device memory: try a smaller --batch-size or model)"
-        record["row"] = _row(cell, "failed", message)
-        if not isinstance(exc, BenchError):
-            record["traceback"] = traceback.format_exc()
+        record = _error_record(index, cell, exc)
     if record["row"]["status"] == "failed" and device.type == "cuda":
         torch.cuda.empty_cache()  # the failed cell's tensors are gone now; give their memory back
     return record
+
+
+def _error_record(index: int, cell: Cell, exc: BaseException) -> dict[str, Any]:
+    """The record of a cell that raised: ``skipped`` for an incompatible cell, else ``failed``."""
+    if isinstance(exc, IncompatibleCell):
+        return {"index": index, "row": _row(cell, "skipped", str(exc))}
+    message = _one_line(exc)
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        message += " (out of device memory: try a smaller --batch-size or model)"
+    record = {"index": index, "row": _row(cell, "failed", message)}
+    if not isinstance(exc, BenchError):
+        record["traceback"] = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return record
+
+
+def train_group_records(tasks: list[tuple[int, Cell]], registry: Registry, cache: DataCache, device: torch.device,
+                        data_dir: Path, epoch_bar_factory=None, execution: Execution | None = None
+                        ) -> list[dict[str, Any]]:
+    """Train a fused group (cells of one :func:`bench.fuse.fuse_key`) as one stacked model; one record per
+    member, each what :func:`train_record` would give for that cell, plus ``fused_group``/``fused_size``."""
+    from bench.fuse import batched_optimizer_for
+    from bench.fused_trainer import train_group
+
+    if len(tasks) == 1:
+        return [train_record(*tasks[0], registry, cache, device, data_dir, epoch_bar_factory, execution)]
+    cells = [cell for _, cell in tasks]
+    first = cells[0]
+    bar = None
+    try:
+        data = cache.get(registry, first, data_dir, device)
+        load_time = cache.take_load_time()
+        model_c, loss_c = registry.get("model", first.model), registry.get("loss", first.loss)
+        model_params = {**model_c.params, **first.override("model")}
+
+        def factory():
+            return model_c.factory(data.input_shape, data.num_classes, **model_params)
+
+        loss_fn = loss_c.factory(**{**loss_c.params, **first.override("loss")})
+        bar = epoch_bar_factory(first) if epoch_bar_factory else None
+        results = train_group(cells, factory, loss_fn, data, device, execution,
+                              batched_optimizer_for(registry, first.recipe.optimizer),
+                              on_epoch=(lambda epoch, rows: bar.update(1)) if bar else None)
+    except (KeyboardInterrupt, DataCorrupt):
+        raise
+    except Exception as exc:  # what fails the whole group (e.g. the factory) fails each member alike
+        results = [exc] * len(cells)
+    finally:
+        if bar is not None:
+            bar.close()
+    records = []
+    for (index, cell), result in zip(tasks, results):
+        if isinstance(result, BaseException):
+            records.append(_error_record(index, cell, result))
+            continue
+        model = factory()
+        model.load_state_dict(result.state_dict)
+        records.append({"index": index, **_result_record(cell, result, data, model.to(device))})
+    if records and "data_time_s" in records[0]["row"]:
+        records[0]["row"]["data_time_s"] += load_time
+    if device.type == "cuda" and any(r["row"]["status"] == "failed" for r in records):
+        torch.cuda.empty_cache()
+    return records
 
 
 def failed_record(index: int, cell: Cell, error: str) -> dict[str, Any]:
@@ -223,9 +278,21 @@ class LocalExecutor:
 
     def run(self, tasks: list[tuple[int, Cell]], job: Job) -> Iterator[dict[str, Any]]:
         cache = DataCache()
-        for index, cell in tasks:
-            yield train_record(index, cell, job.registry, cache, job.device, job.data_dir, job.epoch_bar_factory,
-                               job.execution)
+        for group in fused_groups(tasks, job.execution):
+            yield from train_group_records(group, job.registry, cache, job.device, job.data_dir,
+                                           job.epoch_bar_factory, job.execution)
+
+
+def fused_groups(tasks: list[tuple[int, Cell]], execution: Execution | None) -> list[list[tuple[int, Cell]]]:
+    """The tasks grouped for fused training (bench/fuse.py), or one group per task with ``fuse`` off."""
+    from bench.fuse import group_cells
+
+    execution = execution or Execution()
+    if execution.fuse == "off":
+        return [[task] for task in tasks]
+    by_cell = {id(cell): (index, cell) for index, cell in tasks}
+    return [[by_cell[id(cell)] for cell in group]
+            for group in group_cells([cell for _, cell in tasks], execution.fuse_max or None)]
 
 
 def run_cells(
@@ -303,6 +370,11 @@ def _train_one(cell: Cell, registry: Registry, data: DataSplits, device: torch.d
     finally:
         if bar is not None:
             bar.close()
+    return _result_record(cell, result, data, model)
+
+
+def _result_record(cell: Cell, result, data: DataSplits, model: torch.nn.Module) -> dict[str, Any]:
+    """The record of a trained cell (``model`` holds its final weights, for the class templates)."""
     row = _row(cell, "ok")
     row.update(result.metrics)
     row.update(result.timing)

@@ -26,6 +26,7 @@ from bench.errors import BenchError
 from bench.optim import make_optimizer
 
 GRAPH_CHOICES = ("auto", "on", "off")
+FUSE_CHOICES = ("auto", "on", "off")
 MODES = ("plain", "static", "graph")
 
 
@@ -36,17 +37,26 @@ class Execution:
     ``cuda_graphs``: ``auto`` (graphs on cuda, falling back to eager steps with a note if the model
     cannot be captured), ``on`` (graphs on cuda, an error elsewhere or if capture fails), ``off``.
     ``compile``: wrap the model in ``torch.compile``. ``mode`` forces a step kind (tests use it).
+    ``fuse``: train groups of cells of one shape as one stacked model (see bench/fuse.py): ``auto``
+    (where the model and optimizer allow, else one by one with a note), ``on`` (an error where they do
+    not), ``off``. ``fuse_max``: the most cells in one fused group (0: as many as fit in memory).
     """
 
     cuda_graphs: str = "auto"
     compile: bool = False
     mode: str | None = None
+    fuse: str = "auto"
+    fuse_max: int = 0
 
     def __post_init__(self):
         if self.cuda_graphs not in GRAPH_CHOICES:
             raise BenchError(f"--cuda-graphs must be one of {', '.join(GRAPH_CHOICES)}, got '{self.cuda_graphs}'")
         if self.mode is not None and self.mode not in MODES:
             raise BenchError(f"step mode must be one of {', '.join(MODES)}, got '{self.mode}'")
+        if self.fuse not in FUSE_CHOICES:
+            raise BenchError(f"--fuse must be one of {', '.join(FUSE_CHOICES)}, got '{self.fuse}'")
+        if isinstance(self.fuse_max, bool) or not isinstance(self.fuse_max, int) or self.fuse_max < 0:
+            raise BenchError(f"--fuse-max must be an integer >= 0 (0: as many as fit), got {self.fuse_max!r}")
 
     def step_mode(self, device: torch.device) -> str:
         """The step kind used on ``device``."""

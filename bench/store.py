@@ -31,7 +31,7 @@ from bench.errors import BenchError
 RESULT_COLUMNS = [
     "cell_id", *IDENTITY_COLUMNS, "status", "error", "test_acc", "test_loss", "val_acc", "val_loss",
     "train_time_s", "epoch_time_s", "eval_time_s", "samples_per_s", "n_params", "weights",
-    "data_time_s", "warmup_time_s", "step", "cuda_graphs", "compiled", "execution_note",
+    "data_time_s", "warmup_time_s", "step", "cuda_graphs", "compiled", "execution_note", "fused_group", "fused_size",
 ]
 #: One row per cell and epoch.
 HISTORY_COLUMNS = [
