@@ -240,8 +240,9 @@ def _run(ctx, *, grid, models, losses, datasets, params, seeds, repeat, epochs, 
     done = {cell.cell_id: finished[cell.cell_id] for cell in cells if cell.cell_id in finished}
     if dry_run:
         click.echo(format_plan(cells, done, {r["row"]["cell_id"]: r["row"] for r in store.records()}, store.root))
-        if fuse != "off":
-            click.echo(format_groups([cell for cell in cells if cell.cell_id not in done], fuse_max))
+        groups = format_groups([cell for cell in cells if cell.cell_id not in done], fuse_max) if fuse != "off" else ""
+        if groups:
+            click.echo(groups)
         return
     store.create()
     previous = store.read_env()
@@ -328,12 +329,14 @@ def format_plan(cells, done: dict, recorded: dict, root: Path) -> str:
 
 
 def format_groups(cells, fuse_max: int) -> str:
-    """What ``--dry-run`` prints about fused training: the groups of the cells to run."""
+    """What ``--dry-run`` prints about fused training: the groups of the cells to run ("" when none fuse)."""
     from bench.fuse import group_cells, group_id
 
     groups = [g for g in group_cells(cells, fuse_max or None) if len(g) > 1]
-    lines = [f"fused groups: {len(groups)} ({sum(map(len, groups))} of {len(cells)} cell(s) to run"
-             + (", split further by memory when they run)" if not fuse_max else ")")]
+    if not groups:
+        return ""
+    lines = [f"fused groups: {len(groups)}, holding {sum(map(len, groups))} of the {len(cells)} cell(s) to run"
+             + (" (split further by memory when they run)" if not fuse_max else "")]
     for group in groups:
         lines.append(f"  {group_id(group)}  {len(group):>3} cells  {group[0].label.rsplit(' seed=', 1)[0]}  seeds "
                      f"{','.join(str(c.seed) for c in group)}")

@@ -49,16 +49,20 @@ def group_cells(cells: Sequence[Cell], max_size: int | None = None) -> list[list
     groups: dict[str, list[Cell]] = {}
     for cell in cells:
         groups.setdefault(fuse_key(cell), []).append(cell)
-    out = []
-    for group in groups.values():
-        chunks = math.ceil(len(group) / max_size) if max_size else 1
-        size, extra = divmod(len(group), chunks)
-        start = 0
-        for chunk in range(chunks):
-            end = start + size + (chunk < extra)
-            out.append(group[start:end])
-            start = end
-    return out
+    return [chunk for group in groups.values() for chunk in even_chunks(group, max_size)]
+
+
+def even_chunks(items: Sequence, max_size: int | None) -> list[list]:
+    """``items`` in order, split into as few chunks of at most ``max_size`` as possible, the first ones one
+    longer where they cannot all be equal (``None`` or 0: one chunk)."""
+    count = math.ceil(len(items) / max_size) if max_size else 1
+    size, extra = divmod(len(items), count)
+    chunks, start = [], 0
+    for chunk in range(count):
+        end = start + size + (chunk < extra)
+        chunks.append(list(items[start:end]))
+        start = end
+    return chunks
 
 
 def group_id(cells: Sequence[Cell]) -> str:

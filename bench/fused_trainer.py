@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -31,7 +30,7 @@ from torch import nn
 
 from bench.data import DataSplits
 from bench.errors import BenchError, DataCorrupt
-from bench.fuse import BatchedOptimizer, fuse_key, group_id, member_hyperparameters
+from bench.fuse import BatchedOptimizer, even_chunks, fuse_key, group_id, member_hyperparameters
 from bench.grid import Cell
 from bench.step import Execution
 from bench.timing import Stopwatch, median
@@ -110,10 +109,17 @@ class FusedStep:
         ``[N, out, in]`` weight); autograd would copy it into the parameter's layout every step (a third of
         an MLP step on cpu). The optimizer's element-wise arithmetic does not care about the layout.
         """
-        idx = torch.arange(length, device=self.device)
-        xs = self.x.index_select(0, idx).expand(self.size, *self.x[:length].shape)
-        losses, _ = self._train_fn(self.params, self.rest, xs, self.y[:length].expand(self.size, length))
-        grads = torch.autograd.grad(losses.sum(), list(self.params.values()))
+        xs = self.x[:length].expand(self.size, *self.x[:length].shape)
+        rest = {name: tensor.clone() for name, tensor in self.rest.items()}  # what forward may update (BatchNorm)
+        rng = torch.get_rng_state()
+        try:
+            losses, _ = self._train_fn(self.params, self.rest, xs, self.y[:length].expand(self.size, length))
+            grads = torch.autograd.grad(losses.sum(), list(self.params.values()))
+        finally:
+            with torch.no_grad():
+                for name, tensor in rest.items():
+                    self.rest[name].copy_(tensor)
+            torch.set_rng_state(rng)
         for (name, param), grad in zip(list(self.params.items()), grads):
             if grad.stride() != param.stride() and _dense(grad) and grad.shape == param.shape:
                 with torch.no_grad():
@@ -444,10 +450,7 @@ def _chunks(cells, model_factory, loss_fn, data, device, execution, batched_opti
     x, y = _train_split(cells[0], data)
     per_member = member_bytes(model, loss_fn, x, y, min(cells[0].recipe.batch_size, len(x)))
     del model
-    size = fitting_size(per_member, memory_budget(device))
-    count = math.ceil(len(cells) / size)
-    bounds = [round(i * len(cells) / count) for i in range(count + 1)]
-    return [cells[bounds[i]:bounds[i + 1]] for i in range(count)]
+    return even_chunks(cells, fitting_size(per_member, memory_budget(device)))
 
 
 def _build(model_factory) -> nn.Module:
