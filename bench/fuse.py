@@ -40,15 +40,16 @@ def fuse_key(cell: Cell) -> str:
     return json.dumps(config, sort_keys=True, separators=(",", ":"))
 
 
-def group_cells(cells: Sequence[Cell], max_size: int | None = None) -> list[list[Cell]]:
+def group_cells(cells: Sequence, max_size: int | None = None, key: Callable[[Any], str] = fuse_key) -> list[list]:
     """``cells`` grouped by :func:`fuse_key`, in the order of each group's first cell; a group larger
     than ``max_size`` (``None`` or 0: no limit) is split into as few chunks as possible, of equal
-    sizes give or take one. Cells that fuse with nothing are groups of one."""
+    sizes give or take one. Cells that fuse with nothing are groups of one. ``key`` groups other items
+    than cells (e.g. ``lambda task: fuse_key(task[1])`` for ``(index, cell)`` tasks)."""
     if max_size is not None and max_size < 0:
         raise BenchError(f"the largest fused group must be >= 1 cell (0: no limit), got {max_size}")
-    groups: dict[str, list[Cell]] = {}
+    groups: dict[str, list] = {}
     for cell in cells:
-        groups.setdefault(fuse_key(cell), []).append(cell)
+        groups.setdefault(key(cell), []).append(cell)
     return [chunk for group in groups.values() for chunk in even_chunks(group, max_size)]
 
 

@@ -405,7 +405,8 @@ def train_group(
         raise ValueError("train_group: the cells differ in more than seed, learning rate, weight decay and "
                          "optimizer/schedule parameters")
     # members with equal hyperparameters side by side: the batched optimizer steps each such run in one call
-    order = sorted(range(len(cells)), key=lambda i: json.dumps(member_hyperparameters(cells[i]), sort_keys=True))
+    order = sorted(range(len(cells)),
+                   key=lambda i: json.dumps(member_hyperparameters(cells[i]), sort_keys=True, default=str))
     ordered = [cells[i] for i in order]
     try:
         chunks = _chunks(ordered, model_factory, loss_fn, data, device, execution, batched_optimizer)

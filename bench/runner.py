@@ -248,23 +248,57 @@ def execute_cell(index: int, cell: Cell, spec: WorkSpec) -> dict[str, Any]:
     process. The weights come back as safetensors bytes. Corrupt data comes back as
     ``{"fatal": message}``: the driver stops the run, as it would in-process.
     """
-    from bench.host import Host
-
-    device = torch.device(spec.device)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
+    device = _worker_device(spec)
     cell = replace(cell, device=str(device))  # the row names the device that trained it; the id stays
-    registry = _WORKER_REGISTRIES.get(spec.plugin_modules)
+    registry, error = _worker_registry(spec)
     if registry is None:
-        try:
-            registry = _WORKER_REGISTRIES[spec.plugin_modules] = Host(spec.plugin_modules).registry
-        except Exception as exc:  # e.g. a -p module that this worker's machine cannot import
-            return failed_record(index, cell, f"the worker could not load the plugins: {_one_line(exc)}")
+        return failed_record(index, cell, error)
     try:
         record = train_record(index, cell, registry, _WORKER_DATA, device, Path(spec.data_dir),
                               execution=spec.execution)
     except DataCorrupt as exc:
         return {"index": index, "fatal": str(exc)}
+    return _picklable(record)
+
+
+def execute_group(tasks: list[tuple[int, Cell]], spec: WorkSpec) -> list[dict[str, Any]]:
+    """:func:`execute_cell` for a fused group (cells of one :func:`bench.fuse.fuse_key`): one picklable record
+    per member, in order (see :func:`train_group_records`)."""
+    device = _worker_device(spec)
+    tasks = [(index, replace(cell, device=str(device))) for index, cell in tasks]
+    registry, error = _worker_registry(spec)
+    if registry is None:
+        return [failed_record(index, cell, error) for index, cell in tasks]
+    try:
+        records = train_group_records(tasks, registry, _WORKER_DATA, device, Path(spec.data_dir),
+                                      execution=spec.execution)
+    except DataCorrupt as exc:
+        return [{"index": index, "fatal": str(exc)} for index, _ in tasks]
+    return [_picklable(record) for record in records]
+
+
+def _worker_device(spec: WorkSpec) -> torch.device:
+    device = torch.device(spec.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device
+
+
+def _worker_registry(spec: WorkSpec) -> tuple[Registry | None, str]:
+    """This worker's registry for ``spec``'s plugins (built once), or ``None`` and why."""
+    from bench.host import Host
+
+    registry = _WORKER_REGISTRIES.get(spec.plugin_modules)
+    if registry is None:
+        try:
+            registry = _WORKER_REGISTRIES[spec.plugin_modules] = Host(spec.plugin_modules).registry
+        except Exception as exc:  # e.g. a -p module that this worker's machine cannot import
+            return None, f"the worker could not load the plugins: {_one_line(exc)}"
+    return registry, ""
+
+
+def _picklable(record: dict[str, Any]) -> dict[str, Any]:
+    """A record with its tensors as safetensors bytes."""
     from safetensors.torch import save
 
     for key in TENSOR_KEYS:
@@ -285,14 +319,12 @@ class LocalExecutor:
 
 def fused_groups(tasks: list[tuple[int, Cell]], execution: Execution | None) -> list[list[tuple[int, Cell]]]:
     """The tasks grouped for fused training (bench/fuse.py), or one group per task with ``fuse`` off."""
-    from bench.fuse import group_cells
+    from bench.fuse import fuse_key, group_cells
 
     execution = execution or Execution()
     if execution.fuse == "off":
         return [[task] for task in tasks]
-    by_cell = {id(cell): (index, cell) for index, cell in tasks}
-    return [[by_cell[id(cell)] for cell in group]
-            for group in group_cells([cell for _, cell in tasks], execution.fuse_max or None)]
+    return group_cells(tasks, execution.fuse_max or None, key=lambda task: fuse_key(task[1]))
 
 
 def run_cells(

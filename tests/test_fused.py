@@ -229,6 +229,19 @@ def test_a_group_larger_than_its_memory_budget_trains_in_chunks(registry, small,
     assert len({r.execution["fused_group"] for r in results}) == 3
 
 
+def test_a_worker_trains_a_fused_group_into_picklable_records():
+    """What a process or Ray executor would run for a group: records as for single cells, weights as bytes."""
+    import pickle
+
+    from bench.runner import WorkSpec, execute_group
+
+    cells = [Cell("linear", "crossentropy", "mnist", seed, "cpu", Recipe(epochs=1), 1000) for seed in (0, 1)]
+    records = pickle.loads(pickle.dumps(execute_group([(3, cells[0]), (5, cells[1])], WorkSpec((), "unused", "cpu"))))
+    assert [r["index"] for r in records] == [3, 5]
+    assert [r["row"]["status"] for r in records] == ["ok", "ok"] and records[0]["row"]["fused_size"] == 2
+    assert all(isinstance(r["state_dict"], bytes) and len(r["history"]) == 1 for r in records)
+
+
 # -- bench run --------------------------------------------------------------------------------------
 
 
