@@ -85,7 +85,7 @@ class FusedStep:
         # functional_call swaps each member's slices into this copy of a member for each call
         self.base = copy.deepcopy(models[0])
         self._optimizer_spec, self._cells = optimizer, list(cells)
-        self.optimizer = None  # built by settle(), once the parameters have their final layout
+        self.optimizer = None  # built by prepare(), once settle() has given the parameters their layout
         base = self.base
 
         def member(member_params, member_rest, xb, yb):
@@ -103,7 +103,7 @@ class FusedStep:
 
     def settle(self, length: int) -> None:
         """One forward and backward on a batch of ``length`` per member, to give each stacked parameter the
-        memory layout that its gradient comes out in, then build the optimizer.
+        memory layout that its gradient comes out in.
 
         Through ``vmap`` a linear layer's weight gradient comes out transposed (``[N, in, out]`` memory for an
         ``[N, out, in]`` weight); autograd would copy it into the parameter's layout every step (a third of
@@ -126,8 +126,6 @@ class FusedStep:
                     relaid = torch.empty_strided(param.shape, grad.stride(), dtype=param.dtype, device=param.device)
                     relaid.copy_(param)
                 self.params[name] = relaid.requires_grad_()
-        self.optimizer = self._optimizer_spec.build(list(self.params.values()), self._cells,
-                                                    capturable=self.mode == "graph")
 
     def reset(self) -> None:
         """Zero the per-member loss and accuracy sums (at the start of an epoch)."""
@@ -173,6 +171,8 @@ class FusedStep:
             self.settle(lengths[-1])
         except Exception as exc:
             raise Unfusable(f"vmap cannot run this model: {_one_line(exc)}") from exc
+        self.optimizer = self._optimizer_spec.build(list(self.params.values()), self._cells,
+                                                    capturable=self.mode == "graph")
         saved = _Snapshot(self)
         try:
             for length in lengths:
@@ -444,6 +444,10 @@ def _chunks(cells, model_factory, loss_fn, data, device, execution, batched_opti
         raise Unfusable(f"optimizer '{cells[0].recipe.optimizer}' has no batched form")
     if execution.compile:
         raise Unfusable("compiled steps train one cell at a time")
+    try:  # every member's hyperparameters, checked before anything trains
+        batched_optimizer.build([torch.zeros(len(cells), 1, requires_grad=True)], cells)
+    except BenchError as exc:
+        raise Unfusable(str(exc)) from exc
     if execution.fuse_max:
         return [cells]
     torch.manual_seed(cells[0].seed)

@@ -216,6 +216,17 @@ def test_an_optimizer_without_a_batched_form_trains_unfused(registry, small):
     assert [r.execution["execution_note"] for r in results] == ["not fused: optimizer 'adam' has no batched form"] * 2
 
 
+def test_an_optimizer_parameter_without_a_batched_form_trains_unfused(registry, small):
+    factory, loss_fn = factory_for(registry, small, "linear"), loss_for(registry)
+    cells = [Cell("linear", "crossentropy", "mnist", seed, "cpu", Recipe(epochs=1), 1000,
+                  {"optimizer": {"amsgrad": True}}) for seed in (0, 1)]
+    adam = batched_optimizer_for(registry, "adam")
+    results = train_group(cells, factory, loss_fn, small, CPU, Execution(), adam)
+    assert {r.execution["execution_note"] for r in results} == {
+        "not fused: BatchedAdam has no batched form for the parameter(s) amsgrad (it takes: lr, beta1, beta2, eps, "
+        "weight_decay)"}
+
+
 def test_a_group_larger_than_its_memory_budget_trains_in_chunks(registry, small, monkeypatch):
     from bench import fused_trainer
 
