@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -41,6 +42,10 @@ CUDA_MEMORY_SHARE = 0.5
 #: Elsewhere (cpu, mps) at most this many bytes; beyond some tens of MB the gathered batches no
 #: longer fit in a CPU's caches anyway, and the gain per member flattens.
 HOST_MEMORY_BUDGET = 1 << 30
+
+
+#: With ``fuse=auto`` on cpu: stacked and own steps timed (alternating) to decide whether fusing pays.
+PROBE_STEPS = 3
 
 
 class Unfusable(Exception):
@@ -328,6 +333,47 @@ def build_fused_step(execution: Execution, models, loss_fn, x, y, optimizer: Bat
     return fallback
 
 
+def slower_than_alone(step: FusedStep, model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor,
+                      cell: Cell, length: int, repeats: int = PROBE_STEPS) -> str:
+    """Why the group should train one cell at a time: its stacked step, per member, measured no faster than one
+    member's own unfused step ("" when it is faster, or when there is no unfused step to compare with).
+
+    On a cpu a stacked step gains nothing where each cell's step is already bound by its arithmetic (a
+    convolution through ``vmap`` even loses); on a GPU, where a cell's step is launch overhead, it always gains.
+    Steps alternate, the fastest of ``repeats`` counts, and the stack is put back afterwards.
+    """
+    from bench.step import Step
+
+    try:
+        alone = Step(copy.deepcopy(model), loss_fn, x, y, cell.recipe.optimizer, cell.recipe.lr)
+    except Exception:  # e.g. an optimizer only the registry knows: keep the group fused
+        return ""
+    idx = torch.arange(length, device=x.device)
+    fused_idx = idx.expand(step.size, length)
+    saved = _Snapshot(step)
+    fused_times, alone_times = [], []
+    try:
+        step(fused_idx)
+        alone(idx)  # first calls allocate
+        for _ in range(repeats):
+            start = time.perf_counter()
+            step(fused_idx)
+            fused_times.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            alone(idx)
+            alone_times.append(time.perf_counter() - start)
+    except Exception:
+        return ""
+    finally:
+        saved.restore()
+        step.reset()
+    per_member, own = min(fused_times) / step.size, min(alone_times)
+    if per_member < own:
+        return ""
+    return (f"on {x.device.type} the stacked step measured no faster than the cells' own: {per_member * 1e3:.2f} ms "
+            f"per member against {own * 1e3:.2f} ms")
+
+
 # -- memory ------------------------------------------------------------------------------------------
 
 
@@ -523,6 +569,10 @@ def _train_fused(cells, model_factory, loss_fn, data, device, execution, batched
 
     with watch.phase("warmup"):
         step = build_fused_step(execution, models, loss_fn, x_train, y_train, batched_optimizer, cells, lengths)
+        if execution.fuse == "auto" and device.type == "cpu":
+            slower = slower_than_alone(step, models[0], loss_fn, x_train, y_train, cells[0], lengths[0])
+            if slower:
+                raise Unfusable(slower)
 
     for epoch in range(1, cfg.epochs + 1):
         alive = [i for i in range(size) if outcome[i] is None]

@@ -147,7 +147,8 @@ def test_each_member_trains_as_it_would_alone(model, limit, registry, small):
     factory, loss_fn = factory_for(registry, small, model), loss_for(registry)
     cells = [Cell(model, "crossentropy", "mnist", seed, "cpu", Recipe(lr=lr, epochs=2), limit)
              for seed, lr in [(0, 1e-3), (1, 2e-3), (2, 1e-3)]]
-    fused = train_group(cells, factory, loss_fn, small, CPU, Execution(), batched_optimizer_for(registry, "adam"))
+    fused = train_group(cells, factory, loss_fn, small, CPU, Execution(fuse="on"),
+                        batched_optimizer_for(registry, "adam"))
     acc_diff = loss_diff = 0.0
     for cell, result in zip(cells, fused):
         reference = alone(cell, factory, loss_fn, small)
@@ -172,7 +173,8 @@ def test_a_diverging_member_fails_alone_and_the_others_go_on(registry, small):
     factory, loss_fn = factory_for(registry, small, "deep-linear"), loss_for(registry)
     cells = [Cell("deep-linear", "crossentropy", "mnist", seed, "cpu", Recipe(optimizer="sgd", lr=lr, epochs=2), 4000)
              for seed, lr in [(0, 0.01), (1, 10.0), (2, 0.02)]]
-    fused = train_group(cells, factory, loss_fn, small, CPU, Execution(), batched_optimizer_for(registry, "sgd"))
+    sgd = batched_optimizer_for(registry, "sgd")
+    fused = train_group(cells, factory, loss_fn, small, CPU, Execution(fuse="on"), sgd)
     with pytest.raises(NonFiniteLoss) as unfused_error:
         alone(cells[1], factory, loss_fn, small)
     assert isinstance(fused[1], NonFiniteLoss) and str(fused[1]) == str(unfused_error.value)
@@ -209,6 +211,16 @@ def test_a_model_vmap_cannot_run_trains_unfused_and_says_why(registry, small):
                     batched_optimizer_for(registry, "adam"))
 
 
+def test_auto_keeps_cells_apart_where_the_stacked_step_measures_slower(registry, small):
+    """On a cpu a convolution through vmap runs ~2x slower than the cells' own steps: auto notices in warm-up."""
+    factory, loss_fn = factory_for(registry, small, "cnn"), loss_for(registry)
+    cells = [Cell("cnn", "crossentropy", "mnist", seed, "cpu", Recipe(epochs=1), 512) for seed in (0, 1)]
+    results = train_group(cells, factory, loss_fn, small, CPU, Execution(), batched_optimizer_for(registry, "adam"))
+    for cell, result in zip(cells, results):
+        assert result.execution["execution_note"].startswith("not fused: on cpu the stacked step measured no faster")
+        assert result.metrics == alone(cell, factory, loss_fn, small).metrics
+
+
 def test_an_optimizer_without_a_batched_form_trains_unfused(registry, small):
     factory, loss_fn = factory_for(registry, small, "linear"), loss_for(registry)
     cells = [Cell("linear", "crossentropy", "mnist", seed, "cpu", Recipe(epochs=1), 1000) for seed in (0, 1)]
@@ -235,7 +247,8 @@ def test_a_group_larger_than_its_memory_budget_trains_in_chunks(registry, small,
     per_member = fused_trainer.member_bytes(factory(), loss_fn, *small.train, 256)
     assert 256 * 784 * 4 < per_member < 20 * 2**20  # at least its gathered batch, far less than a model's worth
     monkeypatch.setattr(fused_trainer, "HOST_MEMORY_BUDGET", 2 * per_member)
-    results = train_group(cells, factory, loss_fn, small, CPU, Execution(), batched_optimizer_for(registry, "adam"))
+    results = train_group(cells, factory, loss_fn, small, CPU, Execution(fuse="on"),
+                          batched_optimizer_for(registry, "adam"))
     assert [r.execution["fused_size"] for r in results] == [2, 2, 2, 2, 1]
     assert len({r.execution["fused_group"] for r in results}) == 3
 
@@ -247,7 +260,8 @@ def test_a_worker_trains_a_fused_group_into_picklable_records():
     from bench.runner import WorkSpec, execute_group
 
     cells = [Cell("linear", "crossentropy", "mnist", seed, "cpu", Recipe(epochs=1), 1000) for seed in (0, 1)]
-    records = pickle.loads(pickle.dumps(execute_group([(3, cells[0]), (5, cells[1])], WorkSpec((), "unused", "cpu"))))
+    spec = WorkSpec((), "unused", "cpu", Execution(fuse="on"))
+    records = pickle.loads(pickle.dumps(execute_group([(3, cells[0]), (5, cells[1])], spec)))
     assert [r["index"] for r in records] == [3, 5]
     assert [r["row"]["status"] for r in records] == ["ok", "ok"] and records[0]["row"]["fused_size"] == 2
     assert all(isinstance(r["state_dict"], bytes) and len(r["history"]) == 1 for r in records)
@@ -285,18 +299,18 @@ def test_bench_run_fuses_seeds_into_one_group_with_the_unfused_results(cli, tmp_
 
 def test_resume_in_the_middle_of_a_group_trains_only_the_rest(cli, tmp_path):
     out = tmp_path / "r"
-    assert cli(*RUN, "--seeds", "0,1", "--out", out).exit_code == 0
+    assert cli(*RUN, "--seeds", "0,1", "--out", out, "--fuse", "on").exit_code == 0
     records = {p.name: p.read_bytes() for p in (out / "cells").iterdir()}
     dry = cli(*RUN, "--seeds", "0,1,2,3", "--out", out, "--dry-run")
     assert "fused groups: 1, holding 2 of the 2 cell(s) to run" in dry.stdout and "seeds 2,3" in dry.stdout
-    again = cli(*RUN, "--seeds", "0,1,2,3", "--out", out)
+    again = cli(*RUN, "--seeds", "0,1,2,3", "--out", out, "--fuse", "on")
     assert again.exit_code == 0 and "resume: 2 of 4 cell(s) already finished" in again.stderr
     assert {p.name: p.read_bytes() for p in (out / "cells").iterdir() if p.name in records} == records
     resumed = {r["seed"]: r for r in rows(out)}
     assert [resumed[s]["fused_size"] for s in "0123"] == ["2", "2", "2", "2"]
     assert resumed["0"]["fused_group"] != resumed["2"]["fused_group"]
     # the rest, trained as a group of two, are the cells that a group of four trains
-    assert cli(*RUN, "--seeds", "0,1,2,3", "--out", tmp_path / "whole").exit_code == 0
+    assert cli(*RUN, "--seeds", "0,1,2,3", "--out", tmp_path / "whole", "--fuse", "on").exit_code == 0
     whole = {r["seed"]: r for r in rows(tmp_path / "whole")}
     assert {r["fused_size"] for r in whole.values()} == {"4"}
     for seed in "0123":
