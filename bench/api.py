@@ -280,7 +280,8 @@ def run(study: Path | str | Mapping | Study | None = None, *,
         report: bool = False, plugins: Iterable[str] = (), executor: str | None = None, jobs: int | None = None,
         address: str | None = None, wait: bool = False, track=None, tune=None, trials: int | None = None,
         sampler: str | None = None, tune_metric: str | None = None, target: str | None = None,
-        eval_every: int | None = None, host=None, argv: list[str] | None = None,
+        eval_every: int | None = None, fuse: str = "auto", fuse_max: int = 0, host=None,
+        argv: list[str] | None = None,
         echo: Callable[[str], None] = _stderr) -> Run:
     """Run a study and return the :class:`Run`; the options are ``bench run``'s.
 
@@ -323,7 +324,7 @@ def run(study: Path | str | Mapping | Study | None = None, *,
     from bench.study import parse_target
 
     execution = Execution(cuda_graphs=cuda_graphs, compile=compile, target=parse_target(the_study.target),
-                          eval_every=the_study.eval_every or 0)
+                          eval_every=the_study.eval_every or 0, fuse=fuse, fuse_max=fuse_max)
     execution.step_mode(torch_device)  # cuda_graphs="on" without cuda: fail before any work
     executor_name, executor_obj = make_executor(registry, executor, jobs, address)
     trackers = make_trackers(registry, the_study.track)

@@ -177,6 +177,12 @@ def main(plugin_modules):
               "if a model cannot be captured), on (an error if it cannot), off.")
 @click.option("--compile", "compile_", is_flag=True, help="Wrap each model in torch.compile (compilation is "
               "timed as warm-up, apart from the epochs).")
+@click.option("--fuse", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+              help="Train cells that differ only in seed, lr, weight decay or optimizer params as one stacked model: "
+              "auto (where the model and optimizer allow; others train one by one, execution_note says why), on "
+              "(an error where they cannot), off.")
+@click.option("--fuse-max", "fuse_max", type=click.IntRange(min=0), default=0, metavar="N",
+              help="At most N cells in one fused group (0: as many as fit in the device's memory).")
 @click.option("--threads", type=click.IntRange(min=0), default=0, metavar="N",
               help="CPU threads for torch (0: torch's default, one per core).")
 @click.option("--tune", "tune", multiple=True, metavar="KEY=LOW:HIGH[:log]",
@@ -247,7 +253,7 @@ def _report_interrupt(ctx: click.Context, out: Path) -> None:
 def _run(ctx, *, study, grid, models, losses, datasets, params, seeds, repeat, epochs, batch_size, lr, optimizer,
          weight_decay, schedule, limit, device_spec, out, data_dir, force, wait, dry_run, cuda_graphs, compile_,
          threads, tune, trials, sampler, tune_metric, target, eval_every, track, quiet, make_report, plugin_modules,
-         executor, jobs, address):
+         executor, jobs, address, fuse, fuse_max):
     from bench import api
 
     host, _ = make_host(plugin_modules)
@@ -258,12 +264,15 @@ def _run(ctx, *, study, grid, models, losses, datasets, params, seeds, repeat, e
         dry_run=dry_run, wait=wait, cuda_graphs=cuda_graphs, compile=compile_, threads=threads, quiet=quiet,
         report=False,
         host=host, executor=executor, jobs=jobs, address=address, track=track, tune=list(tune), trials=trials,
-        sampler=sampler, tune_metric=tune_metric, target=target, eval_every=eval_every,
-        argv=ctx.find_root().obj["argv"],
+        sampler=sampler, tune_metric=tune_metric, target=target, eval_every=eval_every, fuse=fuse,
+        fuse_max=fuse_max, argv=ctx.find_root().obj["argv"],
         echo=lambda message: click.echo(message, err=True),
     )
     if dry_run:
         click.echo(format_plan(result.plan, result.path))
+        groups = format_groups([c for state, c in result.plan if state != "done"], fuse_max) if fuse != "off" else ""
+        if groups:
+            click.echo(groups)
         return
     click.echo(format_summary(result.rows))
     if len({row["seed"] for row in result.rows}) > 1:
@@ -314,6 +323,21 @@ def format_plan(plan, root: Path) -> str:
     done = sum(state == "done" for state, _ in plan)
     lines = [f"dry run: {len(plan)} cell(s) for {root}: {len(plan) - done} to run, {done} done"]
     lines += [f"  {state:<5} {cell.cell_id}  {cell.label}" for state, cell in plan]
+    return "\n".join(lines)
+
+
+def format_groups(cells, fuse_max: int) -> str:
+    """What ``--dry-run`` prints about fused training: the groups of the cells to run ("" when none fuse)."""
+    from bench.fuse import group_cells, group_id
+
+    groups = [g for g in group_cells(cells, fuse_max or None) if len(g) > 1]
+    if not groups:
+        return ""
+    lines = [f"fused groups: {len(groups)}, holding {sum(map(len, groups))} of the {len(cells)} cell(s) to run"
+             + (" (split further by memory when they run)" if not fuse_max else "")]
+    for group in groups:
+        lines.append(f"  {group_id(group)}  {len(group):>3} cells  {group[0].label.rsplit(' seed=', 1)[0]}  seeds "
+                     f"{','.join(str(c.seed) for c in group)}")
     return "\n".join(lines)
 
 

@@ -63,6 +63,8 @@ def environment(device: torch.device, argv: list[str] | None = None,
         env["cuda_graphs"] = execution.cuda_graphs
         env["cuda_graphs_used"] = env["step"] == "graph"
         env["compile"] = execution.compile
+        env["fuse"] = execution.fuse
+        env["fuse_max"] = execution.fuse_max
     if device.type == "cuda":
         env["cuda"] = torch.version.cuda
         env["cuda_driver"] = cuda_driver_version()

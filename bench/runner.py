@@ -181,21 +181,85 @@ def train_record(index: int, cell: Cell, registry: Registry, cache: DataCache, d
         record["row"]["data_time_s"] += cache.take_load_time()
     except (KeyboardInterrupt, DataCorrupt, BrokenPlugin):  # BrokenPlugin: an observer under BENCH_STRICT_PLUGINS
         raise
-    except IncompatibleCell as exc:
-        record["row"] = _row(cell, "skipped", str(exc))
     except (Exception, SystemExit) as exc:
-        message = _one_line(exc)
-        if isinstance(exc, SystemExit):
-            message = f"SystemExit: the cell's code called sys.exit({exc.code!r})"
-        if isinstance(exc, torch.cuda.OutOfMemoryError):
-            message += " (out of device memory: try a smaller --batch-size or model)"
-        record["row"] = _row(cell, "failed", message)
-        if not isinstance(exc, BenchError):
-            record["traceback"] = traceback.format_exc()
+        record.update(_error_record(index, cell, exc))
     if record["row"]["status"] == "failed" and device.type == "cuda":
         torch.cuda.empty_cache()  # the failed cell's tensors are gone now; give their memory back
     record["ended_at"] = time.time()
     return record
+
+
+def _error_record(index: int, cell: Cell, exc: BaseException) -> dict[str, Any]:
+    """The record of a cell that raised: ``skipped`` for an incompatible cell, else ``failed``."""
+    if isinstance(exc, IncompatibleCell):
+        return {"index": index, "row": _row(cell, "skipped", str(exc))}
+    message = _one_line(exc)
+    if isinstance(exc, SystemExit):
+        message = f"SystemExit: the cell's code called sys.exit({exc.code!r})"
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        message += " (out of device memory: try a smaller --batch-size or model)"
+    record = {"index": index, "row": _row(cell, "failed", message)}
+    if not isinstance(exc, BenchError):
+        record["traceback"] = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return record
+
+
+def train_group_records(tasks: list[tuple[int, Cell]], registry: Registry, cache: DataCache, device: torch.device,
+                        data_dir: Path, events=None, execution: Execution | None = None
+                        ) -> list[dict[str, Any]]:
+    """Train a fused group (cells of one :func:`bench.fuse.fuse_key`) as one stacked model; one record per
+    member, each what :func:`train_record` would give for that cell, plus ``fused_group``/``fused_size``.
+    Each member's start and epochs are announced to ``events`` as they happen."""
+    from bench.fuse import batched_optimizer_for
+    from bench.fused_trainer import train_group
+
+    if len(tasks) == 1:
+        return [train_record(*tasks[0], registry, cache, device, data_dir, events, execution)]
+    cells = [cell for _, cell in tasks]
+    first = cells[0]
+    started = time.time()
+    load_time = 0.0
+    try:
+        data = cache.get(registry, first, data_dir, device)
+        load_time = cache.take_load_time()
+        model_c, loss_c = registry.get("model", first.model), registry.get("loss", first.loss)
+        model_params = {**model_c.params, **first.override("model")}
+
+        def factory():
+            return model_c.factory(data.input_shape, data.num_classes, **model_params)
+
+        loss_fn = loss_c.factory(**{**loss_c.params, **first.override("loss")})
+        if events is not None:
+            for cell in cells:
+                events.cell_start(cell)
+
+        def on_epoch(epoch, rows):
+            for cell, row in zip(cells, rows):
+                if row is not None and events is not None:
+                    base = {k: v for k, v in cell.row("ok").items()
+                            if k in ("cell_id", "model", "loss", "dataset", "params", "seed")}
+                    events.epoch_end(cell, {**base, **row})
+
+        results = train_group(cells, factory, loss_fn, data, device, execution,
+                              batched_optimizer_for(registry, first.recipe.optimizer), on_epoch=on_epoch)
+    except (KeyboardInterrupt, DataCorrupt, BrokenPlugin):
+        raise
+    except (Exception, SystemExit) as exc:  # what fails the whole group (e.g. the factory) fails each member alike
+        results = [exc] * len(cells)
+    records = []
+    for (index, cell), result in zip(tasks, results):
+        if isinstance(result, BaseException):
+            records.append({**_error_record(index, cell, result), "started_at": started, "ended_at": time.time()})
+            continue
+        model = factory()
+        model.load_state_dict(result.state_dict)
+        records.append({"index": index, **_result_record(cell, result, data, model.to(device)),
+                        "started_at": started, "ended_at": time.time()})
+    if records and "data_time_s" in records[0]["row"]:
+        records[0]["row"]["data_time_s"] += load_time
+    if device.type == "cuda" and any(r["row"]["status"] == "failed" for r in records):
+        torch.cuda.empty_cache()
+    return records
 
 
 def failed_record(index: int, cell: Cell, error: str) -> dict[str, Any]:
@@ -215,23 +279,57 @@ def execute_cell(index: int, cell: Cell, spec: WorkSpec) -> dict[str, Any]:
     process. The weights come back as safetensors bytes. Corrupt data comes back as
     ``{"fatal": message}``: the driver stops the run, as it would in-process.
     """
-    from bench.host import Host
-
-    device = torch.device(spec.device)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
+    device = _worker_device(spec)
     cell = replace(cell, device=str(device))  # the row names the device that trained it; the id stays
-    registry = _WORKER_REGISTRIES.get(spec.plugin_modules)
+    registry, error = _worker_registry(spec)
     if registry is None:
-        try:
-            registry = _WORKER_REGISTRIES[spec.plugin_modules] = Host(spec.plugin_modules).registry
-        except Exception as exc:  # e.g. a -p module that this worker's machine cannot import
-            return failed_record(index, cell, f"the worker could not load the plugins: {_one_line(exc)}")
+        return failed_record(index, cell, error)
     try:
         record = train_record(index, cell, registry, _WORKER_DATA, device, Path(spec.data_dir),
                               execution=spec.execution)
     except DataCorrupt as exc:
         return {"index": index, "fatal": str(exc)}
+    return _picklable(record)
+
+
+def execute_group(tasks: list[tuple[int, Cell]], spec: WorkSpec) -> list[dict[str, Any]]:
+    """:func:`execute_cell` for a fused group (cells of one :func:`bench.fuse.fuse_key`): one picklable record
+    per member, in order (see :func:`train_group_records`)."""
+    device = _worker_device(spec)
+    tasks = [(index, replace(cell, device=str(device))) for index, cell in tasks]
+    registry, error = _worker_registry(spec)
+    if registry is None:
+        return [failed_record(index, cell, error) for index, cell in tasks]
+    try:
+        records = train_group_records(tasks, registry, _WORKER_DATA, device, Path(spec.data_dir),
+                                      execution=spec.execution)
+    except DataCorrupt as exc:
+        return [{"index": index, "fatal": str(exc)} for index, _ in tasks]
+    return [_picklable(record) for record in records]
+
+
+def _worker_device(spec: WorkSpec) -> torch.device:
+    device = torch.device(spec.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device
+
+
+def _worker_registry(spec: WorkSpec) -> tuple[Registry | None, str]:
+    """This worker's registry for ``spec``'s plugins (built once), or ``None`` and why."""
+    from bench.host import Host
+
+    registry = _WORKER_REGISTRIES.get(spec.plugin_modules)
+    if registry is None:
+        try:
+            registry = _WORKER_REGISTRIES[spec.plugin_modules] = Host(spec.plugin_modules).registry
+        except Exception as exc:  # e.g. a -p module that this worker's machine cannot import
+            return None, f"the worker could not load the plugins: {_one_line(exc)}"
+    return registry, ""
+
+
+def _picklable(record: dict[str, Any]) -> dict[str, Any]:
+    """A record with its tensors as safetensors bytes."""
     from safetensors.torch import save
 
     for key in TENSOR_KEYS:
@@ -245,9 +343,44 @@ class LocalExecutor:
 
     def run(self, tasks: list[tuple[int, Cell]], job: Job) -> Iterator[dict[str, Any]]:
         cache = job.cache if job.cache is not None else DataCache()
-        for index, cell in tasks:
-            yield train_record(index, cell, job.registry, cache, job.device, job.data_dir, job.events,
-                               job.execution)
+        for group in fused_groups(tasks, job.execution, job.registry):
+            yield from train_group_records(group, job.registry, cache, job.device, job.data_dir, job.events,
+                                           job.execution)
+
+
+def fused_groups(tasks: list[tuple[int, Cell]], execution: Execution | None,
+                 registry: Registry | None = None) -> list[list[tuple[int, Cell]]]:
+    """The tasks grouped for fused training (bench/fuse.py), or one group per task with ``fuse`` off.
+
+    Cells with a learning-rate schedule, and runs that measure time to target (``target``,
+    ``eval_every``), are not fused: the fused engine implements neither, so those cells train one by one.
+    """
+    from bench.fuse import fuse_key, group_cells
+
+    execution = execution or Execution()
+    if execution.fuse == "off" or execution.target is not None or execution.eval_every:
+        return [[task] for task in tasks]
+    fusable = [t for t in tasks if registry is None or not has_schedule(registry, t[1])]
+    alone = [[t] for t in tasks if registry is not None and has_schedule(registry, t[1])]
+    return [*group_cells(fusable, execution.fuse_max or None, key=lambda task: fuse_key(task[1])), *alone]
+
+
+def has_schedule(registry: Registry, cell: Cell) -> bool:
+    """Whether the cell's schedule does anything (its factory returns a scheduler rather than ``None``)."""
+    from bench.recipe import recipe_factories
+
+    key = (cell.recipe.schedule, json.dumps(cell.override("schedule"), sort_keys=True, default=str))
+    if key not in _SCHEDULED:
+        try:
+            make_optimizer, make_schedule = recipe_factories(registry, cell)
+            optimizer = make_optimizer([torch.zeros(1, requires_grad=True)], False)
+            _SCHEDULED[key] = make_schedule is not None and make_schedule(optimizer, 10) is not None
+        except Exception:  # the cell will fail on its own, unfused, with the message
+            _SCHEDULED[key] = True
+    return _SCHEDULED[key]
+
+
+_SCHEDULED: dict[tuple[str, str], bool] = {}
 
 
 def run_cells(
@@ -323,8 +456,7 @@ def _train_one(cell: Cell, registry: Registry, data: DataSplits, device: torch.d
     if not isinstance(model, torch.nn.Module):
         raise BenchError(f"model '{cell.model}' factory returned {type(model).__name__}, not a torch.nn.Module")
     loss_fn = loss_c.factory(**{**loss_c.params, **cell.override("loss")})
-    row = _row(cell, "ok")
-    base = {k: row[k] for k in ("cell_id", "model", "loss", "dataset", "params", "seed")}
+    base = {k: v for k, v in _row(cell, "ok").items() if k in ("cell_id", "model", "loss", "dataset", "params", "seed")}
     if events is not None:
         events.cell_start(cell)
     # observers get each epoch's row exactly as the record's history will hold it
@@ -332,11 +464,18 @@ def _train_one(cell: Cell, registry: Registry, data: DataSplits, device: torch.d
     make_optimizer, make_schedule = recipe_factories(registry, cell)
     result = train_cell(cell, model, loss_fn, data, device, on_epoch=on_epoch, execution=execution,
                         make_optimizer=make_optimizer, make_schedule=make_schedule)
+    return _result_record(cell, result, data, model)
+
+
+def _result_record(cell: Cell, result, data: DataSplits, model: torch.nn.Module) -> dict[str, Any]:
+    """The record of a trained cell (``model`` holds its final weights, for the class templates)."""
+    row = _row(cell, "ok")
     row.update(result.metrics)
     row.update(result.timing)
     row.update(result.execution)
     row["n_params"] = result.n_params
     row["weights"] = ""  # the driver stores the weights and fills this in
+    base = {k: row[k] for k in ("cell_id", "model", "loss", "dataset", "params", "seed")}
     history = [{**base, **h} for h in result.history]
     return {"row": row, "history": history, "confusion": result.confusion, "classes": data.classes,
             "input_shape": list(data.input_shape), "state_dict": result.state_dict,

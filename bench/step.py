@@ -37,6 +37,7 @@ from bench.optim import state_tensor_ptrs
 GRAPH_CHOICES = ("auto", "on", "off")
 #: What a target can be set on: validation accuracy (reached from below) or loss (from above).
 TARGET_METRICS = ("val_acc", "val_loss")
+FUSE_CHOICES = ("auto", "on", "off")
 MODES = ("plain", "static", "graph")
 
 
@@ -47,6 +48,9 @@ class Execution:
     ``cuda_graphs``: ``auto`` (graphs on cuda, falling back to eager steps with a note if the model
     cannot be captured), ``on`` (graphs on cuda, an error elsewhere or if capture fails), ``off``.
     ``compile``: wrap the model in ``torch.compile``. ``mode`` forces a step kind (tests use it).
+    ``fuse``: train groups of cells of one shape as one stacked model (see bench/fuse.py): ``auto``
+    (where the model and optimizer allow, else one by one with a note), ``on`` (an error where they do
+    not), ``off``. ``fuse_max``: the most cells in one fused group (0: as many as fit in memory).
     """
 
     cuda_graphs: str = "auto"
@@ -57,6 +61,8 @@ class Execution:
     #: as well as at each epoch's end (the evaluations are timed apart from training).
     target: tuple[str, float] | None = None
     eval_every: int = 0
+    fuse: str = "auto"
+    fuse_max: int = 0
 
     def __post_init__(self):
         if self.target is not None:
@@ -70,6 +76,10 @@ class Execution:
             raise OptionError("cuda_graphs", f"must be one of {', '.join(GRAPH_CHOICES)}, got '{self.cuda_graphs}'")
         if self.mode is not None and self.mode not in MODES:
             raise BenchError(f"step mode must be one of {', '.join(MODES)}, got '{self.mode}'")
+        if self.fuse not in FUSE_CHOICES:
+            raise OptionError("fuse", f"must be one of {', '.join(FUSE_CHOICES)}, got '{self.fuse}'")
+        if isinstance(self.fuse_max, bool) or not isinstance(self.fuse_max, int) or self.fuse_max < 0:
+            raise OptionError("fuse_max", f"must be an integer >= 0 (0: as many as fit), got {self.fuse_max!r}")
 
     def step_mode(self, device: torch.device) -> str:
         """The step kind used on ``device``."""

@@ -52,7 +52,7 @@ RESULT_COLUMNS = [
     "val_loss",
     "train_time_s", "epoch_time_s", "eval_time_s", "samples_per_s", "n_params", "weights",
     "data_time_s", "warmup_time_s", "step", "cuda_graphs", "compiled", "execution_note",
-    "target", "target_epoch", "target_steps", "target_time_s",
+    "target", "target_epoch", "target_steps", "target_time_s", "fused_group", "fused_size",
 ]
 #: One row per cell and epoch.
 HISTORY_COLUMNS = [

@@ -130,6 +130,64 @@ def check_schedule(registry, data, device, eager, graphs, epochs, limit) -> None
         check(effect > 1e-4, f"{what}: the schedule changed the training (vs constant: {effect:.2e})")
 
 
+#: Issue 14's targets for fused training on a GPU: training time per cell, unfused / fused.
+FUSED_TARGETS = {"linear": 10.0, "mlp": 5.0}
+
+
+def fused_check(registry, data, device, execution, cells: int, epochs: int, limit: int = 0) -> list[str]:
+    """``cells`` seeds of linear and of mlp trained fused (one stacked model per model, CUDA graphs as
+    ``execution`` says) and unfused, cell by cell: every member within 0.002 test accuracy and 1e-3 relative
+    validation loss of its unfused run, and the training time per cell of each way. Returns table lines."""
+    from bench.fuse import batched_optimizer_for
+    from bench.fused_trainer import train_group
+
+    lines = []
+    for model in FUSED_TARGETS:
+        model_c, loss_c = registry.get("model", model), registry.get("loss", "crossentropy")
+
+        def factory(model_c=model_c):
+            return model_c.factory(data.input_shape, data.num_classes, **model_c.params)
+
+        loss_fn = loss_c.factory(**loss_c.params)
+        group = [Cell(model, "crossentropy", "mnist", seed, str(device), Recipe(epochs=epochs, batch_size=256, lr=1e-3),
+                      limit) for seed in range(cells)]
+        start = time.perf_counter()
+        fused = train_group(group, factory, loss_fn, data, device, execution, batched_optimizer_for(registry, "adam"))
+        fused_wall = time.perf_counter() - start
+        failed = [f"{c.seed}: {r}" for c, r in zip(group, fused) if isinstance(r, Exception)]
+        check(not failed, f"fused {model}: every member trained ({failed[:3]})")
+        if failed:
+            continue
+        start = time.perf_counter()
+        alone = []
+        for cell in group:
+            torch.manual_seed(cell.seed)
+            alone.append(train_cell(cell, factory(), loss_fn, data, device, execution=execution))
+        alone_wall = time.perf_counter() - start
+        acc = max(abs(f.metrics["test_acc"] - a.metrics["test_acc"]) for f, a in zip(fused, alone))
+        val = max(abs(hf["val_loss"] - ha["val_loss"]) / ha["val_loss"]
+                  for f, a in zip(fused, alone) for hf, ha in zip(f.history, a.history))
+        check(acc <= 0.002 and val <= 1e-3, f"fused {model} x{cells}: largest |test_acc difference| {acc:.4f}, "
+                                            f"largest relative val_loss difference {val:.2e}")
+        steps = {f.execution["step"] for f in fused} | {a.execution["step"] for a in alone}
+        notes = {f.execution["execution_note"] for f in fused if f.execution["execution_note"]}
+        if notes:
+            print(f"  note: fused {model}: {notes}", flush=True)
+        per_cell_on = sum(f.timing["train_time_s"] for f in fused) / cells
+        per_cell_off = sum(a.timing["train_time_s"] for a in alone) / cells
+        ratio = per_cell_off / per_cell_on
+        what = (f"fused {model} x{cells}: training time per cell {per_cell_off:.4f} s unfused / {per_cell_on:.4f} s "
+                f"fused = {ratio:.1f}x (target on a GPU {FUSED_TARGETS[model]:g}x; steps {sorted(steps)})")
+        if device.type == "cuda":
+            check(ratio >= FUSED_TARGETS[model], what)
+        else:
+            print(f"  {what}", flush=True)
+        lines.append(f"{model:<8}{cells:>6}{per_cell_off:>14.4f}{per_cell_on:>12.4f}{ratio:>8.1f}x"
+                     f"{alone_wall:>13.1f}{fused_wall:>11.1f}{alone_wall / fused_wall:>7.1f}x"
+                     f"{fused[0].execution['fused_size']:>7}")
+    return lines
+
+
 def notebook_epoch_times(device, model_names, rounds=1) -> dict[str, float]:
     import notebook_loop as nb
 
@@ -170,6 +228,9 @@ def main(argv=None) -> int:
     parser.add_argument("--compile", action="store_true", help="also time --compile with graphs (slow to build)")
     parser.add_argument("--skip-notebook", action="store_true")
     parser.add_argument("--limit", type=int, default=0, help="train on the first N images (a quick try)")
+    parser.add_argument("--fused-cells", type=int, default=100,
+                        help="cells per model in the fused-training check (0: skip it; --device cpu: try 4)")
+    parser.add_argument("--fused-epochs", type=int, default=2)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -247,6 +308,13 @@ def main(argv=None) -> int:
     print("\n4. whole process", flush=True)
     whole_process(device)
 
+    fused_lines = []
+    if args.fused_cells:
+        print(f"\n5. fused training: {args.fused_cells} linear and {args.fused_cells} mlp cells as one stacked model "
+              f"each, against the same cells one by one ({on_name})", flush=True)
+        fused_lines = fused_check(registry, data, device, variants[on_name], args.fused_cells, args.fused_epochs,
+                                  args.limit)
+
     print(f"\nper-epoch train time (median of {args.epochs} epochs, warm-up/capture excluded), device {name}")
     header = f"{'model':<26}" + "".join(f"{label + ' s':>18}" for label in variants) + f"{'notebook s':>12}" \
         + f"{'speed-up':>10}" + f"{'warmup s':>10}"
@@ -260,6 +328,13 @@ def main(argv=None) -> int:
         row += f"{nb_time:>12.3f}{nb_time / on_time:>9.0f}x" if nb_time else f"{'-':>12}{'-':>10}"
         row += f"{results[(model, loss, on_name)].timing['warmup_time_s']:>10.2f}"
         print(row)
+    if fused_lines:
+        print(f"\nfused training, {args.fused_epochs} epochs ({on_name}; training time per cell: the sum of "
+              "train_time_s over the cells / cells; wall: train_group against the cells one after another)")
+        print(f"{'model':<8}{'cells':>6}{'unfused s':>14}{'fused s':>12}{'ratio':>9}{'unfused wall':>13}"
+              f"{'fused wall':>11}{'ratio':>8}{'group':>7}")
+        for line in fused_lines:
+            print(line)
     print(f"\n{len(FAILURES)} failed check(s); total {time.perf_counter() - start:.0f} s")
     for failure in FAILURES:
         print(f"FAIL: {failure}")

@@ -285,3 +285,14 @@ def bench_register_optimizers(register):
              description="AdamW: Adam with decoupled weight decay (= torch.optim.AdamW, fused)")
     register("sgd", SGD, params={"momentum": 0.9},
              description="SGD with momentum; weight decay is L2 (= torch.optim.SGD, foreach)")
+
+
+def _offer_batched_forms() -> None:
+    """Fused training (bench/fuse.py) steps a group of same-shaped models with one batched optimizer: the
+    built-ins offer theirs as ``factory.batched`` (plugins/batched_optimizers.py)."""
+    from plugins.batched_optimizers import BatchedAdam, BatchedAdamW, BatchedSGD
+
+    Adam.batched, AdamW.batched, SGD.batched = BatchedAdam, BatchedAdamW, BatchedSGD
+
+
+_offer_batched_forms()

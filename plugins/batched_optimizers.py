@@ -1,0 +1,253 @@
+"""Batched Adam, AdamW and SGD: one optimizer over the stacked parameters of N models of one shape.
+
+Fused training (``bench/fused_trainer.py``) stacks the parameters of a group's N members along a
+new first dimension (``torch.func.stack_module_state``): each parameter is one ``[N, ...]`` tensor and
+member ``i`` owns the slice ``[i]``. These optimizers update such tensors with per-member
+hyperparameters, held as ``[N]`` tensors (``optimizer.hyper["lr"]`` etc.), so that members may differ
+in learning rate, weight decay, betas or momentum.
+
+Each member gets exactly the arithmetic of the unfused optimizer, with torch.optim's definitions:
+
+- :class:`BatchedAdam`: ``torch.optim.Adam`` (L2 weight decay added to the gradient),
+- :class:`BatchedAdamW`: ``torch.optim.AdamW`` (decoupled weight decay),
+- :class:`BatchedSGD`: ``torch.optim.SGD`` with momentum (no dampening, no Nesterov) and L2 weight decay.
+
+How: members whose hyperparameters are all equal step together, in one call of the kernel the
+unfused optimizer uses (torch's fused Adam/AdamW kernel on cpu and cuda, as ``fused=True``; the
+``foreach`` arithmetic elsewhere, and for SGD as ``foreach=True``) over their part of each stacked
+tensor, read as one flat run of memory. A group of seeds is one call, 20 seeds x 2 learning rates two
+calls (when the members of each rate are adjacent; each run of adjacent members is one segment). That
+is one pass over the memory per tensor, where broadcasting ``[N]``-shaped hyperparameters takes a
+dozen element-wise ops and per-member slices one kernel launch (on cpu one OpenMP region) each.
+Per member the result is torch.optim's up to float rounding: the same formula element by element,
+but vectorised in other chunks (1 ulp of ``exp_avg_sq`` now and then; the tests compare every member
+with torch.optim step by step).
+
+A plugin optimizer offers its batched form as an attribute of its factory, ``factory.batched = Cls``;
+``Cls(params, members, capturable=False, **defaults)`` where ``members`` holds one dict of
+hyperparameters per member. One without it trains its cells unfused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from bench.errors import BenchError
+
+#: Devices where torch has fused (one-kernel) Adam/AdamW, used there as ``torch.optim.Adam(fused=True)``.
+FUSED_DEVICES = ("cpu", "cuda")
+
+
+class _Batched:
+    """Per-member hyperparameters over stacked ``[N, ...]`` parameters; members with equal values step together."""
+
+    #: The hyperparameters this optimizer understands and torch.optim's defaults for them.
+    HYPER: dict[str, float] = {}
+
+    def __init__(self, params: Sequence[torch.Tensor], members: Sequence[Mapping[str, Any]], *,
+                 capturable: bool = False, **defaults: Any):
+        self.params = list(params)
+        if not self.params:
+            raise BenchError("the model has no trainable parameters")
+        if any(not p.is_floating_point() for p in self.params) or len({(p.device, p.dtype) for p in self.params}) > 1:
+            raise BenchError("stacked parameters must share one device and one float dtype")
+        self.size = self.params[0].shape[0] if self.params[0].dim() else 0
+        if any(p.dim() == 0 or p.shape[0] != self.size for p in self.params) or len(members) != self.size:
+            raise BenchError(f"{len(members)} members' hyperparameters for parameters stacked "
+                             f"{sorted({p.shape[0] if p.dim() else 0 for p in self.params})} deep")
+        self.capturable = capturable
+        values = [self._values({**defaults, **member}) for member in members]
+        #: ``{name: [N] float64 tensor}``: each member's hyperparameters.
+        self.hyper = {name: torch.tensor([v[name] for v in values], dtype=torch.float64) for name in self.HYPER}
+        #: ``(hyperparameters, runs)``: members with equal values, as runs ``(first, end)`` of adjacent members;
+        #: each partition steps in one call
+        self.partitions: list[tuple[dict[str, float], list[tuple[int, int]]]] = []
+        for index, value in enumerate(values):
+            for hyper, runs in self.partitions:
+                if hyper == value:
+                    if runs[-1][1] == index:
+                        runs[-1] = (runs[-1][0], index + 1)
+                    else:
+                        runs.append((index, index + 1))
+                    break
+            else:
+                self.partitions.append((value, [(index, index + 1)]))
+        for p in self.params:
+            if not _member_major(p):
+                raise BenchError(f"a stacked parameter of shape {tuple(p.shape)} and strides {p.stride()} is not "
+                                 "dense with the members outermost")
+
+    @classmethod
+    def _values(cls, given: Mapping[str, Any]) -> dict[str, float]:
+        given = dict(given)
+        if "betas" in given:  # torch.optim's spelling
+            beta1, beta2 = given.pop("betas")
+            given.setdefault("beta1", beta1)
+            given.setdefault("beta2", beta2)
+        unknown = sorted(set(given) - set(cls.HYPER))
+        if unknown:
+            raise BenchError(f"{cls.__name__} has no batched form for the parameter(s) {', '.join(unknown)} "
+                             f"(it takes: {', '.join(cls.HYPER)})")
+        values = {}
+        for name, default in cls.HYPER.items():
+            value = given.get(name, default)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise BenchError(f"{cls.__name__}: {name} must be a number, got {value!r}")
+            values[name] = float(value)
+        return values
+
+    def _segments(self, tensors: Sequence[torch.Tensor], runs: list[tuple[int, int]]) -> list[torch.Tensor]:
+        """The memory of members ``first..end-1`` of each stacked tensor, as flat 1-D views, per run."""
+        flats = [_flat(t) for t in tensors]
+        return [flat[first * (flat.numel() // self.size):end * (flat.numel() // self.size)]
+                for first, end in runs for flat in flats]
+
+    def _grads(self) -> list[torch.Tensor]:
+        """The parameters' gradients, each in its parameter's memory layout (so that the flat views align)."""
+        grads = []
+        for p in self.params:
+            g = p.grad
+            if g is None:
+                raise BenchError("a stacked parameter has no gradient")
+            if g.stride() != p.stride():
+                g = torch.empty_strided(p.shape, p.stride(), dtype=g.dtype, device=g.device).copy_(g)
+            grads.append(g)
+        return grads
+
+    def zero_grad(self) -> None:
+        """Drop the gradients (``set_to_none``), so that the next backward writes fresh ones."""
+        for p in self.params:
+            p.grad = None
+
+    def state_tensors(self) -> list[torch.Tensor]:
+        """Every tensor of optimizer state (what a snapshot must save)."""
+        raise NotImplementedError
+
+    def step(self) -> None:
+        raise NotImplementedError
+
+
+def _member_major(t: torch.Tensor) -> bool:
+    """Dense (its memory covered exactly once, in any order of dimensions) with dimension 0 outermost."""
+    if t.dim() == 0 or t.shape[0] == 0 or t.stride(0) != t.numel() // t.shape[0]:
+        return False
+    expected = 1
+    for d in sorted(range(t.dim()), key=t.stride):
+        if t.shape[d] != 1 and t.stride(d) != expected:
+            return False
+        expected *= t.shape[d]
+    return True
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    """A member-major dense tensor's memory as one 1-D view."""
+    return t.as_strided((t.numel(),), (1,), t.storage_offset())
+
+
+class BatchedAdam(_Batched):
+    """``torch.optim.Adam`` per member (no amsgrad): ``fused=True`` where torch has the kernel, else ``foreach``.
+
+    All members take every step, so one step count serves them all (on the device, as the fused
+    kernel wants, which also makes the step capturable in a CUDA graph).
+    """
+
+    HYPER = {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0}
+    #: torch.optim.AdamW's decoupled weight decay instead of Adam's L2 term.
+    decoupled = False
+
+    def __init__(self, params, members, *, capturable: bool = False, fused: bool | None = None, **defaults):
+        super().__init__(params, members, capturable=capturable, **defaults)
+        device = self.params[0].device
+        if fused is None:
+            fused = device.type in FUSED_DEVICES and hasattr(torch, "_fused_adam_")
+        self.fused = fused
+        self.exp_avg = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]
+        self.exp_avg_sq = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]
+        # float32 on the device, as torch.optim keeps a fused Adam's step; the foreach path counts on the host
+        self.step_t = torch.zeros((), dtype=torch.float32, device=device)
+        self.steps = 0
+        if capturable and not fused:
+            raise BenchError(f"a capturable batched Adam needs torch's fused kernel (on {', '.join(FUSED_DEVICES)})")
+
+    def state_tensors(self) -> list[torch.Tensor]:
+        return [*self.exp_avg, *self.exp_avg_sq, self.step_t]
+
+    @torch.no_grad()
+    def step(self) -> None:
+        grads = self._grads()
+        if self.fused:
+            self.step_t.add_(1)
+            kernel = torch._fused_adamw_ if self.decoupled else torch._fused_adam_
+            for hyper, runs in self.partitions:
+                params = self._segments(self.params, runs)
+                kernel(params, self._segments(grads, runs), self._segments(self.exp_avg, runs),
+                       self._segments(self.exp_avg_sq, runs), [], [self.step_t] * len(params), amsgrad=False,
+                       lr=hyper["lr"], beta1=hyper["beta1"], beta2=hyper["beta2"],
+                       weight_decay=hyper["weight_decay"], eps=hyper["eps"], maximize=False)
+            return
+        self.steps += 1
+        for hyper, runs in self.partitions:
+            self._foreach_step(hyper, self._segments(self.params, runs), self._segments(grads, runs),
+                               self._segments(self.exp_avg, runs), self._segments(self.exp_avg_sq, runs))
+
+    def _foreach_step(self, hyper, params, grads, exp_avg, exp_avg_sq) -> None:
+        """``torch.optim.Adam(foreach=True)``'s arithmetic (host step count, not capturable)."""
+        lr, beta1, beta2, wd = hyper["lr"], hyper["beta1"], hyper["beta2"], hyper["weight_decay"]
+        if wd != 0:
+            if self.decoupled:
+                torch._foreach_mul_(params, 1 - lr * wd)
+            else:
+                grads = torch._foreach_add(grads, params, alpha=wd)
+        torch._foreach_lerp_(exp_avg, grads, 1 - beta1)
+        torch._foreach_mul_(exp_avg_sq, beta2)
+        torch._foreach_addcmul_(exp_avg_sq, grads, grads, 1 - beta2)
+        t = float(self.steps)
+        step_size = (lr / (1 - beta1 ** t)) * -1
+        bias2_sqrt = (1 - beta2 ** t) ** 0.5
+        denom = torch._foreach_sqrt(exp_avg_sq)
+        torch._foreach_div_(denom, bias2_sqrt)
+        torch._foreach_add_(denom, hyper["eps"])
+        torch._foreach_addcdiv_(params, exp_avg, denom, step_size)
+
+
+class BatchedAdamW(BatchedAdam):
+    """``torch.optim.AdamW`` per member: Adam with decoupled weight decay (torch's default 0.01)."""
+
+    HYPER = {**BatchedAdam.HYPER, "weight_decay": 1e-2}
+    decoupled = True
+
+
+class BatchedSGD(_Batched):
+    """``torch.optim.SGD(foreach=True)`` per member: momentum (no dampening, no Nesterov), L2 weight decay.
+
+    The momentum buffers start at zero: ``momentum * 0 + g`` is exactly the first gradient, which
+    torch.optim copies in, and the step needs no first-step branch (so it can be captured).
+    """
+
+    HYPER = {"lr": 1e-3, "momentum": 0.0, "weight_decay": 0.0}
+
+    def __init__(self, params, members, *, capturable: bool = False, **defaults):
+        super().__init__(params, members, capturable=capturable, **defaults)
+        momentum = any(hyper["momentum"] != 0 for hyper, _ in self.partitions)
+        self.buffers = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params] if momentum \
+            else []
+
+    def state_tensors(self) -> list[torch.Tensor]:
+        return list(self.buffers)
+
+    @torch.no_grad()
+    def step(self) -> None:
+        grads = self._grads()
+        for hyper, runs in self.partitions:
+            params, member_grads = self._segments(self.params, runs), self._segments(grads, runs)
+            if hyper["weight_decay"] != 0:
+                member_grads = torch._foreach_add(member_grads, params, alpha=hyper["weight_decay"])
+            if hyper["momentum"] != 0:
+                bufs = self._segments(self.buffers, runs)
+                torch._foreach_mul_(bufs, hyper["momentum"])
+                torch._foreach_add_(bufs, member_grads, alpha=1.0)
+                member_grads = bufs
+            torch._foreach_add_(params, member_grads, alpha=-hyper["lr"])
