@@ -202,6 +202,7 @@ def _run(ctx, *, grid, models, losses, datasets, params, seeds, repeat, epochs, 
     from bench import grid as grid_mod
     from bench.device import resolve_device
     from bench.env import environment
+    from bench.references import references_for
     from bench.runner import available_datasets, run_cells
     from bench.step import Execution
     from bench.store import RunStore
@@ -239,6 +240,7 @@ def _run(ctx, *, grid, models, losses, datasets, params, seeds, repeat, epochs, 
     previous = store.read_env()
     env = environment(device, ctx.find_root().obj["argv"], execution) | {"cells": len(cells)}
     env["executor"] = {key: value for key, value in executor_choice.items() if value is not None}
+    env["references"] = references_for(registry, {cell.dataset for cell in cells})  # published results, for reports
     if previous:  # a resumed run keeps what the earlier runs into this directory were
         env["previous"] = [*previous.pop("previous", []), previous]
     store.write_env(env)
