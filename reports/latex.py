@@ -32,8 +32,8 @@ def summary_latex(tables: Tables) -> str:
              if c in shown]
     frame = shown[names].copy() if len(summary) else pd.DataFrame(columns=names)
     bold = pd.DataFrame(False, index=frame.index, columns=[])
-    groups = summary.groupby((["run"] if tables.several else []) + ["dataset"], sort=False).groups \
-        if len(summary) else {}
+    keys = ["run", "dataset"] if tables.several else "dataset"
+    groups = summary.groupby(keys, sort=False).groups if len(summary) else {}
     for column, heading, fmt, larger in METRICS:
         values = summary[column] if len(summary) else pd.Series(dtype=float)
         texts = []

@@ -159,4 +159,4 @@ def read_runs(paths: list[Path | str]) -> Runs:
         history_frame = history_frame.merge(results_frame[per_cell], on=["run", "cell_id"], how="inner")
     else:
         history_frame = pd.DataFrame()
-    return Runs(runs, results_frame, history_frame, reports, varying)
+    return Runs(runs, results_frame, history_frame, varying=varying, skipped_reports=reports)

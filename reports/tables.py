@@ -187,7 +187,7 @@ def make_tables(runs: Runs) -> Tables:
     cells = results.copy()
     refs = pd.DataFrame.from_dict(cell_refs, orient="index").reindex(results.index)
     cells = pd.concat([cells.drop(columns=[c for c in REFERENCE_COLUMNS if c in cells]), refs], axis=1)
-    cells["error"] = cells["error"].fillna("").astype(str)
+    cells["error"] = cells["error"].astype(object).fillna("").astype(str)
     cells = _best_first(cells[cell_columns], "test_acc")
     if not summary["reference"].astype(bool).any():
         summary = summary.drop(columns=REFERENCE_COLUMNS)
