@@ -199,8 +199,9 @@ def _figures_html(runs: Runs, cells: pd.DataFrame, what: str) -> tuple[str, list
 def _section(anchor: str, title: str, facts: dict[str, str], figures: str, notes: list[str], errors: list[str],
              status: str) -> str:
     facts_html = " · ".join(f"{escape(k)}: {escape(v)}" for k, v in facts.items() if v)
-    out = [f'<article class="config {"failed" if status != "ok" else "ok"}" id="{escape(anchor)}">',
-           f'<h3>{escape(title)} <span class="badge {escape(status)}">{escape(status)}</span></h3>',
+    kind = "ok" if status == "ok" else "failed"
+    out = [f'<article class="config {kind}" id="{escape(anchor)}">',
+           f'<h3>{escape(title)} <span class="badge {kind}">{escape(status)}</span></h3>',
            f'<p class="muted">{facts_html}</p>']
     out += [f'<p class="error">{escape(e)}</p>' for e in errors]
     out += [f'<p class="muted">{escape(n)}</p>' for n in notes]
@@ -224,7 +225,7 @@ def _config_sections(runs: Runs, tables: Tables) -> list[Section]:
         anchor = _anchor(str(run), keys[i])
         title = f"{row['label']} on {row['dataset_label']}" + (f" ({run})" if runs.several else "")
         facts = {"seeds finished": row["seeds"],
-                 "test accuracy": html_acc(row["test_acc"], row["test_acc_ci95"]),
+                 "test accuracy": _acc_text(row["test_acc"], row["test_acc_ci95"]),
                  "recipe": _recipe_text(row), "median epoch time (s)": _number(row["epoch_time_s"], ".4g"),
                  "parameters": _number(row["n_params"], ",.0f")}
         if "reference" in row and row["reference"]:
@@ -235,14 +236,13 @@ def _config_sections(runs: Runs, tables: Tables) -> list[Section]:
         figures, notes = _figures_html(runs, cells, "seeds")
         errors = [f"seed {s}: {st}: {e}" for s, st, e in zip(cells["seed"], cells["status"], cells["error"])
                   if st != "ok"]
-        status = "ok" if not errors else ("failed" if row["status"] != "ok" else "ok")
-        sections.append(Section(anchor, title, _section(anchor, title, facts, figures, notes, errors,
-                                                        "ok" if row["status"] == "ok" else "failed"),
+        status = str(row["status"])  # "ok", or e.g. "1 failed, 2 ok"
+        sections.append(Section(anchor, title, _section(anchor, title, facts, figures, notes, errors, status),
                                 failed=status != "ok"))
     return sections
 
 
-def html_acc(mean, half) -> str:
+def _acc_text(mean, half) -> str:
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return ""
     return f"{mean:.4f}" if half is None or math.isnan(half) else f"{mean:.4f} ± {half:.4f}"

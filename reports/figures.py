@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -22,6 +23,12 @@ DPI = 110
 def text(name) -> str:
     """A plugin-provided name made safe for matplotlib (``$`` would start mathtext)."""
     return str(name).replace("$", r"\$")
+
+
+def natural(label) -> list:
+    """A sort key that orders ``mlp [hidden=16]`` before ``mlp [hidden=128]``."""
+    return [(0, float(part), "") if part.replace(".", "", 1).isdigit() else (1, 0.0, part)
+            for part in re.split(r"(\d+(?:\.\d+)?)", str(label)) if part]
 
 
 def student_ci(values) -> tuple[float, float]:
@@ -146,6 +153,7 @@ def heatmap(runs: Runs, summary: pd.DataFrame, path: Path, notes: list[str] | No
     fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
     for ax, facet, part in zip(axes.flat, facets, frames):
         acc = part.pivot_table(index="model", columns="loss", values="test_acc", aggfunc="first", dropna=False)
+        acc = acc.reindex(index=sorted(acc.index, key=natural), columns=list(dict.fromkeys(part["loss"])))
         notes = part.pivot_table(index="model", columns="loss", values="status", aggfunc="first", dropna=False)
         notes = notes.reindex(index=acc.index, columns=acc.columns)
         annot = np.empty(acc.shape, dtype=object)
