@@ -27,7 +27,7 @@ from bench.errors import BenchError
 from bench.store import atomic_write
 from reports import cellfigs, html
 from reports.latex import summary_latex
-from reports.load import REPORT_MARKER, Runs, read_runs
+from reports.load import REPORT_MARKER, VARIANT_COLUMNS, Runs, read_runs
 from reports.tables import Tables, make_tables
 
 RUN_FACTS = ("device", "device_name", "torch", "gridbench", "cpu", "torch_threads", "command", "started")
@@ -159,10 +159,13 @@ def _anchor(*parts: str) -> str:
 
 
 def _recipe_text(row) -> str:
-    limit = int(row["limit"])
-    return (f"{row['optimizer_label']} lr={row['lr']:g} weight_decay={row['weight_decay']:g} "
-            f"{row['schedule_label']} batch {int(row['batch_size'])} × {int(row['epochs'])} epoch(s)"
-            + (f", first {limit:,} training samples" if limit else "") + f", {row['device']}")
+    """``optimizer=adam lr=0.001 ... limit=1000 device=cpu``: the recipe columns and ``limit``, with labels."""
+    return " ".join(f"{c}={_value(row, c)}" for c in (*VARIANT_COLUMNS, "device"))
+
+
+def _value(row, column: str) -> str:
+    value = row.get(f"{column}_label", row[column])
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _figures_html(runs: Runs, cells: pd.DataFrame, what: str) -> tuple[str, list[str]]:
@@ -438,7 +441,7 @@ def build_report(run_dirs: list[Path | str], out: Path | str | None = None, cell
         "</p>" + html.table(cells_columns, "cells", cell_links) + "</section>",
         '<section id="cells-section"><h2>Cells</h2><p><a href="cells.html">Every cell</a> (its own page: too large '
         "to embed here).</p></section>", priority=5))
-    chosen = _fit(parts, PAGE_LIMIT - len(html.document("", [])) - 1024)
+    chosen = _fit(parts, PAGE_LIMIT - len(html.document(title, []).encode()) - len(parts) - 1024)
     moved = sum(1 for a in anchors if not where[a].startswith("#"))
     if moved:
         note = (f"{moved} of {len(anchors)} configurations are on pages of their own (configs/), to keep index.html "
@@ -453,16 +456,10 @@ def build_report(run_dirs: list[Path | str], out: Path | str | None = None, cell
 
 
 def _common_recipe(tables: Tables) -> str:
-    """' Every configuration: adam lr=0.001 ...' for the recipe columns that do not vary."""
+    """' Recipe shared by every configuration: optimizer=adam, lr=0.001, ...' (the columns that do not vary)."""
     summary = tables.summary
-    if summary.empty:
-        return ""
-    fixed = [c for c in ("optimizer", "lr", "weight_decay", "schedule", "batch_size", "epochs", "limit")
-             if c not in tables.varying]
-    if not fixed:
+    fixed = [c for c in VARIANT_COLUMNS if c not in tables.varying]
+    if summary.empty or not fixed:
         return ""
     row = summary.iloc[0]
-    shown = {"optimizer": row["optimizer_label"], "schedule": row["schedule_label"]}
-    values = ", ".join(f"{c}={shown.get(c, row[c]):g}" if isinstance(shown.get(c, row[c]), float)
-                       else f"{c}={shown.get(c, row[c])}" for c in fixed)
-    return f" Recipe shared by every configuration: {values}."
+    return " Recipe shared by every configuration: " + ", ".join(f"{c}={_value(row, c)}" for c in fixed) + "."

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench.config import RECIPE_FIELDS, config_frame, config_keys, row_config, varying_label
+from bench.config import PARAM_KINDS, RECIPE_FIELDS, config_frame, config_keys, row_config, varying_label
 from bench.errors import BenchError
 from bench.store import RunStore
 
@@ -70,8 +70,8 @@ def _labels(roots: list[Path]) -> list[str]:
     return [str(r) for r in resolved]
 
 
-#: Kinds of component whose parameters go into their label, e.g. ``mlp [hidden=64]``.
-LABELLED = ("model", "loss", "dataset", "optimizer", "schedule")
+#: Kinds of component whose parameters go into their label, e.g. ``mlp [hidden=64]``: all that take parameters.
+LABELLED = PARAM_KINDS
 #: The recipe columns, and ``limit``: shown in tables and figures where they vary across the report.
 VARIANT_COLUMNS = (*RECIPE_FIELDS, "limit")
 

@@ -17,11 +17,10 @@ import pandas as pd
 from bench.config import CONFIG_COLUMNS, row_config
 from bench.references import differences, far_below, matching
 from bench.stats import mean_ci
-from reports.load import Runs
+from reports.load import LABELLED, Runs
 
 #: Recipe columns shown under their component's label (with its parameters) rather than the bare name.
-LABEL_OF = {"dataset": "dataset_label", "model": "model_label", "loss": "loss_label",
-            "optimizer": "optimizer_label", "schedule": "schedule_label"}
+LABEL_OF = {kind: f"{kind}_label" for kind in LABELLED}
 #: Reference columns of the CSV tables (present when a reference applies to some row).
 REFERENCE_COLUMNS = ["reference", "reference_test_error", "reference_gap", "far_below"]
 
@@ -50,8 +49,7 @@ class Tables:
         names += ["seed", "device"] if "seed" in frame else ["device", "seeds"]
         for name in names:
             column = frame[LABEL_OF.get(name, name)]
-            numeric = name in ("lr", "weight_decay", "batch_size", "epochs", "limit", "seed")
-            out[name] = ([_fmt(name, v) for v in column], list(column) if numeric else None)
+            out[name] = ([_fmt(name, v) for v in column], list(column) if _numeric(column) else None)
         if "seed" in frame:
             out["status"] = ([str(v) for v in frame["status"]], None)
         if "test_acc_ci95" in frame:
@@ -96,7 +94,12 @@ def _gap(gap, flagged) -> str:
     return f"{gap * 100:+.2f} pts" + (" ⚠ far below" if flagged is True else "")
 
 
+def _numeric(column: pd.Series) -> bool:
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in column if not _missing(v))
+
+
 def _fmt(col: str, value) -> str:
+    """A metric with its own precision; any other number as an integer where it is one, else as ``%g``."""
     if _missing(value):
         return ""
     if col in ("test_acc", "val_acc"):
@@ -105,13 +108,11 @@ def _fmt(col: str, value) -> str:
         return f"{value:.4g}"
     if col == "samples_per_s":
         return f"{value:,.0f}"
-    if col in ("lr", "weight_decay"):
-        return f"{value:g}"
-    if col in ("n_params", "seed", "batch_size", "epochs", "limit") and isinstance(value, float) and value.is_integer():
-        return f"{int(value):,}" if col == "n_params" else str(int(value))
     if col == "n_params":
-        return f"{value:,}"
-    return str(value)
+        return f"{int(value):,}" if float(value).is_integer() else f"{value:,}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    return str(int(value)) if float(value).is_integer() and abs(value) >= 1 or value == 0 else f"{value:g}"
 
 
 def _reference_of(runs: Runs, run: str, config: dict) -> dict:
