@@ -359,7 +359,7 @@ def build_report(run_dirs: list[Path | str], out: Path | str | None = None, cell
         "val_acc": figures.curves(runs, "val_acc", fig_dir / FIGURES["val_acc"][0], []),
         "heatmap": figures.heatmap(runs, tables.summary, fig_dir / FIGURES["heatmap"][0], notes),
         "accuracy_vs_time": figures.accuracy_vs_time(runs, fig_dir / FIGURES["accuracy_vs_time"][0], notes),
-        "epoch_time": figures.epoch_time(runs, fig_dir / FIGURES["epoch_time"][0]),
+        "epoch_time": figures.epoch_time(runs, fig_dir / FIGURES["epoch_time"][0], notes),
     }
     made = {k: p for k, p in made.items() if p is not None}
     if len(made) < len(FIGURES):

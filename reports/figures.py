@@ -61,6 +61,24 @@ def _safe_frame(frame: pd.DataFrame) -> pd.DataFrame:
 MAX_ROWS = 6
 #: At most this many model rows in one heatmap panel (the best are drawn).
 MAX_HEATMAP_ROWS = 40
+#: At most this many models (with their parameters) per panel in the curves and epoch-time figures, and
+#: as marker styles in accuracy vs time; beyond it the most accurate are drawn (a legend of hundreds of
+#: entries says nothing, and costs more to draw than everything else).
+MAX_MODELS = 12
+
+
+def _best_models(runs: Runs, frame: pd.DataFrame, notes: list[str] | None, what: str) -> pd.DataFrame:
+    """``frame`` restricted, per dataset, to the :data:`MAX_MODELS` model labels with the best test accuracy."""
+    ok = runs.results[runs.results["status"] == "ok"]
+    if frame.empty or ok.empty or frame.groupby("dataset_label")["model_label"].nunique().max() <= MAX_MODELS:
+        return frame
+    best = ok.groupby(["dataset_label", "model_label"])["test_acc"].max().reset_index()
+    best = best.sort_values("test_acc", ascending=False).groupby("dataset_label").head(MAX_MODELS)
+    keep = set(zip(best["dataset_label"].map(text), best["model_label"].map(text)))
+    if notes is not None:
+        notes.append(f"{what}: the {MAX_MODELS} models (with their parameters) with the best test accuracy of "
+                     "each dataset are drawn.")
+    return frame[[(d, m) in keep for d, m in zip(frame["dataset_label"], frame["model_label"])]]
 
 
 def _facet_rows(runs: Runs, frame: pd.DataFrame, notes: list[str] | None, what: str) -> tuple[pd.DataFrame, str | None]:
@@ -99,7 +117,7 @@ def curves(runs: Runs, metric: str, path: Path, notes: list[str] | None = None) 
     if hist.empty or hist[metric].dropna().empty:
         return None
     _theme()
-    hist, row = _facet_rows(runs, _safe_frame(hist), notes, "curves")
+    hist, row = _facet_rows(runs, _best_models(runs, _safe_frame(hist), notes, "curves"), notes, "curves")
     grid = sns.relplot(
         data=hist, kind="line", x="epoch", y=metric, hue="loss_label", style="model_label",
         col="dataset_label", row=row, markers=True, dashes=True,
@@ -199,8 +217,12 @@ def accuracy_vs_time(runs: Runs, path: Path, notes: list[str] | None = None) -> 
         return None
     _theme()
     ok, row = _facet_rows(runs, _safe_frame(ok), notes, "accuracy vs time")
+    many = ok["model_label"].nunique() > MAX_MODELS  # every point stays; only the marker styles go
+    if many and notes is not None:
+        notes.append(f"accuracy vs time: more than {MAX_MODELS} models, so one marker for all (hue: the loss).")
     grid = sns.relplot(
-        data=ok, kind="scatter", x="train_time_s", y="test_acc", hue="loss_label", style="model_label",
+        data=ok, kind="scatter", x="train_time_s", y="test_acc", hue="loss_label",
+        style=None if many else "model_label",
         col="dataset_label", row=row, s=90, height=3.8, aspect=1.3,
         facet_kws={"sharex": False, "sharey": False},
     )
@@ -226,13 +248,13 @@ def accuracy_vs_time(runs: Runs, path: Path, notes: list[str] | None = None) -> 
     return save(grid.figure, path)
 
 
-def epoch_time(runs: Runs, path: Path) -> Path | None:
+def epoch_time(runs: Runs, path: Path, notes: list[str] | None = None) -> Path | None:
     """Median epoch time by model, coloured by device (and run, when several), per dataset."""
     ok = runs.results[runs.results["status"] == "ok"].dropna(subset=["epoch_time_s"])
     if ok.empty:
         return None
     _theme()
-    ok = _safe_frame(ok)
+    ok = _best_models(runs, _safe_frame(ok), notes, "epoch time")
     hue = ok["run"] + ": " + ok["device"] if runs.several else ok["device"]
     if runs.varying and ok["variant"].nunique() <= MAX_ROWS:  # batch size, epochs ... change epoch time
         hue = hue + " · " + ok["variant"].map(text)
