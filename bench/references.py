@@ -27,8 +27,11 @@ from typing import Any
 
 from bench.errors import BenchError
 
-#: A configuration whose test error is more than this many times its reference's is flagged.
+#: A configuration is flagged "far below" its reference when its test error is more than FAR_BELOW times the
+#: reference's plus FAR_BELOW_SLACK (a point of slack, so that short runs of strong models are not flagged:
+#: the default 2-epoch mlp at 3.7% against 1.6% is not; a cnn at 2.9% against LeNet-5's 0.95% is).
 FAR_BELOW = 2.0
+FAR_BELOW_SLACK = 0.01
 
 _FIELDS = ("model", "test_error", "label", "source", "loss", "params", "published")
 
@@ -140,6 +143,5 @@ def matching(references: Mapping[str, list[Mapping[str, Any]]], config: Mapping[
 
 
 def far_below(test_error: float, reference: Mapping[str, Any]) -> bool:
-    """A test error more than :data:`FAR_BELOW` times the reference's (and above it)."""
-    ref = float(reference["test_error"])
-    return math.isfinite(test_error) and test_error > max(FAR_BELOW * ref, ref)
+    """A test error above :data:`FAR_BELOW` times the reference's plus :data:`FAR_BELOW_SLACK`."""
+    return math.isfinite(test_error) and test_error > FAR_BELOW * float(reference["test_error"]) + FAR_BELOW_SLACK

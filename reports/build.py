@@ -400,8 +400,9 @@ def build_report(run_dirs: list[Path | str], out: Path | str | None = None, cell
         '<p class="muted">Published test errors that the datasets declare (recorded in each run\'s env.json). '
         "Each applies to the configurations of its model (and loss, and parameters, where it names them); the "
         "summary and cells tables show it beside them with the gap: their test error minus the reference's, in "
-        "percentage points. A configuration whose test error is more than twice its reference's is flagged "
-        "far below.</p>" + html.table(html.frame_columns(references), "references-table", sortable=False)
+        "percentage points. A configuration whose test error is more than twice its reference's plus one "
+        "point is flagged far below.</p>"
+        + html.table(html.frame_columns(references), "references-table", sortable=False)
         if len(references) else '<p class="muted">No dataset of these runs declares reference results.</p>')
         + "</section>"))
     parts.append(Part('<section id="figures"><h2>Figures</h2>'

@@ -62,7 +62,7 @@ def test_mnist_references_appear_beside_linear_mlp_and_cnn_cells(run):
             assert float(row["reference_test_error"]) == pytest.approx(error)
             gap = (1 - float(row["test_acc"])) - error  # test error minus the reference's
             assert float(row["reference_gap"]) == pytest.approx(gap)
-            assert str(row["far_below"]) == str(1 - float(row["test_acc"]) > 2 * error)
+            assert str(row["far_below"]) == str(1 - float(row["test_acc"]) > 2 * error + 0.01)
     # The Markdown summary (and the terminal) show the reference and the gap in points beside each row.
     for _, row in summary.iterrows():
         depth = json.loads(row["params"]).get("mlp.depth", 1)
@@ -98,7 +98,9 @@ def test_the_family_match_is_model_loss_and_the_declared_params():
     assert not applies(ce, {**config, "model": "deep-linear"})
     linear = {"model": "linear", "test_error": 0.12}
     assert applies(linear, {**config, "model": "linear", "loss": "hinge"})  # no loss named: any loss
-    assert far_below(0.25, linear) and not far_below(0.24, linear) and not far_below(float("nan"), linear)
+    # far below: a test error above twice the reference's plus one point
+    assert far_below(0.26, linear) and not far_below(0.25, linear) and not far_below(float("nan"), linear)
+    assert not far_below(0.037, {"test_error": 0.016}) and far_below(0.029, {"test_error": 0.0095})
 
 
 @pytest.mark.parametrize("value, message", [
