@@ -374,6 +374,7 @@ def _execute(*, store, cells, the_study, registry, host, torch_device, execution
     """The part of :func:`run` that reads and writes the run directory (locked by the caller)."""
     from bench.env import environment
     from bench.lifecycle import Lifecycle
+    from bench.references import references_for
     from bench.runner import run_cells
     from bench.study import dump
 
@@ -396,6 +397,7 @@ def _execute(*, store, cells, the_study, registry, host, torch_device, execution
     env = environment(torch_device, argv or ["bench.run"], execution) | {"cells": len(cells)}
     env["executor"] = {k: v for k, v in (("executor", executor_name), ("jobs", jobs), ("address", address))
                        if v is not None}
+    env["references"] = references_for(registry, {cell.dataset for cell in cells})  # published results, for reports
 
     previous_env = store.read_env()  # a damaged env.json is named now, before anything trains
 

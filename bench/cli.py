@@ -398,22 +398,51 @@ def format_summary(rows) -> str:
 @click.option("--out", type=click.Path(path_type=Path),
               help="Report directory [default: RUN_DIR/report; for several runs, report-<first>-and-<n>-more "
                    "beside the first].")
-def report(run_dirs, out):
-    """Write a report over run directories: tables (Markdown, CSV, HTML), figures and one index.html.
+@click.option("--cell-figures", is_flag=True,
+              help="Also draw every cell's own templates and confusion matrix, one page per cell (cells/).")
+def report(run_dirs, out, cell_figures):
+    """Write a report over run directories: tables (Markdown, CSV, HTML, LaTeX), figures and one index.html.
 
     Several run directories are compared: the tables gain a run column and the figures a facet.
     """
-    write_report(list(run_dirs), out)
+    write_report(list(run_dirs), out, cell_figures)
 
 
-def write_report(run_dirs: list[Path], out: Path | None) -> None:
+def write_report(run_dirs: list[Path], out: Path | None, cell_figures: bool = False) -> None:
     from reports import build_report
 
-    result = build_report(run_dirs, out)
+    result = build_report(run_dirs, out, cell_figures=cell_figures)
     for skipped in result.skipped_reports:
         click.echo(f"note: {skipped} is a gridbench report, not a run directory: left out", err=True)
     click.echo(result.terminal())
     click.echo(f"report: {result.index}")
+
+
+@main.command()
+@click.argument("base", type=click.Path(path_type=Path))
+@click.argument("new", type=click.Path(path_type=Path))
+@click.option("--ignore", metavar="KEY,...", help="Configuration keys left out of the match, e.g. limit (to compare "
+              "across a change of --limit) or lr.")
+@click.option("--fail-on", "fail_on", metavar="accuracy=X,time=R", help="Exit 1 when NEW is worse than BASE in "
+              "some configuration: mean test accuracy lower by more than X, or median epoch time more than R times.")
+@click.option("--markdown", type=click.Path(path_type=Path), metavar="FILE",
+              help="Also write the comparison as Markdown (e.g. $GITHUB_STEP_SUMMARY).")
+def compare(base, new, ignore, fail_on, markdown):
+    """Compare two runs (run directories or report folders) configuration by configuration.
+
+    For each configuration in both: test accuracy NEW - BASE (paired on shared seeds, Holm-corrected)
+    and the ratio of median epoch times. Exit status 0, 1 when --fail-on margins are exceeded, 2 on bad input.
+    """
+    from reports.compare import compare_runs
+
+    result = compare_runs(base, new, ignore=ignore, margins=fail_on)
+    click.echo(result.terminal(), nl=False)
+    if markdown is not None:
+        from bench.store import atomic_write
+
+        atomic_write(markdown, result.markdown())
+    if result.failed:
+        sys.exit(1)
 
 
 @main.command(name="list")

@@ -42,9 +42,15 @@ def bench_register_datasets(register):
     """Register dataset factories.
 
     Called once when components are collected. ``register(name, factory, params=None,
-    description="")`` where ``factory(data_dir: pathlib.Path, **params)`` returns a
+    description="", *, references=None)`` where ``factory(data_dir: pathlib.Path, **params)`` returns a
     ``bench.DataSplits``. A dataset that cannot be had here (e.g. offline, not cached) raises
     ``bench.DatasetUnavailable`` with the reason and how to get it.
+
+    ``references`` (datasets only): published results on this dataset, a list of dicts with
+    ``model``, ``test_error`` (a fraction), ``label`` and ``source``, and optionally ``loss``,
+    ``params`` (model parameters that must match) and ``published`` (the published model's other
+    parameters); see :mod:`bench.references`. ``bench run`` records them in ``env.json`` and reports
+    show each beside the configurations it applies to, with the gap.
     """
 
 

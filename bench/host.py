@@ -21,6 +21,7 @@ import pluggy
 from bench import PROJECT, __version__, hookspecs
 from bench.config import COMPONENT_KINDS
 from bench.errors import BenchError
+from bench.references import parse_references
 
 
 class DuplicateComponent(BenchError):
@@ -71,6 +72,7 @@ class Component:
     params: Mapping[str, Any]
     description: str
     plugin: str
+    references: tuple = ()  # datasets only: published results (bench.references.Reference)
 
 
 @dataclass(frozen=True)
@@ -142,12 +144,13 @@ class Registry:
     def register_callback(self, kind: str, plugin: str) -> Callable[..., None]:
         """The ``register`` function handed to one plugin's hook for one kind."""
 
-        def register(name, factory, params=None, description="", *, default=False):
-            self.add(kind, plugin, name, factory, params, description, default=default)
+        def register(name, factory, params=None, description="", *, default=False, references=None):
+            self.add(kind, plugin, name, factory, params, description, default=default, references=references)
 
         return register
 
-    def add(self, kind, plugin, name, factory, params=None, description="", *, default=False) -> None:
+    def add(self, kind, plugin, name, factory, params=None, description="", references=None, *,
+            default=False) -> None:
         where = f"plugin '{plugin}' registered {kind}"
         if not isinstance(name, str) or not name or any(c in name for c in " ,=\t\n"):
             raise BenchError(f"{where} {name!r}: a name must be a non-empty string without spaces, ',' or '='")
@@ -161,12 +164,15 @@ class Registry:
             raise BenchError(f"{where} '{name}': params must be a dict of keyword arguments")
         if not isinstance(description, str):
             raise BenchError(f"{where} '{name}': description must be a string")
+        if references is not None and kind != "dataset":
+            raise BenchError(f"{where} '{name}': only a dataset takes references")
+        references = parse_references(references, f"{where} '{name}'")
         existing = self._items[kind].get(name)
         if existing is not None:
             raise DuplicateComponent(
                 f"{kind} '{name}' is registered twice: by plugin '{existing.plugin}' and by plugin '{plugin}'"
             )
-        self._items[kind][name] = Component(kind, name, factory, dict(params), description, plugin)
+        self._items[kind][name] = Component(kind, name, factory, dict(params), description, plugin, references)
         self._claim_default(kind, name, default, where)
 
     def _claim_default(self, kind: str, name: str, default, where: str) -> None:

@@ -1,15 +1,30 @@
-"""Figures of one cell: its class templates and its confusion matrix."""
+"""Figures of a configuration or a cell, as small HTML: class templates and the confusion matrix.
+
+They are drawn without matplotlib, because there is one per configuration (and, with ``--cell-figures``,
+one per cell): a template is a palette PNG at the input's own resolution (a few hundred bytes), scaled
+up by the browser without smoothing, with the class name as its caption; a confusion matrix is an HTML
+table of counts shaded by their share of the row. Drawing both takes milliseconds.
+"""
 
 from __future__ import annotations
 
+import base64
+import io
 import math
-from pathlib import Path
+from html import escape
 
 import numpy as np
 
-from reports.figures import plt, save, sns, text
-
+#: Palette levels of the diverging template colormap (odd: zero is the middle level, white).
+LEVELS = 63
+#: Template tiles per row (2 x 5 for ten classes).
 COLS = 5
+#: Side of the longer edge of a template tile on the page, in CSS pixels.
+TILE = 84
+#: Confusion matrices with more classes than this are drawn as an image rather than a table of counts.
+TABLE_CLASSES = 20
+#: Off-diagonal shading is full at this share of the row (errors are rarer than hits).
+ERROR_FULL = 0.10
 
 
 def as_image(template: np.ndarray) -> np.ndarray:
@@ -25,45 +40,87 @@ def as_image(template: np.ndarray) -> np.ndarray:
     return template.reshape(1, -1)
 
 
-def templates_figure(templates: np.ndarray, classes: list[str], kind: str, title: str, path: Path) -> Path:
-    """One panel per class (2x5 for ten), a diverging colormap centred at zero, class names as titles."""
-    n = len(templates)
-    cols = min(n, COLS)
-    rows = math.ceil(n / cols)
+def _palette(name: str) -> list[int]:
+    from matplotlib import colormaps
+
+    rgb = (colormaps[name](np.linspace(0.0, 1.0, LEVELS))[:, :3] * 255).round().astype(np.uint8)
+    return rgb.ravel().tolist()
+
+
+def png(levels: np.ndarray, palette: list[int]) -> bytes:
+    """A palette PNG of a 2-D array of palette indices."""
+    from PIL import Image
+
+    image = Image.fromarray(np.ascontiguousarray(levels, dtype=np.uint8), mode="P")
+    image.putpalette(palette)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def data_uri(data: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def template_tiles(templates: np.ndarray) -> tuple[list[bytes], float]:
+    """One palette PNG per class (RdBu_r, zero white, symmetric around zero) and the colour limit."""
     images = [as_image(np.asarray(t, dtype=np.float32)) for t in templates]
-    limit = float(max(np.abs(im).max() for im in images)) or 1.0
-    aspect = images[0].shape[1] / images[0].shape[0]
-    panel = 2.0
-    fig, axes = plt.subplots(rows, cols, figsize=(panel * cols * min(aspect, 3) + 1.2, panel * rows + 0.9),
-                             squeeze=False, layout="constrained")
-    for i, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if i >= n:
-            continue
-        shown = ax.imshow(images[i], cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest",
-                          aspect="auto" if images[i].shape[0] == 1 else "equal")
-        ax.set_title(text(classes[i]) if i < len(classes) else str(i), fontsize=12)
-    fig.colorbar(shown, ax=axes.ravel().tolist(), shrink=0.8,
-                 label="weight" if kind == "weights" else "d logit / d input")
+    limit = float(max(np.abs(im).max() for im in images)) if images else 0.0
+    scale = limit or 1.0
+    palette = _palette("RdBu_r")
+    tiles = [png(np.clip(np.rint((im / scale + 1) / 2 * (LEVELS - 1)), 0, LEVELS - 1), palette) for im in images]
+    return tiles, limit
+
+
+def templates_html(templates: np.ndarray, classes: list[str], kind: str, note: str = "") -> str:
+    """The class templates as a grid of tiles with the class names as captions, and their colour scale."""
+    tiles, limit = template_tiles(templates)
+    height, width = as_image(np.asarray(templates[0])).shape
+    if width >= height:
+        w, h = TILE, max(8, round(TILE * height / width))
+    else:
+        w, h = max(8, round(TILE * width / height)), TILE
+    names = [str(classes[i]) if i < len(classes) else str(i) for i in range(len(tiles))]
+    cells = "".join(f'<figure class="tile"><img src="{data_uri(t)}" width="{w}" height="{h}" alt="{escape(n)}">'
+                    f"<figcaption>{escape(n)}</figcaption></figure>" for t, n in zip(tiles, names))
     what = "weights" if kind == "weights" else "input gradient: mean d logit_k / d input over class-k test images"
-    fig.suptitle(f"{text(title)}\nclass templates ({what})", fontsize=12)
-    return save(fig, path)
+    scale = (f'<span class="scale"><span class="neg">−{limit:.3g}</span><span class="bar"></span>'
+             f'<span class="pos">+{limit:.3g}</span></span>')
+    return (f'<div class="templates"><p class="muted">class templates ({escape(what)}){escape(note)} '
+            f'{scale}</p><div class="tiles" style="--cols: {min(len(tiles), COLS)}">{cells}</div></div>')
 
 
-def confusion_figure(confusion: list[list[int]], classes: list[str], title: str, path: Path) -> Path:
-    """Counts of true class (rows) against predicted class (columns); the diagonal is correct."""
+def confusion_html(confusion, classes: list[str], note: str = "") -> str:
+    """Counts of true class (rows) against predicted class (columns); blue on the diagonal (correct),
+    red off it (errors), each shaded by its share of the row."""
     matrix = np.asarray(confusion, dtype=np.int64)
     n = len(matrix)
-    names = [text(c) for c in classes] if len(classes) == n else [str(i) for i in range(n)]
-    size = max(4.5, 0.5 * n + 2.5)
-    fig, ax = plt.subplots(figsize=(size + 1, size))
-    sns.heatmap(matrix, annot=n <= 20, fmt="d", cmap="Blues", square=True, cbar_kws={"label": "test images"},
-                xticklabels=names, yticklabels=names, ax=ax, annot_kws={"fontsize": 8})
-    total = matrix.sum()
-    accuracy = np.trace(matrix) / total if total else float("nan")
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class")
-    ax.tick_params(axis="y", rotation=0)
-    ax.set_title(f"{text(title)}\nconfusion matrix (test accuracy {accuracy:.4f})", fontsize=11)
-    return save(fig, path)
-
+    names = [str(c) for c in classes] if len(classes) == n else [str(i) for i in range(n)]
+    total = int(matrix.sum())
+    accuracy = np.trace(matrix) / total if total else math.nan
+    caption = f"confusion matrix (test set{escape(note)}; accuracy {accuracy:.4f})"
+    share = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    if n > TABLE_CLASSES:
+        levels = np.where(np.eye(n, dtype=bool), share * (LEVELS - 1) / 2 + (LEVELS - 1) / 2,
+                          (LEVELS - 1) / 2 - np.minimum(share / ERROR_FULL, 1) * (LEVELS - 1) / 2)
+        image = png(np.rint(levels), _palette("RdBu"))
+        size = max(160, min(4 * n, 480))
+        return (f'<figure class="confusion"><img src="{data_uri(image)}" width="{size}" height="{size}" '
+                f'alt="confusion matrix" class="pixels"><figcaption>{caption}: rows true, columns predicted'
+                "</figcaption></figure>")
+    head = "".join(f"<th>{escape(c)}</th>" for c in names)
+    rows = []
+    for i in range(n):
+        cells = []
+        for j in range(n):
+            if i == j:
+                level = min(9, int(share[i, j] * 10))
+                cells.append(f'<td class="d{level}">{matrix[i, j]}</td>')
+            elif matrix[i, j]:
+                level = min(9, 1 + int(share[i, j] / ERROR_FULL * 9))
+                cells.append(f'<td class="e{level}">{matrix[i, j]}</td>')
+            else:
+                cells.append("<td></td>")
+        rows.append(f"<tr><th>{escape(names[i])}</th>{''.join(cells)}</tr>")
+    return (f'<figure class="confusion"><table class="cm"><thead><tr><th class="corner">true \\ predicted</th>'
+            f"{head}</tr></thead><tbody>{''.join(rows)}</tbody></table><figcaption>{caption}</figcaption></figure>")

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bench.config import PARAM_KINDS, RECIPE_FIELDS, config_frame, config_keys, row_config, varying_label
 from bench.errors import BenchError
 from bench.store import RunStore, atomic_write
 
@@ -31,6 +32,8 @@ class Runs:
     runs: list[Run]
     results: pd.DataFrame
     history: pd.DataFrame
+    #: The recipe columns (and ``limit``) whose value differs between configurations, in RECIPE order.
+    varying: list[str] = field(default_factory=list)
     #: Report directories given among the run directories (``bench report runs/*``), left out.
     skipped_reports: list[Path] = field(default_factory=list)
 
@@ -38,8 +41,11 @@ class Runs:
     def several(self) -> bool:
         return len(self.runs) > 1
 
+    def run(self, label: str) -> Run:
+        return next(r for r in self.runs if r.label == label)
+
     def record(self, run: str, cell_id: str) -> dict[str, Any]:
-        return next(r for r in self.runs if r.label == run).records.get(cell_id, {})
+        return self.run(run).records.get(cell_id, {})
 
     def templates(self, run: str, cell_id: str) -> tuple[np.ndarray | None, str, str]:
         """``(templates [C, *input_shape] or None, kind, why not)`` of one cell."""
@@ -65,25 +71,42 @@ def _labels(roots: list[Path]) -> list[str]:
     return [str(r) for r in resolved]
 
 
-def _split_params(row: pd.Series) -> dict[str, str]:
-    """Model, loss and dataset labels that carry the swept parameters, e.g. ``mlp [hidden=64]``."""
-    try:
-        params = json.loads(row["params"]) if isinstance(row["params"], str) and row["params"] else {}
-    except json.JSONDecodeError:
-        params = {}
+#: Kinds of component whose parameters go into their label, e.g. ``mlp [hidden=64]``: all that take parameters.
+LABELLED = PARAM_KINDS
+#: The recipe columns, and ``limit``: shown in tables and figures where they vary across the report.
+VARIANT_COLUMNS = (*RECIPE_FIELDS, "limit")
+
+
+def _labels_of(config: dict[str, Any]) -> dict[str, str]:
+    """Each component's name with its swept parameters, e.g. ``mlp [hidden=64]``."""
+    params = config["params"]
     labels = {}
-    for kind in ("model", "loss", "dataset"):
-        name = str(row[kind])
+    for kind in LABELLED:
+        name = str(config[kind])
         own = [f"{k[len(name) + 1:]}={v}" for k, v in params.items() if k.startswith(f"{name}.")]
         labels[f"{kind}_label"] = f"{name} [{', '.join(own)}]" if own else name
     return labels
 
 
-def _with_labels(frame: pd.DataFrame) -> pd.DataFrame:
+def _show(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _with_labels(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """``frame`` with ``config`` (the configuration's key, bench.config), per-component labels, ``label``
+    (model+loss and what varies) and ``variant`` (the recipe columns that vary, e.g. ``lr=0.01``)."""
+    extra = ["config", "label", "variant", *(f"{k}_label" for k in LABELLED)]
     if frame.empty:
-        return frame.assign(model_label=[], loss_label=[], dataset_label=[])
-    labels = frame.apply(_split_params, axis=1, result_type="expand")
-    return pd.concat([frame, labels], axis=1)
+        return frame.assign(**{c: pd.Series(dtype=object) for c in extra}), []
+    canon = config_frame(frame)
+    configs = [row_config(r) for r in canon.to_dict("records")]
+    varying = [c for c in VARIANT_COLUMNS if len({_show(cfg[c]) for cfg in configs}) > 1]
+    labels = pd.DataFrame([_labels_of(cfg) for cfg in configs], index=frame.index)
+    out = frame.assign(config=config_keys(frame), label=varying_label(configs),
+                       variant=[" ".join(f"{c}={_show(cfg[c])}" for c in varying) for cfg in configs])
+    for column in VARIANT_COLUMNS:  # older run directories lack recipe columns: read them as their defaults
+        out[column] = canon[column]
+    return pd.concat([out, labels], axis=1), varying
 
 
 #: The file that marks a directory as a gridbench report (written by ``reports.build_report``).
@@ -153,9 +176,15 @@ def read_runs(paths: list[Path | str]) -> Runs:
         runs.append(Run(label, root, store.read_env(), records))
         results.append(frame.assign(run=label))
         hist = store.history(cell_records)
-        if "cell_id" in hist.columns:
-            hist = hist.merge(frame[["cell_id", "device"]], on="cell_id", how="left")
+        if "cell_id" in hist.columns and len(hist):
             history.append(hist.assign(run=label))
-    results_frame = _with_labels(pd.concat(results, ignore_index=True))
-    history_frame = _with_labels(pd.concat(history, ignore_index=True)) if history else pd.DataFrame()
-    return Runs(runs, results_frame, history_frame, reports)
+    results_frame, varying = _with_labels(pd.concat(results, ignore_index=True))
+    if history:
+        per_cell = ["run", "cell_id", "device", "config", "label", "variant", *(f"{k}_label" for k in LABELLED)]
+        history_frame = pd.concat(history, ignore_index=True)
+        history_frame = history_frame.drop(columns=[c for c in per_cell if c in history_frame and c not in
+                                                    ("run", "cell_id")])
+        history_frame = history_frame.merge(results_frame[per_cell], on=["run", "cell_id"], how="inner")
+    else:
+        history_frame = pd.DataFrame()
+    return Runs(runs, results_frame, history_frame, varying=varying, skipped_reports=reports)

@@ -1,35 +1,77 @@
-"""The summary table (one row per configuration, seeds aggregated) and the per-cell table."""
+"""The summary table (one row per configuration, seeds aggregated) and the per-cell table.
+
+A configuration is what :mod:`bench.config` says it is (components, parameters, recipe, ``--limit``,
+device kind): rows of one configuration differ only by seed. The CSV tables carry every configuration
+column; the tables shown to people (terminal, Markdown, HTML) show the recipe columns only where they
+vary (see :func:`Tables.display`).
+"""
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 
+from bench.config import CONFIG_COLUMNS, row_config
+from bench.references import differences, far_below, matching
 from bench.stats import mean_ci
-from reports.load import Runs
+from reports.load import LABELLED, Runs
 
-#: What identifies a configuration: every cell of one group differs only by its seed.
-GROUP = ["dataset_label", "model_label", "loss_label", "device"]
+#: Recipe columns shown under their component's label (with its parameters) rather than the bare name.
+LABEL_OF = {kind: f"{kind}_label" for kind in LABELLED}
+#: Reference columns of the CSV tables (present when a reference applies to some row).
+REFERENCE_COLUMNS = ["reference", "reference_test_error", "reference_gap", "far_below"]
 
 
 @dataclass
 class Tables:
-    summary: pd.DataFrame  # numeric, for CSV
-    cells: pd.DataFrame  # numeric, for CSV
+    summary: pd.DataFrame  # one row per configuration: configuration columns, labels, metrics (for CSV)
+    cells: pd.DataFrame  # one row per cell (for CSV)
+    varying: list[str] = field(default_factory=list)  # the recipe columns (and limit) that vary
+    several: bool = False  # more than one run: a run column leads
+
+    def csv(self, frame: pd.DataFrame) -> str:
+        """``frame`` as CSV: every column (the run's only with several runs)."""
+        return (frame if self.several else frame.drop(columns=["run"], errors="ignore")).to_csv(index=False)
 
     def display(self, frame: pd.DataFrame) -> pd.DataFrame:
-        """``frame`` formatted for people: accuracy as mean ± CI, rounded numbers, blanks for missing."""
-        out = pd.DataFrame(index=frame.index)
-        for col in frame.columns:
-            if col in ("test_acc_std", "test_acc_ci95"):
-                continue
-            if col == "test_acc" and "test_acc_ci95" in frame:
-                out[col] = [_acc(m, h) for m, h in zip(frame["test_acc"], frame["test_acc_ci95"])]
-            else:
-                out[col] = [_fmt(col, v) for v in frame[col]]
-        return out.rename(columns={"test_acc": "test_acc (mean ± 95% CI)"} if "test_acc_ci95" in frame else {})
+        """``frame`` for people: component labels with their parameters, the recipe columns that vary,
+        accuracy as mean ± CI, the reference and the gap to it, rounded numbers, blanks for missing."""
+        return pd.DataFrame({name: values for name, (values, _) in self.columns(frame).items()})
+
+    def columns(self, frame: pd.DataFrame) -> dict[str, tuple[list[str], list | None]]:
+        """The displayed columns, each as ``(texts, sort values or None)``: the numbers a browser sorts by."""
+        out: dict[str, tuple[list[str], list | None]] = {}
+        names = ["run"] if self.several else []
+        names += ["dataset", "model", "loss", *self.varying]
+        names += ["seed", "device"] if "seed" in frame else ["device", "seeds"]
+        for name in names:
+            column = frame[LABEL_OF.get(name, name)]
+            out[name] = ([_fmt(name, v) for v in column], list(column) if _numeric(column) else None)
+        if "seed" in frame:
+            out["status"] = ([str(v) for v in frame["status"]], None)
+        if "test_acc_ci95" in frame:
+            out["test_acc (mean ± 95% CI)"] = ([_acc(m, h) for m, h in zip(frame["test_acc"], frame["test_acc_ci95"])],
+                                                list(frame["test_acc"]))
+        else:
+            out["test_acc"] = ([_fmt("test_acc", v) for v in frame["test_acc"]], list(frame["test_acc"]))
+        if "reference" in frame and frame["reference"].astype(bool).any():
+            out["reference (test error)"] = ([_reference(r, e) for r, e in zip(frame["reference"],
+                                                                               frame["reference_test_error"])],
+                                             list(frame["reference_test_error"]))
+            out["gap to reference"] = ([_gap(g, f) for g, f in zip(frame["reference_gap"], frame["far_below"])],
+                                       list(frame["reference_gap"]))
+        for name in ("test_loss", "epoch_time_s", "samples_per_s", "n_params"):
+            out[name] = ([_fmt(name, v) for v in frame[name]], list(frame[name]))
+        if "seed" not in frame:
+            out["status"] = ([str(v) for v in frame["status"]], None)
+        if frame["error"].astype(bool).any():
+            out["error"] = ([_fmt("error", v) for v in frame["error"]], None)
+        if "cell_id" in frame:
+            out["cell"] = ([str(v) for v in frame["cell_id"]], None)
+        return out
 
 
 def _missing(value) -> bool:
@@ -42,7 +84,22 @@ def _acc(mean, half) -> str:
     return f"{mean:.4f}" if _missing(half) else f"{mean:.4f} ± {half:.4f}"
 
 
+def _reference(label, error) -> str:
+    return "" if _missing(error) or not label else f"{error:.2%} {label}"
+
+
+def _gap(gap, flagged) -> str:
+    if _missing(gap):
+        return ""
+    return f"{gap * 100:+.2f} pts" + (" ⚠ far below" if flagged is True else "")
+
+
+def _numeric(column: pd.Series) -> bool:
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in column if not _missing(v))
+
+
 def _fmt(col: str, value) -> str:
+    """A metric with its own precision; any other number as an integer where it is one, else as ``%g``."""
     if _missing(value):
         return ""
     if col in ("test_acc", "val_acc"):
@@ -51,22 +108,40 @@ def _fmt(col: str, value) -> str:
         return f"{value:.4g}"
     if col == "samples_per_s":
         return f"{value:,.0f}"
-    if col in ("n_params", "seed") and isinstance(value, float) and value.is_integer():
-        return f"{int(value):,}" if col == "n_params" else str(int(value))
     if col == "n_params":
-        return f"{value:,}"
-    return str(value)
+        return f"{int(value):,}" if float(value).is_integer() else f"{value:,}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    return str(int(value)) if float(value).is_integer() and abs(value) >= 1 or value == 0 else f"{value:g}"
 
 
-def _summarise(group: pd.DataFrame) -> pd.Series:
+def _reference_of(runs: Runs, run: str, config: dict) -> dict:
+    """The first published reference (``env.json``) that applies to the configuration, or ``{}``."""
+    found = matching(runs.run(run).env.get("references") or {}, config)
+    return dict(found[0]) if found else {}
+
+
+def _reference_columns(reference: dict, config: dict, accuracy: float) -> dict:
+    if not reference:
+        return {"reference": "", "reference_test_error": math.nan, "reference_gap": math.nan, "far_below": ""}
+    label = reference["label"]
+    changed = differences(reference, config)
+    if changed:
+        label += " (published " + ", ".join(f"{k}={want}" for k, (want, _) in changed.items()) + "; here " + \
+                 ", ".join(f"{k}={here}" for k, (_, here) in changed.items()) + ")"
+    error = 1.0 - accuracy if not _missing(accuracy) else math.nan
+    gap = error - reference["test_error"] if not math.isnan(error) else math.nan
+    return {"reference": label, "reference_test_error": reference["test_error"], "reference_gap": gap,
+            "far_below": far_below(error, reference) if not math.isnan(error) else ""}
+
+
+def _summarise(group: pd.DataFrame) -> dict:
     ok = group[group["status"] == "ok"]
     mean, std, half = mean_ci(ok["test_acc"].tolist())
-    if len(ok) < 2:
-        std = half = math.nan  # one seed says nothing about the spread
     statuses = group["status"].value_counts()
     status = "ok" if list(statuses.index) == ["ok"] else ", ".join(f"{n} {s}" for s, n in statuses.items())
     errors = group.loc[group["status"] != "ok", "error"].dropna().astype(str)
-    return pd.Series({
+    return {
         "seeds": f"{len(ok)}/{len(group)}",
         "test_acc": mean, "test_acc_std": std, "test_acc_ci95": half,
         "test_loss": ok["test_loss"].mean() if len(ok) else math.nan,
@@ -75,7 +150,7 @@ def _summarise(group: pd.DataFrame) -> pd.Series:
         "n_params": ok["n_params"].iloc[0] if len(ok) else math.nan,
         "status": status,
         "error": "; ".join(dict.fromkeys(errors)) if len(errors) else "",
-    })
+    }
 
 
 def _best_first(frame: pd.DataFrame, acc: str) -> pd.DataFrame:
@@ -86,19 +161,36 @@ def _best_first(frame: pd.DataFrame, acc: str) -> pd.DataFrame:
             .drop(columns="_d").reset_index(drop=True))
 
 
+LABELS = ["label", "variant", *LABEL_OF.values()]
+
+
 def make_tables(runs: Runs) -> Tables:
     results = runs.results
-    keys = (["run"] if runs.several else []) + GROUP
+    lead = ["run"]  # always here; the CSV files leave it out for a single run (see Tables.csv)
+    summary_columns = [*lead, *CONFIG_COLUMNS, *LABELS, "seeds", "test_acc", "test_acc_std", "test_acc_ci95",
+                       *REFERENCE_COLUMNS, "test_loss", "epoch_time_s", "samples_per_s", "n_params", "status", "error"]
+    cell_columns = [*lead, "cell_id", *CONFIG_COLUMNS, "seed", *LABELS, "status", "test_acc", *REFERENCE_COLUMNS,
+                    "test_loss", "epoch_time_s", "samples_per_s", "n_params", "error"]
     if results.empty:
-        return Tables(pd.DataFrame(columns=keys), pd.DataFrame())
-    summary = (results.groupby(keys, sort=False, dropna=False)[list(results.columns)]
-               .apply(_summarise).reset_index())
-    summary = summary.rename(columns={"dataset_label": "dataset", "model_label": "model", "loss_label": "loss"})
-    summary = _best_first(summary, "test_acc")
-    cell_cols = (["run"] if runs.several else []) + [
-        "dataset_label", "model_label", "loss_label", "seed", "device", "status", "test_acc", "test_loss",
-        "epoch_time_s", "samples_per_s", "n_params", "error", "cell_id"]
-    cells = results[cell_cols].rename(columns={"dataset_label": "dataset", "model_label": "model",
-                                               "loss_label": "loss"})
-    cells = _best_first(cells, "test_acc")
-    return Tables(summary, cells)
+        return Tables(pd.DataFrame(columns=summary_columns), pd.DataFrame(columns=cell_columns), [], runs.several)
+    rows, cell_refs = [], {}
+    for _, group in results.groupby(["run", "config"], sort=False, dropna=False):
+        first = group.iloc[0]
+        config = row_config(first)
+        reference = _reference_of(runs, first["run"], config)
+        stats = _summarise(group)
+        rows.append({"run": first["run"], **config, "params": json.dumps(config["params"], sort_keys=True),
+                     **{c: first[c] for c in LABELS}, **stats,
+                     **_reference_columns(reference, config, stats["test_acc"])})
+        for index, status, acc in zip(group.index, group["status"], group["test_acc"]):
+            cell_refs[index] = _reference_columns(reference, config, acc if status == "ok" else math.nan)
+    summary = _best_first(pd.DataFrame(rows)[summary_columns], "test_acc")
+    cells = results.copy()
+    refs = pd.DataFrame.from_dict(cell_refs, orient="index").reindex(results.index)
+    cells = pd.concat([cells.drop(columns=[c for c in REFERENCE_COLUMNS if c in cells]), refs], axis=1)
+    cells["error"] = cells["error"].astype(object).fillna("").astype(str)
+    cells = _best_first(cells[cell_columns], "test_acc")
+    if not summary["reference"].astype(bool).any():
+        summary = summary.drop(columns=REFERENCE_COLUMNS)
+        cells = cells.drop(columns=REFERENCE_COLUMNS)
+    return Tables(summary, cells, list(runs.varying), runs.several)

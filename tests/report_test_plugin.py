@@ -1,4 +1,8 @@
-"""A test plugin with awkward names: a 2-D dataset whose class names need escaping, and a model that diverges."""
+"""A test plugin with awkward names: a 2-D dataset whose class names need escaping, a model that diverges, and a
+linear model that environment variables make worse (noisier or slower): same configuration, worse code."""
+
+import os
+import time
 
 import torch
 from torch import nn
@@ -36,7 +40,35 @@ def bench_register_datasets(register):
     register("blobs", load_blobs, description="three 2-D Gaussian blobs with awkward class names")
 
 
+
+#: Standard deviation of the noise ``knob`` adds to its inputs (0: none): the same configuration, worse code.
+NOISE_ENV = "REPORT_TEST_NOISE"
+#: Seconds ``knob`` sleeps in each forward pass while training: the same configuration, slower code.
+SLEEP_ENV = "REPORT_TEST_SLEEP"
+
+
+class Knob(nn.Module):
+    """A linear model on 2-D points whose inputs get Gaussian noise and whose training steps get a sleep, as
+    the environment says when the model is built."""
+
+    def __init__(self, features, classes):
+        super().__init__()
+        self.fc = nn.Linear(features, classes)
+        self.noise = float(os.environ.get(NOISE_ENV, "0") or 0)
+        self.sleep = float(os.environ.get(SLEEP_ENV, "0") or 0)
+
+    def forward(self, x):
+        x = x.flatten(1)
+        if self.noise:
+            x = x + self.noise * torch.randn_like(x)
+        if self.sleep and self.training:
+            time.sleep(self.sleep)
+        return self.fc(x)
+
+
 @hookimpl
 def bench_register_models(register):
     register(NAN_MODEL, lambda shape, classes: NaNLogits(int(torch.Size(shape).numel()), classes),
              description="returns NaN logits: its cell fails")
+    register("knob", lambda shape, classes: Knob(int(torch.Size(shape).numel()), classes),
+             description=f"linear; ${NOISE_ENV} adds input noise, ${SLEEP_ENV} slows training steps")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -45,7 +46,7 @@ def seed_run(tmp_path_factory):
     return out, output
 
 
-def test_run_report_has_tables_figures_and_a_template_and_confusion_per_cell(seed_run):
+def test_run_report_has_tables_figures_and_templates_and_confusion_per_configuration(seed_run):
     run, output = seed_run
     report = run / "report"
     results = pd.read_csv(run / "results.csv")
@@ -57,9 +58,7 @@ def test_run_report_has_tables_figures_and_a_template_and_confusion_per_cell(see
     for name in COMPARATIVE:
         height, width, _ = png_shape(report / "figures" / f"{name}.png")
         assert height > 200 and width > 300
-    for cell_id in results["cell_id"]:
-        for kind in ("templates", "confusion"):
-            png_shape(report / "figures" / "cells" / f"r0-{cell_id}-{kind}.png")
+    assert not (report / "figures" / "cells").exists() and not (report / "cells").exists()  # only on demand
 
     # One row per configuration, seeds aggregated: mean and Student-t half-width of the two seeds.
     summary = pd.read_csv(report / "summary.csv")
@@ -70,7 +69,11 @@ def test_run_report_has_tables_figures_and_a_template_and_confusion_per_cell(see
         half = 12.706204736 * accs.std(ddof=1) / math.sqrt(2)  # t(0.975, 1 dof)
         assert row["test_acc_ci95"] == pytest.approx(half, rel=1e-6)
     assert list(summary["test_acc"]) == sorted(summary["test_acc"], reverse=True)  # best first
-    assert "±" in (report / "summary.md").read_text()
+    # The CSV has every configuration column; the recipe is the same everywhere, so no table shows it.
+    assert {"optimizer", "lr", "weight_decay", "schedule", "batch_size", "epochs", "limit"} <= set(summary.columns)
+    assert (summary["limit"] == 2000).all() and (summary["epochs"] == 2).all()
+    md = (report / "summary.md").read_text()
+    assert "±" in md and "batch_size" not in md and "weight_decay" not in md
     # The summary is printed too.
     assert "test_acc (mean ± 95% CI)" in output and f"report: {report / 'index.html'}" in output
 
@@ -84,9 +87,38 @@ def test_run_report_has_tables_figures_and_a_template_and_confusion_per_cell(see
 
     page = (report / "index.html").read_text()
     assert 'id="comparisons"' in page and "Holm" in page
-    assert page.count('<article class="cell ok"') == 6
-    assert page.count("<img ") == len(COMPARATIVE) + 2 * 6
+    # One section per configuration: ten template tiles (mean over its two seeds) and a confusion matrix whose
+    # counts are the two seeds' summed (2 x 10,000 test images), with their accuracy.
+    assert page.count('<article class="config ok"') == 3
+    assert page.count('<figure class="tile">') == 30 and page.count('<table class="cm">') == 3
+    assert page.count("mean over 2 seeds") == 3 and page.count("counts summed over 2 seeds") == 3
+    cells_of = {(m, lo): results[(results["model"] == m) & (results["loss"] == lo)]["test_acc"]
+                for m, lo in zip(summary["model"], summary["loss"])}
+    for accs in cells_of.values():
+        assert f"accuracy {accs.mean():.4f})" in page  # 20,000 images: the summed matrix's accuracy is the mean
+    assert page.count("<img ") == len(COMPARATIVE) + 30
     assert 'id="summary"' in page and "src=\"data:image/png;base64," in page
+
+
+def test_templates_of_a_configuration_are_the_mean_of_its_seeds(seed_run):
+    from PIL import Image
+
+    from reports.cellfigs import LEVELS, data_uri, template_tiles
+
+    run, _ = seed_run
+    records = [json.loads(p.read_text()) for p in (run / "cells").glob("*.json")]
+    linear = [r for r in records if r["row"]["model"] == "linear" and r["row"]["loss"] == "mse"]
+    assert len(linear) == 2
+    stacked = [load_file(str(run / r["templates"]["path"]))["templates"] for r in linear]
+    mean = (stacked[0].astype(np.float64) + stacked[1]) / 2
+    tiles, limit = template_tiles(mean)
+    assert limit == pytest.approx(np.abs(mean).max()) and len(tiles) == 10
+    first = np.asarray(Image.open(io.BytesIO(tiles[0])))
+    assert first.shape == (28, 28)  # one pixel per input pixel; the browser scales it up
+    expected = np.clip(np.rint((mean[0, 0] / limit + 1) / 2 * (LEVELS - 1)), 0, LEVELS - 1)
+    np.testing.assert_array_equal(first, expected)
+    page = (run / "report" / "index.html").read_text()
+    assert data_uri(tiles[0]) in page
 
 
 def test_linear_templates_are_the_weights_and_others_are_input_gradients(seed_run):
@@ -145,10 +177,11 @@ def test_report_over_two_runs_compares_them(seed_run, tmp_path_factory):
     assert sorted(summary["run"].unique()) == sorted(labels)
     assert len(summary) == 6 and len(pd.read_csv(out / "cells.csv")) == 9
     # A swept parameter makes its own row.
-    second_models = summary.loc[summary["run"] == labels[1], "model"]
-    assert sorted(second_models) == ["linear", "mlp [hidden=16]", "mlp [hidden=32]"]
+    second = summary[summary["run"] == labels[1]]
+    assert sorted(second["model_label"]) == ["linear", "mlp [hidden=16]", "mlp [hidden=32]"]
+    assert sorted(second["params"]) == ["{\"mlp.hidden\": 16}", "{\"mlp.hidden\": 32}", "{}"]
     page = (out / "index.html").read_text()
-    assert all(label in page for label in labels) and page.count('<article class="cell') == 9
+    assert all(label in page for label in labels) and page.count('<article class="config') == 6
     # The curves gain a row of panels per run.
     single = png_shape(first / "report" / "figures" / "val_loss.png")[0]
     assert png_shape(out / "figures" / "val_loss.png")[0] > 1.6 * single
@@ -194,12 +227,21 @@ def test_failed_cell_still_reports_and_names_are_escaped(tmp_path):
     page = (report / "index.html").read_text()
     assert NAN_MODEL not in page and "nan&lt;i&gt;&quot;m&quot;" in page
     assert not any(name in page for name in CLASSES if "<" in name or "&" in name)
-    assert '<article class="cell failed"' in page and "diverged" in page
-    # The linear cell of 2-D inputs still gets its templates (one strip per class) and confusion matrix.
-    linear_id = pd.read_csv(run / "results.csv").query("model == 'linear'")["cell_id"].iloc[0]
-    png_shape(report / "figures" / "cells" / f"r0-{linear_id}-templates.png")
-    png_shape(report / "figures" / "cells" / f"r0-{linear_id}-confusion.png")
+    assert '<article class="config failed"' in page and "diverged" in page
+    # The linear cell of 2-D inputs still gets its templates (one 1x2 strip per class, named) and confusion matrix.
+    assert page.count('<figure class="tile">') == 3 and page.count('<table class="cm">') == 1
+    assert "<figcaption>&lt;b&gt;bold&lt;/b&gt;</figcaption>" in page and 'alt="a&amp;b"' in page
     assert "1 failed" in (report / "summary.md").read_text()
+
+    # On demand, every cell gets a page of its own, linked from the cells table.
+    code, output = bench("report", run, "--cell-figures")
+    assert code == 0, output
+    results = pd.read_csv(run / "results.csv")
+    pages = {cell_id: report / "cells" / f"r0-{cell_id}.html" for cell_id in results["cell_id"]}
+    assert all(page.is_file() for page in pages.values())
+    linear_id = results.query("model == 'linear'")["cell_id"].iloc[0]
+    assert pages[linear_id].read_text().count('<figure class="tile">') == 3
+    assert f'href="cells/r0-{linear_id}.html"' in (report / "index.html").read_text()
 
 
 def test_report_of_something_that_is_not_a_run_is_one_clear_error(tmp_path):
@@ -247,7 +289,7 @@ def test_index_html_renders_in_a_headless_browser(chromium, seed_run, tmp_path):
         finally:
             browser.close()
     print(f"screenshot: {shot}")
-    assert len(widths) == len(COMPARATIVE) + 2 * 6 and min(widths) > 0  # every image loaded
+    assert len(widths) == len(COMPARATIVE) + 30 and min(widths) > 0  # every image loaded
     assert len(rows) == 3 and all("mnist" in r for r in rows)  # the summary table is there
     assert all(url.startswith(("file:", "data:")) for url in requested)  # nothing from a server
     assert png_shape(shot)[:2] == (1000, 1400)
@@ -292,3 +334,126 @@ def test_pareto_front_keeps_only_undominated_points():
     times = np.array([1.0, 2.0, 3.0, 4.0, 2.5])
     accs = np.array([0.5, 0.7, 0.6, 0.9, 0.8])
     assert [int(i) for i in pareto_front(times, accs)] == [0, 1, 4, 3]
+
+
+def test_sort_and_filter_the_tables_in_a_headless_browser(chromium, seed_run):
+    """Click a header: the rows reorder by that column's numbers; type a filter: only matching rows stay."""
+    from playwright.sync_api import sync_playwright
+
+    index = seed_run[0] / "report" / "index.html"
+    summary = pd.read_csv(seed_run[0] / "report" / "summary.csv")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=BROWSER_ARGS)
+        try:
+            page = browser.new_page()
+            errors = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(index.as_uri(), wait_until="load")
+
+            def column(table, name):
+                heads = page.eval_on_selector_all(f"table#{table} thead tr:first-child th",
+                                                  "t => t.map(h => h.innerText)")
+                i = next(i for i, h in enumerate(heads) if h.startswith(name))
+                return page.eval_on_selector_all(f"table#{table} tbody tr:not([hidden])",
+                                                 f"rows => rows.map(r => r.cells[{i}].innerText)"), i
+
+            def shown(values):  # as the table prints them
+                return [float(f"{v:.4f}") for v in values]
+
+            before, acc_col = column("summary", "test_acc")
+            assert [float(v.split()[0]) for v in before] == shown(sorted(summary["test_acc"], reverse=True))
+            header = page.locator("table#summary thead tr:first-child th").nth(acc_col)
+            header.click()  # a numeric column sorts descending first: the order it already has
+            header.click()  # ... and ascending on the second click
+            after, _ = column("summary", "test_acc")
+            assert after != before and [float(v.split()[0]) for v in after] == shown(sorted(summary["test_acc"]))
+            assert header.get_attribute("aria-sort") == "ascending"
+            loss_col = column("summary", "loss")[1]
+            page.locator("table#summary thead tr:first-child th").nth(loss_col).click()  # text: A to Z
+            losses, _ = column("summary", "loss")
+            assert losses == sorted(summary["loss"])
+
+            # Filters: a substring, alternatives, a negation, a number comparison; the count follows.
+            model_filter = page.locator("table#summary tr.filters input").nth(column("summary", "model")[1])
+            model_filter.fill("linear")
+            assert column("summary", "model")[0] == ["linear", "linear"]
+            assert page.inner_text('.count[data-for="summary"]') == "2 of 3 rows"
+            model_filter.fill("!linear")
+            assert column("summary", "model")[0] == ["mlp"]
+            model_filter.fill("")
+            acc_filter = page.locator("table#summary tr.filters input").nth(acc_col)
+            threshold = sorted(summary["test_acc"])[1]
+            acc_filter.fill(f">={threshold}")
+            kept = [float(v.split()[0]) for v in column("summary", "test_acc")[0]]
+            assert sorted(kept) == shown(sorted(summary["test_acc"])[1:])
+            acc_filter.fill("")
+            assert page.inner_text('.count[data-for="summary"]') == "3 of 3 rows"
+
+            # The cells table filters by any column too: seed 1 only, then mse|crossentropy.
+            seed_filter = page.locator("table#cells tr.filters input").nth(column("cells", "seed")[1])
+            seed_filter.fill("=1")
+            assert column("cells", "seed")[0] == ["1", "1", "1"]
+            loss_filter = page.locator("table#cells tr.filters input").nth(column("cells", "loss")[1])
+            loss_filter.fill("mse|nothing")
+            assert column("cells", "loss")[0] == ["mse"]
+            assert not errors
+        finally:
+            browser.close()
+
+
+def test_two_learning_rates_in_one_run_directory_are_two_configurations(tmp_path):
+    """Seeds are pooled only within a configuration: the same grid at two --lr into one --out is two rows."""
+    run = tmp_path / "run"
+    heights = []
+    for lr in ("0.05", "0.01"):
+        code, output = bench("run", "-p", "tests.report_test_plugin", "--models", "linear", "--datasets", "blobs",
+                             "--losses", "crossentropy", "--seeds", "0,1", "--epochs", "1", "--batch-size", "16",
+                             "--lr", lr, "--device", "cpu", "--out", run, "-q", "--report")
+        assert code == 0, output
+        heights.append(png_shape(run / "report" / "figures" / "val_loss.png")[0])
+    summary = pd.read_csv(run / "report" / "summary.csv")
+    results = pd.read_csv(run / "results.csv")
+    assert len(results) == 4 and sorted(summary["lr"]) == [0.01, 0.05] and (summary["seeds"] == "2/2").all()
+    for _, row in summary.iterrows():
+        assert row["test_acc"] == pytest.approx(results[results["lr"] == row["lr"]]["test_acc"].mean())
+    # lr varies, so every table shows it (and only it of the recipe) ...
+    md = (run / "report" / "summary.md").read_text()
+    assert re.search(r"\|\s*lr\s*\|", md) and "batch_size" not in md
+    assert re.search(r"^mnist|^blobs\s+linear\s+crossentropy\s+0\.01\s", output, flags=re.M)
+    cells = pd.read_csv(run / "report" / "cells.csv")
+    assert sorted(cells["lr"].unique()) == [0.01, 0.05]
+    # ... the curves get a row of panels per learning rate, and the configurations their own sections.
+    assert heights[1] > 1.6 * heights[0]
+    page = (run / "report" / "index.html").read_text()
+    assert "linear+crossentropy lr=0.05 on blobs" in page and "linear+crossentropy lr=0.01 on blobs" in page
+
+
+def test_summary_tex_is_booktabs_with_the_best_value_per_dataset_in_bold(seed_run):
+    tex = (seed_run[0] / "report" / "summary.tex").read_text()
+    assert all(rule in tex for rule in ("\\toprule", "\\midrule", "\\bottomrule"))
+    summary = pd.read_csv(seed_run[0] / "report" / "summary.csv")
+    best = summary.loc[summary["test_acc"].idxmax()]
+    rows = [line for line in tex.splitlines() if line.startswith("mnist")]
+    assert len(rows) == 3
+    bold_acc = [r for r in rows if f"\\textbf{{{best['test_acc']:.4f} $\\pm$ {best['test_acc_ci95']:.4f}}}" in r]
+    assert len(bold_acc) == 1 and best["model"] in bold_acc[0]
+    assert sum(r.count("\\textbf") for r in rows) == 3  # accuracy, loss and epoch time: one best each
+
+
+def test_index_html_stays_under_its_size_limit_by_moving_configurations_to_pages(seed_run, tmp_path, monkeypatch):
+    import reports.build
+
+    full = (seed_run[0] / "report" / "index.html").stat().st_size
+    sections = (seed_run[0] / "report" / "index.html").read_text().count('<article class="config')
+    monkeypatch.setattr(reports.build, "PAGE_LIMIT", full - 20_000)  # room for all but one or two sections
+    out = tmp_path / "report"
+    report = reports.build.build_report([seed_run[0]], out)
+    size = report.index.stat().st_size
+    assert size <= full - 20_000
+    moved = [a for a, where in report.config_pages.items() if not where.startswith("#")]
+    assert 1 <= len(moved) < sections
+    page = report.index.read_text()
+    for anchor in moved:
+        assert f'<a id="{anchor}" href="configs/{anchor}.html">' in page
+        assert (out / "configs" / f"{anchor}.html").read_text().count('<figure class="tile">') == 10
+    assert "keep the report folder together" in page
