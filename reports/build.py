@@ -24,7 +24,7 @@ import pandas as pd
 from bench import stats
 from bench.config import config_keys
 from bench.store import atomic_write
-from reports import cellfigs, html
+from reports import cellfigs, html, protocol
 from reports.latex import summary_latex
 from reports.load import REPORT_MARKER, VARIANT_COLUMNS, Runs, prepare_report_dir, read_runs
 from reports.tables import Tables, make_tables
@@ -358,6 +358,14 @@ def build_report(run_dirs: list[Path | str], out: Path | str | None = None, cell
         "accuracy_vs_time": figures.accuracy_vs_time(runs, fig_dir / FIGURES["accuracy_vs_time"][0], notes),
         "epoch_time": figures.epoch_time(runs, fig_dir / FIGURES["epoch_time"][0], notes),
     }
+    protocol_figures = {
+        "sensitivity": (protocol.sensitivity_figure(runs.results, fig_dir / "sensitivity.png"),
+                        "Tuning: validation accuracy of every trial against each tuned value; the chosen value "
+                        "circled."),
+        "profiles": (protocol.profile_figure(runs.results, fig_dir / "performance_profiles.png"),
+                     "Performance profiles across datasets: the fraction of datasets on which a configuration's "
+                     "test error is within a factor tau of the best."),
+    }
     made = {k: p for k, p in made.items() if p is not None}
     if len(made) < len(FIGURES):
         notes.append("Figures without any finished cell to draw are left out.")
@@ -392,6 +400,20 @@ def build_report(run_dirs: list[Path | str], out: Path | str | None = None, cell
             '<p><a href="comparisons.html">Paired comparisons</a> (their own page: too large to embed).</p>',
             priority=3))
     parts.append(Part("</section>"))
+    for title, anchor, frame, blurb in (
+            ("Tuning", "tuning", protocol.tuning_table(runs.results),
+             "Each configuration got the same budget of trials (sampled values of the tuned keys, trained on the "
+             "first seed, scored on the validation split); the best trial's values were then trained with every "
+             "seed: those final rows are what the summary shows. The test split was never used to choose."),
+            ("Time to target", "time-to-target", protocol.target_table(runs.results),
+             "Training time until the validation metric first reached the target, median over the seeds that "
+             "reached it (evaluation time excluded)."),
+            ("Across datasets", "across-datasets", protocol.ranks_table(runs.results),
+             "Rank of each configuration on each dataset by mean test accuracy (1 = best), and the mean rank.")):
+        if len(frame):
+            atomic_write(out / f"{anchor}.csv", frame.to_csv(index=False))
+            parts.append(Part(f'<section id="{anchor}"><h2>{title}</h2><p class="muted">{escape(blurb)}</p>'
+                              + html.table(html.frame_columns(frame), f"{anchor}-table") + "</section>"))
     references = _references_table(runs)
     parts.append(Part('<section id="references"><h2>References</h2>' + (
         '<p class="muted">Published test errors that the datasets declare (recorded in each run\'s env.json). '
@@ -405,6 +427,10 @@ def build_report(run_dirs: list[Path | str], out: Path | str | None = None, cell
     parts.append(Part('<section id="figures"><h2>Figures</h2>'
                       + "".join(f'<p class="muted">{escape(n)}</p>' for n in dict.fromkeys(notes))
                       + '<div class="figs">'))
+    for path, caption in protocol_figures.values():
+        if path is not None:
+            parts.append(Part(html.figure(path, caption), html.figure(path, caption, embed=False, base=out),
+                              priority=1))
     for key, path in made.items():
         caption = FIGURES[key][1]
         linked = html.figure(path, caption, embed=False, base=out)

@@ -16,7 +16,7 @@ import pandas as pd
 
 from bench.config import CONFIG_COLUMNS, row_config
 from bench.references import differences, far_below, matching
-from bench.stats import mean_ci
+from bench.stats import mean_ci, results_only
 from reports.load import LABELLED, Runs
 
 #: Recipe columns shown under their component's label (with its parameters) rather than the bare name.
@@ -174,7 +174,10 @@ def make_tables(runs: Runs) -> Tables:
     if results.empty:
         return Tables(pd.DataFrame(columns=summary_columns), pd.DataFrame(columns=cell_columns), [], runs.several)
     rows, cell_refs = [], {}
-    for _, group in results.groupby(["run", "config"], sort=False, dropna=False):
+    finals = results_only(results)  # tuning trials are not results: the summary holds final rows only
+    for index in results.index.difference(finals.index):
+        cell_refs[index] = _reference_columns(None, row_config(results.loc[index]), math.nan)
+    for _, group in finals.groupby(["run", "config"], sort=False, dropna=False):
         first = group.iloc[0]
         config = row_config(first)
         reference = _reference_of(runs, first["run"], config)

@@ -63,3 +63,18 @@ def test_a_bad_target_is_one_line_and_exit_2(tmp_path):
                          ("test_acc=0.9", "must be val_acc or val_loss"), ("val_acc=nan", "is not a finite number")]:
         result = CliRunner().invoke(main, ["run", "--models", "linear", "--target", bad, "--out", str(tmp_path / "r")])
         assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_the_report_shows_time_to_target_ranks_and_performance_profiles(two_datasets, tmp_path):
+    from reports import build_report
+
+    out, _ = two_datasets
+    report = build_report([out], tmp_path / "report")
+    page = report.index.read_text()
+    for section in ('id="time-to-target"', 'id="across-datasets"', "Performance profiles across datasets"):
+        assert section in page
+    assert (tmp_path / "report" / "figures" / "performance_profiles.png").stat().st_size > 1000
+    ranks = pd.read_csv(tmp_path / "report" / "across-datasets.csv")
+    assert list(ranks.columns) == ["configuration", "mnist", "blobs", "mean rank"] and len(ranks) == 2
+    target = pd.read_csv(tmp_path / "report" / "time-to-target.csv")
+    assert len(target) == 4 and set(target["target"]) == {"val_acc>=0.6"}

@@ -61,6 +61,16 @@ def test_tuning_gives_each_configuration_its_trials_then_the_best_value_with_eve
     assert list(comparisons["axis"]) == ["recipe"] and list(comparisons["n"]) == [2]
     assert "phase" in result.output and "final" in result.output
 
+    from reports import build_report
+
+    report = build_report([tmp_path / "run"], tmp_path / "report")
+    summary = pd.read_csv(tmp_path / "report" / "summary.csv")
+    assert len(summary) == 2 and sorted(summary["seeds"]) == ["2/2", "2/2"]  # final rows only, not the 8 trials
+    chosen = pd.read_csv(tmp_path / "report" / "tuning.csv")
+    assert len(chosen) == 2 and set(chosen["tuned"]) == {"lr"} and set(chosen["trials"]) == {"4/4 ok"}
+    assert "Tuning: validation accuracy of every trial" in report.index.read_text()
+    assert (tmp_path / "report" / "figures" / "sensitivity.png").stat().st_size > 1000
+
 
 def test_the_same_command_and_seed_give_the_same_trials(tmp_path):
     lrs = []
