@@ -26,7 +26,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from bench.config import CONFIG_COLUMNS, axes, comparable, config_frame, config_label, varying_label
+from bench.config import CONFIG_COLUMNS, axes, config_frame, config_label, varying_label
 from bench.tune import tuned_keys
 
 #: Columns that open the comparisons table (before ``a``, ``b``): where and along which axis.
@@ -97,6 +97,8 @@ def results_only(results: pd.DataFrame) -> pd.DataFrame:
 def _ok(results: pd.DataFrame, metric: str) -> pd.DataFrame:
     results = results_only(results)
     frame = results[results["status"] == "ok"].copy()
+    if metric not in frame:  # e.g. every cell failed: no metric was ever written
+        frame[metric] = pd.Series(dtype=float)
     frame[metric] = pd.to_numeric(frame[metric], errors="coerce")
     return frame
 
@@ -190,23 +192,35 @@ def _ckey(config) -> tuple:
 
 
 def _groups(configs: list[dict]) -> dict[tuple[str, str], list[dict]]:
-    """Configurations by (axis, what they share): each group varies along that one axis only."""
-    groups: dict[tuple[str, str], list[dict]] = {}
+    """Configurations by (axis, what they share): each group varies along that one axis only.
+
+    Bucketed in one pass per axis (not pair by pair), so that a thousand configurations stay quick:
+    ``recipe`` groups share the context and the whole recipe; an ``lr`` group shares everything but ``lr``.
+    """
+    from bench.config import COMPONENT_AXES, RECIPE_AXES
+
     seen = [_untuned(c) for c in configs]
     split = [axes(c) for c in seen]
-    for i, j in itertools.combinations(range(len(configs)), 2):
-        axis = comparable(seen[i], seen[j])
-        if axis is None:
+    buckets: dict[tuple, list[int]] = {}
+    for i, parts in enumerate(split):
+        recipe_key = ("recipe", parts["_context"], tuple(str(parts[a]) for a in RECIPE_AXES))
+        buckets.setdefault(recipe_key, []).append(i)
+        for axis in RECIPE_AXES:
+            others = tuple(str(parts[a]) for a in (*COMPONENT_AXES, *RECIPE_AXES) if a != axis)
+            buckets.setdefault((axis, parts["_context"], others), []).append(i)
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for (axis, *_), members in buckets.items():
+        values = {str(split[i][axis]) for i in members} if axis != "recipe" else {
+            tuple(str(split[i][a]) for a in COMPONENT_AXES) for i in members}
+        if len(members) < 2 or len(values) < 2:
             continue
-        varying = ("model", "loss") if axis == "recipe" else (axis,)
-        fixed = ", ".join(f"{k}={_show(seen[i], k)}" for k in split[i]
-                          if k not in varying and not k.startswith("_") and k not in ("model", "loss"))
+        first = members[0]
+        varying = COMPONENT_AXES if axis == "recipe" else (axis,)
+        fixed = ", ".join(f"{k}={_show(seen[first], k)}" for k in split[first]
+                          if k not in varying and not k.startswith("_") and k not in COMPONENT_AXES)
         if axis != "recipe":
-            fixed = f"{config_label(configs[i])}; " + fixed
-        members = groups.setdefault((axis, fixed), [])
-        for c in (configs[i], configs[j]):
-            if not any(m is c for m in members):
-                members.append(c)
+            fixed = f"{config_label(configs[first])}; " + fixed
+        groups[(axis, fixed)] = [configs[i] for i in members]
     return groups
 
 
