@@ -23,7 +23,11 @@ def bench_register_models(register):
     Called once when components are collected. ``register(name, factory, params=None,
     description="")`` where ``factory(input_shape: tuple[int, ...], num_classes: int, **params)``
     returns a ``torch.nn.Module`` mapping ``[N, *input_shape]`` to logits ``[N, num_classes]``.
-    A factory may raise ``bench.IncompatibleCell`` when it cannot handle the input shape.
+    A factory may raise ``bench.IncompatibleCell`` when it cannot handle the input shape. Before
+    anything trains, ``bench run`` calls each model factory once per distinct parameter set on PyTorch's
+    ``meta`` device (``torch.device("meta")`` is the default device then: no memory, no compute) with a
+    nominal ``(1, 28, 28)`` input and 10 classes, so that a bad parameter value is refused up front; a
+    factory should have no side effects.
     """
 
 

@@ -30,7 +30,7 @@ import torch
 from bench import hookimpl
 from bench.errors import BenchError
 from bench.grid import Cell
-from bench.runner import Job, LocalExecutor, WorkSpec, execute_cell, failed_record
+from bench.runner import Job, LocalExecutor, WorkSpec, execute_group, failed_record, fused_groups
 
 RAY_INSTALL_HINT = "pip install 'gridbench[ray]'"
 
@@ -58,7 +58,8 @@ def _die_with_parent() -> None:
 
 
 def _worker_main(conn, spec: WorkSpec, threads: int) -> None:
-    """A worker process: train the cells the driver sends, one at a time, until told to stop."""
+    """A worker process: train the groups of cells the driver sends (one cell, or a fused group of
+    cells of one shape: bench/fuse.py), one group at a time, until told to stop."""
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
     torch.set_num_threads(threads)
@@ -67,7 +68,7 @@ def _worker_main(conn, spec: WorkSpec, threads: int) -> None:
             task = conn.recv()
             if task is None:
                 return
-            conn.send(execute_cell(*task, spec))
+            conn.send(execute_group(task, spec))
         except (EOFError, OSError):  # the driver is gone
             return
 
@@ -80,9 +81,9 @@ class _Worker:
         self.proc.start()
         child.close()
         self.spec, self.threads = spec, threads
-        self.task: tuple[int, Cell] | None = None
+        self.task: list[tuple[int, Cell]] | None = None
 
-    def send(self, task: tuple[int, Cell] | None) -> None:
+    def send(self, task: list[tuple[int, Cell]] | None) -> None:
         self.conn.send(task)
         self.task = task
 
@@ -116,7 +117,7 @@ def start_method(device: torch.device, threads: int) -> str:
 
 
 class ProcessExecutor:
-    """``--jobs N`` worker processes on this machine, each training one cell at a time."""
+    """``--jobs N`` worker processes on this machine, each training one cell (or one fused group) at a time."""
 
     def __init__(self, jobs: int | None = None):
         if jobs is not None and jobs < 1:
@@ -139,9 +140,10 @@ class ProcessExecutor:
     def run(self, tasks: list[tuple[int, Cell]], job: Job) -> Iterator[dict[str, Any]]:
         if not tasks:
             return
-        slots = self.slots(job.device)[:len(tasks)]
+        groups = fused_groups(tasks, job.execution, job.registry)  # a group of one is one cell
+        slots = self.slots(job.device)[:len(groups)]
         context = multiprocessing.get_context(start_method(job.device, slots[0][1]))
-        queue = deque(tasks)
+        queue = deque(groups)
         workers: list[_Worker] = []
 
         def give_work(worker: _Worker | None, spec: WorkSpec, threads: int) -> None:
@@ -169,22 +171,24 @@ class ProcessExecutor:
                 for worker in busy:
                     if worker.conn not in ready and worker.proc.sentinel not in ready:
                         continue
-                    index, cell = worker.task
+                    group = worker.task
                     try:
-                        record = worker.conn.recv() if worker.conn.poll() else None
+                        records = worker.conn.recv() if worker.conn.poll() else None
                     except (EOFError, OSError):
-                        record = None
+                        records = None
                     worker.task = None
-                    if record is None:  # the worker died before it could report: only its cell is lost
+                    if records is None:  # the worker died before it could report: only its cell(s) are lost
                         worker.proc.join(timeout=5)
-                        record = failed_record(index, cell, "worker process died while training this cell "
-                                                            f"({_exit_reason(worker.proc.exitcode)})")
+                        what = "this cell" if len(group) == 1 else f"this fused group of {len(group)} cells"
+                        records = [failed_record(index, cell, f"worker process died while training {what} "
+                                                              f"({_exit_reason(worker.proc.exitcode)})")
+                                   for index, cell in group]
                         worker.stop()
                         workers.remove(worker)
                         give_work(None, worker.spec, worker.threads)
                     else:
                         give_work(worker, worker.spec, worker.threads)
-                    yield record  # the worker already has its next cell while the driver writes this one
+                    yield from records  # the worker already has its next group while the driver writes these
         finally:
             for worker in workers:
                 worker.stop()
@@ -193,10 +197,10 @@ class ProcessExecutor:
 # -- ray -------------------------------------------------------------------------------------------
 
 
-def _ray_cell(index: int, cell: Cell, spec: WorkSpec, threads: int) -> dict[str, Any]:
-    """The body of one Ray task (a plain function, so Ray ships it by reference)."""
+def _ray_group(group: list[tuple[int, Cell]], spec: WorkSpec, threads: int) -> list[dict[str, Any]]:
+    """The body of one Ray task: one cell, or a fused group (a plain function, so Ray ships it by reference)."""
     torch.set_num_threads(threads)
-    return execute_cell(index, cell, spec)
+    return execute_group(group, spec)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -205,7 +209,7 @@ def _one_line(exc: BaseException) -> str:
 
 
 class RayExecutor:
-    """Each cell a Ray task; records come back to the driver as tasks finish."""
+    """Each cell (or fused group) a Ray task; records come back to the driver as tasks finish."""
 
     #: CPUs (and torch threads) per cell.
     cpus = 1
@@ -244,20 +248,21 @@ class RayExecutor:
         cuda = job.device.type == "cuda"
         # Ray hands each GPU task its own device as CUDA_VISIBLE_DEVICES, so inside the task it is cuda:0.
         spec = replace(job.spec, device="cuda:0" if cuda else job.spec.device)
-        task = ray.remote(_ray_cell).options(num_cpus=self.cpus, num_gpus=1 if cuda else 0, max_retries=0,
-                                             name="bench-cell")
-        pending = {task.remote(index, cell, spec, self.cpus): (index, cell) for index, cell in tasks}
+        task = ray.remote(_ray_group).options(num_cpus=self.cpus, num_gpus=1 if cuda else 0, max_retries=0,
+                                              name="bench-cell")
+        groups = fused_groups(tasks, job.execution, job.registry)
+        pending = {task.remote(group, spec, self.cpus): group for group in groups}
         try:
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1)
                 for ref in ready:
-                    index, cell = pending.pop(ref)
+                    group = pending.pop(ref)
                     try:
-                        record = ray.get(ref)
+                        records = ray.get(ref)
                     except ray.exceptions.RayError as exc:  # the worker died, the node was lost, ...
-                        record = failed_record(index, cell, f"Ray task failed while training this cell: "
-                                                            f"{_one_line(exc)}")
-                    yield record
+                        records = [failed_record(index, cell, f"Ray task failed while training this cell: "
+                                                              f"{_one_line(exc)}") for index, cell in group]
+                    yield from records
         finally:
             for ref in pending:
                 try:
