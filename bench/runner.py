@@ -352,17 +352,24 @@ def fused_groups(tasks: list[tuple[int, Cell]], execution: Execution | None,
                  registry: Registry | None = None) -> list[list[tuple[int, Cell]]]:
     """The tasks grouped for fused training (bench/fuse.py), or one group per task with ``fuse`` off.
 
-    Cells with a learning-rate schedule, and runs that measure time to target (``target``,
-    ``eval_every``), are not fused: the fused engine implements neither, so those cells train one by one.
+    Cells with a learning-rate schedule or an optimizer without a batched form, and runs that measure
+    time to target (``target``, ``eval_every``), are not fused: the fused engine implements none of those,
+    so those cells train one by one.
     """
     from bench.fuse import fuse_key, group_cells
 
     execution = execution or Execution()
     if execution.fuse == "off" or execution.target is not None or execution.eval_every:
         return [[task] for task in tasks]
-    fusable = [t for t in tasks if registry is None or not has_schedule(registry, t[1])]
-    alone = [[t] for t in tasks if registry is not None and has_schedule(registry, t[1])]
-    return [*group_cells(fusable, execution.fuse_max or None, key=lambda task: fuse_key(task[1])), *alone]
+    def fusable(cell: Cell) -> bool:  # a schedule, or an optimizer without a batched form: one at a time
+        from bench.fuse import batched_optimizer_for
+
+        return registry is None or (not has_schedule(registry, cell)
+                                    and batched_optimizer_for(registry, cell.recipe.optimizer) is not None)
+
+    alone = [[t] for t in tasks if not fusable(t[1])]
+    together = [t for t in tasks if fusable(t[1])]
+    return [*group_cells(together, execution.fuse_max or None, key=lambda task: fuse_key(task[1])), *alone]
 
 
 def has_schedule(registry: Registry, cell: Cell) -> bool:

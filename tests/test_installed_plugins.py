@@ -175,7 +175,8 @@ def test_p_no_blocks_an_installed_plugin(site):
     assert [line.split()[0] for line in bench(site, "plugins", "-p", "no:broken").stdout.splitlines()
             if not line.startswith(" ")] == [
         "plugins.models", "plugins.losses", "plugins.datasets", "plugins.grids", "plugins.executors",
-        "plugins.optimizers", "plugins.schedules", "example", "extras"]  # by name
+        "plugins.optimizers", "plugins.schedules", "plugins.progress", "plugins.trackers", "example",
+        "extras"]  # by name
 
 
 def test_autoload_off_loads_only_builtins_and_p_modules(site):
@@ -183,7 +184,7 @@ def test_autoload_off_loads_only_builtins_and_p_modules(site):
     assert result.returncode == 0 and result.stderr == ""
     assert [line.split()[0] for line in result.stdout.splitlines() if not line.startswith(" ")] == [
         "plugins.models", "plugins.losses", "plugins.datasets", "plugins.grids", "plugins.executors",
-        "plugins.optimizers", "plugins.schedules"]
+        "plugins.optimizers", "plugins.schedules", "plugins.progress", "plugins.trackers"]
 
     result = bench(site, "plugins", "-p", "gridbench_example.plugin", autoload=False)
     assert result.returncode == 0 and result.stderr == ""
