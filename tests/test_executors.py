@@ -310,8 +310,9 @@ def test_driver_sigkill_loses_no_finished_cell(name, env, tmp_path, request):
     cluster = request.getfixturevalue("ray_cluster") if name == "ray" else None
     extra, auth = executor_args(name, cluster)
     out = tmp_path / "r"
+    # one cell per task (--fuse off): a fused group's six records would all land at once
     args = ["run", "--models", "mlp", "--seeds", "0,1,2,3,4,5", "--limit", "6000", "--epochs", "1", "--device", "cpu",
-            "-q", *extra, "--out", out]
+            "-q", "--fuse", "off", *extra, "--out", out]
     driver = subprocess.Popen([sys.executable, "-m", "bench", *map(str, args)], cwd=REPO,
                               env={**os.environ, **env, **auth}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 240
