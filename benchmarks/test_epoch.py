@@ -13,6 +13,7 @@ BATCH = 256
 @pytest.mark.parametrize("model_name", ["linear", "mlp", "deep-linear", "cnn"])
 def test_gridbench_epoch(benchmark, mnist_cpu, model_name):
     from bench.host import Host
+    from bench.recipe import optimizer_factory
     from bench.step import Execution, build_step
 
     registry = Host().registry
@@ -21,8 +22,8 @@ def test_gridbench_epoch(benchmark, mnist_cpu, model_name):
     model = model_c.factory(mnist_cpu.input_shape, mnist_cpu.num_classes, **model_c.params)
     x, y = mnist_cpu.train
     n = len(x)
-    step = build_step(Execution(), model, loss_c.factory(**loss_c.params), x, y, "adam", 1e-3,
-                      [BATCH, n % BATCH])  # warm-up happens here, outside the timed epochs
+    step = build_step(Execution(), model, loss_c.factory(**loss_c.params), x, y, [BATCH, n % BATCH],
+                      optimizer_factory(registry, "adam", 1e-3, 0.0))  # warm-up here, outside the timed epochs
     generator = torch.Generator().manual_seed(0)
 
     def epoch():
