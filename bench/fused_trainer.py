@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import json
-import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -46,7 +45,6 @@ HOST_MEMORY_BUDGET = 1 << 30
 
 
 #: With ``fuse=auto`` on cpu: stacked and own steps timed (alternating) to decide whether fusing pays.
-PROBE_STEPS = 3
 
 
 class Unfusable(Exception):
@@ -345,52 +343,6 @@ def slower_on_cpu(model: nn.Module) -> str:
     if any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules()):
         return "convolutions through vmap are slower than one cell at a time on a cpu (--fuse on fuses anyway)"
     return ""
-
-
-def slower_than_alone(step: FusedStep, model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor,
-                      cell: Cell, length: int, repeats: int = PROBE_STEPS) -> str:
-    """Why the group should train one cell at a time: its stacked step, per member, measured no faster than one
-    member's own unfused step ("" when it is faster, or when there is no unfused step to compare with).
-
-    On a cpu a stacked step gains nothing where each cell's step is already bound by its arithmetic (a
-    convolution through ``vmap`` even loses); on a GPU, where a cell's step is launch overhead, it always gains.
-    Steps alternate, the fastest of ``repeats`` counts, and the stack is put back afterwards.
-    """
-    from bench.recipe import builtin_registry, recipe_factories
-    from bench.step import Step
-
-    try:
-        make_optimizer, _ = recipe_factories(builtin_registry(), cell)
-        alone = Step(copy.deepcopy(model), loss_fn, x, y, make_optimizer)
-    except Exception:  # e.g. an optimizer only the registry knows: keep the group fused
-        return ""
-    idx = torch.arange(length, device=x.device)
-    fused_idx = idx.expand(step.size, length)
-    saved = _Snapshot(step)
-    fused_times, alone_times = [], []
-    try:
-        step(fused_idx)
-        alone(idx)  # first calls allocate
-        for _ in range(repeats):
-            start = time.perf_counter()
-            step(fused_idx)
-            fused_times.append(time.perf_counter() - start)
-            start = time.perf_counter()
-            alone(idx)
-            alone_times.append(time.perf_counter() - start)
-    except Exception:
-        return ""
-    finally:
-        saved.restore()
-        step.reset()
-    per_member, own = min(fused_times) / step.size, min(alone_times)
-    if per_member < own:
-        return ""
-    return (f"on {x.device.type} the stacked step measured no faster than the cells' own: {per_member * 1e3:.2f} ms "
-            f"per member against {own * 1e3:.2f} ms")
-
-
-# -- memory ------------------------------------------------------------------------------------------
 
 
 def member_bytes(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor, batch: int,

@@ -192,7 +192,6 @@ class RunStore:
         self.root = Path(root)
         if self.root.exists() and not self.root.is_dir():
             raise OptionError("out", f"{self.root}: exists and is not a directory")
-        self._staged_env: dict[str, Any] | None = None
 
     @property
     def cells_dir(self) -> Path:
@@ -325,16 +324,6 @@ class RunStore:
         """Write a text file of the run directory (e.g. ``study.yaml``) atomically."""
         atomic_write(self.root / name, text)
 
-    def stage_env(self, env: dict[str, Any]) -> None:
-        """Write ``env`` as ``env.json`` with the first cell record (or table rebuild), not now: a run
-        that stops before it records anything (corrupt data, a full disk) leaves env.json as it was."""
-        self._staged_env = env
-
-    def _flush_env(self) -> None:
-        if self._staged_env is not None:
-            env, self._staged_env = self._staged_env, None
-            self.write_env(env)
-
     def read_env(self) -> dict[str, Any]:
         """``env.json`` (``{}`` where there is none); a damaged one is an error naming it."""
         path = self.root / "env.json"
@@ -404,7 +393,6 @@ class RunStore:
     def rebuild_tables(self) -> None:
         """Write ``results.csv`` and ``history.csv`` from the records (and the staged env.json first)."""
         records = self.records()
-        self._flush_env()
         rows = [r["row"] for r in records]
         history = [h for r in records for h in r.get("history", [])]
         atomic_write(self.root / "results.csv", _csv_text(rows, RESULT_COLUMNS))
