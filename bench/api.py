@@ -182,8 +182,8 @@ def study_from_options(*, grid=None, models=None, losses=None, datasets=None, pa
                        ("weight_decay", weight_decay), ("schedule", schedule)):
         if value is not None:
             recipe[key] = study_mod.recipe_values(key, value)
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
-        raise OptionError("limit", f"must be an integer >= 0, got {limit!r}")
+    if limit is not None:
+        study_mod.integer("limit", limit, 0)
     if grid is not None and (not isinstance(grid, str) or not grid.strip()):
         raise OptionError("grid", f"must be the name of a registered grid, got {grid!r}")
     return Study(models=names("models", models), losses=names("losses", losses),
@@ -309,7 +309,7 @@ def run(study: Path | str | Mapping | Study | None = None, *,
         echo(f"note: threads: {note}")
     if host is None:
         host = Host(plugins)
-        registry = host.registry
+        host.registry  # noqa: B018 -- collect now, so that plugin warnings come first
         for warning in host.warnings:
             echo(warning)
     registry = host.registry

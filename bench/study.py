@@ -136,6 +136,13 @@ def _values(where: str, value: Any) -> list:
     raise BenchError(f"{where} must be a value or a list of values, got {value!r}")
 
 
+def integer(option: str, value: Any, minimum: int) -> int:
+    """``value`` when it is an integer >= ``minimum``, else an :class:`OptionError` naming ``option``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise OptionError(option, f"must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
 def recipe_values(option: str, value: Any) -> list:
     """Values of one recipe axis, typed (``"1e-3,1e-2"`` -> ``[0.001, 0.01]``); bad values raise
     :class:`OptionError` naming the option."""
@@ -301,10 +308,7 @@ def from_mapping(data: Any, source: str = "study") -> Study:
     if data.get("seeds") is not None:
         study.seeds = at("seeds", seed_values, data["seeds"])
     if data.get("limit") is not None:
-        limit = data["limit"]
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-            raise BenchError(f"{source}: limit: must be an integer >= 0, got {limit!r}")
-        study.limit = limit
+        study.limit = at("limit", integer, "limit", data["limit"], 0)
     if data.get("tune") is not None:
         if not isinstance(data["tune"], Mapping):
             raise BenchError(f"{source}: tune: must be a mapping KEY: LOW:HIGH[:log] (or a list of choices), "
@@ -315,9 +319,7 @@ def from_mapping(data: Any, source: str = "study") -> Study:
             at(f"tune.{key}", parse_space, str(key), spec)
         study.tune = {str(k): v for k, v in data["tune"].items()}
     if data.get("trials") is not None:
-        if isinstance(data["trials"], bool) or not isinstance(data["trials"], int) or data["trials"] < 1:
-            raise BenchError(f"{source}: trials: must be an integer >= 1, got {data['trials']!r}")
-        study.trials = data["trials"]
+        study.trials = at("trials", integer, "trials", data["trials"], 1)
     for key in ("sampler", "tune_metric"):
         if data.get(key) is not None:
             if not isinstance(data[key], str):
@@ -329,10 +331,7 @@ def from_mapping(data: Any, source: str = "study") -> Study:
             target = "=".join(map(str, next(iter(target.items()))))
         study.target = str(at("target", parse_target, target) and target)
     if data.get("eval_every") is not None:
-        every = data["eval_every"]
-        if isinstance(every, bool) or not isinstance(every, int) or every < 0:
-            raise BenchError(f"{source}: eval_every: must be an integer >= 0, got {every!r}")
-        study.eval_every = every
+        study.eval_every = at("eval_every", integer, "eval_every", data["eval_every"], 0)
     if data.get("track") is not None:
         study.track = at("track", _names, "track", data["track"])
     if data.get("device") is not None:
