@@ -1,0 +1,175 @@
+"""The fused step's stacked forms: nn.Linear through bench/stacked.py, the built-in losses' ``loss.stacked``.
+
+Each must compute, per member, what the member's own layer or loss computes (values and gradients, up to
+float rounding), whatever the layout of its input, so that a fused group trains each member as its cell.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from bench.stacked import stacked_layers
+from plugins.losses import make_crossentropy, make_hinge, make_mse
+
+N, B = 4, 6
+
+
+def _members(make, count=N):
+    torch.manual_seed(0)
+    return [make() for _ in range(count)]
+
+
+def _grads(params, loss):
+    return dict(zip(params, torch.autograd.grad(loss, list(params.values()))))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("lead", [(B,), (B, 3)], ids=["[B, in]", "[B, T, in]"])
+def test_a_stacked_linear_layer_under_vmap_is_each_members_linear(bias, lead):
+    members = _members(lambda: nn.Linear(7, 5, bias=bias))
+    params, _ = stack_module_state(members)
+    x = torch.randn(N, *lead, 7, requires_grad=True)
+    base = copy.deepcopy(members[0])
+    assert stacked_layers(base) == 1
+
+    out = vmap(lambda p, xb: functional_call(base, p, (xb,)))(params, x)
+    expected = torch.stack([m(x[i]) for i, m in enumerate(members)])
+    torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
+    # the gradients, against autograd through each member's own layer
+    weights = torch.randn_like(expected)
+    ours = torch.autograd.grad((out * weights).sum(), [x, *params.values()])
+    theirs = torch.autograd.grad((expected * weights).sum(), [x, *(p for m in members for p in m.parameters())])
+    torch.testing.assert_close(ours[0], theirs[0], rtol=1e-6, atol=1e-6)
+    per_member = len(params)
+    for k, stacked_grad in enumerate(ours[1:]):
+        torch.testing.assert_close(stacked_grad, torch.stack(theirs[1 + k::per_member]), rtol=1e-6, atol=1e-6)
+        assert stacked_grad.is_contiguous()  # in the stacked parameter's layout: no copy before the optimizer
+
+
+def test_a_shared_input_evaluates_every_member_on_it():
+    """What evaluation does: one batch (``in_dims=None``) for every member."""
+    members = _members(lambda: nn.Linear(7, 5))
+    params, _ = stack_module_state(members)
+    base = copy.deepcopy(members[0])
+    stacked_layers(base)
+    x = torch.randn(B, 7)
+    with torch.no_grad():
+        out = vmap(lambda p, xb: functional_call(base, p, (xb,)), in_dims=(0, None))(params, x)
+        torch.testing.assert_close(out, torch.stack([m(x) for m in members]), rtol=1e-6, atol=1e-6)
+
+
+def test_stacked_layers_leave_subclasses_and_the_unbatched_call_alone():
+    class Scaled(nn.Linear):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), Scaled(4, 2))
+    reference = copy.deepcopy(model)
+    assert stacked_layers(model) == 1
+    assert "forward" in vars(model[0]) and "forward" not in vars(model[2])
+    assert stacked_layers(model) == 0  # once only
+    x = torch.randn(5, 3)
+    torch.testing.assert_close(model(x), reference(x))  # outside vmap: F.linear itself
+
+
+def test_a_mlp_of_stacked_layers_matches_its_members_through_two_layers():
+    """The hidden layer's output is a transposed view: the next layer and the activation's backward take it."""
+    members = _members(lambda: nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 3)))
+    params, _ = stack_module_state(members)
+    base = copy.deepcopy(members[0])
+    assert stacked_layers(base) == 2
+    x = torch.randn(N, B, 3, 4)
+    out = vmap(lambda p, xb: functional_call(base, p, (xb,)))(params, x)
+    expected = torch.stack([m(x[i]) for i, m in enumerate(members)])
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+    ours = torch.autograd.grad(out.square().sum(), list(params.values()))
+    theirs = torch.autograd.grad(expected.square().sum(), [p for m in members for p in m.parameters()])
+    for k, stacked_grad in enumerate(ours):
+        torch.testing.assert_close(stacked_grad, torch.stack(theirs[k::len(ours)]), rtol=1e-5, atol=1e-6)
+
+
+LOSSES = [("mse", make_mse()), ("crossentropy", make_crossentropy()),
+          ("crossentropy label_smoothing=0.1", make_crossentropy(0.1)), ("hinge", make_hinge()),
+          ("hinge margin=0.5", make_hinge(0.5))]
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "transposed"])
+@pytest.mark.parametrize("name, loss", LOSSES, ids=[name for name, _ in LOSSES])
+def test_a_losss_stacked_form_is_each_members_loss(name, loss, layout):
+    generator = torch.Generator().manual_seed(1)
+    logits = torch.randn(N, B, 10, generator=generator) * 3
+    if layout == "transposed":  # as the stacked linear layers return them: [N, B, C] over [N, C, B] memory
+        logits = logits.transpose(1, 2).contiguous().transpose(1, 2)
+    logits.requires_grad_()
+    targets = torch.randint(0, 10, (N, B), generator=generator)
+    stacked = loss.stacked(logits, targets)
+    assert stacked.shape == (N,)
+    own = torch.stack([loss(logits[i], targets[i]) for i in range(N)])
+    torch.testing.assert_close(stacked, own, rtol=1e-6, atol=1e-7)
+    (ours,) = torch.autograd.grad(stacked.sum(), logits)
+    (theirs,) = torch.autograd.grad(own.sum(), logits)
+    torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-8)
+    assert ours.abs().max() > 0
+
+
+def test_a_loss_without_a_stacked_form_trains_fused_through_vmap(mnist):
+    """A plugin loss that offers no ``.stacked`` still fuses (per member, through vmap) and gives its cells'
+    results."""
+    from bench.config import Cell, Recipe
+    from bench.fuse import batched_optimizer_for
+    from bench.fused_trainer import train_group
+    from bench.host import Host
+    from bench.step import Execution
+    from bench.trainer import train_cell
+
+    registry = Host().registry
+    component = registry.get("model", "linear")
+
+    def factory():
+        return component.factory(mnist.input_shape, mnist.num_classes)
+
+    def plain_ce(logits, targets):  # no .stacked attribute
+        return F.cross_entropy(logits, targets)
+
+    assert not hasattr(plain_ce, "stacked") and hasattr(make_crossentropy(), "stacked")
+    cells = [Cell("linear", "plain-ce", "mnist", seed, "cpu", Recipe(epochs=1), 2000) for seed in (0, 1)]
+    fused = train_group(cells, factory, plain_ce, mnist, torch.device("cpu"), Execution(fuse="on"),
+                        batched_optimizer_for(registry, "adam"))
+    for cell, result in zip(cells, fused):
+        torch.manual_seed(cell.seed)
+        alone = train_cell(cell, factory(), plain_ce, mnist, torch.device("cpu"))
+        assert result.execution["fused_size"] == 2
+        assert abs(result.metrics["test_acc"] - alone.metrics["test_acc"]) <= 0.002
+        assert abs(result.metrics["val_loss"] - alone.metrics["val_loss"]) <= 1e-3 * alone.metrics["val_loss"]
+
+
+def test_a_stacked_form_that_returns_the_wrong_shape_trains_unfused_and_says_so(mnist):
+    from bench.config import Cell, Recipe
+    from bench.fuse import batched_optimizer_for
+    from bench.fused_trainer import train_group
+    from bench.host import Host
+    from bench.step import Execution
+    from bench.trainer import train_cell
+
+    registry = Host().registry
+    component = registry.get("model", "linear")
+
+    def loss(logits, targets):
+        return F.cross_entropy(logits, targets)
+
+    loss.stacked = lambda logits, targets: F.cross_entropy(logits.transpose(1, 2), targets)  # one mean, not [N]
+    cells = [Cell("linear", "bad-stacked", "mnist", seed, "cpu", Recipe(epochs=1), 1000) for seed in (0, 1)]
+    results = train_group(cells, lambda: component.factory(mnist.input_shape, mnist.num_classes), loss, mnist,
+                          torch.device("cpu"), Execution(), batched_optimizer_for(registry, "adam"))
+    assert [r.execution["execution_note"] for r in results] == [
+        "not fused: the loss's stacked form returned shape [], not one loss per member [2]"] * 2
+    for cell, result in zip(cells, results):  # each exactly as the unfused runner trains it
+        torch.manual_seed(cell.seed)
+        model = component.factory(mnist.input_shape, mnist.num_classes)
+        assert result.metrics == train_cell(cell, model, loss, mnist, torch.device("cpu")).metrics
