@@ -38,6 +38,8 @@ def bench_register_losses(register):
     Called once when components are collected. ``register(name, factory, params=None,
     description="")`` where ``factory(**params)`` returns a callable
     ``loss(logits: Tensor[N, C], targets: LongTensor[N]) -> scalar Tensor`` (a mean over the batch).
+    It may offer ``loss.stacked(logits: Tensor[M, N, C], targets: LongTensor[M, N]) -> Tensor[M]``, the
+    losses of M members of a fused group at once (docs/plugins.md, Fused training).
     """
 
 

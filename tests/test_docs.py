@@ -74,3 +74,17 @@ def test_the_documented_grid_and_command_work(doc_plugin, bench_host):
     result = CliRunner().invoke(main, ["-p", "doc_plugin", "count"])
     assert result.exit_code == 0, result.output
     assert result.output == "5 models\n"  # linear, mlp, deep-linear, cnn and two-layer
+
+
+def test_the_documented_stacked_loss_is_each_members_loss():
+    (source,) = code_blocks(DOC.read_text(), "## Fused training: what a plugin can offer")
+    namespace = {}
+    exec(source, namespace)
+    import torch
+
+    focal = namespace["make_focal"](gamma=2.0)
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 4, 5, generator=generator).transpose(1, 2)  # [N, B, C] over [N, C, B] memory
+    targets = torch.randint(0, 4, (3, 5), generator=generator)
+    torch.testing.assert_close(focal.stacked(logits, targets),
+                               torch.stack([focal(logits[i], targets[i]) for i in range(3)]))
