@@ -15,6 +15,14 @@ training time), medians and ratio. The load average before and after says how bu
 
     python benchmarks/bench_fused.py                        # both cases, 2 pairs each
     python benchmarks/bench_fused.py --case linear40 --pairs 3
+    python benchmarks/bench_fused.py --epochs linear:40,mlp:20  # in one process: training epochs only
+
+``--epochs MODEL:N,...`` compares the steps alone, in this process: one epoch of a cell's own step
+(``bench.step.Step``, as the unfused trainer builds it for cpu) against one epoch of N members'
+fused step (``bench.fused_trainer.FusedStep``), alternating, ``--rounds`` times (default 5); it prints
+the minimum and median seconds per epoch of a cell and per member, and their ratios. Start-up,
+evaluation and records are left out, so this is the part of "training time per cell" that fusing
+changes, with less of the noise that whole processes carry.
     python -m pytest benchmarks/bench_fused.py -s           # through pytest-benchmark: the fused processes
                                                             # are the timed rounds; unfused and the ratios
                                                             # go to extra_info
@@ -138,11 +146,71 @@ if pytest is not None:
         assert on.fused_sizes == {str(CASES[case][1])}  # one group: the fused runs really fused
 
 
+def compare_epochs(model: str, members: int, rounds: int) -> dict:
+    """Epochs of one cell's own step and of ``members`` fused members, alternating, in this process."""
+    import time
+
+    import torch
+
+    from bench.config import Cell, Recipe
+    from bench.fuse import batched_optimizer_for
+    from bench.fused_trainer import FusedStep
+    from bench.host import Host
+    from bench.recipe import recipe_factories
+    from bench.step import Step
+
+    registry = Host().registry
+    data = registry.get("dataset", "mnist").factory(Path(tempfile.gettempdir()))
+    x, y = data.train
+    component, loss = registry.get("model", model), registry.get("loss", "crossentropy")
+    loss_fn = loss.factory(**loss.params)
+    cells = [Cell(model, "crossentropy", "mnist", seed, "cpu", Recipe()) for seed in range(members)]
+    batch = cells[0].recipe.batch_size
+    lengths = [batch] + ([len(x) % batch] if len(x) % batch else [])
+
+    def build(seed):
+        torch.manual_seed(seed)
+        return component.factory(data.input_shape, data.num_classes, **component.params)
+
+    def epoch(step, perm) -> float:
+        start = time.perf_counter()
+        for first in range(0, len(x), batch):
+            step(perm[..., first:first + batch])
+        return time.perf_counter() - start
+
+    own, fused = [], []
+    for _ in range(rounds):
+        make_optimizer, _ = recipe_factories(registry, cells[0])
+        step = Step(build(0), loss_fn, x, y, make_optimizer)
+        step.prepare(lengths)
+        own.append(epoch(step, torch.randperm(len(x))))
+        stacked = FusedStep([build(c.seed) for c in cells], loss_fn, x, y, batched_optimizer_for(registry, "adam"),
+                            cells)
+        stacked.prepare(lengths)
+        fused.append(epoch(stacked, torch.stack([torch.randperm(len(x)) for _ in cells])) / members)
+    return {"model": model, "members": members, "own_min": min(own), "own_median": statistics.median(own),
+            "fused_min": min(fused), "fused_median": statistics.median(fused)}
+
+
+def format_epochs(r: dict) -> str:
+    return (f"{r['model']} x{r['members']}: epoch of a cell alone {r['own_min']:.4f} s (min) / {r['own_median']:.4f} s "
+            f"(median); fused, per member {r['fused_min']:.4f} / {r['fused_median']:.4f} s; ratio "
+            f"{r['own_min'] / r['fused_min']:.2f}x (mins) / {r['own_median'] / r['fused_median']:.2f}x (medians)")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--case", choices=list(CASES), action="append", help="default: every case")
     parser.add_argument("--pairs", type=int, default=2, help="off/on pairs per case, in ABBA order")
+    parser.add_argument("--epochs", metavar="MODEL:N,...",
+                        help="instead: training epochs alone, in this process (e.g. linear:40,mlp:20)")
+    parser.add_argument("--rounds", type=int, default=5, help="with --epochs: alternations per model")
     args = parser.parse_args(argv)
+    if args.epochs:
+        for spec in args.epochs.split(","):
+            model, members = spec.split(":")
+            print(format_epochs(compare_epochs(model, int(members), args.rounds)), flush=True)
+        return 0
     failed = False
     for case in args.case or list(CASES):
         result = compare(case, args.pairs)
