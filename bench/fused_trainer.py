@@ -96,31 +96,29 @@ class FusedStep:
         self._optimizer_spec, self._cells = optimizer, list(cells)
         self.optimizer = None  # built by prepare(), once settle() has given the parameters their layout
         base = self.base
+        # the loss over all members at once: its own stacked form ([N, B, C], [N, B] -> [N]) where it offers
+        # one, else per member through vmap
+        own_stacked = getattr(loss_fn, "stacked", None)
+        stacked_loss = own_stacked or vmap(loss_fn)
+        #: what settle() names if the loss does not give one value per member
+        self._loss_name = "the loss's stacked form" if own_stacked else "the loss"
+
+        def forward(member_params, member_rest, xb):
+            return functional_call(base, (member_params, member_rest), (xb,))
+
         # Autograd through the vmapped forward rather than vmap(grad(...)): the same arithmetic, but
         # torch.func.grad imports torch._dynamo on first use (1.5-3 s of every process that fuses).
-        stacked_loss = getattr(loss_fn, "stacked", None)
-        if stacked_loss is None:  # the loss per member, through vmap
-            def member(member_params, member_rest, xb, yb):
-                logits = functional_call(base, (member_params, member_rest), (xb,))
-                return loss_fn(logits, yb), logits
+        train_forward, eval_forward = vmap(forward), vmap(forward, in_dims=(0, 0, None))
 
-            self._train_fn = vmap(member)
-            self._eval_fn = vmap(member, in_dims=(0, 0, None, None))
-        else:  # the loss's own stacked form ([N, B, C], [N, B] -> [N]) on the vmapped model's logits
-            def forward(member_params, member_rest, xb):
-                return functional_call(base, (member_params, member_rest), (xb,))
+        def train_fn(params, rest, xs, ys):
+            logits = train_forward(params, rest, xs)
+            return stacked_loss(logits, ys), logits
 
-            train_forward, eval_forward = vmap(forward), vmap(forward, in_dims=(0, 0, None))
+        def eval_fn(params, rest, xb, yb):
+            logits = eval_forward(params, rest, xb)
+            return stacked_loss(logits, yb.expand(self.size, *yb.shape)), logits
 
-            def train_fn(params, rest, xs, ys):
-                logits = train_forward(params, rest, xs)
-                return stacked_loss(logits, ys), logits
-
-            def eval_fn(params, rest, xb, yb):
-                logits = eval_forward(params, rest, xb)
-                return stacked_loss(logits, yb.expand(self.size, *yb.shape)), logits
-
-            self._train_fn, self._eval_fn = train_fn, eval_fn
+        self._train_fn, self._eval_fn = train_fn, eval_fn
         self.loss_sum = torch.zeros(self.size, device=self.device)
         self.correct = torch.zeros(self.size, device=self.device, dtype=torch.int64)
         self._batches: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
@@ -135,7 +133,7 @@ class FusedStep:
         third of an MLP step on cpu). The stacked ``nn.Linear`` (bench/stacked.py) gives it in the
         parameter's own layout; other layers through ``vmap`` may not. The optimizer's element-wise
         arithmetic does not care about the layout. A loss's stacked form that does not return one loss per
-        member is :class:`Unfusable` here.
+        member (or a loss that is not a scalar) is :class:`Unfusable` here.
         """
         xs = self.x[:length].expand(self.size, *self.x[:length].shape)
         rest = {name: tensor.clone() for name, tensor in self.rest.items()}  # what forward may update (BatchNorm)
@@ -143,7 +141,7 @@ class FusedStep:
         try:
             losses, _ = self._train_fn(self.params, self.rest, xs, self.y[:length].expand(self.size, length))
             if losses.shape != (self.size,):
-                raise Unfusable(f"the loss's stacked form returned shape {list(losses.shape)}, not one loss per "
+                raise Unfusable(f"{self._loss_name} returned shape {list(losses.shape)}, not one loss per "
                                 f"member [{self.size}]")
             grads = torch.autograd.grad(losses.sum(), list(self.params.values()))
         finally:

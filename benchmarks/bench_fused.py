@@ -16,6 +16,9 @@ training time), medians and ratio. The load average before and after says how bu
     python benchmarks/bench_fused.py                        # both cases, 2 pairs each
     python benchmarks/bench_fused.py --case linear40 --pairs 3
     python benchmarks/bench_fused.py --epochs linear:40,mlp:20  # in one process: training epochs only
+    python -m pytest benchmarks/bench_fused.py -s           # through pytest-benchmark: the fused processes
+                                                            # are the timed rounds; unfused and the ratios
+                                                            # go to extra_info
 
 ``--epochs MODEL:N,...`` compares the steps alone, in this process: one epoch of a cell's own step
 (``bench.step.Step``, as the unfused trainer builds it for cpu) against one epoch of N members'
@@ -23,9 +26,6 @@ fused step (``bench.fused_trainer.FusedStep``), alternating, ``--rounds`` times 
 the minimum and median seconds per epoch of a cell and per member, and their ratios. Start-up,
 evaluation and records are left out, so this is the part of "training time per cell" that fusing
 changes, with less of the noise that whole processes carry.
-    python -m pytest benchmarks/bench_fused.py -s           # through pytest-benchmark: the fused processes
-                                                            # are the timed rounds; unfused and the ratios
-                                                            # go to extra_info
 """
 
 from __future__ import annotations

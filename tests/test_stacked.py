@@ -14,19 +14,34 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from bench.config import Cell, Recipe
+from bench.fuse import batched_optimizer_for
+from bench.fused_trainer import train_group
+from bench.host import Host
 from bench.stacked import stacked_layers
+from bench.step import Execution
+from bench.trainer import train_cell
 from plugins.losses import make_crossentropy, make_hinge, make_mse
 
 N, B = 4, 6
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return Host().registry
+
+
+@pytest.fixture
+def linear(registry, mnist):
+    """The built-in linear model's factory for MNIST."""
+    component = registry.get("model", "linear")
+    return lambda: component.factory(mnist.input_shape, mnist.num_classes)
 
 
 def _members(make, count=N):
     torch.manual_seed(0)
     return [make() for _ in range(count)]
-
-
-def _grads(params, loss):
-    return dict(zip(params, torch.autograd.grad(loss, list(params.values()))))
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -119,58 +134,35 @@ def test_a_losss_stacked_form_is_each_members_loss(name, loss, layout):
     assert ours.abs().max() > 0
 
 
-def test_a_loss_without_a_stacked_form_trains_fused_through_vmap(mnist):
+def test_a_loss_without_a_stacked_form_trains_fused_through_vmap(registry, linear, mnist):
     """A plugin loss that offers no ``.stacked`` still fuses (per member, through vmap) and gives its cells'
     results."""
-    from bench.config import Cell, Recipe
-    from bench.fuse import batched_optimizer_for
-    from bench.fused_trainer import train_group
-    from bench.host import Host
-    from bench.step import Execution
-    from bench.trainer import train_cell
-
-    registry = Host().registry
-    component = registry.get("model", "linear")
-
-    def factory():
-        return component.factory(mnist.input_shape, mnist.num_classes)
 
     def plain_ce(logits, targets):  # no .stacked attribute
         return F.cross_entropy(logits, targets)
 
     assert not hasattr(plain_ce, "stacked") and hasattr(make_crossentropy(), "stacked")
     cells = [Cell("linear", "plain-ce", "mnist", seed, "cpu", Recipe(epochs=1), 2000) for seed in (0, 1)]
-    fused = train_group(cells, factory, plain_ce, mnist, torch.device("cpu"), Execution(fuse="on"),
-                        batched_optimizer_for(registry, "adam"))
+    adam = batched_optimizer_for(registry, "adam")
+    fused = train_group(cells, linear, plain_ce, mnist, CPU, Execution(fuse="on"), adam)
     for cell, result in zip(cells, fused):
         torch.manual_seed(cell.seed)
-        alone = train_cell(cell, factory(), plain_ce, mnist, torch.device("cpu"))
+        alone = train_cell(cell, linear(), plain_ce, mnist, CPU)
         assert result.execution["fused_size"] == 2
         assert abs(result.metrics["test_acc"] - alone.metrics["test_acc"]) <= 0.002
         assert abs(result.metrics["val_loss"] - alone.metrics["val_loss"]) <= 1e-3 * alone.metrics["val_loss"]
 
 
-def test_a_stacked_form_that_returns_the_wrong_shape_trains_unfused_and_says_so(mnist):
-    from bench.config import Cell, Recipe
-    from bench.fuse import batched_optimizer_for
-    from bench.fused_trainer import train_group
-    from bench.host import Host
-    from bench.step import Execution
-    from bench.trainer import train_cell
-
-    registry = Host().registry
-    component = registry.get("model", "linear")
+def test_a_stacked_form_that_returns_the_wrong_shape_trains_unfused_and_says_so(registry, linear, mnist):
 
     def loss(logits, targets):
         return F.cross_entropy(logits, targets)
 
     loss.stacked = lambda logits, targets: F.cross_entropy(logits.transpose(1, 2), targets)  # one mean, not [N]
     cells = [Cell("linear", "bad-stacked", "mnist", seed, "cpu", Recipe(epochs=1), 1000) for seed in (0, 1)]
-    results = train_group(cells, lambda: component.factory(mnist.input_shape, mnist.num_classes), loss, mnist,
-                          torch.device("cpu"), Execution(), batched_optimizer_for(registry, "adam"))
+    results = train_group(cells, linear, loss, mnist, CPU, Execution(), batched_optimizer_for(registry, "adam"))
     assert [r.execution["execution_note"] for r in results] == [
         "not fused: the loss's stacked form returned shape [], not one loss per member [2]"] * 2
     for cell, result in zip(cells, results):  # each exactly as the unfused runner trains it
         torch.manual_seed(cell.seed)
-        model = component.factory(mnist.input_shape, mnist.num_classes)
-        assert result.metrics == train_cell(cell, model, loss, mnist, torch.device("cpu")).metrics
+        assert result.metrics == train_cell(cell, linear(), loss, mnist, CPU).metrics
