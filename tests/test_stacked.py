@@ -166,3 +166,36 @@ def test_a_stacked_form_that_returns_the_wrong_shape_trains_unfused_and_says_so(
     for cell, result in zip(cells, results):  # each exactly as the unfused runner trains it
         torch.manual_seed(cell.seed)
         assert result.metrics == train_cell(cell, linear(), loss, mnist, CPU).metrics
+
+
+class _TiedWithBuffer(nn.Module):
+    """Two layers sharing one weight (only ``mid.weight`` is stacked; ``again.weight`` is its alias) and a
+    buffer that forward reads: each member's slices must reach every alias."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp, self.mid, self.again, self.out = nn.Linear(784, 16), nn.Linear(16, 16), nn.Linear(16, 16), \
+            nn.Linear(16, 10)
+        self.again.weight = self.mid.weight
+        self.register_buffer("scale", torch.rand(16) + 0.5)
+
+    def forward(self, x):
+        h = torch.relu(self.inp(x.flatten(1)))
+        h = torch.relu(self.again(torch.relu(self.mid(h)))) * self.scale
+        return self.out(h)
+
+
+def test_tied_weights_and_buffers_train_fused_as_each_cell(registry, mnist):
+    cells = [Cell("tied", "crossentropy", "mnist", seed, "cpu", Recipe(epochs=1), 1500) for seed in (0, 1, 2)]
+    loss = make_crossentropy()
+    fused = train_group(cells, _TiedWithBuffer, loss, mnist, CPU, Execution(fuse="on"),
+                        batched_optimizer_for(registry, "adam"))
+    accs = set()
+    for cell, result in zip(cells, fused):
+        torch.manual_seed(cell.seed)
+        alone = train_cell(cell, _TiedWithBuffer(), loss, mnist, CPU)
+        assert result.execution["fused_size"] == 3
+        assert abs(result.metrics["test_acc"] - alone.metrics["test_acc"]) <= 0.002
+        assert abs(result.metrics["val_loss"] - alone.metrics["val_loss"]) <= 1e-4 * alone.metrics["val_loss"]
+        accs.add(result.metrics["test_acc"])
+    assert len(accs) == 3  # the members really differ: each trained its own weights
