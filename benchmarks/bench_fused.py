@@ -26,6 +26,13 @@ fused step (``bench.fused_trainer.FusedStep``), alternating, ``--rounds`` times 
 the minimum and median seconds per epoch of a cell and per member, and their ratios. Start-up,
 evaluation and records are left out, so this is the part of "training time per cell" that fusing
 changes, with less of the noise that whole processes carry.
+
+For a model made of ``nn.Linear`` layers (and element-wise ones) ``--epochs`` also times, in the same
+alternation, the *floor* of the stacked step: per step only the gather of the N members' batches and the
+batched matrix products of its linear layers (forward, weight gradients, input gradients after the
+first layer), on tensors of the same shapes, with nothing else (no loss, optimizer, autograd or Python
+around them). ``alone / floor`` is then the most that fusing N members can give over a cell's own step
+with these kernels on this machine, whatever the rest of the engine does.
 """
 
 from __future__ import annotations
@@ -178,7 +185,8 @@ def compare_epochs(model: str, members: int, rounds: int) -> dict:
             step(perm[..., first:first + batch])
         return time.perf_counter() - start
 
-    own, fused = [], []
+    floor = stacked_floor(build(0), members, x, batch)
+    own, fused, floors = [], [], []
     for _ in range(rounds):
         make_optimizer, _ = recipe_factories(registry, cells[0])
         step = Step(build(0), loss_fn, x, y, make_optimizer)
@@ -188,14 +196,58 @@ def compare_epochs(model: str, members: int, rounds: int) -> dict:
                             cells)
         stacked.prepare(lengths)
         fused.append(epoch(stacked, torch.stack([torch.randperm(len(x)) for _ in cells])) / members)
-    return {"model": model, "members": members, "own_min": min(own), "own_median": statistics.median(own),
-            "fused_min": min(fused), "fused_median": statistics.median(fused)}
+        if floor is not None:
+            floors.append(epoch(floor, torch.stack([torch.randperm(len(x)) for _ in cells])) / members)
+    result = {"model": model, "members": members, "own_min": min(own), "own_median": statistics.median(own),
+              "fused_min": min(fused), "fused_median": statistics.median(fused)}
+    if floors:
+        result.update(floor_min=min(floors), floor_median=statistics.median(floors))
+    return result
+
+
+def stacked_floor(model, members: int, x, batch: int):
+    """The floor of the stacked step for a model of ``nn.Linear`` layers (None for any other): a callable
+    taking ``[N, length]`` indices that gathers the members' rows and runs the batched products of the
+    layers' forward and backward, in the orientation the fused step uses (bench/stacked.py), and nothing
+    else. Element-wise layers (ReLU, Flatten) cost nothing here; a model with other layers has no floor."""
+    import torch
+    from torch import nn
+
+    layers = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    compute = [m for m in model.modules() if not list(m.children()) and not isinstance(m, nn.Linear)]
+    if not layers or any(list(m.parameters()) for m in compute):
+        return None
+    rows = x.view(len(x), -1)
+    weights = [torch.randn(members, layer.out_features, layer.in_features) * 0.01 for layer in layers]
+    buffers: dict[int, torch.Tensor] = {}
+
+    def step(idx):
+        length = idx.shape[1]
+        if length not in buffers:
+            buffers[length] = torch.empty(members * length, rows.shape[1])
+        xb = buffers[length]
+        torch.index_select(rows, 0, idx.reshape(-1), out=xb)
+        inputs = [xb.view(members, length, -1)]  # [N, B, in] per layer
+        for w in weights:  # out^T = W @ in^T: [N, out, B]
+            inputs.append(torch.bmm(w, inputs[-1].transpose(1, 2)).transpose(1, 2))
+        grad = inputs[-1].transpose(1, 2)  # stands in for d loss / d logits, [N, out, B]
+        for layer in reversed(range(len(weights))):
+            torch.bmm(grad, inputs[layer])  # the weight's gradient [N, out, in]
+            if layer:
+                grad = torch.bmm(weights[layer].transpose(1, 2), grad)  # the input's gradient [N, in, B]
+
+    return step
 
 
 def format_epochs(r: dict) -> str:
-    return (f"{r['model']} x{r['members']}: epoch of a cell alone {r['own_min']:.4f} s (min) / {r['own_median']:.4f} s "
+    text = (f"{r['model']} x{r['members']}: epoch of a cell alone {r['own_min']:.4f} s (min) / {r['own_median']:.4f} s "
             f"(median); fused, per member {r['fused_min']:.4f} / {r['fused_median']:.4f} s; ratio "
             f"{r['own_min'] / r['fused_min']:.2f}x (mins) / {r['own_median'] / r['fused_median']:.2f}x (medians)")
+    if "floor_min" in r:
+        text += (f"; floor (gather and products only), per member {r['floor_min']:.4f} / {r['floor_median']:.4f} s: "
+                 f"alone / floor {r['own_min'] / r['floor_min']:.2f}x / {r['own_median'] / r['floor_median']:.2f}x, "
+                 f"fused / floor {r['fused_min'] / r['floor_min']:.2f}x / {r['fused_median'] / r['floor_median']:.2f}x")
+    return text
 
 
 def main(argv=None) -> int:
