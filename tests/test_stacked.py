@@ -195,3 +195,22 @@ def test_tied_weights_and_buffers_train_fused_as_each_cell(registry, mnist):
     cells = [Cell("tied", "crossentropy", "mnist", seed, "cpu", Recipe(epochs=1), 1500) for seed in (0, 1, 2)]
     fused = _each_member_as_alone(registry, cells, _TiedWithBuffer, make_crossentropy(), mnist, val_rtol=1e-4)
     assert len({r.metrics["test_acc"] for r in fused}) == 3  # the members really differ: each trained its own weights
+
+
+def test_the_benchmarks_floor_runs_the_products_of_linear_models_only(registry, mnist):
+    """``bench_fused.py --epochs`` compares a cell alone, its fused members and the stacked step's floor; the
+    floor exists for models of linear layers (the products it times) and for no other."""
+    from benchmarks.bench_fused import compare_epochs, format_epochs, stacked_floor
+
+    x, _ = mnist.train
+
+    def model(name):
+        component = registry.get("model", name)
+        return component.factory(mnist.input_shape, mnist.num_classes, **component.params)
+
+    assert stacked_floor(model("cnn"), 2, x, 256) is None
+    floor = stacked_floor(model("mlp"), 3, x, 256)
+    floor(torch.stack([torch.randperm(len(x))[:256] for _ in range(3)]))  # runs at a full and a short batch
+    floor(torch.stack([torch.randperm(len(x))[:7] for _ in range(3)]))
+    result = compare_epochs("linear", 2, 1)
+    assert 0 < result["floor_min"] < result["fused_min"] and "alone / floor" in format_epochs(result)
