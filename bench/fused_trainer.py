@@ -402,8 +402,9 @@ def slower_on_cpu(model: nn.Module) -> str:
 
     A rule from measurements, not a timing taken at run time, so that the same command always makes the
     same choice (and so gives the same numbers): a convolution through ``vmap`` measured 1.7-2.2x slower
-    per member than one cell's own step on this project's 2-core box, while linear (2.0-2.3x faster
-    training per cell, 40 members) and mlp (1.4x, 20 members) gain. ``--fuse on`` fuses them anyway.
+    per member than one cell's own step on this project's 2-core box, while linear (2.0-2.4x faster
+    training per cell, 40 members) and mlp (1.25-1.4x, 20 members) gain (README, Fused training).
+    ``--fuse on`` fuses them anyway.
     """
     if any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules()):
         return "convolutions through vmap are slower than one cell at a time on a cpu (--fuse on fuses anyway)"

@@ -57,7 +57,7 @@ CASES = {"linear40": ("linear", 20, "1e-3,3e-3", 2), "mlp20": ("mlp", 10, "1e-3,
 TARGETS = {"linear40": (2.0, 2.5), "mlp20": (1.0, 1.0)}
 
 
-def cells(case: str) -> int:
+def cell_count(case: str) -> int:
     _, seeds, lrs, _ = CASES[case]
     return seeds * len(lrs.split(","))
 
@@ -85,8 +85,8 @@ def run_once(case: str, fuse: str, tmp: Path, runs: Runs, env: dict[str, str]) -
         raise RuntimeError(f"{' '.join(command(case, fuse, out))} failed ({run.returncode}):\n{run.output[-3000:]}")
     with open(out / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    if len(rows) != cells(case) or any(r["status"] != "ok" for r in rows):
-        raise RuntimeError(f"{out}: expected {cells(case)} ok rows, got {[r['status'] for r in rows]}")
+    if len(rows) != cell_count(case) or any(r["status"] != "ok" for r in rows):
+        raise RuntimeError(f"{out}: expected {cell_count(case)} ok rows, got {[r['status'] for r in rows]}")
     runs.wall_s.append(run.wall_s)
     runs.train_per_cell_s.append(sum(float(r["train_time_s"]) for r in rows) / len(rows))
     runs.fused_sizes |= {r["fused_size"] for r in rows}
@@ -155,7 +155,7 @@ if pytest is not None:
         result = summary(case, off, on, (before, os.getloadavg()[0]))
         benchmark.extra_info.update(result)
         print("\n" + format_summary(result))
-        assert on.fused_sizes == {str(cells(case))}  # one group: the fused runs really fused
+        assert on.fused_sizes == {str(cell_count(case))}  # one group: the fused runs really fused
 
 
 def compare_epochs(model: str, members: int, rounds: int) -> dict:
