@@ -254,7 +254,9 @@ def _report_interrupt(ctx: click.Context, out: Path) -> None:
         previous = None
     try:
         store = RunStore(out)
-        if store.cells_dir.is_dir() and store.records():  # each record rebuilt the tables as it was written
+        if store.cells_dir.is_dir() and store.records():
+            # the Ctrl-C may have landed between a record and the table rebuild that follows it
+            store.rebuild_tables()
             click.echo(f"\ninterrupted: {len(store.records())} cell record(s) are saved in {out}. Resume with:\n"
                        f"  {resume_command(ctx, out)}", err=True)
         else:

@@ -93,6 +93,31 @@ def test_sigkill_mid_grid_then_rerun_completes_without_retraining(tmp_path):
     assert "linear+mse" in rerun.stdout and "results:" in rerun.stdout
 
 
+def test_a_ctrl_c_between_a_record_and_its_table_rebuild_still_leaves_the_tables_whole(tmp_path, monkeypatch):
+    """The unlucky moment of a Ctrl-C: the second cell's record is on disk, the rebuild after it never ran.
+    The interrupt handler rebuilds the tables, so results.csv holds both cells (it held one before)."""
+    from bench.store import RunStore
+
+    calls = {"n": 0}
+    rebuild = RunStore.rebuild_tables
+
+    def interrupted_once(self):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the rebuild that follows the second record
+            raise KeyboardInterrupt
+        rebuild(self)
+
+    monkeypatch.setattr(RunStore, "rebuild_tables", interrupted_once)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, ["run", "--models", "linear", "--losses", "mse,crossentropy", "--limit", "500",
+                                       "--epochs", "1", "--device", "cpu", "--fuse", "off", "-q", "--out", str(out)])
+    assert result.exit_code == 130, result.output
+    records = list((out / "cells").glob("*.json"))
+    assert len(records) == 2
+    assert sorted(r["cell_id"] for r in read_rows(out / "results.csv")) == sorted(p.stem for p in records)
+    assert len(read_rows(out / "history.csv")) == 2
+
+
 def test_ctrl_c_saves_finished_cells_prints_the_resume_command_and_exits_130(tmp_path):
     out = tmp_path / "run"
     proc = start([*GRID, "--out", str(out)])
