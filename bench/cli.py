@@ -230,16 +230,19 @@ def run(ctx, **options):
       bench run --study examples/studies/linearity.yaml --device cpu
 
     Rerunning the same command with the same --out resumes: finished cells are skipped, failed and
-    missing ones run. Ctrl-C stops after saving what has finished and prints the command to resume.
+    missing ones run. Ctrl-C (or SIGTERM) stops after saving what has finished and prints the command
+    to resume (exit status 130, or 143 after SIGTERM).
     """
     from bench.api import default_run_dir
+    from bench.interrupt import exit_status, stop_signals
 
     out = options["out"] = options["out"] or default_run_dir()
     try:
-        _run(ctx, **options)
-    except KeyboardInterrupt:
+        with stop_signals():
+            _run(ctx, **options)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (bench.interrupt.Terminated)
         _report_interrupt(ctx, out)
-        sys.exit(130)
+        sys.exit(exit_status(exc))
 
 
 def _report_interrupt(ctx: click.Context, out: Path) -> None:

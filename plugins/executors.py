@@ -62,6 +62,7 @@ def _worker_main(conn, spec: WorkSpec, threads: int) -> None:
     cells of one shape: bench/fuse.py), one group at a time, until told to stop."""
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the driver's clean stop (fork): a worker has nothing to save
     torch.set_num_threads(threads)
     while True:
         try:

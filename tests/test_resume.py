@@ -21,9 +21,16 @@ GRID = ["run", "--grid", "seed", "--seeds", "0,1", "--epochs", "2", "--limit", "
         "--device", "cpu", "-q"]
 
 
-def start(args: list[str]) -> subprocess.Popen:
+def start(args: list[str], ignoring: tuple[signal.Signals, ...] = ()) -> subprocess.Popen:
+    """``python -m bench ARGS`` started with the signals ``ignoring`` ignored, as a background job of a
+    non-interactive shell starts with SIGINT ignored."""
+
+    def ignore():
+        for signum in ignoring:
+            signal.signal(signum, signal.SIG_IGN)
+
     return subprocess.Popen([sys.executable, "-m", "bench", *args], cwd=REPO, env=bench_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=ignore)
 
 
 def wait_for_records(out: Path, proc: subprocess.Popen, count: int = 1, timeout: float = 240) -> None:
@@ -145,6 +152,40 @@ def test_ctrl_c_saves_finished_cells_prints_the_resume_command_and_exits_130(tmp
     assert_complete(out, 6)
     after = snapshot(out)
     assert all(after[k] == v for k, v in before.items() if k.startswith("cells/"))
+
+
+@pytest.mark.parametrize("signum, ignoring, status", [
+    (signal.SIGINT, (signal.SIGINT,), 130),  # a background job of a script: Python itself would ignore it
+    (signal.SIGTERM, (), 143),  # kill, timeout, a container's or scheduler's stop
+    (signal.SIGTERM, (signal.SIGINT, signal.SIGTERM), 143),
+], ids=["sigint-inherited-ignored", "sigterm", "sigterm-inherited-ignored"])
+def test_a_run_stops_cleanly_on_sigint_and_sigterm_whatever_it_inherited(tmp_path, signum, ignoring, status):
+    out = tmp_path / "run"
+    proc = start([*GRID, "--fuse", "off", "--out", str(out)], ignoring)
+    wait_for_records(out, proc)
+    proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == status, stderr
+    assert "Traceback" not in stderr
+    saved = len(list((out / "cells").glob("*.json")))
+    assert 1 <= saved < 6, "the run went on after the signal"
+    assert f"interrupted: {saved} cell record(s) are saved in {out}. Resume with:" in stderr
+    assert len(read_rows(out / "results.csv")) == saved
+
+
+def test_process_workers_go_with_a_sigterm_of_their_driver(tmp_path):
+    out = tmp_path / "run"
+    proc = start([*GRID, "--fuse", "off", "--executor", "process", "--jobs", "2", "--out", str(out)])
+    wait_for_records(out, proc)
+    workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr
+    assert "Traceback" not in stderr and "Resume with:" in stderr
+    time.sleep(0.5)
+    alive = [pid for pid in workers if Path(f"/proc/{pid}").exists()
+             and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"]
+    assert not alive, f"worker processes {alive} outlived their driver"
 
 
 def test_dry_run_lists_done_and_pending_cells_and_force_reruns(tmp_path):
