@@ -443,7 +443,7 @@ def _execute(*, store, cells, the_study, registry, host, torch_device, execution
              trackers, data_dir, cache, notes, force, dry_run, quiet, report, jobs, address, argv, echo, tuning,
              seeds_used, out_path, **_):
     """The part of :func:`run` that reads and writes the run directory (locked by the caller)."""
-    from bench.env import environment
+    from bench.env import environment, provenance
     from bench.lifecycle import Lifecycle
     from bench.references import references_for
     from bench.runner import run_cells
@@ -465,7 +465,7 @@ def _execute(*, store, cells, the_study, registry, host, torch_device, execution
                  else "run", c) for c in cells]
         return Run(out_path, the_study, cells, plan=plan, notes=notes)
 
-    env = environment(torch_device, argv or ["bench.run"], execution) | {"cells": len(cells)}
+    env = environment(torch_device, argv or ["bench.run"], execution) | {"cells": len(cells)} | provenance(host)
     env["executor"] = {k: v for k, v in (("executor", executor_name), ("jobs", jobs), ("address", address))
                        if v is not None}
     env["references"] = references_for(registry, {cell.dataset for cell in cells})  # published results, for reports
