@@ -45,7 +45,9 @@ def default_data_dir() -> Path:
 
 
 def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    from bench.safe_text import printable
+
+    print(printable(message), file=sys.stderr, flush=True)
 
 
 @dataclass

@@ -23,6 +23,7 @@ import pandas as pd
 
 from bench import stats
 from bench.config import config_keys
+from bench.safe_text import csv_text
 from bench.store import atomic_write
 from reports import cellfigs, html, protocol
 from reports.latex import summary_latex
@@ -373,7 +374,7 @@ def build_report(run_dirs: list[Path | str], out: Path | str | None = None, cell
     _write_tables(tables.csv(tables.cells), out, "cells", cells_columns, cell_links)
     comparisons = _comparisons(runs)
     if len(comparisons):
-        _write_tables(comparisons.to_csv(index=False), out, "comparisons", _comparisons_columns(comparisons))
+        _write_tables(csv_text(comparisons), out, "comparisons", _comparisons_columns(comparisons))
 
     notes: list[str] = []
     fig_dir = out / "figures"
@@ -437,7 +438,7 @@ def build_report(run_dirs: list[Path | str], out: Path | str | None = None, cell
             ("Across datasets", "across-datasets", protocol.ranks_table(runs.results),
              "Rank of each configuration on each dataset by mean test accuracy (1 = best), and the mean rank.")):
         if len(frame):
-            atomic_write(out / f"{anchor}.csv", frame.to_csv(index=False))
+            atomic_write(out / f"{anchor}.csv", csv_text(frame))
             parts.append(Part(f'<section id="{anchor}"><h2>{title}</h2><p class="muted">{escape(blurb)}</p>'
                               + html.table(html.frame_columns(frame), f"{anchor}-table") + "</section>"))
     references = _references_table(runs)

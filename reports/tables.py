@@ -16,6 +16,7 @@ import pandas as pd
 
 from bench.config import CONFIG_COLUMNS, row_config
 from bench.references import differences, far_below, matching
+from bench.safe_text import csv_text
 from bench.stats import mean_ci, results_only
 from reports.load import LABELLED, Runs
 
@@ -33,8 +34,8 @@ class Tables:
     several: bool = False  # more than one run: a run column leads
 
     def csv(self, frame: pd.DataFrame) -> str:
-        """``frame`` as CSV: every column (the run's only with several runs)."""
-        return (frame if self.several else frame.drop(columns=["run"], errors="ignore")).to_csv(index=False)
+        """``frame`` as CSV: every column (the run's only with several runs), text cells spreadsheet-safe."""
+        return csv_text(frame if self.several else frame.drop(columns=["run"], errors="ignore"))
 
     def display(self, frame: pd.DataFrame) -> pd.DataFrame:
         """``frame`` for people: component labels with their parameters, the recipe columns that vary,
