@@ -28,7 +28,7 @@ from bench.store import atomic_write
 from reports import cellfigs, html, protocol
 from reports.latex import summary_latex
 from reports.load import REPORT_MARKER, VARIANT_COLUMNS, Runs, prepare_report_dir, read_runs
-from reports.tables import Tables, make_tables
+from reports.tables import Tables, make_tables, terminal_table
 
 RUN_FACTS = ("device", "device_name", "torch", "gridbench", "cpu", "torch_threads", "command", "started")
 #: The most index.html may weigh, in bytes; what would not fit is linked instead of embedded.
@@ -63,7 +63,7 @@ class Report:
         shown = self.tables.display(self.tables.summary)
         if not len(shown):
             return "(no cells)"
-        return shown.to_markdown(index=False, tablefmt="simple", disable_numparse=True)
+        return terminal_table(shown)
 
 
 # -- tables ----------------------------------------------------------------------------------------

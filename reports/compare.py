@@ -27,6 +27,7 @@ from bench.errors import BenchError
 from bench.safe_text import read_csv_frame
 from bench.stats import holm, mean_ci, paired_test
 from reports.load import REPORT_MARKER, is_report_dir
+from reports.tables import terminal_table
 
 #: What a margin of ``fail_on`` may name.
 MARGINS = {"accuracy": "largest drop in mean test accuracy allowed (e.g. 0.01)",
@@ -145,8 +146,7 @@ class Comparison:
         head = f"BASE {self.base}\nNEW  {self.new}" + (f"\nignored in the match: {', '.join(self.ignore)}"
                                                        if self.ignore else "")
         shown = self.shown()
-        body = (shown.to_markdown(index=False, tablefmt="simple", disable_numparse=True) if len(shown)
-                else "no configuration is in both runs")
+        body = terminal_table(shown) if len(shown) else "no configuration is in both runs"
         return "\n".join([head, "", body, "", *self._lines()]).rstrip() + "\n"
 
     def markdown(self) -> str:

@@ -16,7 +16,7 @@ import pandas as pd
 
 from bench.config import CONFIG_COLUMNS, row_config
 from bench.references import differences, far_below, matching
-from bench.safe_text import csv_text
+from bench.safe_text import csv_text, printable
 from bench.stats import mean_ci, results_only
 from reports.load import LABELLED, Runs
 
@@ -73,6 +73,13 @@ class Tables:
         if "cell_id" in frame:
             out["cell"] = ([str(v) for v in frame["cell_id"]], None)
         return out
+
+
+def terminal_table(frame: pd.DataFrame) -> str:
+    """``frame`` as a plain-text table for the terminal, each cell :func:`~bench.safe_text.printable` (so that
+    the columns line up as printed)."""
+    shown = frame.map(lambda v: printable(v, newlines=False)).rename(columns=lambda c: printable(c, newlines=False))
+    return shown.to_markdown(index=False, tablefmt="simple", disable_numparse=True)
 
 
 def _missing(value) -> bool:

@@ -5,24 +5,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from click.testing import CliRunner
 
 import bench
-from bench.cli import main
-
-QUICK = ["--device", "cpu", "--limit", "1000", "--epochs", "1", "-q"]
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
-def one_error_line(result) -> str:
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    return lines[0]
-
+from tests.test_study import QUICK, invoke, one_error_line
 
 STUDY = {"models": ["linear", "mlp"], "params": {"mlp.hidden": [8, 16]}, "recipe": {"lr": [0.001, 0.01]},
          "device": "cpu"}

@@ -28,15 +28,33 @@ def assert_printable(text: str) -> None:
         assert raw not in text, f"{raw!r} reached the terminal: {text!r}"
 
 
+def assert_aligned(text: str, header: str) -> None:
+    """The plain-text table whose header line starts with ``header`` lines up as printed: no cell runs into the
+    column after it (the escapes are counted in the widths)."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header))
+    dashes = lines[start + 1]
+    columns = [i for i in range(1, len(dashes)) if dashes[i] == "-" and dashes[i - 1] == " "]
+    body = []
+    for line in lines[start + 2:]:
+        if not line.strip() or line.startswith(("report: ", "results: ")):  # the table ends
+            break
+        body.append(line)
+    assert body and "\\\\x1b" not in text  # escaped once, not twice
+    for line in body:
+        assert all(len(line) <= c or line[c - 1] == " " for c in columns), (line, columns)
+
+
 @pytest.fixture(scope="module")
 def hostile_run(tmp_path_factory):
-    """A run of the hostile plugin's cells (two fail) and its report, and what the commands printed."""
+    """A run of the hostile plugin's cells (two fail) and its report, and what the commands printed (``tables``:
+    bench run's standard output, without the progress bars)."""
     root = tmp_path_factory.mktemp("hostile")
     run = invoke("run", *GRID, "--out", root / "run")  # with progress bars
     assert run.exit_code == 1, run.output  # the failing model's cells
     report = invoke("report", root / "run")
     assert report.exit_code == 0, report.output
-    return root / "run", root / "run" / "report", {"run": run.output, "report": report.output}
+    return root / "run", root / "run" / "report", {"run": run.output, "report": report.output, "tables": run.stdout}
 
 
 def test_csv_cell_quotes_formula_text_and_leaves_numbers():
@@ -94,6 +112,10 @@ def test_nothing_gridbench_prints_carries_a_terminal_control_sequence(hostile_ru
         assert_printable(output)
     assert MODEL.replace("\x1b", "\\x1b").replace("\x07", "\\x07") in printed["run"]  # the name, escaped
     assert ERROR.replace("\x1b", "\\x1b") in printed["run"]  # the failed cell's error line
+    assert_aligned(printed["tables"], "model ")  # the summary table of bench run (stdout: no progress bar)
+    assert_aligned(printed["tables"], "cell ")  # its seed statistics
+    assert_aligned(printed["report"], "dataset ")
+    assert_aligned(invoke("compare", run, report).output, "configuration ")
     for args in (["list", *PLUGIN], ["plugins", *PLUGIN], ["compare", run, report],
                  ["run", *PLUGIN, "--models", "nope\x1b[2J", "--out", run.parent / "x"]):
         result = invoke(*args)
