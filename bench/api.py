@@ -15,6 +15,7 @@ run. :func:`load` opens a finished run directory the same way.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -44,7 +45,9 @@ def default_data_dir() -> Path:
 
 
 def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    from bench.safe_text import printable
+
+    print(printable(message), file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -142,12 +145,66 @@ class Run:
         return f"Run({str(self.path)!r}, {len(self.rows)} cell(s))"
 
 
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def path_argument(option: str, value: Any, optional: bool = True) -> Path | None:
+    """``value`` as a :class:`~pathlib.Path` (``None`` stays None where ``optional``); anything but a str or
+    path-like is an :class:`OptionError` naming ``option``."""
+    if value is None and optional:
+        return None
+    if isinstance(value, (str, os.PathLike)) and not isinstance(os.fspath(value), bytes) and os.fspath(value):
+        return Path(value)
+    raise OptionError(option, f"must be a path (a str or pathlib.Path), got {_short(value)}")
+
+
+def check_arguments(args: Mapping[str, Any]) -> None:
+    """The types of :func:`run`'s arguments that no later check reads as it should: a wrong one is an
+    :class:`OptionError` naming it (not a ``TypeError`` from deep inside)."""
+    from bench.host import Host
+
+    study = args["study"]
+    if study is not None and not isinstance(study, (str, os.PathLike, Mapping, Study)):
+        raise OptionError("study", f"must be a study file's path, a mapping or a bench.study.Study, got "
+                                   f"{_short(study)}")
+    for name in ("study", "out", "data_dir"):
+        if not isinstance(args[name], (Mapping, Study)):
+            path_argument(name, args[name])
+    for name in ("force", "dry_run", "compile", "quiet", "report", "wait"):
+        if not isinstance(args[name], bool):
+            raise OptionError(name, f"must be True or False, got {_short(args[name])}")
+    for name in ("device", "executor", "address", "sampler", "tune_metric"):
+        if args[name] is not None and not isinstance(args[name], str):
+            raise OptionError(name, f"must be a string, got {_short(args[name])}")
+    for name in ("threads", "fuse_max"):
+        if isinstance(args[name], bool) or not isinstance(args[name], int) or args[name] < 0:
+            raise OptionError(name, f"must be an integer >= 0, got {_short(args[name])}")
+    if args["jobs"] is not None and (isinstance(args["jobs"], bool) or not isinstance(args["jobs"], int)):
+        raise OptionError("jobs", f"must be an integer, got {_short(args['jobs'])}")
+    for name in ("params", "plugins", "tune"):
+        value = args[name]
+        if value is None or isinstance(value, str) or (name != "plugins" and isinstance(value, Mapping)):
+            continue
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            what = "module names" if name == "plugins" else "strings, or a mapping"
+            raise OptionError(name, f"must be a list of {what}, got {_short(value)}")
+    if args["argv"] is not None and not (isinstance(args["argv"], (list, tuple))
+                                         and all(isinstance(v, str) for v in args["argv"])):
+        raise OptionError("argv", f"must be a list of strings, got {_short(args['argv'])}")
+    if not callable(args["echo"]):
+        raise OptionError("echo", f"must be a function taking one line of text, got {_short(args['echo'])}")
+    if args["host"] is not None and not isinstance(args["host"], Host):
+        raise OptionError("host", f"must be a bench.host.Host, got {_short(args['host'])}")
+
+
 def load(run_dir: Path | str) -> Run:
     """Open a run directory (one that ``bench run`` wrote) as a :class:`Run`."""
     from bench import study as study_mod
     from bench.store import RunStore
 
-    path = Path(run_dir)
+    path = path_argument("run_dir", run_dir, optional=False)
     if not path.is_dir():
         raise BenchError(f"{path}: no such run directory")
     store = RunStore(path)
@@ -222,10 +279,23 @@ def resolve_study(study: Path | str | Mapping | Study | None, options: Study, ou
     if registry is not None and study is not None and not isinstance(study, Study):
         study_mod.check_names(base, registry, study_source(study))
     merged = base.merged(options)
-    if not merged.sets_grid() and out is not None and (Path(out) / STUDY_FILE).is_file():
-        kept = study_mod.load(Path(out) / STUDY_FILE)
-        merged = kept.merged(options)
+    if not merged.sets_grid() and out is not None:
+        if (Path(out) / STUDY_FILE).is_file():
+            return study_mod.load(Path(out) / STUDY_FILE).merged(options)
+        _refuse_run_without_study(Path(out))
     return merged
+
+
+def _refuse_run_without_study(out: Path) -> None:
+    """A run directory that holds cells but lost its ``study.yaml``: resuming it with no grid options
+    would train the default grid into it, beside cells of another study. Say so instead."""
+    from bench.store import RunStore
+
+    store = RunStore(out)
+    if store.is_run_dir() and (store.record_paths() or (out / "results.csv").is_file()):
+        raise BenchError(f"{out} is a run directory without its {STUDY_FILE}, and no grid option says what to "
+                         f"run into it: give the study again (--study FILE, or --grid/--models/... as the first run "
+                         f"did; results.csv lists its configurations), or choose another --out")
 
 
 def resolved(study: Study, registry, cells, device) -> Study:
@@ -304,6 +374,9 @@ def run(study: Path | str | Mapping | Study | None = None, *,
     from bench.threads import set_threads
     from bench.validate import check_cells
 
+    check_arguments(locals())
+    if isinstance(plugins, str):
+        plugins = [plugins]
     note = set_threads(threads)
     if note:
         echo(f"note: threads: {note}")
@@ -372,7 +445,7 @@ def _execute(*, store, cells, the_study, registry, host, torch_device, execution
              trackers, data_dir, cache, notes, force, dry_run, quiet, report, jobs, address, argv, echo, tuning,
              seeds_used, out_path, **_):
     """The part of :func:`run` that reads and writes the run directory (locked by the caller)."""
-    from bench.env import environment
+    from bench.env import environment, provenance
     from bench.lifecycle import Lifecycle
     from bench.references import references_for
     from bench.runner import run_cells
@@ -394,7 +467,7 @@ def _execute(*, store, cells, the_study, registry, host, torch_device, execution
                  else "run", c) for c in cells]
         return Run(out_path, the_study, cells, plan=plan, notes=notes)
 
-    env = environment(torch_device, argv or ["bench.run"], execution) | {"cells": len(cells)}
+    env = environment(torch_device, argv or ["bench.run"], execution) | {"cells": len(cells)} | provenance(host)
     env["executor"] = {k: v for k, v in (("executor", executor_name), ("jobs", jobs), ("address", address))
                        if v is not None}
     env["references"] = references_for(registry, {cell.dataset for cell in cells})  # published results, for reports

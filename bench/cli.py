@@ -15,8 +15,15 @@ import click
 from bench import __version__
 from bench.errors import BenchError, OptionError
 from bench.paths import default_data_dir
+from bench.safe_text import printable
 
 DEFAULT_DATA_DIR = default_data_dir()
+
+
+def echo(message: object = "", err: bool = False, nl: bool = True, one_line: bool = False) -> None:
+    """``click.echo`` with every control character escaped (:func:`bench.safe_text.printable`): names and
+    errors from plugins may hold terminal escape sequences. ``one_line``: line breaks escaped too."""
+    click.echo(printable(message, newlines=not one_line), err=err, nl=nl)
 
 
 class BenchGroup(click.Group):
@@ -35,23 +42,23 @@ class BenchGroup(click.Group):
         try:
             return super().invoke(ctx)
         except OptionError as exc:  # the library names its option; say it as the flag the user typed
-            click.echo(f"Error: {flag_message(exc)}", err=True)
+            echo(f"Error: {flag_message(exc)}", err=True, one_line=True)
             ctx.exit(2)
         except BenchError as exc:
             from bench.store import RunLocked
 
             hint = ": wait for it to finish, or add --wait to wait for it" if isinstance(exc, RunLocked) else ""
-            click.echo(f"Error: {exc}{hint}", err=True)
+            echo(f"Error: {exc}{hint}", err=True, one_line=True)
             ctx.exit(2)
         except OSError as exc:  # a full disk anywhere (a figure, a report): one line, not a traceback
             if exc.errno not in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
                 raise
-            click.echo(f"Error: no space left on the device{f' to write {exc.filename}' if exc.filename else ''}: "
+            echo(f"Error: no space left on the device{f' to write {exc.filename}' if exc.filename else ''}: "
                        "free some space and run the same command again", err=True)
             ctx.exit(2)
         except click.UsageError as exc:  # a bad option value: one line too, pointing at --help
             where = f" (see: bench {exc.ctx.info_name} --help)" if exc.ctx is not None and exc.ctx is not ctx else ""
-            click.echo(f"Error: {exc.format_message()}{where}", err=True)
+            echo(f"Error: {exc.format_message()}{where}", err=True, one_line=True)
             ctx.exit(2)
 
     def get_command(self, ctx, cmd_name):
@@ -71,7 +78,7 @@ class BenchGroup(click.Group):
                 raise click.UsageError(str(exc)) from None
             root.meta["bench.plugin_commands"] = host.collect_commands(self)
             for warning in host.warnings:
-                click.echo(warning, err=True)
+                echo(warning, err=True)
         return root.meta["bench.plugin_commands"]
 
 
@@ -117,7 +124,7 @@ def make_host(plugin_modules=()):
     host = Host([*group_modules, *plugin_modules])
     registry = host.registry  # collect now so that plugin warnings come first
     for warning in host.warnings:
-        click.echo(warning, err=True)
+        echo(warning, err=True)
     return host, registry
 
 
@@ -260,10 +267,10 @@ def _report_interrupt(ctx: click.Context, out: Path) -> None:
         if store.cells_dir.is_dir() and store.records():
             # the Ctrl-C may have landed between a record and the table rebuild that follows it
             store.rebuild_tables()
-            click.echo(f"\ninterrupted: {len(store.records())} cell record(s) are saved in {out}. Resume with:\n"
+            echo(f"\ninterrupted: {len(store.records())} cell record(s) are saved in {out}. Resume with:\n"
                        f"  {resume_command(ctx, out)}", err=True)
         else:
-            click.echo("\ninterrupted before anything was written.", err=True)
+            echo("\ninterrupted before anything was written.", err=True)
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
@@ -285,33 +292,33 @@ def _run(ctx, *, study, grid, models, losses, datasets, params, seeds, repeat, e
         host=host, executor=executor, jobs=jobs, address=address, track=track, tune=list(tune), trials=trials,
         sampler=sampler, tune_metric=tune_metric, target=target, eval_every=eval_every, fuse=fuse,
         fuse_max=fuse_max, argv=ctx.find_root().obj["argv"],
-        echo=lambda message: click.echo(message, err=True),
+        echo=lambda message: echo(message, err=True),
     )
     if dry_run:
-        click.echo(format_plan(result.plan, result.path))
+        echo(format_plan(result.plan, result.path))
         groups = format_groups([c for state, c in result.plan if state != "done"], fuse_max) if fuse != "off" else ""
         if groups:
-            click.echo(groups)
+            echo(groups)
         return
-    click.echo(format_summary(result.rows))
+    echo(format_summary(result.rows))
     if len({row["seed"] for row in result.rows}) > 1:
-        click.echo("\n" + format_seed_statistics(result.rows))
+        echo("\n" + format_seed_statistics(result.rows))
     if any(row.get("target") for row in result.rows):
         import pandas as pd
 
         from bench import stats
 
         table = stats.time_to_target(pd.DataFrame(result.rows))
-        click.echo("\ntime to target (training time until the validation metric first reached it; median over "
+        echo("\ntime to target (training time until the validation metric first reached it; median over "
                    "the seeds that did):\n" + stats.format_time_to_target(table))
-    click.echo(f"results: {result.path / 'results.csv'}")
+    echo(f"results: {result.path / 'results.csv'}")
     if make_report:
         write_report([result.path], None)
     if result.failed:
-        click.echo(f"{len(result.failed)} cell(s) failed:", err=True)
+        echo(f"{len(result.failed)} cell(s) failed:", err=True)
         for row in result.failed:
-            click.echo(f"  {row['model']}+{row['loss']} on {row['dataset']} seed={row['seed']}: {row['error']}",
-                       err=True)
+            echo(f"  {row['model']}+{row['loss']} on {row['dataset']} seed={row['seed']}: {row['error']}",
+                 err=True, one_line=True)
         sys.exit(1)
 
 
@@ -405,7 +412,7 @@ def format_summary(rows) -> str:
     columns = [*SUMMARY_COLUMNS[:4], *varying, *SUMMARY_COLUMNS[4:5], *tuned, *SUMMARY_COLUMNS[5:]]
     table = [[label for _, label in columns]]
     for row in rows:
-        table.append([_fmt(key, row.get(key)) for key, _ in columns])
+        table.append([printable(_fmt(key, row.get(key)), newlines=False) for key, _ in columns])
     widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in table]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -432,9 +439,9 @@ def write_report(run_dirs: list[Path], out: Path | None, cell_figures: bool = Fa
 
     result = build_report(run_dirs, out, cell_figures=cell_figures)
     for skipped in result.skipped_reports:
-        click.echo(f"note: {skipped} is a gridbench report, not a run directory: left out", err=True)
-    click.echo(result.terminal())
-    click.echo(f"report: {result.index}")
+        echo(f"note: {skipped} is a gridbench report, not a run directory: left out", err=True)
+    echo(result.terminal())
+    echo(f"report: {result.index}")
 
 
 @main.command()
@@ -455,7 +462,7 @@ def compare(base, new, ignore, fail_on, markdown):
     from reports.compare import compare_runs
 
     result = compare_runs(base, new, ignore=ignore, margins=fail_on)
-    click.echo(result.terminal(), nl=False)
+    echo(result.terminal(), nl=False)
     if markdown is not None:
         from bench.store import atomic_write
 
@@ -476,12 +483,12 @@ def list_(plugin_modules):
         click.echo(click.style(f"{PLURAL[kind]}:", bold=True))
         for c in registry.all(kind):
             params = ", ".join(f"{k}={v!r}" for k, v in c.params.items())
-            click.echo(f"  {c.name:<16} {c.description}")
-            click.echo(f"  {'':<16} params: {params or '-'}   plugin: {c.plugin}")
+            echo(f"  {c.name:<16} {c.description}")
+            echo(f"  {'':<16} params: {params or '-'}   plugin: {c.plugin}")
     click.echo(click.style("grids:", bold=True))
     for g in registry.grids():
-        click.echo(f"  {g.name:<16} {g.description}")
-        click.echo(f"  {'':<16} plugin: {g.plugin}")
+        echo(f"  {g.name:<16} {g.description}")
+        echo(f"  {'':<16} plugin: {g.plugin}")
 
 
 @main.command()
@@ -494,13 +501,13 @@ def plugins(plugin_modules):
     seen = len(host.warnings)
     host.collect_commands(main)
     for warning in host.warnings[seen:]:
-        click.echo(warning, err=True)
+        echo(warning, err=True)
     for info in host.plugins.values():
         origin = f"{info.distribution} {info.version}".strip() or "-"
         status = info.status if info.status == "ok" else f"{info.status}: {info.error}"
         what = "; ".join(f"{PLURAL[k]}: {', '.join(v)}" for k, v in info.registered.items() if v) or "nothing"
-        click.echo(f"{info.name:<24} {origin:<24} {info.source:<12} {status}")
-        click.echo(f"{'':<24} registered {what}")
+        echo(f"{info.name:<24} {origin:<24} {info.source:<12} {status}")
+        echo(f"{'':<24} registered {what}")
 
 
 if __name__ == "__main__":  # pragma: no cover

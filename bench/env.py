@@ -1,10 +1,14 @@
-"""What makes timings comparable: versions, device, driver, CPU, threads, how steps ran, command line."""
+"""What makes timings comparable: versions, device, driver, CPU, threads, how steps ran, command line; and
+what code ran (:func:`provenance`: the project's git commit, the dependencies' and plugins' distributions)."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import platform
+import re
 import shlex
+import subprocess
 import sys
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -15,7 +19,11 @@ from bench import __version__
 from bench.device import cpu_model, device_name
 
 if TYPE_CHECKING:
+    from bench.host import Host
     from bench.step import Execution
+
+#: How long one ``git`` command may take before the commit is left out (a huge or networked checkout).
+GIT_TIMEOUT_S = 5.0
 
 
 def cuda_driver_version() -> str | None:
@@ -74,3 +82,82 @@ def environment(device: torch.device, argv: list[str] | None = None,
         env["compute_capability"] = f"{major}.{minor}"
         env["gpu_memory_gb"] = round(torch.cuda.get_device_properties(device).total_memory / 2**30, 1)
     return env
+
+
+def git_state(folder: str | os.PathLike | None = None) -> dict[str, Any] | None:
+    """The git checkout holding ``folder`` (default: the current directory): ``{"commit", "dirty", "root"}``;
+    ``dirty`` is True when tracked files differ from the commit (untracked files do not count). None where
+    it is no checkout, git is not installed, or git does not answer within :data:`GIT_TIMEOUT_S`."""
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", *args], cwd=folder, capture_output=True, text=True,
+                                  timeout=GIT_TIMEOUT_S, stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    root = git("rev-parse", "--show-toplevel")
+    if not root:
+        return None
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": git("rev-parse", "--verify", "--quiet", "HEAD^{commit}") or None,  # None before the first commit
+            "dirty": None if status is None else bool(status), "root": root}
+
+
+def _requirement_names(distribution: str) -> list[str]:
+    """The distributions ``distribution`` requires, its extras' included except the test suite's."""
+    names = []
+    for requirement in importlib.metadata.requires(distribution) or ():
+        if re.search(r"""extra\s*==\s*["']test["']""", requirement):
+            continue
+        name = re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*", requirement.strip())
+        if name:
+            names.append(name.group(0))
+    return list(dict.fromkeys(names))
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except Exception:  # not installed (an extra), or broken metadata: left out, never a reason to fail
+        return None
+
+
+def dependency_versions() -> dict[str, str]:
+    """``{distribution: version}`` of gridbench's requirements that are installed (the optional ones of
+    ``ray``, ``mlflow`` and ``tensorboard`` too; the test suite's not)."""
+    try:
+        names = _requirement_names("gridbench")
+    except importlib.metadata.PackageNotFoundError:  # run from a source checkout that was never installed
+        names = ["torch", "torchvision", "pluggy", "click", "pandas", "numpy", "safetensors", "scipy", "pyyaml",
+                 "optuna"]
+    versions = {name: _version(name) for name in names}
+    return {name: version for name, version in sorted(versions.items(), key=lambda kv: kv[0].lower()) if version}
+
+
+def plugin_versions(host: Host) -> dict[str, dict[str, str]]:
+    """Every plugin the host loaded: ``{name: {"source", "distribution", "version", "status"}}`` (what
+    ``bench plugins`` lists): where each came from, so that a result names the plugin code that made it."""
+    out = {}
+    for name, info in sorted(host.plugins.items()):
+        entry = {"source": info.source, "distribution": info.distribution, "version": info.version,
+                 "status": info.status}
+        if not info.distribution:
+            module = sys.modules.get(name)
+            if getattr(module, "__file__", None):
+                entry["file"] = str(module.__file__)
+        out[name] = entry
+    return out
+
+
+def provenance(host: Host | None = None, folder: str | os.PathLike | None = None) -> dict[str, Any]:
+    """What code ran: ``git`` (the current project's checkout, absent where there is none), ``packages``
+    (gridbench's dependencies) and ``plugins`` (each loaded plugin's distribution and version)."""
+    out: dict[str, Any] = {}
+    git = git_state(folder)
+    if git is not None:
+        out["git"] = git
+    out["packages"] = dependency_versions()
+    if host is not None:
+        out["plugins"] = plugin_versions(host)
+    return out

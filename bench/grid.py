@@ -186,12 +186,50 @@ def _same(have: Any, want: Any) -> bool:
     return str(have) == str(want)
 
 
-def _check_exclude(entries: list[dict[str, Any]], param_keys: set[str]) -> None:
+def _check_exclude(registry: Registry, entries: list[dict[str, Any]], param_keys: set[str]) -> list[dict[str, Any]]:
+    """The ``exclude`` entries with their values typed; an unknown key, an unknown name or a value of the
+    wrong type is an :class:`OptionError` naming the entry (an entry that could never match would
+    silently exclude nothing)."""
+    from bench.study import recipe_values, seed_values
+
+    typed = []
     for entry in entries:
-        for key in entry:
+        shown = _short_entry(entry)
+        out = {}
+        for key, value in entry.items():
             if key not in EXCLUDE_FIELDS and key not in param_keys:
-                raise OptionError("exclude", f"entry {entry} has an unknown key '{key}' (valid: "
+                raise OptionError("exclude", f"entry {shown} has an unknown key '{key}' (valid: "
                                              f"{', '.join(EXCLUDE_FIELDS)}, or a swept NAME.KEY)")
+            if value is None or not isinstance(value, (str, int, float, bool)):
+                raise OptionError("exclude", f"entry {shown}: {key} must be one value, got {value!r}"[:300])
+            try:
+                if key in (*COMPONENT_KINDS, "optimizer", "schedule"):
+                    if not isinstance(value, str) or value not in registry.names(key):
+                        raise unknown_name_error(key, str(value), registry.names(key))
+                    out[key] = value
+                elif key == "seed":
+                    try:
+                        out[key] = seed_values([value])[0]
+                    except OptionError:
+                        raise OptionError(key, f"needs an integer from 0 to 2**64-1, got {value!r}") from None
+                elif key in RECIPE_FIELDS:
+                    out[key] = recipe_values(key, [value])[0]
+                else:
+                    name, param = key.split(".", 1)
+                    kind = next(k for k in PARAM_KINDS if name in registry.names(k))
+                    out[key] = coerce(key, value, registry.get(kind, name).params[param])
+            except OptionError as exc:
+                text = exc.text if exc.text.startswith(f"{key}:") else f"{key}: {exc.text}"
+                raise OptionError("exclude", f"entry {shown}: {text}") from None
+            except BenchError as exc:
+                raise OptionError("exclude", f"entry {shown}: {exc}") from None
+        typed.append(out)
+    return typed
+
+
+def _short_entry(entry: dict[str, Any]) -> str:
+    text = str(entry)
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
 def expand(registry: Registry, study: Study | None = None, device: str = "cpu", **options) -> list[Cell]:
@@ -215,7 +253,7 @@ def expand(registry: Registry, study: Study | None = None, device: str = "cpu", 
     in_grid = {k: {t[i] for t in triples} for i, k in enumerate(COMPONENT_KINDS)}
     in_grid.update({k: set(recipe_axes[k]) for k in ("optimizer", "schedule")})
     param_axes = _param_axes(registry, study, in_grid)
-    _check_exclude(study.exclude, set(param_axes))
+    exclude = _check_exclude(registry, study.exclude, set(param_axes))
     units = _units({**recipe_axes, **param_axes}, study.zip)
     size = len(triples) * len(seeds) * math.prod(len(u) for u in units)
     if size > MAX_CELLS:
@@ -239,7 +277,7 @@ def expand(registry: Registry, study: Study | None = None, device: str = "cpu", 
                         break
             for seed in seeds:
                 cell = Cell(model, loss, dataset, seed, device, recipe, limit, overrides)
-                if not _excluded(cell, study.exclude):
+                if not _excluded(cell, exclude):
                     cells.setdefault(cell)
     if not cells:
         raise BenchError("every cell of this study is excluded")

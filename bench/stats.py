@@ -260,7 +260,10 @@ def _per_seed(ok: pd.DataFrame, metric: str) -> dict[tuple, dict[int, float]]:
 # -- text tables for the terminal ------------------------------------------------------------------
 
 def _table(header: list[str], body: list[list[str]], right: set[int] = frozenset()) -> str:
-    table = [header, *body]
+    from bench.safe_text import printable
+
+    table = [[printable(cell, newlines=False) for cell in row] for row in (header, *body)]  # aligned as printed
+    header, body = table[0], table[1:]
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
 
     def line(cells):

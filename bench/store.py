@@ -45,6 +45,7 @@ from typing import Any
 
 from bench.config import IDENTITY_COLUMNS
 from bench.errors import BenchError, OptionError
+from bench.safe_text import csv_cell, read_csv_frame
 
 #: One row per cell: its id and identity (bench.config), then outcome, metrics, timings and how it ran.
 RESULT_COLUMNS = [
@@ -133,12 +134,14 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _csv_text(rows: list[dict[str, Any]], columns: list[str]) -> str:
+def _csv_text(rows: list[dict[str, Any]], columns: list[str], spreadsheet_safe: bool = False) -> str:
+    """The rows as CSV text; ``spreadsheet_safe`` for a file people open (see :mod:`bench.safe_text`)."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
+    cell = csv_cell if spreadsheet_safe else (lambda value: value)
     for row in rows:
-        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
+        writer.writerow({k: ("" if row.get(k) is None else cell(row.get(k))) for k in columns})
     return buffer.getvalue()
 
 
@@ -395,8 +398,8 @@ class RunStore:
         records = self.records()
         rows = [r["row"] for r in records]
         history = [h for r in records for h in r.get("history", [])]
-        atomic_write(self.root / "results.csv", _csv_text(rows, RESULT_COLUMNS))
-        atomic_write(self.root / "history.csv", _csv_text(history, HISTORY_COLUMNS))
+        atomic_write(self.root / "results.csv", _csv_text(rows, RESULT_COLUMNS, spreadsheet_safe=True))
+        atomic_write(self.root / "history.csv", _csv_text(history, HISTORY_COLUMNS, spreadsheet_safe=True))
 
     def results(self, records: list[dict[str, Any]] | None = None):
         """One row per cell as a pandas DataFrame, derived from the records (``results.csv`` as it would
@@ -412,6 +415,8 @@ class RunStore:
         else:
             raise BenchError(f"{self.root} is not a run directory (no results.csv)")
         frame = _read_table(text, source, keep_default_na=False, na_values=[""])
+        if source == path:  # the file: its spreadsheet-safe cells as they were
+            frame = read_csv_frame(frame)
         if "cell_id" not in frame.columns:
             raise BenchError(f"{source} is not a gridbench results table (it has no cell_id column)")
         return frame
@@ -427,7 +432,8 @@ class RunStore:
             text, source = _read_text(path), path
         else:
             text, source = _csv_text([], HISTORY_COLUMNS), path
-        return _read_table(text, source)
+        frame = _read_table(text, source)
+        return read_csv_frame(frame) if source == path else frame
 
 
 class _Damaged(Exception):

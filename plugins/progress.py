@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 
 from bench import hookimpl
+from bench.safe_text import printable
 
 #: The bars of the run in progress (runs in one process happen one after another).
 _bars: dict = {}
@@ -30,7 +31,8 @@ def bench_run_start(run):
 @hookimpl
 def bench_cell_start(cell):
     if "grid" in _bars:
-        _bars["cell"] = _bar(total=cell.recipe.epochs, desc=cell.label, unit="epoch", leave=False, position=1)
+        _bars["cell"] = _bar(total=cell.recipe.epochs, desc=printable(cell.label, newlines=False), unit="epoch",
+                             leave=False, position=1)
 
 
 @hookimpl
@@ -45,7 +47,8 @@ def bench_cell_end(cell, record):
         _bars.pop("cell").close()
     if "grid" in _bars:
         _bars["grid"].update(1)
-        _bars["grid"].set_postfix_str(f"{cell.model}+{cell.loss}: {record['row']['status']}")
+        status = f"{cell.model}+{cell.loss}: {record['row']['status']}"
+        _bars["grid"].set_postfix_str(printable(status, newlines=False))
 
 
 @hookimpl

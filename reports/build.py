@@ -23,11 +23,12 @@ import pandas as pd
 
 from bench import stats
 from bench.config import config_keys
+from bench.safe_text import csv_text
 from bench.store import atomic_write
 from reports import cellfigs, html, protocol
 from reports.latex import summary_latex
 from reports.load import REPORT_MARKER, VARIANT_COLUMNS, Runs, prepare_report_dir, read_runs
-from reports.tables import Tables, make_tables
+from reports.tables import Tables, make_tables, terminal_table
 
 RUN_FACTS = ("device", "device_name", "torch", "gridbench", "cpu", "torch_threads", "command", "started")
 #: The most index.html may weigh, in bytes; what would not fit is linked instead of embedded.
@@ -62,7 +63,7 @@ class Report:
         shown = self.tables.display(self.tables.summary)
         if not len(shown):
             return "(no cells)"
-        return shown.to_markdown(index=False, tablefmt="simple", disable_numparse=True)
+        return terminal_table(shown)
 
 
 # -- tables ----------------------------------------------------------------------------------------
@@ -118,8 +119,34 @@ def _runs_table(runs: Runs) -> pd.DataFrame:
         counts = runs.results.loc[runs.results["run"] == run.label, "status"].value_counts()
         rows.append({"run": run.label, "path": str(run.root),
                      "cells": ", ".join(f"{n} {s}" for s, n in counts.items()) or "none",
-                     **{k: str(run.env.get(k, "")) for k in RUN_FACTS}})
+                     **{k: str(run.env.get(k, "")) for k in RUN_FACTS}, "git": git_label(run.env.get("git"))})
     return pd.DataFrame(rows)
+
+
+def git_label(git) -> str:
+    """``b861127 (uncommitted changes)``: the project's commit as env.json records it ("" where none)."""
+    if not isinstance(git, dict):
+        return ""
+    commit = str(git.get("commit") or "no commit yet")[:12]
+    return commit + (" (uncommitted changes)" if git.get("dirty") else "")
+
+
+def _software_table(runs: Runs) -> pd.DataFrame:
+    """The distributions that ran: gridbench's dependencies and every loaded plugin, from each run's env.json."""
+    rows = []
+    for run in runs.runs:
+        packages = run.env.get("packages") if isinstance(run.env.get("packages"), dict) else {}
+        plugins = run.env.get("plugins") if isinstance(run.env.get("plugins"), dict) else {}
+        for name, info in plugins.items():
+            info = info if isinstance(info, dict) else {}
+            origin = f"{info.get('distribution', '')} {info.get('version', '')}".strip() or info.get("file", "")
+            rows.append({"run": run.label, "kind": f"plugin ({info.get('source', '?')})", "name": str(name),
+                         "distribution": str(origin), "status": str(info.get("status", ""))})
+        for name, version in packages.items():
+            rows.append({"run": run.label, "kind": "package", "name": str(name), "distribution": f"{name} {version}",
+                         "status": ""})
+    frame = pd.DataFrame(rows)
+    return frame.drop(columns=["run"]) if len(frame) and not runs.several else frame
 
 
 def _references_table(runs: Runs) -> pd.DataFrame:
@@ -347,7 +374,7 @@ def build_report(run_dirs: list[Path | str], out: Path | str | None = None, cell
     _write_tables(tables.csv(tables.cells), out, "cells", cells_columns, cell_links)
     comparisons = _comparisons(runs)
     if len(comparisons):
-        _write_tables(comparisons.to_csv(index=False), out, "comparisons", _comparisons_columns(comparisons))
+        _write_tables(csv_text(comparisons), out, "comparisons", _comparisons_columns(comparisons))
 
     notes: list[str] = []
     fig_dir = out / "figures"
@@ -374,8 +401,8 @@ def build_report(run_dirs: list[Path | str], out: Path | str | None = None, cell
     parts = [
         Part(f"<h1>{escape(title)}</h1>"),
         Part('<nav><a href="#runs">Runs</a><a href="#summary-section">Summary</a><a href="#references">References'
-             '</a><a href="#figures">Figures</a><a href="#configurations">Configurations</a><a href="#cells-section">'
-             "Cells</a></nav>"),
+             '</a><a href="#software">Software</a><a href="#figures">Figures</a><a href="#configurations">'
+             'Configurations</a><a href="#cells-section">Cells</a></nav>'),
         Part('<section id="runs"><h2>Runs</h2>' + html.table(html.frame_columns(_runs_table(runs)), "runs-table",
                                                              sortable=False) + "</section>"),
         Part('<section id="summary-section"><h2>Summary</h2>'
@@ -411,7 +438,7 @@ def build_report(run_dirs: list[Path | str], out: Path | str | None = None, cell
             ("Across datasets", "across-datasets", protocol.ranks_table(runs.results),
              "Rank of each configuration on each dataset by mean test accuracy (1 = best), and the mean rank.")):
         if len(frame):
-            atomic_write(out / f"{anchor}.csv", frame.to_csv(index=False))
+            atomic_write(out / f"{anchor}.csv", csv_text(frame))
             parts.append(Part(f'<section id="{anchor}"><h2>{title}</h2><p class="muted">{escape(blurb)}</p>'
                               + html.table(html.frame_columns(frame), f"{anchor}-table") + "</section>"))
     references = _references_table(runs)
@@ -423,6 +450,13 @@ def build_report(run_dirs: list[Path | str], out: Path | str | None = None, cell
         "point is flagged far below.</p>"
         + html.table(html.frame_columns(references), "references-table", sortable=False)
         if len(references) else '<p class="muted">No dataset of these runs declares reference results.</p>')
+        + "</section>"))
+    software = _software_table(runs)
+    parts.append(Part('<section id="software"><h2>Software</h2>' + (
+        '<p class="muted">What code ran (from each run\'s env.json): the project\'s git commit is in the Runs '
+        "table; here every loaded plugin with the distribution it came from, and gridbench's dependencies.</p>"
+        + html.table(html.frame_columns(software), "software-table", sortable=False)
+        if len(software) else '<p class="muted">These runs recorded no versions (an older gridbench).</p>')
         + "</section>"))
     parts.append(Part('<section id="figures"><h2>Figures</h2>'
                       + "".join(f'<p class="muted">{escape(n)}</p>' for n in dict.fromkeys(notes))

@@ -24,8 +24,10 @@ import pandas as pd
 
 from bench.config import COLUMN_DEFAULTS, CONFIG_COLUMNS, config_frame, config_keys, row_config, varying_label
 from bench.errors import BenchError
+from bench.safe_text import read_csv_frame
 from bench.stats import holm, mean_ci, paired_test
 from reports.load import REPORT_MARKER, is_report_dir
+from reports.tables import terminal_table
 
 #: What a margin of ``fail_on`` may name.
 MARGINS = {"accuracy": "largest drop in mean test accuracy allowed (e.g. 0.01)",
@@ -74,7 +76,7 @@ def load_cells(path: Path | str) -> pd.DataFrame:
     if (root / "results.csv").is_file():
         return RunStore(root).results()
     if is_report_dir(root) and (root / "cells.csv").is_file():
-        cells = pd.read_csv(root / "cells.csv", keep_default_na=False, na_values=[""])
+        cells = read_csv_frame(pd.read_csv(root / "cells.csv", keep_default_na=False, na_values=[""]))
         missing = [c for c in ("cell_id", "params", "seed", "status", "test_acc") if c not in cells]
         if missing:
             raise BenchError(f"{root} is a report from an older gridbench (its cells.csv has no "
@@ -144,8 +146,7 @@ class Comparison:
         head = f"BASE {self.base}\nNEW  {self.new}" + (f"\nignored in the match: {', '.join(self.ignore)}"
                                                        if self.ignore else "")
         shown = self.shown()
-        body = (shown.to_markdown(index=False, tablefmt="simple", disable_numparse=True) if len(shown)
-                else "no configuration is in both runs")
+        body = terminal_table(shown) if len(shown) else "no configuration is in both runs"
         return "\n".join([head, "", body, "", *self._lines()]).rstrip() + "\n"
 
     def markdown(self) -> str:

@@ -12,6 +12,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.ticker import MaxNLocator
 
+from bench.safe_text import printable
 from bench.stats import mean_ci
 from reports.load import Runs
 
@@ -21,8 +22,9 @@ DPI = 110
 
 
 def text(name) -> str:
-    """A plugin-provided name made safe for matplotlib (``$`` would start mathtext)."""
-    return str(name).replace("$", r"\$")
+    """A plugin-provided name made safe for matplotlib (``$`` would start mathtext; a control character has no
+    glyph, and matplotlib's warning about it would print the character on the terminal)."""
+    return printable(name, newlines=False).replace("$", r"\$")
 
 
 def natural(label) -> list:
@@ -148,9 +150,10 @@ def heatmap(runs: Runs, summary: pd.DataFrame, path: Path, notes: list[str] | No
     if summary.empty:
         return None
     _theme("white")
-    summary = summary.assign(dataset=summary["dataset_label"], loss=summary["loss_label"],
-                             model=[m if not v else f"{m} · {v}" for m, v in zip(summary["model_label"],
-                                                                                   summary["variant"])])
+    summary = summary.assign(run=summary["run"].map(text), dataset=summary["dataset_label"].map(text),
+                             loss=summary["loss_label"].map(text),
+                             model=[text(m if not v else f"{m} · {v}") for m, v in zip(summary["model_label"],
+                                                                                         summary["variant"])])
     facets = summary[["run", "dataset"] if runs.several else ["dataset"]].drop_duplicates().values.tolist()
     n = len(facets)
     cols = min(n, 3)
@@ -187,9 +190,9 @@ def heatmap(runs: Runs, summary: pd.DataFrame, path: Path, notes: list[str] | No
             if math.isnan(value) and annot[i, j]:  # heatmap leaves NaN cells blank: mark the failures
                 ax.text(j + 0.5, i + 0.5, annot[i, j], ha="center", va="center", color="#a4271b",
                         fontweight="bold")
-        ax.set_yticklabels([text(t.get_text()) for t in ax.get_yticklabels()], rotation=0)
-        ax.set_xticklabels([text(t.get_text()) for t in ax.get_xticklabels()], rotation=20, ha="right")
-        ax.set_title(" · ".join(text(v) for v in facet))
+        ax.set_yticklabels([t.get_text() for t in ax.get_yticklabels()], rotation=0)  # text() above
+        ax.set_xticklabels([t.get_text() for t in ax.get_xticklabels()], rotation=20, ha="right")
+        ax.set_title(" · ".join(facet))
         ax.set_xlabel("loss")
         ax.set_ylabel("model")
     for ax in list(axes.flat)[n:]:

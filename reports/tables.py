@@ -16,6 +16,7 @@ import pandas as pd
 
 from bench.config import CONFIG_COLUMNS, row_config
 from bench.references import differences, far_below, matching
+from bench.safe_text import csv_text, printable
 from bench.stats import mean_ci, results_only
 from reports.load import LABELLED, Runs
 
@@ -33,8 +34,8 @@ class Tables:
     several: bool = False  # more than one run: a run column leads
 
     def csv(self, frame: pd.DataFrame) -> str:
-        """``frame`` as CSV: every column (the run's only with several runs)."""
-        return (frame if self.several else frame.drop(columns=["run"], errors="ignore")).to_csv(index=False)
+        """``frame`` as CSV: every column (the run's only with several runs), text cells spreadsheet-safe."""
+        return csv_text(frame if self.several else frame.drop(columns=["run"], errors="ignore"))
 
     def display(self, frame: pd.DataFrame) -> pd.DataFrame:
         """``frame`` for people: component labels with their parameters, the recipe columns that vary,
@@ -72,6 +73,13 @@ class Tables:
         if "cell_id" in frame:
             out["cell"] = ([str(v) for v in frame["cell_id"]], None)
         return out
+
+
+def terminal_table(frame: pd.DataFrame) -> str:
+    """``frame`` as a plain-text table for the terminal, each cell :func:`~bench.safe_text.printable` (so that
+    the columns line up as printed)."""
+    shown = frame.map(lambda v: printable(v, newlines=False)).rename(columns=lambda c: printable(c, newlines=False))
+    return shown.to_markdown(index=False, tablefmt="simple", disable_numparse=True)
 
 
 def _missing(value) -> bool:

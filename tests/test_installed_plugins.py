@@ -8,6 +8,7 @@ subprocess, ``python -m bench``, with autoloading switched back on.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -237,3 +238,58 @@ def test_an_installed_plugin_whose_hook_raises_is_one_warning_naming_its_distrib
     assert line.split()[1:4] == ["bench-failing-hook", "0.1.0", "entry"]
     assert line.endswith("broken: bench_register_datasets raised OSError: cannot reach the data server")
     assert "half-done" not in bench(target, "list").stdout
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-c", "user.name=gridbench", "-c", "user.email=gridbench@example.org", *args],
+                          cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def test_env_json_records_the_projects_git_commit_and_the_plugins_distributions(site, tmp_path):
+    project = tmp_path / "project"  # the user's project, a git checkout: bench runs from there
+    project.mkdir()
+    (project / "train.py").write_text("print('v1')\n")
+    git(project, "init", "-q")
+    git(project, "add", "train.py")
+    git(project, "commit", "-q", "-m", "v1")
+    commit = git(project, "rev-parse", "HEAD")
+    (project / "notes.txt").write_text("untracked files do not make a checkout dirty\n")
+
+    def run(out: Path) -> dict:
+        result = bench(site, "-p", "no:broken", "run", "--grid", "tiny", "--limit", "1000", "--epochs", "1",
+                       "--device", "cpu", "-q", "--out", str(out), cwd=project)
+        assert result.returncode == 0, result.stderr
+        return json.loads((out / "env.json").read_text())
+
+    env = run(tmp_path / "clean")
+    assert env["git"] == {"commit": commit, "dirty": False, "root": str(project.resolve())}
+    assert env["plugins"]["extras"] == {"source": "entry point", "distribution": "bench-extras-plugin",
+                                        "version": "0.1.0", "status": "ok"}
+    assert env["plugins"]["example"]["distribution"] == "gridbench-example"
+    assert env["plugins"]["plugins.models"]["distribution"] == "gridbench"
+    assert "broken" not in env["plugins"]  # blocked with -p no:broken
+    assert env["packages"]["torch"].split("+")[0] == env["torch"].split("+")[0]
+    assert {"numpy", "pandas", "pluggy", "click"} <= set(env["packages"])
+    assert not {"pytest", "playwright"} & set(env["packages"])  # the test suite's extra is not a dependency
+
+    (project / "train.py").write_text("print('v2')\n")  # a tracked file changed, not committed
+    env = run(tmp_path / "dirty")
+    assert env["git"] == {"commit": commit, "dirty": True, "root": str(project.resolve())}
+
+    result = bench(site, "-p", "no:broken", "report", str(tmp_path / "dirty"), cwd=project)
+    assert result.returncode == 0, result.stderr
+    page = (tmp_path / "dirty" / "report" / "index.html").read_text()
+    assert f"{commit[:12]} (uncommitted changes)" in page
+    software = page.split('<section id="software">')[1].split("</section>")[0]
+    assert "bench-extras-plugin 0.1.0" in software and "gridbench-example 0.1.0" in software
+    assert f"torch {env['packages']['torch']}" in software
+
+
+def test_env_json_has_no_git_entry_outside_a_git_checkout(site, tmp_path):
+    outside = tmp_path / "not-a-checkout"
+    outside.mkdir()
+    result = bench(site, "-p", "no:broken", "run", "--grid", "tiny", "--limit", "1000", "--epochs", "1",
+                   "--device", "cpu", "-q", "--out", str(tmp_path / "run"), cwd=outside)
+    assert result.returncode == 0, result.stderr
+    env = json.loads((tmp_path / "run" / "env.json").read_text())
+    assert "git" not in env and env["plugins"]["extras"]["distribution"] == "bench-extras-plugin"
