@@ -364,11 +364,13 @@ def format_seed_statistics(rows) -> str:
     from bench import stats
 
     frame = pd.DataFrame(rows)
-    text = "test accuracy over seeds (mean ± 95% CI, Student t):\n" + stats.format_aggregate(stats.aggregate(frame))
+    text = ("test accuracy over seeds (mean ± 95% CI, Student t, clipped to [0, 1]):\n"
+            + stats.format_aggregate(stats.aggregate(frame)))
     table = stats.compare(frame)
     if not table.empty:
-        text += ("\n\npaired comparisons on shared seeds (paired t-test, Holm-corrected; "
-                 "tied = not significant):\n" + stats.format_comparisons(table))
+        text += ("\n\npaired comparisons on shared seeds (paired t-test, Holm-corrected over the table; each "
+                 "interval at the level of its Holm step, so it excludes 0 exactly where the verdict is not tied):\n"
+                 + stats.format_comparisons(table))
     return text
 
 

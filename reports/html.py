@@ -131,6 +131,13 @@ WRAP = {"error", "command", "source", "path", "reference (test error)", "a", "b"
 Column = tuple[Sequence[str], Sequence | None]
 
 
+def markdown_cell(value) -> str:
+    """``value`` as one cell of a Markdown table: text, never markup (HTML escaped), a ``|`` that does not
+    end the cell, and line breaks as ``<br>`` so that a name or parameter holding a newline stays in its row."""
+    text = escape(str(value), quote=False).replace("|", "\\|")
+    return text.replace("\r\n", "<br>").replace("\r", "<br>").replace("\n", "<br>")
+
+
 def _number(value) -> str:
     try:
         number = float(value)
