@@ -192,13 +192,10 @@ def test_tuned_runs_are_compared_by_their_final_rows(tmp_path):
 def test_markdown_cells_escape_newlines(tmp_path):
     """A parameter value holding a newline stays inside its Markdown table row (bench compare and the
     report's tables)."""
-    from tests.report_test_plugin import load_blobs  # noqa: F401  (the plugin the grid loads)
-
     base = tmp_path / "base"
-    value = "two\nlines"
-    code, output = bench("run", "-p", "tests.report_test_plugin", "--models", "linear", "--datasets", "blobs",
+    code, output = bench("run", "-p", "tests.stats_test_plugin", "--models", "linear", "--datasets", "dots",
                          "--losses", "crossentropy", "--seeds", "0,1", "--epochs", "1", "--device", "cpu", "-q",
-                         "--threads", "1", "--param", f"blobs.label={value}", "--out", base)
+                         "--threads", "1", "--param", "dots.note=two\nlines", "--out", base)
     assert code == 0, output
     md = tmp_path / "c.md"
     code, output = bench("compare", base, base, "--markdown", md)
