@@ -1,17 +1,21 @@
 """``bench compare BASE NEW``: did a change make things worse? Two runs, configuration by configuration.
 
 BASE and NEW are run directories (their ``results.csv``) or report folders (their ``cells.csv``, which
-carries every configuration column, so a report kept as a CI artifact is enough). Configurations are
-matched by their identity (:mod:`bench.config`: components, parameters, recipe, ``limit``, device kind);
-``ignore`` leaves columns out of the match (``limit`` to compare across a change of ``--limit``).
+carries every configuration column, so a report kept as a CI artifact is enough). Their final rows are
+compared (tuning trials are not results); configurations are matched by their identity
+(:mod:`bench.config`: components, parameters, recipe, ``limit``, device kind), a tuned configuration
+without its tuned keys (each run at its own best values); ``ignore`` leaves columns out of the match
+(``limit`` to compare across a change of ``--limit``).
 
 For each configuration in both: test accuracy on each side (mean ± 95% Student-t half-width over its
-seeds), the difference NEW - BASE (paired on the seeds both finished, with its confidence interval and a
-paired t-test, when at least two are shared; else the difference of the means), p-values Holm-corrected
-across the table, and the ratio of median epoch times NEW / BASE. Configurations in one run only are
-listed. With margins (``accuracy=0.01,time=1.2``), NEW fails where its accuracy is lower by more than
-the accuracy margin (point estimate), its median epoch time is more than ``time`` times BASE's, or it
-finished no seed of a configuration that BASE finished.
+seeds, clipped to [0, 1]), the difference NEW - BASE (paired on the seeds both finished, with a paired
+t-test, when at least two are shared; else the difference of the means), p-values Holm-corrected across
+the table with each interval from the same correction (:func:`bench.stats.corrected_frame`), and the
+ratio of median epoch times NEW / BASE. Configurations in one run only are listed. With margins
+(``accuracy=0.01,time=1.2``), NEW fails where its accuracy is lower by more than the accuracy margin
+(point estimate), its median epoch time is more than ``time`` times BASE's, or it finished no seed of a
+configuration that BASE finished; and the comparison fails when no configuration is in both runs
+(nothing was checked). Everything after loading is vectorised over configurations.
 """
 
 from __future__ import annotations

@@ -177,24 +177,23 @@ QUICK = ["--losses", "crossentropy", "--limit", "2000", "--epochs", "1", "--seed
          "--threads", "1", "-q"]
 
 
+def _quick_run(tmp_path_factory, name, *args):
+    out = tmp_path_factory.mktemp("stats") / name
+    code, output = _bench("run", "--models", "linear,mlp", *args, *QUICK, "--out", out)
+    assert code == 0, output
+    return out, output
+
+
 @pytest.fixture(scope="module")
 def two_datasets(tmp_path_factory):
     """linear and mlp on MNIST and on a second dataset (``dots``, from a test plugin), two seeds."""
-    out = tmp_path_factory.mktemp("stats") / "two"
-    code, output = _bench("run", "-p", "tests.stats_test_plugin", "--models", "linear,mlp", "--datasets",
-                          "mnist,dots", *QUICK, "--out", out)
-    assert code == 0, output
-    return out, output
+    return _quick_run(tmp_path_factory, "two", "-p", "tests.stats_test_plugin", "--datasets", "mnist,dots")
 
 
 @pytest.fixture(scope="module")
 def val_sizes(tmp_path_factory):
     """linear and mlp on MNIST with two validation sizes (a dataset parameter), two seeds."""
-    out = tmp_path_factory.mktemp("stats") / "val"
-    code, output = _bench("run", "--models", "linear,mlp", "--datasets", "mnist", "--param",
-                          "mnist.val_size=4000,5000", *QUICK, "--out", out)
-    assert code == 0, output
-    return out, output
+    return _quick_run(tmp_path_factory, "val", "--datasets", "mnist", "--param", "mnist.val_size=4000,5000")
 
 
 def _holm_by_hand(ps):
