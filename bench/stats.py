@@ -279,7 +279,7 @@ def compare(results: pd.DataFrame, metric: str = "test_acc", alpha: float = 0.05
         summary = aggregate(ok, metric, confidence)
         configs = [dict(r) for _, r in summary.iterrows()]
         per_seed = _per_seed(ok, metric)
-        for (axis, context, fixed), members in _groups(configs).items():
+        for axis, context, fixed, members in _groups(configs):
             mode = pairs if pairs != "auto" else ("all" if len(members) <= ALL_PAIRS_MAX else "best")
             if mode == "all":
                 chosen = list(itertools.combinations(members, 2))
@@ -308,9 +308,10 @@ def _ckey(config) -> tuple:
     return tuple(str(config[c]) for c in CONFIG_COLUMNS)
 
 
-def _groups(configs: list[dict]) -> dict[tuple[str, str, str], list[dict]]:
-    """Configurations by (axis, context, what they share): each group varies along that one axis only,
-    within one context (the dataset with its parameters, ``--limit``, device kind, parameters of no axis).
+def _groups(configs: list[dict]) -> list[tuple[str, str, str, list[dict]]]:
+    """Configurations grouped by axis, context and everything else: ``(axis, context, fixed, members)``
+    per group, where the members vary along that one axis only, within one context (the dataset with its
+    parameters, ``--limit``, device kind, parameters of no axis) and ``fixed`` says what they share.
 
     Bucketed in one pass per axis (not pair by pair), so that a thousand configurations stay quick:
     ``recipe`` groups share the context and the whole recipe; an ``lr`` group shares everything but ``lr``.
@@ -326,7 +327,7 @@ def _groups(configs: list[dict]) -> dict[tuple[str, str, str], list[dict]]:
         for axis in RECIPE_AXES:
             others = tuple(str(parts[a]) for a in (*COMPONENT_AXES, *RECIPE_AXES) if a != axis)
             buckets.setdefault((axis, parts["_context"], others), []).append(i)
-    groups: dict[tuple[str, str, str], list[dict]] = {}
+    groups: list[tuple[str, str, str, list[dict]]] = []
     for (axis, *_), members in buckets.items():
         values = {str(split[i][axis]) for i in members} if axis != "recipe" else {
             tuple(str(split[i][a]) for a in COMPONENT_AXES) for i in members}
@@ -334,12 +335,12 @@ def _groups(configs: list[dict]) -> dict[tuple[str, str, str], list[dict]]:
             continue
         first = members[0]
         varying = COMPONENT_AXES if axis == "recipe" else (axis,)
-        fixed = ", ".join(f"{k}={_show(seen[first], k)}" for k in split[first]
+        fixed = ", ".join(f"{k}={_show(seen[first], k, split[first])}" for k in split[first]
                           if k not in varying and not k.startswith("_") and k not in COMPONENT_AXES)
         if axis != "recipe":
             fixed = f"{config_label(configs[first])}; " + fixed
-        # every key part is in the dict key: two groups that read alike in two contexts both stay
-        groups[(axis, _context_text(split[first]["_context"]), fixed)] = [configs[i] for i in members]
+        # one group per bucket, whatever its texts read like: texts that coincided once dropped a group
+        groups.append((axis, _context_text(split[first]["_context"]), fixed, [configs[i] for i in members]))
     return groups
 
 
@@ -370,9 +371,11 @@ def _untuned(config: dict) -> dict:
     return out
 
 
-def _show(config, axis: str) -> str:
+def _show(config, axis: str, split: dict | None = None) -> str:
     if axis in ("optimizer", "schedule"):
-        return config_label(config, (axis,)).split(" [")[0]
+        part = json.loads(split[axis]) if split else {"name": config[axis], "params": {}}
+        own = ",".join(f"{k.split('.', 1)[-1]}={v}" for k, v in sorted(part["params"].items()))
+        return part["name"] + (f" [{own}]" if own else "")
     value = config[axis]
     return f"{value:g}" if isinstance(value, float) else str(value)
 

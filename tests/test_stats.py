@@ -1,5 +1,6 @@
 """Seed statistics: Student-t intervals, Holm correction, paired comparisons between configurations."""
 
+import json
 import math
 
 import pandas as pd
@@ -334,3 +335,18 @@ def test_holm_levels_match_the_step_down_thresholds():
     levels = stats.holm_levels([0.03, 0.03], alpha=0.05)
     assert levels == pytest.approx([1 - 0.05 / 2, 1 - 0.05 / 2])
     assert math.isnan(stats.holm_levels([float("nan"), 0.5])[0])
+
+
+def test_recipe_groups_that_differ_in_optimizer_parameters_both_stay():
+    """linear vs mlp under sgd with momentum 0 and with 0.9: two recipe groups (their texts once read
+    alike and one replaced the other), and the optimizer axis within each model: four comparisons."""
+    rows = [{"model": m, "loss": "ce", "dataset": "mnist", "params": json.dumps({"sgd.momentum": mom}), "seed": s,
+             "device": "cpu", "status": "ok", "epochs": 2, "batch_size": 256, "lr": 0.01, "optimizer": "sgd",
+             "test_acc": 0.5 + 0.1 * (m == "mlp") + 0.01 * s + mom / 10}
+            for mom in (0, 0.9) for m in ("linear", "mlp") for s in range(3)]
+    table = stats.compare(pd.DataFrame(rows))
+    assert sorted(table["axis"]) == ["optimizer", "optimizer", "recipe", "recipe"]
+    recipe = table[table["axis"] == "recipe"]
+    assert sorted(recipe["fixed"].str.split(",").str[0]) == ["optimizer=sgd [momentum=0.9]",
+                                                            "optimizer=sgd [momentum=0]"]
+    assert set(table["family"]) == {4}
