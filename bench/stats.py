@@ -153,8 +153,8 @@ def corrected_frame(tests: pd.DataFrame, alpha: float = 0.05,
     ``tests`` has one row per comparison: ``n`` (pairs), ``diff`` (mean difference) and ``sd`` (sample
     standard deviation of the differences). Returned with ``p`` (two-sided, as :func:`paired_test`),
     ``p_holm``, ``family`` (how many p-values were corrected together), ``level``, ``ci`` (half-width),
-    ``ci_low`` and ``ci_high`` added; NaN for all of them with fewer than two pairs. Vectorised: the
-    corrections of tens of thousands of comparisons take well under a second.
+    ``ci_low`` and ``ci_high`` added; NaN for all of them with fewer than two pairs. Computed over
+    whole columns, for tables of tens of thousands of comparisons (``bench compare``).
     """
     from scipy.special import stdtr, stdtrit
 

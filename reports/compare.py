@@ -175,7 +175,7 @@ class Comparison:
 
 def _text_table(frame: pd.DataFrame) -> str:
     """``frame`` as a plain-text table (header, a rule, one line per row, columns padded to their widest
-    cell), written directly: tabulate takes seconds for tens of thousands of rows."""
+    cell), written directly: tabulate is slow on tens of thousands of rows."""
     columns = [[str(c), *map(str, frame[c].tolist())] for c in frame.columns]
     widths = [max(map(len, column)) for column in columns]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in zip(*columns)]

@@ -140,7 +140,7 @@ def markdown_cell(value) -> str:
 
 def markdown_table(frame: pd.DataFrame) -> str:
     """``frame`` as a Markdown (pipe) table, each cell through :func:`markdown_cell`; written directly,
-    not padded: tabulate takes seconds for tens of thousands of rows."""
+    not padded: tabulate is slow on tens of thousands of rows."""
     header = "| " + " | ".join(markdown_cell(c) for c in frame.columns) + " |"
     rule = "|" + "|".join("---" for _ in frame.columns) + "|"
     rows = ("| " + " | ".join(markdown_cell(v) for v in row) + " |"

@@ -212,9 +212,8 @@ def test_markdown_cells_escape_newlines(tmp_path):
 
 
 def test_compare_is_vectorised_over_configurations(tmp_path):
-    """2,000 configurations (two seeds each) compare in well under a second here (the benchmark measures
-    50,000: benchmarks/bench_compare.py); the loop per configuration it replaces took ~16 ms each. The
-    numbers are scipy's, Holm is over all 2,000."""
+    """2,000 configurations (two seeds each), computed over whole columns rather than one configuration
+    at a time (benchmarks/bench_compare.py measures 50,000): quick, the numbers scipy's, Holm over all."""
     import time
 
     from scipy.stats import ttest_rel
