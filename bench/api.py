@@ -135,8 +135,9 @@ class Run:
             table = self.summary()
         except BenchError as exc:
             return f"<p>gridbench run {html.escape(str(self.path))}: {html.escape(str(exc))}</p>"
-        shown = table[["label", "dataset", "n", "mean", "ci", "failed"]].rename(
-            columns={"label": "configuration", "n": "seeds", "mean": "test_acc", "ci": "± 95% CI"})
+        shown = table[["label", "dataset", "n", "mean", "ci_low", "ci_high", "failed"]].rename(
+            columns={"label": "configuration", "n": "seeds", "mean": "test_acc", "ci_low": "95% CI low",
+                     "ci_high": "95% CI high"})  # the interval as clipped to [0, 1], not a half-width
         return (f"<p><b>gridbench run</b> <code>{html.escape(str(self.path))}</code>: "
                 f"{len(self.results)} cell(s)</p>" + shown.to_html(index=False, float_format=lambda v: f"{v:.4f}",
                                                                     na_rep="", escape=True))

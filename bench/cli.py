@@ -374,11 +374,13 @@ def format_seed_statistics(rows) -> str:
     from bench import stats
 
     frame = pd.DataFrame(rows)
-    text = "test accuracy over seeds (mean ± 95% CI, Student t):\n" + stats.format_aggregate(stats.aggregate(frame))
+    text = ("test accuracy over seeds (mean ± 95% CI, Student t, clipped to [0, 1]):\n"
+            + stats.format_aggregate(stats.aggregate(frame)))
     table = stats.compare(frame)
     if not table.empty:
-        text += ("\n\npaired comparisons on shared seeds (paired t-test, Holm-corrected; "
-                 "tied = not significant):\n" + stats.format_comparisons(table))
+        text += ("\n\npaired comparisons on shared seeds (paired t-test, Holm-corrected over the table; each "
+                 "interval at the level of its Holm step, so it excludes 0 exactly where the verdict is not tied):\n"
+                 + stats.format_comparisons(table))
     return text
 
 
@@ -450,14 +452,16 @@ def write_report(run_dirs: list[Path], out: Path | None, cell_figures: bool = Fa
 @click.option("--ignore", metavar="KEY,...", help="Configuration keys left out of the match, e.g. limit (to compare "
               "across a change of --limit) or lr.")
 @click.option("--fail-on", "fail_on", metavar="accuracy=X,time=R", help="Exit 1 when NEW is worse than BASE in "
-              "some configuration: mean test accuracy lower by more than X, or median epoch time more than R times.")
+              "some configuration: mean test accuracy lower by more than X, or median epoch time more than R times; "
+              "also when no configuration is in both runs (nothing could be checked).")
 @click.option("--markdown", type=click.Path(path_type=Path), metavar="FILE",
               help="Also write the comparison as Markdown (e.g. $GITHUB_STEP_SUMMARY).")
 def compare(base, new, ignore, fail_on, markdown):
     """Compare two runs (run directories or report folders) configuration by configuration.
 
     For each configuration in both: test accuracy NEW - BASE (paired on shared seeds, Holm-corrected)
-    and the ratio of median epoch times. Exit status 0, 1 when --fail-on margins are exceeded, 2 on bad input.
+    and the ratio of median epoch times. Tuned runs are compared by their final rows. Exit status 0, 1 when
+    --fail-on margins are exceeded (or nothing is in both runs to check them on), 2 on bad input.
     """
     from reports.compare import compare_runs
 

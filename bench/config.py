@@ -254,8 +254,11 @@ def config_frame(results):
     for column in CONFIG_COLUMNS:
         values = results[column] if column in results else pd.Series(COLUMN_DEFAULTS.get(column, ""),
                                                                         index=results.index)
-        canon = [_canonical(column, v) for v in values]
-        frame[column] = [_key(v) if column == "params" else v for v in canon]
+        # each distinct value made canonical once: a column of 100,000 rows holds a few values
+        codes, distinct = pd.factorize(values.astype(object), use_na_sentinel=False)
+        canon = [_canonical(column, v) for v in distinct]
+        canon = [_key(v) if column == "params" else v for v in canon]
+        frame[column] = pd.Series(canon, dtype=object).take(codes).to_numpy() if len(values) else []
     return frame
 
 
@@ -316,9 +319,16 @@ def comparable(a: Mapping[str, Any], b: Mapping[str, Any]) -> str | None:
     return None
 
 
+def _distinct(value: Any) -> Any:
+    """``value`` as :func:`_key` tells it apart (1 from 1.0 and True, every NaN alike), cheaply for scalars."""
+    if isinstance(value, float) and math.isnan(value):
+        return "NaN"
+    return (type(value), value) if isinstance(value, (str, int, float)) else _key(value)
+
+
 def varying_label(configs: list[Mapping[str, Any]]) -> list[str]:
     """A short label per configuration: model+loss and parameters, plus each recipe field (and dataset,
     limit) whose value is not the same across ``configs``, e.g. ``linear+mse lr=0.01 optimizer=sgd``."""
-    varying = [c for c in (*RECIPE_FIELDS, "limit") if len({_key(cfg[c]) for cfg in configs}) > 1]
+    varying = [c for c in (*RECIPE_FIELDS, "limit") if len({_distinct(cfg[c]) for cfg in configs}) > 1]
     return [config_label(cfg) + "".join(f" {c}={cfg[c]:g}" if isinstance(cfg[c], float) else f" {c}={cfg[c]}"
                                         for c in varying) for cfg in configs]

@@ -142,6 +142,25 @@ def matching(references: Mapping[str, list[Mapping[str, Any]]], config: Mapping[
     return [ref for ref in references.get(str(config.get("dataset")), []) if applies(ref, config)]
 
 
+def not_comparable(config: Mapping[str, Any]) -> str:
+    """Why a configuration's training cannot be set against a published result, or ``""`` when it can.
+
+    Published results train on the whole training set of the dataset as published: a configuration is
+    comparable when it ran without ``--limit`` and with the dataset's registered parameters (an override
+    such as ``mnist.val_size`` changes what it trained on). Its epochs and other recipe values may differ:
+    :data:`FAR_BELOW_SLACK` allows for the default short training.
+    """
+    reasons = []
+    limit = config.get("limit") or 0
+    if limit:
+        reasons.append(f"trained on {limit} samples (--limit)")
+    prefix = f"{config.get('dataset')}."
+    changed = sorted(k for k in (config.get("params") or {}) if k.startswith(prefix))
+    if changed:
+        reasons.append(f"dataset parameters changed ({', '.join(changed)})")
+    return "; ".join(reasons)
+
+
 def far_below(test_error: float, reference: Mapping[str, Any]) -> bool:
     """A test error above :data:`FAR_BELOW` times the reference's plus :data:`FAR_BELOW_SLACK`."""
     return math.isfinite(test_error) and test_error > FAR_BELOW * float(reference["test_error"]) + FAR_BELOW_SLACK

@@ -12,9 +12,19 @@ differ in model and/or loss), and configurations that differ in exactly one reci
 ``optimizer`` with its parameters, ...) and nothing else. Within each such group, every pair is
 compared when there are at most :data:`ALL_PAIRS_MAX` configurations, otherwise each against the
 group's best (highest mean of the metric), so that the table stays readable and the
-multiple-testing correction does not eat all the power. The p-values of every comparison in the
-table are Holm-corrected together; a difference whose corrected p-value is not below ``alpha`` is
-reported as ``tied``.
+multiple-testing correction does not eat all the power. A group never spans two contexts: the dataset
+with its parameters, ``--limit``, the device kind and parameters of no compared axis are part of its
+key, so two datasets (or one dataset with two ``val_size``) each get their own comparisons.
+
+The p-values of every comparison in the table are Holm-corrected together (the family is the whole
+table; its size is the ``family`` column); a difference whose corrected p-value is not below ``alpha``
+is reported as ``tied``. Each comparison's interval comes from the same correction (see
+:func:`holm_levels`): it excludes zero exactly when the verdict is not ``tied``.
+
+Intervals of a bounded metric (an accuracy lies in [0, 1], see :func:`metric_range`) are the
+Student-t interval clipped to the metric's range: clipping removes only impossible values, so the
+interval covers at least as often as the unclipped one, and with two seeds it no longer reads
+``[0.29, 1.49]``.
 """
 
 from __future__ import annotations
@@ -24,13 +34,15 @@ import json
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import pandas as pd
 
 from bench.config import CONFIG_COLUMNS, axes, config_frame, config_label, varying_label
 from bench.tune import tuned_keys
 
-#: Columns that open the comparisons table (before ``a``, ``b``): where and along which axis.
-GROUP_COLUMNS = ["dataset", "axis", "fixed"]
+#: Columns that open the comparisons table (before ``a``, ``b``): where (the dataset and its
+#: ``context``: dataset parameters, ``--limit``, device kind) and along which axis.
+GROUP_COLUMNS = ["dataset", "context", "axis", "fixed"]
 #: With more configurations than this in a group, each is compared with the group's best only.
 ALL_PAIRS_MAX = 6
 
@@ -66,6 +78,108 @@ def holm(p_values: Sequence[float]) -> list[float]:
         running = max(running, min(1.0, (m - rank) * p))
         adjusted[i] = running
     return adjusted
+
+
+def metric_range(metric: str) -> tuple[float, float]:
+    """The values ``metric`` can take, by its name: ``[0, 1]`` for an accuracy (``test_acc``, ``val_acc``),
+    ``[0, inf)`` for a loss or a time in seconds, else unbounded."""
+    if metric.endswith("acc"):
+        return 0.0, 1.0
+    if metric.endswith("loss") or metric.endswith("_s"):
+        return 0.0, math.inf
+    return -math.inf, math.inf
+
+
+def interval(mean: float, half: float, bounds: tuple[float, float] = (-math.inf, math.inf)) -> tuple[float, float]:
+    """``mean ± half`` clipped to ``bounds`` (NaN where ``half`` is: no interval with fewer than two seeds)."""
+    if half is None or math.isnan(half) or math.isnan(mean):
+        return math.nan, math.nan
+    return max(bounds[0], mean - half), min(bounds[1], mean + half)
+
+
+def interval_text(mean: float, half: float, bounds: tuple[float, float] = (-math.inf, math.inf),
+                  fmt: str = ".4f") -> str:
+    """``0.9733 ± 0.0876``, or ``0.6385 [0.2516, 1.0000]`` where the interval is clipped to ``bounds``;
+    just the mean without an interval, ``-`` without a mean."""
+    if mean is None or math.isnan(mean):
+        return "-"
+    low, high = interval(mean, half, bounds)
+    if math.isnan(low):
+        return format(mean, fmt)
+    if low == mean - half and high == mean + half:
+        return f"{mean:{fmt}} ± {half:{fmt}}"
+    return f"{mean:{fmt}} [{low:{fmt}}, {high:{fmt}}]"
+
+
+def holm_levels(p_values: Sequence[float], alpha: float = 0.05) -> list[float]:
+    """The confidence level of each comparison's interval, from the same Holm step-down as its verdict.
+
+    Holm compares the ``r``-th smallest p-value with ``alpha / (m - r + 1)`` while every smaller one
+    passed; the level ``1 - alpha * p / p_holm`` is that step's level where it applies and lower where an
+    earlier step failed, so that a t-interval at it excludes zero exactly when ``p_holm < alpha``
+    (the verdict). NaN where ``p`` is; ``1 - alpha / m`` (Bonferroni) where ``p_holm`` is 0.
+    """
+    adjusted = holm(p_values)
+    m = sum(not math.isnan(p) for p in p_values)
+    levels = []
+    for p, p_holm in zip(p_values, adjusted):
+        if math.isnan(p):
+            levels.append(math.nan)
+        elif p_holm <= 0.0:
+            levels.append(1.0 - alpha / m)
+        else:
+            levels.append(1.0 - alpha * p / p_holm)
+    return levels
+
+
+def corrected(pairs: Sequence[tuple[Sequence[float], Sequence[float]]], alpha: float = 0.05,
+              bounds: tuple[float, float] = (-math.inf, math.inf)) -> list[dict]:
+    """Paired tests of ``a - b`` for each ``(a, b)`` in ``pairs`` (equal-length lists of finite values),
+    Holm-corrected together: :func:`corrected_frame` on their differences, as one dict per pair."""
+    rows = []
+    for a, b in pairs:
+        diff, sd, _ = mean_ci([x - y for x, y in zip(a, b)])
+        rows.append({"n": len(a), "diff": diff, "sd": sd})
+    frame = corrected_frame(pd.DataFrame(rows, columns=["n", "diff", "sd"]), alpha, bounds)
+    return frame.drop(columns="sd").to_dict("records")
+
+
+def corrected_frame(tests: pd.DataFrame, alpha: float = 0.05,
+                    bounds: tuple[float, float] = (-math.inf, math.inf)) -> pd.DataFrame:
+    """Paired t-tests from their summaries, Holm-corrected together, each with its interval from the
+    same correction (:func:`holm_levels`), clipped to the range a difference of a metric in ``bounds``
+    can take.
+
+    ``tests`` has one row per comparison: ``n`` (pairs), ``diff`` (mean difference) and ``sd`` (sample
+    standard deviation of the differences). Returned with ``p`` (two-sided, as :func:`paired_test`),
+    ``p_holm``, ``family`` (how many p-values were corrected together), ``level``, ``ci`` (half-width),
+    ``ci_low`` and ``ci_high`` added; NaN for all of them with fewer than two pairs. Computed over
+    whole columns, for tables of tens of thousands of comparisons (``bench compare``).
+    """
+    from scipy.special import stdtr, stdtrit
+
+    n = tests["n"].to_numpy(dtype=float)
+    diff = tests["diff"].to_numpy(dtype=float)
+    sd = tests["sd"].to_numpy(dtype=float)
+    with np.errstate(all="ignore"):
+        se = sd / np.sqrt(n)
+        p = 2 * stdtr(n - 1, -np.abs(diff / se))
+        p = np.where(sd == 0, np.where(diff == 0, 1.0, 0.0), p)  # the t statistic is 0/0 or infinite
+        p = np.where(n < 2, np.nan, p)
+        p_list = [float(v) for v in p]
+        level = np.array(holm_levels(p_list, alpha), dtype=float)
+        half = np.where(sd == 0, 0.0, stdtrit(n - 1, 0.5 + level / 2) * se)
+        half = np.where(np.isnan(level), np.nan, half)
+    span = bounds[1] - bounds[0]
+    out = tests.copy()
+    out["p"] = p
+    out["p_holm"] = holm(p_list)
+    out["family"] = int(np.sum(~np.isnan(p)))
+    out["level"] = level
+    out["ci"] = half
+    out["ci_low"] = np.maximum(diff - half, -span)  # NaN stays NaN
+    out["ci_high"] = np.minimum(diff + half, span)
+    return out
 
 
 def paired_test(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
@@ -113,22 +227,25 @@ def _configs(results: pd.DataFrame) -> tuple[pd.DataFrame, list[tuple[tuple, pd.
 def aggregate(results: pd.DataFrame, metric: str = "test_acc", confidence: float = 0.95) -> pd.DataFrame:
     """One row per configuration: its configuration columns (canonical, see :func:`bench.config.config_frame`),
     ``label``, ``n`` (finished seeds), ``seeds``, ``failed``, and the metric's ``mean``, ``std``, ``ci``
-    (half-width), ``ci_low`` and ``ci_high``, in first-seen order."""
+    (the Student-t half-width), ``ci_low`` and ``ci_high`` (``mean ± ci`` clipped to the metric's range,
+    :func:`metric_range`), in first-seen order."""
     columns = [*CONFIG_COLUMNS, "label", "tuned", "n", "seeds", "failed", "mean", "std", "ci", "ci_low", "ci_high"]
     results = results_only(results)
     if results.empty:
         return pd.DataFrame(columns=columns)
     _, groups = _configs(results)
+    bounds = metric_range(metric)
     rows = []
     for key, group in groups:
         ok = _ok(group, metric)
         mean, std, half = mean_ci(ok[metric], confidence)
+        low, high = interval(mean, half, bounds)
         tuning = group["tuning"].dropna().astype(str) if "tuning" in group else pd.Series([], dtype=str)
         rows.append({**dict(zip(CONFIG_COLUMNS, key)), "tuned": ",".join(tuned_keys(next(iter(tuning), ""))),
                      "n": len(ok),
                      "seeds": ",".join(str(s) for s in sorted(ok["seed"].astype(int))),
                      "failed": int((group["status"] == "failed").sum()), "mean": mean, "std": std, "ci": half,
-                     "ci_low": mean - half, "ci_high": mean + half})
+                     "ci_low": low, "ci_high": high})
     labels = varying_label(rows)
     for row, label in zip(rows, labels):
         row["label"] = label
@@ -139,28 +256,30 @@ def compare(results: pd.DataFrame, metric: str = "test_acc", alpha: float = 0.05
             pairs: str = "auto") -> pd.DataFrame:
     """Paired comparisons of configurations on their shared seeds, Holm-corrected together.
 
-    Only comparable configurations are paired (:func:`bench.config.comparable`): the same dataset,
-    ``--limit`` and device kind, and either the same recipe (axis ``recipe``) or one differing recipe
-    axis (axis ``lr``, ``optimizer``, ...). A *group* is a set of configurations that differ only along
-    one axis; ``fixed`` describes what they share. ``pairs``: ``all`` (every pair within a group),
-    ``best`` (each against the group's best) or ``auto`` (``all`` for groups of at most
-    :data:`ALL_PAIRS_MAX`, else ``best``). Columns: ``dataset``, ``axis``, ``fixed``, ``a``, ``b``, ``n``
-    (shared seeds), ``diff`` (mean of a - b), ``ci`` (half-width), ``ci_low``, ``ci_high``, ``p``,
-    ``p_holm`` and ``verdict``: the better label when ``p_holm < alpha``, ``tied`` when not, ``n/a``
-    with fewer than two shared seeds.
+    Only comparable configurations are paired (:func:`bench.config.comparable`): the same dataset with
+    the same parameters, ``--limit`` and device kind (the ``context``), and either the same recipe (axis
+    ``recipe``) or one differing recipe axis (axis ``lr``, ``optimizer``, ...). A *group* is a set of
+    configurations of one context that differ only along one axis; ``fixed`` describes what they share.
+    ``pairs``: ``all`` (every pair within a group), ``best`` (each against the group's best) or ``auto``
+    (``all`` for groups of at most :data:`ALL_PAIRS_MAX`, else ``best``). Columns: ``dataset``,
+    ``context``, ``axis``, ``fixed``, ``a``, ``b``, ``n`` (shared seeds), ``diff`` (mean of a - b), ``p``,
+    ``p_holm``, ``family`` (the number of p-values Holm corrected together: every comparison of the
+    table), ``level`` (the confidence level of the interval under the same correction, see
+    :func:`holm_levels`; ``confidence`` is not used here), ``ci`` (half-width), ``ci_low``, ``ci_high``
+    and ``verdict``: the better label when ``p_holm < alpha``, ``tied`` when not, ``n/a`` with fewer
+    than two shared seeds. The interval excludes zero exactly when the verdict names a label.
     """
     if pairs not in ("auto", "all", "best"):
         raise ValueError(f"pairs must be auto, all or best, not {pairs!r}")
-    columns = [*GROUP_COLUMNS, "a", "b", "n", "diff", "ci", "ci_low", "ci_high", "p", "p_holm", "verdict"]
-    rows = []
+    columns = [*GROUP_COLUMNS, "a", "b", "n", "diff", "ci", "ci_low", "ci_high", "level", "p", "p_holm", "family",
+               "verdict"]
+    rows, samples = [], []
     ok = _ok(results, metric) if not results.empty else results
     if not ok.empty:
         summary = aggregate(ok, metric, confidence)
         configs = [dict(r) for _, r in summary.iterrows()]
         per_seed = _per_seed(ok, metric)
-        for (axis, fixed), members in _groups(configs).items():
-            if len(members) < 2:
-                continue
+        for axis, context, fixed, members in _groups(configs):
             mode = pairs if pairs != "auto" else ("all" if len(members) <= ALL_PAIRS_MAX else "best")
             if mode == "all":
                 chosen = list(itertools.combinations(members, 2))
@@ -170,17 +289,15 @@ def compare(results: pd.DataFrame, metric: str = "test_acc", alpha: float = 0.05
             for a, b in chosen:
                 va, vb = per_seed[_ckey(a)], per_seed[_ckey(b)]
                 shared = sorted(set(va) & set(vb))
-                xa, xb = [va[s] for s in shared], [vb[s] for s in shared]
-                diff, half, p = paired_test(xa, xb, confidence) if shared else (math.nan, math.nan, math.nan)
-                rows.append({"dataset": a["dataset"], "axis": axis, "fixed": fixed, "a": a["label"], "b": b["label"],
-                             "n": len(shared), "diff": diff, "ci": half, "ci_low": diff - half,
-                             "ci_high": diff + half, "p": p})
-    adjusted = holm([r["p"] for r in rows])
-    for row, p_holm in zip(rows, adjusted):
-        row["p_holm"] = p_holm
-        if math.isnan(p_holm):
+                samples.append(([va[s] for s in shared], [vb[s] for s in shared]))
+                rows.append({"dataset": a["dataset"], "context": context, "axis": axis, "fixed": fixed,
+                             "a": a["label"], "b": b["label"]})
+    low, high = metric_range(metric)
+    for row, tested in zip(rows, corrected(samples, alpha, (low, high))):
+        row.update(tested)
+        if math.isnan(row["p_holm"]):
             row["verdict"] = "n/a"
-        elif p_holm < alpha:
+        elif row["p_holm"] < alpha:
             row["verdict"] = row["a"] if row["diff"] > 0 else row["b"]
         else:
             row["verdict"] = "tied"
@@ -191,8 +308,10 @@ def _ckey(config) -> tuple:
     return tuple(str(config[c]) for c in CONFIG_COLUMNS)
 
 
-def _groups(configs: list[dict]) -> dict[tuple[str, str], list[dict]]:
-    """Configurations by (axis, what they share): each group varies along that one axis only.
+def _groups(configs: list[dict]) -> list[tuple[str, str, str, list[dict]]]:
+    """Configurations grouped by axis, context and everything else: ``(axis, context, fixed, members)``
+    per group, where the members vary along that one axis only, within one context (the dataset with its
+    parameters, ``--limit``, device kind, parameters of no axis) and ``fixed`` says what they share.
 
     Bucketed in one pass per axis (not pair by pair), so that a thousand configurations stay quick:
     ``recipe`` groups share the context and the whole recipe; an ``lr`` group shares everything but ``lr``.
@@ -208,7 +327,7 @@ def _groups(configs: list[dict]) -> dict[tuple[str, str], list[dict]]:
         for axis in RECIPE_AXES:
             others = tuple(str(parts[a]) for a in (*COMPONENT_AXES, *RECIPE_AXES) if a != axis)
             buckets.setdefault((axis, parts["_context"], others), []).append(i)
-    groups: dict[tuple[str, str], list[dict]] = {}
+    groups: list[tuple[str, str, str, list[dict]]] = []
     for (axis, *_), members in buckets.items():
         values = {str(split[i][axis]) for i in members} if axis != "recipe" else {
             tuple(str(split[i][a]) for a in COMPONENT_AXES) for i in members}
@@ -216,12 +335,24 @@ def _groups(configs: list[dict]) -> dict[tuple[str, str], list[dict]]:
             continue
         first = members[0]
         varying = COMPONENT_AXES if axis == "recipe" else (axis,)
-        fixed = ", ".join(f"{k}={_show(seen[first], k)}" for k in split[first]
+        fixed = ", ".join(f"{k}={_show(seen[first], k, split[first])}" for k in split[first]
                           if k not in varying and not k.startswith("_") and k not in COMPONENT_AXES)
         if axis != "recipe":
             fixed = f"{config_label(configs[first])}; " + fixed
-        groups[(axis, fixed)] = [configs[i] for i in members]
+        # one group per bucket, whatever its texts read like: texts that coincided once dropped a group
+        groups.append((axis, _context_text(split[first]["_context"]), fixed, [configs[i] for i in members]))
     return groups
+
+
+def _context_text(context: str) -> str:
+    """``mnist [val_size=4000], limit=2000, cpu``: what a group of comparisons never crosses, for people."""
+    parts = json.loads(context)
+    dataset = json.loads(parts["dataset"])
+    own = ",".join(f"{k.split('.', 1)[-1]}={v}" for k, v in sorted(dataset["params"].items()))
+    other = ",".join(f"{k}={v}" for k, v in sorted(parts["other"].items()))
+    text = dataset["name"] + (f" [{own}]" if own else "")
+    text += f", limit={parts['limit']}" if parts["limit"] else ""
+    return f"{text}, {parts['device']}" + (f", {other}" if other else "")
 
 
 def _untuned(config: dict) -> dict:
@@ -240,9 +371,11 @@ def _untuned(config: dict) -> dict:
     return out
 
 
-def _show(config, axis: str) -> str:
+def _show(config, axis: str, split: dict | None = None) -> str:
     if axis in ("optimizer", "schedule"):
-        return config_label(config, (axis,)).split(" [")[0]
+        part = json.loads(split[axis]) if split else {"name": config[axis], "params": {}}
+        own = ",".join(f"{k.split('.', 1)[-1]}={v}" for k, v in sorted(part["params"].items()))
+        return part["name"] + (f" [{own}]" if own else "")
     value = config[axis]
     return f"{value:g}" if isinstance(value, float) else str(value)
 
@@ -277,28 +410,37 @@ def _num(value: float, fmt: str) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, fmt)
 
 
+def _range_text(bounds: tuple[float, float]) -> str:
+    return f"[{bounds[0]:g}, {bounds[1]:g}]".replace("inf", "∞")
+
+
 def format_aggregate(summary: pd.DataFrame, metric: str = "test_acc", confidence: float = 0.95) -> str:
-    """``label  dataset  n  mean ± half-width  [low, high]  std`` per configuration."""
+    """``label  dataset  n  mean ± half-width  [low, high]  std`` per configuration (an interval clipped
+    to the metric's range shows as ``mean [low, high]``)."""
     pct = f"{confidence:.0%}"
+    bounds = metric_range(metric)
     body = []
     for r in summary.itertuples(index=False):
         body.append([r.label, str(r.dataset), str(r.n) + (f" ({r.failed} failed)" if r.failed else ""),
-                     f"{_num(r.mean, '.4f')} ± {_num(r.ci, '.4f')}",
+                     interval_text(r.mean, r.ci, bounds),
                      f"[{_num(r.ci_low, '.4f')}, {_num(r.ci_high, '.4f')}]", _num(r.std, '.4f')])
-    header = ["cell", "dataset", "seeds", f"{metric} mean ± {pct} CI", f"{pct} CI", "std"]
+    clipped = f", clipped to {_range_text(bounds)}" if bounds != (-math.inf, math.inf) else ""
+    header = ["cell", "dataset", "seeds", f"{metric} mean ± {pct} CI", f"{pct} CI (Student t{clipped})", "std"]
     return _table(header, body, right={2})
 
 
 def format_comparisons(table: pd.DataFrame, alpha: float = 0.05, confidence: float = 0.95) -> str:
-    """``a  b  n  diff [CI]  p  p_holm  verdict`` per comparison."""
+    """``dataset  context  axis  a  b  n  diff [CI] (level)  p  p_holm  verdict`` per comparison; the
+    interval and the verdict come from the same Holm correction (``confidence`` is not used)."""
     body = []
     for r in table.itertuples(index=False):
-        body.append([str(r.dataset), str(r.axis), r.a, r.b, str(r.n), f"{_num(r.diff, '+.4f')}",
-                     f"[{_num(r.ci_low, '+.4f')}, {_num(r.ci_high, '+.4f')}]", _num(r.p, '.3g'),
-                     _num(r.p_holm, '.3g'), r.verdict])
-    header = ["dataset", "axis", "a", "b", "n", "diff a-b", f"{confidence:.0%} CI", "p", "p (Holm)",
-              f"verdict (alpha={alpha:g})"]
-    return _table(header, body, right={4, 5, 7, 8})
+        body.append([str(r.dataset), str(r.context), str(r.axis), r.a, r.b, str(r.n), f"{_num(r.diff, '+.4f')}",
+                     f"[{_num(r.ci_low, '+.4f')}, {_num(r.ci_high, '+.4f')}]", _num(r.level, '.2%'),
+                     _num(r.p, '.3g'), _num(r.p_holm, '.3g'), r.verdict])
+    family = int(table["family"].max()) if len(table) else 0
+    header = ["dataset", "context", "axis", "a", "b", "n", "diff a-b", "CI (Holm)", "CI level", "p",
+              f"p (Holm over {family})", f"verdict (alpha={alpha:g})"]
+    return _table(header, body, right={5, 6, 8, 9, 10})
 
 
 # -- across datasets ---------------------------------------------------------------------------------------

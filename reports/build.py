@@ -73,8 +73,8 @@ def _write_tables(csv: str, out: Path, stem: str, columns: dict[str, html.Column
     """``stem.csv`` (every column), ``stem.md`` and ``stem.html`` (the displayed ``columns``)."""
     atomic_write(out / f"{stem}.csv", csv)
     shown = pd.DataFrame({name: texts for name, (texts, _) in columns.items()})
-    # plugin names and errors are text, never markup: escape HTML; a '|' would split the column
-    cells = shown.map(lambda v: escape(str(v), quote=False).replace("|", "\\|"))
+    # plugin names and errors are text, never markup; a '|' would split the column, a newline the row
+    cells = shown.map(html.markdown_cell)
     markdown = cells.to_markdown(index=False, disable_numparse=True) if len(shown) else "(no cells)"
     atomic_write(out / f"{stem}.md", markdown + "\n")
     atomic_write(out / f"{stem}.html", html.standalone_table(columns, stem, f"gridbench {stem}", links))
@@ -100,14 +100,16 @@ def _comparisons_columns(table: pd.DataFrame) -> dict[str, html.Column]:
     if "run" in table:
         columns["run"] = (list(table["run"]), None)
     columns.update({
-        "dataset": (list(table["dataset"]), None), "axis": (list(table["axis"]), None),
-        "a": (list(table["a"]), None), "b": (list(table["b"]), None),
+        "dataset": (list(table["dataset"]), None), "context": (list(table["context"]), None),
+        "axis": (list(table["axis"]), None), "a": (list(table["a"]), None), "b": (list(table["b"]), None),
         "seeds": ([str(v) for v in table["n"]], list(table["n"])),
         "diff a-b": ([_number(v, "+.4f") for v in table["diff"]], list(table["diff"])),
-        "95% CI": ([f"[{_number(lo, '+.4f')}, {_number(hi, '+.4f')}]" for lo, hi in zip(table["ci_low"],
-                                                                                     table["ci_high"])], None),
+        "CI (Holm)": ([f"[{_number(lo, '+.4f')}, {_number(hi, '+.4f')}]" for lo, hi in zip(table["ci_low"],
+                                                                                        table["ci_high"])], None),
+        "CI level": ([_number(v, ".2%") for v in table["level"]], list(table["level"])),
         "p": ([_number(v, ".3g") for v in table["p"]], list(table["p"])),
         "p (Holm)": ([_number(v, ".3g") for v in table["p_holm"]], list(table["p_holm"])),
+        "family": ([str(v) for v in table["family"]], list(table["family"])),
         "verdict": (list(table["verdict"]), None),
     })
     return columns
@@ -261,7 +263,8 @@ def _config_sections(runs: Runs, tables: Tables) -> list[Section]:
         if "reference" in row and row["reference"]:
             facts["reference"] = f"{row['reference_test_error']:.2%} test error, {row['reference']}"
             gap = row["reference_gap"]
-            facts["gap"] = (_number(gap * 100, "+.2f") + " pts of test error"
+            facts["gap"] = (f"not comparable: {row['not_comparable']}" if row["not_comparable"] else
+                            _number(gap * 100, "+.2f") + " pts of test error"
                             + (" — far below its reference" if row["far_below"] is True else ""))
         figures, notes = _figures_html(runs, cells, "seeds")
         errors = [f"seed {s}: {st}: {e}" for s, st, e in zip(cells["seed"], cells["status"], cells["error"])
@@ -275,7 +278,7 @@ def _config_sections(runs: Runs, tables: Tables) -> list[Section]:
 def _acc_text(mean, half) -> str:
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return ""
-    return f"{mean:.4f}" if half is None or math.isnan(half) else f"{mean:.4f} ± {half:.4f}"
+    return stats.interval_text(mean, math.nan if half is None else half, stats.metric_range("test_acc"))
 
 
 def _cell_stem(runs: Runs, run: str, cell_id: str) -> str:
@@ -408,7 +411,8 @@ def build_report(run_dirs: list[Path | str], out: Path | str | None = None, cell
         Part('<section id="summary-section"><h2>Summary</h2>'
              '<p class="muted">One row per configuration (model, loss, dataset, parameters, training recipe, '
              "--limit, device kind; and run): its seeds aggregated. Test accuracy: mean ± 95% Student-t confidence "
-             "half-width over the seeds that finished (just the mean with one seed). Best first within each dataset."
+             "half-width over the seeds that finished (just the mean with one seed; [low, high] where the interval is "
+             "clipped to [0, 1]). Best first within each dataset."
              f"{escape(_common_recipe(tables))} A model opens its configuration's figures.</p>"),
         Part(html.table(summary_columns, "summary", summary_links),
              '<p><a href="summary.html">The summary table</a> (its own page: too large to embed).</p>', priority=0),
@@ -421,9 +425,11 @@ def build_report(run_dirs: list[Path | str], out: Path | str | None = None, cell
     if len(comparisons):
         parts.append(Part(
             '<h3 id="comparisons-section">Paired comparisons</h3><p class="muted">Test accuracy of configurations '
-            "that share a dataset and training recipe (or differ in one recipe axis only), compared seed by seed "
-            "(paired t-test on shared seeds), p-values Holm-corrected across the table; tied = not significant "
-            "at 0.05.</p>" + html.table(_comparisons_columns(comparisons), "comparisons"),
+            "that share a context (the dataset with its parameters, --limit, device kind) and a training recipe (or "
+            "differ in one recipe axis only), compared seed by seed (paired t-test on shared seeds), p-values "
+            "Holm-corrected across the run's table (family: how many); tied = not significant at 0.05. Each "
+            "interval is at the level of its Holm step (CI level), so it excludes zero exactly where the verdict "
+            "is not tied.</p>" + html.table(_comparisons_columns(comparisons), "comparisons"),
             '<p><a href="comparisons.html">Paired comparisons</a> (their own page: too large to embed).</p>',
             priority=3))
     parts.append(Part("</section>"))
@@ -447,7 +453,9 @@ def build_report(run_dirs: list[Path | str], out: Path | str | None = None, cell
         "Each applies to the configurations of its model (and loss, and parameters, where it names them); the "
         "summary and cells tables show it beside them with the gap: their test error minus the reference's, in "
         "percentage points. A configuration whose test error is more than twice its reference's plus one "
-        "point is flagged far below.</p>"
+        "point is flagged far below. The gap is shown only where the training is comparable with the published "
+        "one: the whole training set (no --limit) of the dataset with its registered parameters; elsewhere it "
+        "reads not comparable, with the reason.</p>"
         + html.table(html.frame_columns(references), "references-table", sortable=False)
         if len(references) else '<p class="muted">No dataset of these runs declares reference results.</p>')
         + "</section>"))

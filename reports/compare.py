@@ -1,33 +1,41 @@
 """``bench compare BASE NEW``: did a change make things worse? Two runs, configuration by configuration.
 
 BASE and NEW are run directories (their ``results.csv``) or report folders (their ``cells.csv``, which
-carries every configuration column, so a report kept as a CI artifact is enough). Configurations are
-matched by their identity (:mod:`bench.config`: components, parameters, recipe, ``limit``, device kind);
-``ignore`` leaves columns out of the match (``limit`` to compare across a change of ``--limit``).
+carries every configuration column, so a report kept as a CI artifact is enough). Their final rows are
+compared (tuning trials are not results); configurations are matched by their identity
+(:mod:`bench.config`: components, parameters, recipe, ``limit``, device kind), a tuned configuration
+without its tuned keys (each run at its own best values); ``ignore`` leaves columns out of the match
+(``limit`` to compare across a change of ``--limit``).
 
 For each configuration in both: test accuracy on each side (mean ± 95% Student-t half-width over its
-seeds), the difference NEW - BASE (paired on the seeds both finished, with its confidence interval and a
-paired t-test, when at least two are shared; else the difference of the means), p-values Holm-corrected
-across the table, and the ratio of median epoch times NEW / BASE. Configurations in one run only are
-listed. With margins (``accuracy=0.01,time=1.2``), NEW fails where its accuracy is lower by more than
-the accuracy margin (point estimate), its median epoch time is more than ``time`` times BASE's, or it
-finished no seed of a configuration that BASE finished.
+seeds, clipped to [0, 1]), the difference NEW - BASE (paired on the seeds both finished, with a paired
+t-test, when at least two are shared; else the difference of the means), p-values Holm-corrected across
+the table with each interval from the same correction (:func:`bench.stats.corrected_frame`), and the
+ratio of median epoch times NEW / BASE. Configurations in one run only are listed. With margins
+(``accuracy=0.01,time=1.2``), NEW fails where its accuracy is lower by more than the accuracy margin
+(point estimate), its median epoch time is more than ``time`` times BASE's, or it finished no seed of a
+configuration that BASE finished; and the comparison fails when no configuration is in both runs
+(nothing was checked). Everything after loading is vectorised over configurations.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+from scipy.special import stdtrit
 
-from bench.config import COLUMN_DEFAULTS, CONFIG_COLUMNS, config_frame, config_keys, row_config, varying_label
+from bench.config import CONFIG_COLUMNS, config_frame, varying_label
 from bench.errors import BenchError
-from bench.safe_text import read_csv_frame
-from bench.stats import holm, mean_ci, paired_test
+from bench.safe_text import printable, read_csv_frame
+from bench.stats import corrected_frame, interval_text, metric_range, results_only
+from bench.tune import tuned_keys
+from reports.html import markdown_table
 from reports.load import REPORT_MARKER, is_report_dir
-from reports.tables import terminal_table
 
 #: What a margin of ``fail_on`` may name.
 MARGINS = {"accuracy": "largest drop in mean test accuracy allowed (e.g. 0.01)",
@@ -102,7 +110,8 @@ class Comparison:
 
     @property
     def failed(self) -> bool:
-        return bool(len(self.failures))
+        """Worse beyond the margins somewhere, or margins given and no configuration to check them on."""
+        return bool(len(self.failures)) or bool(self.margins and self.table.empty)
 
     def shown(self) -> pd.DataFrame:
         """The table as people read it."""
@@ -115,8 +124,9 @@ class Comparison:
             "base acc": [_acc(m, h) for m, h in zip(t["base_acc"], t["base_ci"])],
             "new acc": [_acc(m, h) for m, h in zip(t["new_acc"], t["new_ci"])],
             "Δ acc (new-base)": [_num(v, "+.4f") for v in t["diff"]],
-            "95% CI": [f"[{_num(d - h, '+.4f')}, {_num(d + h, '+.4f')}]" if not _nan(h) else "-"
-                       for d, h in zip(t["diff"], t["diff_ci"])],
+            "CI (Holm)": [f"[{_num(lo, '+.4f')}, {_num(hi, '+.4f')}]" if not _nan(lo) else "-"
+                          for lo, hi in zip(t["diff_low"], t["diff_high"])],
+            "CI level": [_num(v, ".2%") for v in t["level"]],
             "p (Holm)": [_num(v, ".3g") for v in t["p_holm"]],
             "base epoch s": [_num(v, ".4g") for v in t["base_epoch_s"]],
             "new epoch s": [_num(v, ".4g") for v in t["new_epoch_s"]],
@@ -135,7 +145,11 @@ class Comparison:
             lines.append(f"only in BASE ({len(self.only_base)}): " + "; ".join(self.only_base))
         if self.only_new:
             lines.append(f"only in NEW ({len(self.only_new)}): " + "; ".join(self.only_new))
-        if self.margins:
+        if self.margins and self.table.empty:
+            margins = ", ".join(f"{k}={v:g}" for k, v in self.margins.items())
+            lines.append(f"FAIL: no configuration is in both runs, so none could be checked against the margins "
+                         f"({margins})")
+        elif self.margins:
             margins = ", ".join(f"{k}={v:g}" for k, v in self.margins.items())
             lines.append(f"FAIL: NEW is worse than BASE beyond the margins ({margins}) in {len(self.failures)} of "
                          f"{len(self.table)} configuration(s)" if self.failed else
@@ -146,17 +160,27 @@ class Comparison:
         head = f"BASE {self.base}\nNEW  {self.new}" + (f"\nignored in the match: {', '.join(self.ignore)}"
                                                        if self.ignore else "")
         shown = self.shown()
-        body = terminal_table(shown) if len(shown) else "no configuration is in both runs"
+        body = (_text_table(shown.map(lambda v: printable(v, newlines=False))) if len(shown)
+                else "no configuration is in both runs")
         return "\n".join([head, "", body, "", *self._lines()]).rstrip() + "\n"
 
     def markdown(self) -> str:
-        shown = self.shown().map(lambda v: str(v).replace("|", "\\|"))
-        body = (shown.to_markdown(index=False, disable_numparse=True) if len(shown)
+        shown = self.shown()
+        body = (markdown_table(shown) if len(shown)
                 else "No configuration is in both runs.")
         head = [f"## bench compare: `{self.base}` → `{self.new}`", ""]
         if self.ignore:
             head += [f"Ignored in the match: {', '.join(f'`{k}`' for k in self.ignore)}.", ""]
         return "\n".join([*head, body, "", *(f"- {line}" for line in self._lines())]).rstrip() + "\n"
+
+
+def _text_table(frame: pd.DataFrame) -> str:
+    """``frame`` as a plain-text table (header, a rule, one line per row, columns padded to their widest
+    cell), written directly: tabulate is slow on tens of thousands of rows."""
+    columns = [[str(c), *map(str, frame[c].tolist())] for c in frame.columns]
+    widths = [max(map(len, column)) for column in columns]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in zip(*columns)]
+    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
 
 
 def _nan(value) -> bool:
@@ -168,36 +192,77 @@ def _num(value, fmt: str) -> str:
 
 
 def _acc(mean, half) -> str:
-    if _nan(mean):
-        return "-"
-    return f"{mean:.4f}" if _nan(half) else f"{mean:.4f} ± {half:.4f}"
+    return interval_text(mean, math.nan if half is None else half, metric_range("test_acc"))
 
 
-def _keys(cells: pd.DataFrame, ignore: list[str], side: str) -> pd.Series:
-    """Configuration keys with the ignored columns left out; an error where that merges configurations."""
-    full = config_keys(cells)
-    if not ignore:
-        return full
-    # Setting an ignored column to one value on both sides takes it out of the identity.
-    keys = config_keys(cells.assign(**{c: COLUMN_DEFAULTS.get(c, "-") for c in ignore}))
-    merged = full.groupby(keys).nunique()
-    if (merged > 1).any():
-        raise BenchError(f"ignoring {', '.join(ignore)} leaves {int(merged.max())} configurations of {side} "
-                         "indistinguishable (their seeds would be pooled): ignore fewer keys")
-    return keys
+def _prepared(cells: pd.DataFrame, ignore: list[str], path, side: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The final rows of one run (tuning trials are not results) with a ``_key`` per configuration, and
+    the canonical configuration columns of those rows (what the table shows and ``changed`` compares).
+
+    A tuned configuration is matched with its tuned keys left out (each run is compared at its own best
+    values; the values chosen show under ``ignored, differs``); ``ignore`` leaves columns out of the
+    match, an error where that merges configurations of one run.
+    """
+    finals = results_only(cells).reset_index(drop=True)
+    if finals.empty:
+        raise BenchError(f"{path} has no cells" + (" but tuning trials" if len(cells) else ""))
+    cells = finals
+    canon = config_frame(cells)
+    tuned = [tuned_keys(t) for t in cells["tuning"]] if "tuning" in cells else [[]] * len(cells)
+    matched = canon.astype(object)
+    if any(tuned):
+        params = list(matched["params"])
+        for i, keys in enumerate(tuned):
+            if keys:
+                parsed = json.loads(params[i])
+                for key in keys:
+                    if key in CONFIG_COLUMNS:
+                        matched.at[i, key] = "tuned"
+                    parsed.pop(key, None)
+                params[i] = json.dumps(parsed, sort_keys=True)
+        matched["params"] = params
+    full = _joined(matched)
+    if ignore:
+        matched[ignore] = "*"  # one value on both sides takes a column out of the identity
+        keys = _joined(matched)
+        merged = full.groupby(keys).nunique()
+        if (merged > 1).any():
+            raise BenchError(f"ignoring {', '.join(ignore)} leaves {int(merged.max())} configurations of {side} "
+                             "indistinguishable (their seeds would be pooled): ignore fewer keys")
+    else:
+        keys = full
+    cells = cells.assign(_key=keys, _seed=pd.to_numeric(cells["seed"], errors="coerce"),
+                         _tuned=[",".join(k) for k in tuned])
+    if cells.duplicated(["_key", "_seed"]).any():
+        raise BenchError(f"{path} holds a configuration and seed more than once (a report over several runs?): "
+                         "compare one run directory with another")
+    return cells, canon
 
 
-def _side(cells: pd.DataFrame) -> dict[str, dict]:
-    """Per configuration: its config, ok seeds' accuracies and the median epoch time."""
-    out = {}
-    for key, group in cells.groupby("_key", sort=False):
-        ok = group[group["status"] == "ok"]
-        acc = {int(s): float(a) for s, a in zip(ok["seed"], pd.to_numeric(ok["test_acc"], errors="coerce"))
-               if math.isfinite(float(a))}
-        times = pd.to_numeric(ok.get("epoch_time_s", pd.Series(dtype=float)), errors="coerce").dropna()
-        out[key] = {"config": row_config(config_frame(group.iloc[:1]).iloc[0]), "acc": acc, "cells": len(group),
-                    "epoch_s": float(times.median()) if len(times) else math.nan}
-    return out
+def _joined(frame: pd.DataFrame) -> pd.Series:
+    """One string per row of canonical configuration columns: equal strings, same configuration."""
+    return pd.Series(["\x1f".join(map(str, values)) for values in zip(*(frame[c].tolist() for c in CONFIG_COLUMNS))],
+                     index=frame.index, dtype=object)
+
+
+def _side(cells: pd.DataFrame, canon: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per configuration (index ``_key``, first-seen order): its first row's canonical configuration,
+    tuned keys, finished seeds ``n``, mean accuracy, its Student-t half-width and the median epoch time;
+    and the finished seeds' accuracies (``_key``, ``_seed``, ``_acc``), to pair."""
+    acc = pd.to_numeric(cells["test_acc"], errors="coerce") if "test_acc" in cells else pd.Series(math.nan,
+                                                                                                   index=cells.index)
+    ok = cells.assign(_acc=acc)[(cells["status"] == "ok") & np.isfinite(acc)]
+    first = ~cells["_key"].duplicated()
+    out = canon[first].assign(_key=cells.loc[first, "_key"], _tuned=cells.loc[first, "_tuned"]).set_index("_key")
+    by = ok.groupby("_key")["_acc"]
+    out["n"] = by.count().reindex(out.index, fill_value=0)
+    out["mean"] = by.mean().reindex(out.index)
+    out["std"] = by.std(ddof=1).reindex(out.index)
+    times = pd.to_numeric(ok["epoch_time_s"], errors="coerce") if "epoch_time_s" in ok else pd.Series(dtype=float)
+    out["epoch_s"] = times.groupby(ok["_key"]).median().reindex(out.index)
+    with np.errstate(all="ignore"):
+        out["ci"] = np.where(out["n"] >= 2, stdtrit(out["n"] - 1, 0.975) * out["std"] / np.sqrt(out["n"]), np.nan)
+    return out, ok[["_key", "_seed", "_acc"]]
 
 
 def compare_runs(base: Path | str, new: Path | str, ignore: list[str] | str | None = None,
@@ -210,43 +275,61 @@ def compare_runs(base: Path | str, new: Path | str, ignore: list[str] | str | No
         cells = load_cells(path)
         if cells.empty:
             raise BenchError(f"{path} has no cells")
-        cells = cells.assign(_key=_keys(cells, ignore, name))
-        twice = cells.assign(_seed=cells["seed"].astype(str)).duplicated(["_key", "_seed"])
-        if twice.any():
-            raise BenchError(f"{path} holds a configuration and seed more than once (a report over several runs?): "
-                             "compare one run directory with another")
-        sides.append(_side(cells))
-    a, b = sides
-    every = {**a, **b}
+        sides.append(_side(*_prepared(cells, ignore, path, name)))
+    (a, a_ok), (b, b_ok) = sides
+    every = pd.concat([a, b[~b.index.isin(a.index)]])
     # ignored columns are left out of the labels too (the "ignored, differs" column shows them)
-    labels = dict(zip(every, varying_label([{**every[k]["config"], **dict.fromkeys(ignore, "*")} for k in every])))
-    rows = []
-    for key in [k for k in a if k in b]:
-        rows.append(_row(a[key], b[key], labels[key], ignore))
-    table = pd.DataFrame(rows)
+    configs = every[CONFIG_COLUMNS].assign(params=[json.loads(v) for v in every["params"]],
+                                           **dict.fromkeys(ignore, "*"))
+    labels = dict(zip(every.index, varying_label(configs.to_dict("records"))))
+    shared = [k for k in a.index if k in b.index]
+    table = _table(a.loc[shared], b.loc[shared], [labels[k] for k in shared], ignore, a_ok, b_ok)
     if len(table):
-        table["p_holm"] = holm(list(table["p"]))
-        table["verdict"] = [_verdict(r) for r in table.to_dict("records")]
-        table["gate"] = [_gate(r, margins) for r in table.to_dict("records")]
+        records = table.to_dict("records")
+        table["verdict"] = [_verdict(r) for r in records]
+        table["gate"] = [_gate(r, margins) for r in records]
     return Comparison(Path(base), Path(new), ignore, margins, table,
-                      [labels[k] for k in a if k not in b], [labels[k] for k in b if k not in a])
+                      [labels[k] for k in a.index if k not in b.index],
+                      [labels[k] for k in b.index if k not in a.index])
 
 
-def _row(base: dict, new: dict, label: str, ignore: list[str]) -> dict:
-    shared = sorted(set(base["acc"]) & set(new["acc"]))
-    base_acc, _, base_ci = mean_ci(list(base["acc"].values()))
-    new_acc, _, new_ci = mean_ci(list(new["acc"].values()))
-    if len(shared) >= 2:
-        diff, diff_ci, p = paired_test([new["acc"][s] for s in shared], [base["acc"][s] for s in shared])
-    else:
-        diff, diff_ci, p = new_acc - base_acc, math.nan, math.nan
-    changed = [f"{c}: {_value(base['config'][c])} → {_value(new['config'][c])}" for c in ignore
-               if base["config"][c] != new["config"][c]]
-    ratio = new["epoch_s"] / base["epoch_s"] if base["epoch_s"] > 0 else math.nan
-    return {"label": label, "changed": "; ".join(changed), "n_base": len(base["acc"]), "n_new": len(new["acc"]),
-            "n_shared": len(shared), "paired": len(shared) >= 2, "base_acc": base_acc, "base_ci": base_ci,
-            "new_acc": new_acc, "new_ci": new_ci, "diff": diff, "diff_ci": diff_ci, "p": p,
-            "base_epoch_s": base["epoch_s"], "new_epoch_s": new["epoch_s"], "time_ratio": ratio}
+def _table(base: pd.DataFrame, new: pd.DataFrame, labels: list[str], ignore: list[str], base_ok: pd.DataFrame,
+           new_ok: pd.DataFrame) -> pd.DataFrame:
+    """One row per shared configuration: both sides, and NEW - BASE paired on the seeds both finished
+    (with at least two of them; else the difference of the means, without a test)."""
+    if not len(base):
+        return pd.DataFrame()
+    pairs = base_ok.merge(new_ok, on=["_key", "_seed"], suffixes=("_base", "_new"))
+    diffs = (pairs["_acc_new"] - pairs["_acc_base"]).groupby(pairs["_key"])
+    n_shared = diffs.count().reindex(base.index, fill_value=0)
+    paired = n_shared >= 2
+    tests = pd.DataFrame({"n": n_shared,
+                          "diff": diffs.mean().reindex(base.index).where(paired, new["mean"] - base["mean"]),
+                          "sd": diffs.std(ddof=1).reindex(base.index).where(paired)})
+    tests = corrected_frame(tests, ALPHA, metric_range("test_acc"))
+    changed = [""] * len(base)
+    if ignore or (base["_tuned"] != "").any() or (new["_tuned"] != "").any():
+        for i, (was, now) in enumerate(zip(base.to_dict("records"), new.to_dict("records"))):
+            items = [f"{c}: {_value(was[c])} → {_value(now[c])}" for c in ignore if was[c] != now[c]]
+            for tuned in dict.fromkeys(filter(None, f"{was['_tuned']},{now['_tuned']}".split(","))):
+                before, after = _tuned_value(was, tuned), _tuned_value(now, tuned)
+                items += [f"{tuned} (tuned): {_value(before)} → {_value(after)}"] if before != after else []
+            changed[i] = "; ".join(items)
+    ratio = (new["epoch_s"] / base["epoch_s"]).where(base["epoch_s"] > 0)
+    return pd.DataFrame({"label": labels, "changed": changed, "n_base": base["n"].to_numpy(),
+                         "n_new": new["n"].to_numpy(), "n_shared": n_shared.to_numpy(), "paired": paired.to_numpy(),
+                         "base_acc": base["mean"].to_numpy(), "base_ci": base["ci"].to_numpy(),
+                         "new_acc": new["mean"].to_numpy(), "new_ci": new["ci"].to_numpy(),
+                         "diff": tests["diff"].to_numpy(), "diff_ci": tests["ci"].to_numpy(),
+                         "diff_low": tests["ci_low"].to_numpy(), "diff_high": tests["ci_high"].to_numpy(),
+                         "level": tests["level"].to_numpy(), "p": tests["p"].to_numpy(),
+                         "p_holm": tests["p_holm"].to_numpy(), "family": tests["family"].to_numpy(),
+                         "base_epoch_s": base["epoch_s"].to_numpy(), "new_epoch_s": new["epoch_s"].to_numpy(),
+                         "time_ratio": ratio.to_numpy()})
+
+
+def _tuned_value(config: dict, key: str):
+    return config[key] if key in CONFIG_COLUMNS else json.loads(config["params"]).get(key)
 
 
 def _value(value) -> str:

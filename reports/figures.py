@@ -13,7 +13,7 @@ import seaborn as sns
 from matplotlib.ticker import MaxNLocator
 
 from bench.safe_text import printable
-from bench.stats import mean_ci
+from bench.stats import interval, mean_ci, metric_range
 from reports.load import Runs
 
 plt.switch_backend("Agg")  # reports are files: never open a window, never need a display
@@ -33,11 +33,18 @@ def natural(label) -> list:
             for part in re.split(r"(\d+(?:\.\d+)?)", str(label)) if part]
 
 
-def student_ci(values) -> tuple[float, float]:
-    """The 95% Student-t interval of the mean over seeds (as in the tables), for seaborn's ``errorbar``;
-    cheaper than its bootstrap, and honest with two or three seeds, where a bootstrap is not."""
+def student_ci(values, bounds: tuple[float, float] = (-math.inf, math.inf)) -> tuple[float, float]:
+    """The 95% Student-t interval of the mean over seeds (as in the tables), clipped to ``bounds`` (the
+    metric's range), for seaborn's ``errorbar``; cheaper than its bootstrap, and honest with two or three
+    seeds, where a bootstrap is not."""
     mean, _, half = mean_ci(values)
-    return (mean, mean) if math.isnan(half) else (mean - half, mean + half)
+    return (mean, mean) if math.isnan(half) else interval(mean, half, bounds)
+
+
+def band(metric: str):
+    """:func:`student_ci` clipped to ``metric``'s range (an accuracy band stays within [0, 1])."""
+    bounds = metric_range(metric)
+    return lambda values: student_ci(values, bounds)
 
 
 def _theme(style: str = "whitegrid") -> None:
@@ -123,7 +130,7 @@ def curves(runs: Runs, metric: str, path: Path, notes: list[str] | None = None) 
     grid = sns.relplot(
         data=hist, kind="line", x="epoch", y=metric, hue="loss_label", style="model_label",
         col="dataset_label", row=row, markers=True, dashes=True,
-        errorbar=student_ci, height=3.6, aspect=1.3, facet_kws={"sharey": False, "sharex": False},
+        errorbar=band(metric), height=3.6, aspect=1.3, facet_kws={"sharey": False, "sharex": False},
     )
     name = {"val_loss": "Validation loss", "val_acc": "Validation accuracy"}.get(metric, metric)
     grid.set_axis_labels("epoch", name.lower())
@@ -264,7 +271,7 @@ def epoch_time(runs: Runs, path: Path, notes: list[str] | None = None) -> Path |
     ok = ok.assign(where=hue)
     grid = sns.catplot(
         data=ok, kind="bar", x="model_label", y="epoch_time_s", hue="where", col="dataset_label",
-        errorbar=student_ci, height=3.8, aspect=1.3, sharey=False,
+        errorbar=band("epoch_time_s"), height=3.8, aspect=1.3, sharey=False,
     )
     grid.set_axis_labels("model", "epoch time (s)")
     grid.set_titles(col_template="{col_name}")

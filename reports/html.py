@@ -131,6 +131,23 @@ WRAP = {"error", "command", "source", "path", "reference (test error)", "a", "b"
 Column = tuple[Sequence[str], Sequence | None]
 
 
+def markdown_cell(value) -> str:
+    """``value`` as one cell of a Markdown table: text, never markup (HTML escaped), a ``|`` that does not
+    end the cell, and line breaks as ``<br>`` so that a name or parameter holding a newline stays in its row."""
+    text = escape(str(value), quote=False).replace("|", "\\|")
+    return text.replace("\r\n", "<br>").replace("\r", "<br>").replace("\n", "<br>")
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """``frame`` as a Markdown (pipe) table, each cell through :func:`markdown_cell`; written directly,
+    not padded: tabulate is slow on tens of thousands of rows."""
+    header = "| " + " | ".join(markdown_cell(c) for c in frame.columns) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    rows = ("| " + " | ".join(markdown_cell(v) for v in row) + " |"
+            for row in zip(*(frame[c].tolist() for c in frame.columns)))
+    return "\n".join([header, rule, *rows])
+
+
 def _number(value) -> str:
     try:
         number = float(value)

@@ -9,6 +9,7 @@ import math
 
 import pandas as pd
 
+from bench.stats import interval, metric_range
 from reports.tables import Tables
 
 #: Metric columns, each with its heading, format and whether larger is better.
@@ -23,7 +24,8 @@ def _missing(value) -> bool:
 def summary_latex(tables: Tables) -> str:
     """The summary (names and the recipe columns that vary, then the metrics) as a LaTeX tabular.
 
-    Accuracy is the mean over seeds ± the 95% confidence half-width; in each dataset (and run) the best
+    Accuracy is the mean over seeds ± the 95% confidence half-width (``[low, high]`` where the interval
+    is clipped to [0, 1]); in each dataset (and run) the best
     accuracy (highest), test loss and epoch time (lowest) are bold.
     """
     summary = tables.summary
@@ -43,7 +45,13 @@ def summary_latex(tables: Tables) -> str:
                 continue
             text = format(value, fmt)
             half = summary.at[i, "test_acc_ci95"] if column == "test_acc" else math.nan
-            texts.append(text + (f" $\\pm$ {half:.4f}" if not _missing(half) else ""))
+            if _missing(half):
+                texts.append(text)
+            elif column == "test_acc" and (value - half < 0 or value + half > 1):  # clipped to [0, 1]
+                low, high = interval(value, half, metric_range("test_acc"))
+                texts.append(f"{text} [{low:.4f}, {high:.4f}]")
+            else:
+                texts.append(f"{text} $\\pm$ {half:.4f}")
         frame[heading] = texts
         best = pd.Series(False, index=frame.index)
         for index in groups.values():

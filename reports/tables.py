@@ -15,15 +15,17 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from bench.config import CONFIG_COLUMNS, row_config
-from bench.references import differences, far_below, matching
+from bench.references import differences, far_below, matching, not_comparable
 from bench.safe_text import csv_text, printable
-from bench.stats import mean_ci, results_only
+from bench.stats import interval, interval_text, mean_ci, metric_range, results_only
 from reports.load import LABELLED, Runs
 
 #: Recipe columns shown under their component's label (with its parameters) rather than the bare name.
 LABEL_OF = {kind: f"{kind}_label" for kind in LABELLED}
-#: Reference columns of the CSV tables (present when a reference applies to some row).
-REFERENCE_COLUMNS = ["reference", "reference_test_error", "reference_gap", "far_below"]
+#: Reference columns of the CSV tables (present when a reference applies to some row). ``reference_gap``
+#: and ``far_below`` are empty and ``not_comparable`` says why where the training is not comparable with
+#: the published one (:func:`bench.references.not_comparable`).
+REFERENCE_COLUMNS = ["reference", "reference_test_error", "reference_gap", "far_below", "not_comparable"]
 
 
 @dataclass
@@ -62,7 +64,8 @@ class Tables:
             out["reference (test error)"] = ([_reference(r, e) for r, e in zip(frame["reference"],
                                                                                frame["reference_test_error"])],
                                              list(frame["reference_test_error"]))
-            out["gap to reference"] = ([_gap(g, f) for g, f in zip(frame["reference_gap"], frame["far_below"])],
+            out["gap to reference"] = ([_gap(g, f, n) for g, f, n in zip(frame["reference_gap"], frame["far_below"],
+                                                                          frame["not_comparable"])],
                                        list(frame["reference_gap"]))
         for name in ("test_loss", "epoch_time_s", "samples_per_s", "n_params"):
             out[name] = ([_fmt(name, v) for v in frame[name]], list(frame[name]))
@@ -87,16 +90,17 @@ def _missing(value) -> bool:
 
 
 def _acc(mean, half) -> str:
-    if _missing(mean):
-        return ""
-    return f"{mean:.4f}" if _missing(half) else f"{mean:.4f} ± {half:.4f}"
+    """``0.9733 ± 0.0876``, or ``0.6385 [0.2516, 1.0000]`` where the interval is clipped to [0, 1]."""
+    return "" if _missing(mean) else interval_text(mean, math.nan if _missing(half) else half, metric_range("test_acc"))
 
 
 def _reference(label, error) -> str:
     return "" if _missing(error) or not label else f"{error:.2%} {label}"
 
 
-def _gap(gap, flagged) -> str:
+def _gap(gap, flagged, why="") -> str:
+    if why and not _missing(why):
+        return f"not comparable: {why}"
     if _missing(gap):
         return ""
     return f"{gap * 100:+.2f} pts" + (" ⚠ far below" if flagged is True else "")
@@ -131,27 +135,30 @@ def _reference_of(runs: Runs, run: str, config: dict) -> dict:
 
 def _reference_columns(reference: dict, config: dict, accuracy: float) -> dict:
     if not reference:
-        return {"reference": "", "reference_test_error": math.nan, "reference_gap": math.nan, "far_below": ""}
+        return {"reference": "", "reference_test_error": math.nan, "reference_gap": math.nan, "far_below": "",
+                "not_comparable": ""}
     label = reference["label"]
     changed = differences(reference, config)
     if changed:
         label += " (published " + ", ".join(f"{k}={want}" for k, (want, _) in changed.items()) + "; here " + \
                  ", ".join(f"{k}={here}" for k, (_, here) in changed.items()) + ")"
-    error = 1.0 - accuracy if not _missing(accuracy) else math.nan
+    why = not_comparable(config)
+    error = 1.0 - accuracy if not _missing(accuracy) and not why else math.nan
     gap = error - reference["test_error"] if not math.isnan(error) else math.nan
     return {"reference": label, "reference_test_error": reference["test_error"], "reference_gap": gap,
-            "far_below": far_below(error, reference) if not math.isnan(error) else ""}
+            "far_below": far_below(error, reference) if not math.isnan(error) else "", "not_comparable": why}
 
 
 def _summarise(group: pd.DataFrame) -> dict:
     ok = group[group["status"] == "ok"]
     mean, std, half = mean_ci(ok["test_acc"].tolist())
+    low, high = interval(mean, half, metric_range("test_acc"))
     statuses = group["status"].value_counts()
     status = "ok" if list(statuses.index) == ["ok"] else ", ".join(f"{n} {s}" for s, n in statuses.items())
     errors = group.loc[group["status"] != "ok", "error"].dropna().astype(str)
     return {
         "seeds": f"{len(ok)}/{len(group)}",
-        "test_acc": mean, "test_acc_std": std, "test_acc_ci95": half,
+        "test_acc": mean, "test_acc_std": std, "test_acc_ci95": half, "test_acc_ci_low": low, "test_acc_ci_high": high,
         "test_loss": ok["test_loss"].mean() if len(ok) else math.nan,
         "epoch_time_s": ok["epoch_time_s"].median() if len(ok) else math.nan,
         "samples_per_s": ok["samples_per_s"].median() if len(ok) else math.nan,
@@ -176,6 +183,7 @@ def make_tables(runs: Runs) -> Tables:
     results = runs.results
     lead = ["run"]  # always here; the CSV files leave it out for a single run (see Tables.csv)
     summary_columns = [*lead, *CONFIG_COLUMNS, *LABELS, "seeds", "test_acc", "test_acc_std", "test_acc_ci95",
+                       "test_acc_ci_low", "test_acc_ci_high",
                        *REFERENCE_COLUMNS, "test_loss", "epoch_time_s", "samples_per_s", "n_params", "status", "error"]
     cell_columns = [*lead, "cell_id", *CONFIG_COLUMNS, "seed", *LABELS, "status", "test_acc", *REFERENCE_COLUMNS,
                     "test_loss", "epoch_time_s", "samples_per_s", "n_params", "error"]

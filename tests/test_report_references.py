@@ -60,23 +60,23 @@ def test_mnist_references_appear_beside_linear_mlp_and_cnn_cells(run):
             error = float(text.split("%")[0]) / 100
             assert f"{error:.2%} {row['reference']}" == text
             assert float(row["reference_test_error"]) == pytest.approx(error)
-            gap = (1 - float(row["test_acc"])) - error  # test error minus the reference's
-            assert float(row["reference_gap"]) == pytest.approx(gap)
-            assert str(row["far_below"]) == str(1 - float(row["test_acc"]) > 2 * error + 0.01)
-    # The Markdown summary (and the terminal) show the reference and the gap in points beside each row.
+            # 1000 training images (--limit): not the training the published result had, so no gap, no flag
+            assert row["reference_gap"] == "" and row["far_below"] == ""
+            assert row["not_comparable"] == "trained on 1000 samples (--limit)"
+    # The Markdown summary (and the terminal) show the reference, and why there is no gap, beside each row.
     for _, row in summary.iterrows():
         depth = json.loads(row["params"]).get("mlp.depth", 1)
         text = expected[(row["model"], row["loss"], depth)]
         if text:
             line = next(line for line in md.splitlines() if text in line and f" {row['loss']} " in line
                         and row["model"] in line)
-            gap = f"{float(row['reference_gap']) * 100:+.2f} pts"
-            assert gap in line and (("far below" in line) == (str(row["far_below"]) == "True"))
+            assert "not comparable: trained on 1000 samples (--limit)" in line and " pts" not in line
     assert LENET in output and LINEAR in output and MLP_MSE in output
+    assert "⚠" not in output and "⚠" not in md
     # The page names each reference's source.
     page = (out / "report" / "index.html").read_text()
     assert "Gradient-based learning applied to document recognition" in page and "Simard" in page
-    assert page.count("far below") >= 1  # 1000 images and one epoch: far from LeNet-5's 0.95%
+    assert "⚠" not in page and "far below its reference" not in page
 
 
 def test_references_are_recorded_in_env_json_with_the_models_defaults(run):
@@ -145,3 +145,32 @@ def test_a_plugin_with_bad_references_is_broken_and_names_them(bench_host):
     (recorded,) = references_for(registry, ["tiny", "mnist"])["tiny"]
     assert recorded["label"] == "3-layer NN" and recorded["defaults"]["depth"] == 1
     assert set(references_for(registry, ["tiny", "mnist"])) == {"tiny", "mnist"}
+
+
+@pytest.mark.parametrize("extra, why", [
+    ([], ""),
+    (["--limit", "100"], "trained on 100 samples (--limit)"),
+    (["--param", "dots.n=200"], "dataset parameters changed (dots.n)"),
+])
+def test_the_gap_is_shown_only_where_training_is_comparable(tmp_path, extra, why):
+    """The gap to a published result (and its far-below flag) needs the published training: the whole
+    training set of the dataset as registered. A --limit or a dataset parameter makes it not comparable."""
+    from tests.stats_test_plugin import DOTS_REFERENCE
+
+    code, output = bench("run", "-p", "tests.stats_test_plugin", "--models", "linear", "--datasets", "dots",
+                         "--losses", "crossentropy", "--epochs", "1", "--device", "cpu", "--threads", "1", "-q",
+                         *extra, "--out", tmp_path / "run", "--report")
+    assert code == 0, output
+    summary = pd.read_csv(tmp_path / "run" / "report" / "summary.csv", keep_default_na=False)
+    row = summary.iloc[0]
+    assert row["reference"] == DOTS_REFERENCE["label"] and row["not_comparable"] == why
+    md = (tmp_path / "run" / "report" / "summary.md").read_text()
+    line = next(line for line in md.splitlines() if DOTS_REFERENCE["label"] in line)
+    if why:
+        assert row["reference_gap"] == "" and row["far_below"] == ""
+        assert f"not comparable: {why}" in line and "pts" not in line and "⚠" not in line
+    else:
+        error = 1 - float(row["test_acc"])
+        assert float(row["reference_gap"]) == pytest.approx(error - DOTS_REFERENCE["test_error"])
+        assert f"{float(row['reference_gap']) * 100:+.2f} pts" in line
+        assert (str(row["far_below"]) == "True") == far_below(error, DOTS_REFERENCE) == ("far below" in line)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 import shlex
 import signal
 import subprocess
@@ -236,7 +237,7 @@ def test_repeat_n_runs_seeds_0_to_n_minus_1_and_prints_statistics(tmp_path):
     assert "paired comparisons" in result.stdout
     pair = next(line for line in lines
                 if line.startswith("mnist ") and "mlp+crossentropy" in line and "linear+crossentropy" in line)
-    assert pair.split()[1] == "recipe" and pair.split()[4] == "3"  # same recipe, n shared seeds
+    assert re.search(r"mnist, limit=500, cpu\s+recipe\s+\S+\s+\S+\s+3\s", pair)  # same recipe, 3 shared seeds
 
 
 def test_leftovers_of_a_crash_between_writes_are_ignored_and_the_cell_redone(tmp_path):

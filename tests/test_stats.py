@@ -1,5 +1,6 @@
 """Seed statistics: Student-t intervals, Holm correction, paired comparisons between configurations."""
 
+import json
 import math
 
 import pandas as pd
@@ -158,3 +159,194 @@ def test_mean_ranks_average_each_configurations_rank_over_datasets():
     assert list(ranks["config"]) == ["x+ce", "y+ce", "z+ce"]
     assert list(ranks["mean_rank"]) == [1.5, 2.0, 2.5]
     assert list(ranks["a"]) == [1.0, 3.0, 2.0] and list(ranks["b"]) == [2.0, 1.0, 3.0]
+
+
+# -- on real runs: comparison groups, the Holm family, intervals within bounds ----------------------------
+
+def _bench(*args) -> tuple[int, str]:
+    from click.testing import CliRunner
+
+    from bench.cli import main
+
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.output
+
+
+QUICK = ["--losses", "crossentropy", "--limit", "2000", "--epochs", "1", "--seeds", "0,1", "--device", "cpu",
+         "--threads", "1", "-q"]
+
+
+def _quick_run(tmp_path_factory, name, *args):
+    out = tmp_path_factory.mktemp("stats") / name
+    code, output = _bench("run", "--models", "linear,mlp", *args, *QUICK, "--out", out)
+    assert code == 0, output
+    return out, output
+
+
+@pytest.fixture(scope="module")
+def two_datasets(tmp_path_factory):
+    """linear and mlp on MNIST and on a second dataset (``dots``, from a test plugin), two seeds."""
+    return _quick_run(tmp_path_factory, "two", "-p", "tests.stats_test_plugin", "--datasets", "mnist,dots")
+
+
+@pytest.fixture(scope="module")
+def val_sizes(tmp_path_factory):
+    """linear and mlp on MNIST with two validation sizes (a dataset parameter), two seeds."""
+    return _quick_run(tmp_path_factory, "val", "--datasets", "mnist", "--param", "mnist.val_size=4000,5000")
+
+
+def _holm_by_hand(ps):
+    """Holm's step-down, written from the textbook: sort, multiply the r-th smallest by m - r, running max."""
+    order = sorted(range(len(ps)), key=lambda i: ps[i])
+    out, running = [0.0] * len(ps), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(ps) - rank) * ps[i]))
+        out[i] = running
+    return out
+
+
+def _check_against_scipy(table, results):
+    """Every comparison's p is scipy's paired t-test on the seeds of its two configurations, p_holm is
+    Holm over the whole table, and its interval is scipy's at the reported level."""
+    from scipy.stats import ttest_rel
+
+    from bench.config import config_keys
+
+    results = results.assign(_key=config_keys(results))
+    summary = stats.aggregate(results)
+    keys = dict(zip(zip(summary["label"], summary["dataset"]), config_keys(summary)))
+    assert len(keys) == len(summary)  # (label, dataset) names one configuration here
+    for row in table.itertuples():
+        a, b = (results[results["_key"] == keys[(label, row.dataset)]].sort_values("seed") for label in (row.a, row.b))
+        test = ttest_rel(list(a["test_acc"]), list(b["test_acc"]))
+        assert row.p == pytest.approx(test.pvalue, rel=1e-6, abs=1e-12)
+        low, high = test.confidence_interval(confidence_level=row.level)
+        assert (row.ci_low, row.ci_high) == (pytest.approx(max(low, -1)), pytest.approx(min(high, 1)))
+    assert list(table["p_holm"]) == pytest.approx(_holm_by_hand(list(table["p"])))
+    assert set(table["family"]) == {len(table)}
+
+
+def test_each_dataset_gets_its_comparisons_and_holm_counts_them_all(two_datasets):
+    """A grid over two datasets whose recipes coincide compares within each dataset: two comparisons, one
+    Holm family of two (not one dataset's comparison, the other's dropped)."""
+    import bench
+
+    out, output = two_datasets
+    table = bench.load(out).comparisons()
+    assert len(table) == 2 and sorted(table["dataset"]) == ["dots", "mnist"]
+    assert list(table["axis"]) == ["recipe", "recipe"]
+    assert list(table["family"]) == [2, 2] and "p (Holm over 2)" in output
+    _check_against_scipy(table, bench.load(out).results)
+
+
+def test_dataset_parameters_split_the_comparison_groups(val_sizes):
+    """``--param mnist.val_size=4000,5000``: linear vs mlp at each validation size, 2 comparisons."""
+    import bench
+
+    out, output = val_sizes
+    table = bench.load(out).comparisons()
+    assert len(table) == 2
+    assert sorted(table["context"]) == [f"mnist [val_size={v}], limit=2000, cpu" for v in (4000, 5000)]
+    assert list(table["family"]) == [2, 2]
+    _check_against_scipy(table, bench.load(out).results)
+    lines = [line for line in output.splitlines() if line.startswith("mnist ") and " recipe " in line]
+    assert len(lines) == 2 and "val_size=4000" in lines[0] + lines[1] and "val_size=5000" in lines[0] + lines[1]
+
+
+def test_every_interval_of_a_two_seed_run_lies_in_0_1(val_sizes, tmp_path):
+    """Two seeds: t(0.975, 1) = 12.7, so a Student-t interval of an accuracy easily passes 1. Clipped to
+    [0, 1] everywhere: the API, the terminal, the report's tables and its figures' bands."""
+    import re
+
+    import bench
+
+    out, output = val_sizes
+    summary = bench.load(out).summary()
+    assert (summary["n"] == 2).all()
+    assert ((summary["mean"] + summary["ci"]) > 1).any() or ((summary["mean"] - summary["ci"]) < 0).any()
+    assert ((summary["ci_low"] >= 0) & (summary["ci_high"] <= 1)).all()
+    assert summary["ci_low"].notna().all()
+    for row in summary.itertuples():  # clipped, not moved: the clipped end is the bound, the other is t's
+        assert row.ci_low == pytest.approx(max(0.0, row.mean - row.ci))
+        assert row.ci_high == pytest.approx(min(1.0, row.mean + row.ci))
+    printed = [float(v) for line in output.splitlines() if "]" in line and line.startswith(("linear", "mlp"))
+               for v in re.findall(r"\[(-?\d+\.\d+), (-?\d+\.\d+)\]", line)[0]]
+    assert len(printed) == 8 and all(0 <= v <= 1 for v in printed)
+    comparisons = bench.load(out).comparisons()
+    assert ((comparisons["ci_low"] >= -1) & (comparisons["ci_high"] <= 1)).all()
+
+    code, text = _bench("report", out, "--out", tmp_path / "report")
+    assert code == 0, text
+    table = pd.read_csv(tmp_path / "report" / "summary.csv")
+    assert ((table["test_acc_ci_low"] >= 0) & (table["test_acc_ci_high"] <= 1)).all()
+    md = (tmp_path / "report" / "summary.md").read_text()
+    for low, high in re.findall(r"\[(-?\d+\.\d+), (-?\d+\.\d+)\]", md):
+        assert 0 <= float(low) <= float(high) <= 1
+    for text in re.findall(r"(\d\.\d+) ± (\d\.\d+)", md):  # the symmetric form only where it fits
+        assert 0 <= float(text[0]) - float(text[1]) and float(text[0]) + float(text[1]) <= 1
+    # the figures' bands: validation accuracy per epoch over the two seeds, clipped the same way
+    from bench.config import config_keys
+    from reports.figures import band
+
+    run = bench.load(out)
+    config = dict(zip(run.results["cell_id"], config_keys(run.results)))
+    history = run.history.assign(config=lambda h: h["cell_id"].map(config))
+    assert history.groupby(["config", "epoch"]).size().eq(2).all()  # two seeds per point
+    for _, group in history.groupby(["config", "epoch"]):
+        low, high = band("val_acc")(list(group["val_acc"]))
+        assert 0 <= low <= high <= 1
+    assert band("val_acc")([0.2, 0.9]) == (0.0, 1.0)  # t's interval is [-3.9, 5.0]
+    assert band("val_loss")([0.1, 2.0])[0] == 0.0  # a loss is >= 0
+
+
+def test_interval_and_verdict_come_from_the_same_correction():
+    """Among six comparisons, one whose uncorrected 95% interval excludes zero (p = 0.045) is tied after
+    Holm: each interval is at its Holm step's level and excludes zero exactly where the verdict is not tied."""
+    from scipy.stats import ttest_rel
+
+    base = [0.900, 0.905, 0.898, 0.903, 0.901]
+    shifts = {"m1": [0.030, 0.031, 0.029, 0.030, 0.030], "m2": [0.004, 0.010, 0.001, 0.008, 0.002],
+              "m3": [0.009, 0.001, 0.002, 0.011, 0.003]}
+    accs = {("m0", "mse"): base, **{(m, "mse"): [b + d for b, d in zip(base, s)] for m, s in shifts.items()}}
+    table = stats.compare(_results(accs))
+    assert len(table) == 6
+    uncorrected = [ttest_rel(accs[(r.a.split("+")[0], "mse")], accs[(r.b.split("+")[0], "mse")])
+                   for r in table.itertuples()]
+    assert any(row.verdict == "tied" and t.confidence_interval(0.95).high < 0
+               for row, t in zip(table.itertuples(), uncorrected))  # what the table showed before
+    assert "tied" in set(table["verdict"]) and len(set(table["verdict"])) > 1
+    for row in table.itertuples():
+        assert (row.ci_low > 0 or row.ci_high < 0) == (row.verdict != "tied"), row
+    assert set(table["family"]) == {6}
+    for row, test in zip(table.itertuples(), uncorrected):
+        assert row.level == pytest.approx(1 - 0.05 * row.p / row.p_holm)
+        low, high = test.confidence_interval(confidence_level=row.level)
+        assert (row.ci_low, row.ci_high) == (pytest.approx(low), pytest.approx(high))
+    assert "CI (Holm)" in stats.format_comparisons(table) and "CI level" in stats.format_comparisons(table)
+
+
+def test_holm_levels_match_the_step_down_thresholds():
+    # p sorted 0.01, 0.02, 0.04 of m=3: steps alpha/3, alpha/2, alpha/1; p_holm 0.03, 0.04, 0.04
+    levels = stats.holm_levels([0.04, 0.01, 0.02], alpha=0.05)
+    assert levels == pytest.approx([0.95, 1 - 0.05 / 3, 1 - 0.05 / 2])
+    # an earlier step failed (p_holm raised by the running max): the level drops below that step's
+    levels = stats.holm_levels([0.03, 0.03], alpha=0.05)
+    assert levels == pytest.approx([1 - 0.05 / 2, 1 - 0.05 / 2])
+    assert math.isnan(stats.holm_levels([float("nan"), 0.5])[0])
+
+
+def test_recipe_groups_that_differ_in_optimizer_parameters_both_stay():
+    """linear vs mlp under sgd with momentum 0 and with 0.9: two recipe groups (their texts once read
+    alike and one replaced the other), and the optimizer axis within each model: four comparisons."""
+    rows = [{"model": m, "loss": "ce", "dataset": "mnist", "params": json.dumps({"sgd.momentum": mom}), "seed": s,
+             "device": "cpu", "status": "ok", "epochs": 2, "batch_size": 256, "lr": 0.01, "optimizer": "sgd",
+             "test_acc": 0.5 + 0.1 * (m == "mlp") + 0.01 * s + mom / 10}
+            for mom in (0, 0.9) for m in ("linear", "mlp") for s in range(3)]
+    table = stats.compare(pd.DataFrame(rows))
+    assert sorted(table["axis"]) == ["optimizer", "optimizer", "recipe", "recipe"]
+    recipe = table[table["axis"] == "recipe"]
+    assert sorted(recipe["fixed"].str.split(",").str[0]) == ["optimizer=sgd [momentum=0.9]",
+                                                            "optimizer=sgd [momentum=0]"]
+    assert set(table["family"]) == {4}
