@@ -112,6 +112,8 @@ class _Tracked:
     #: The ids of this run's cells that the job holds and that have no record yet.
     pending: set[str] = field(default_factory=set)
     seen: set[int] = field(default_factory=set)
+    #: The state the driver last saw it in.
+    state: str = ""
 
     @property
     def cells(self) -> list[str]:
@@ -272,6 +274,7 @@ class SlurmExecutor:
                 for t in waiting:
                     yield from self._collect(t, spool, by_id)
                     state, reason = states.get(t.job_id, ("", ""))
+                    state, t.state = state, state or t.state
                     if t.pending and (state in ENDED or not state):
                         if state == "COMPLETED":  # its last records may still be on their way (a shared filesystem)
                             for _ in range(10):
@@ -456,15 +459,20 @@ class _JobsFile:
 
 
 def _states(job_ids: list[str]) -> dict[str, tuple[str, str]]:
-    """job id -> (state, reason) for the jobs SLURM still knows (finished ones for a while: MinJobAge)."""
+    """job id -> (state, reason) for the jobs SLURM still knows (finished ones for a while: MinJobAge).
+
+    Array tasks that never started are one record under the array's id (``14``, not ``14_2``): a task
+    missing from the answer takes its array's record.
+    """
     if not job_ids:
         return {}
-    result = _command(["squeue", "-h", "-r", "-t", "all", "-j", ",".join(job_ids), "-o", "%i|%T|%r"])
-    out = {}
+    arrays = sorted({job_id.split("_")[0] for job_id in job_ids})
+    result = _command(["squeue", "-h", "-r", "-t", "all", "-j", ",".join(arrays), "-o", "%i|%T|%r"])
+    known = {}
     for line in result.stdout.splitlines():
         job_id, state, reason = (line.split("|") + ["", ""])[:3]
-        out[job_id.strip()] = (state.strip(), reason.strip())
-    return out
+        known[job_id.strip()] = (state.strip(), reason.strip())
+    return {job_id: known.get(job_id) or known.get(job_id.split("_")[0]) or ("", "") for job_id in job_ids}
 
 
 def _why(t: _Tracked, state: str, reason: str, spool: Path) -> str:
@@ -482,7 +490,12 @@ def _why(t: _Tracked, state: str, reason: str, spool: Path) -> str:
                          if re.match(r"^\w*(Error|Exception)\b", line.strip())), "")
     except OSError:
         pass
-    what = f"ended {state}" if state else "is gone from the queue"
+    if state:
+        what = f"ended {state}"
+    elif t.state == "PENDING" and not paths.stderr.exists():  # SLURM forgets an array task cancelled while pending
+        what = "was CANCELLED while pending (it left the queue without starting)"
+    else:
+        what = "is gone from the queue"
     if reason and reason not in ("None", "NonZeroExitCode"):
         what += f" ({reason})"
     return f"slurm job {t.job_id} {what} before it trained this cell" + (f": {said}" if said else "")
