@@ -342,9 +342,17 @@ def run(study: Path | str | Mapping | Study | None = None, *,
         block = {}  # the study's options are for the executor it names
     executor = executor or block.pop("name", None)
     block.pop("name", None)
-    executor_options = {**block, **(executor_options or {})}
-    executor_name, executor_obj = make_executor(registry, executor, jobs, address, executor_options)
-    the_study.executor = {"name": executor_name, **executor_options} if executor_name != "local" else {}
+    given = dict(executor_options or {})
+    executor_options = {**block, **given}
+    try:
+        executor_name, executor_obj = make_executor(registry, executor, jobs, address, executor_options)
+    except OptionError as exc:  # an option that only the study's executor block gave: say so
+        key = exc.text.split(":", 1)[0]
+        if exc.option != "executor_option" or key in given:
+            raise
+        raise BenchError(f"{study_source(study)}: executor: {exc.text.split(': ', 1)[1]}") from None
+    default = executor_name == registry.default("executor") and not executor_options
+    the_study.executor = {} if default else {"name": executor_name, **executor_options}
     trackers = make_trackers(registry, the_study.track)
     data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
 

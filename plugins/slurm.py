@@ -47,8 +47,10 @@ JOBS_FILE = "jobs.json"
 #: Job states after which a job never runs again (squeue's %T).
 ENDED = {"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "OUT_OF_MEMORY", "BOOT_FAIL",
          "DEADLINE", "REVOKED"}
-#: Seconds between two looks at the queue and the spool.
+#: Seconds between two looks at the spool; the queue is asked first as often, then less and less often,
+#: up to every SQUEUE_MAX_S (a cluster's scheduler should not be polled every second for hours).
 POLL_S = 1.0
+SQUEUE_MAX_S = 30.0
 #: Without ``cells_per_job``, a grid is spread over at most this many jobs.
 DEFAULT_JOBS = 4
 #: Filesystems in one machine's memory: a compute node never sees them.
@@ -267,12 +269,20 @@ class SlurmExecutor:
         todo = [(i, c) for i, c in tasks if c.cell_id not in held and c.cell_id not in reported]
         if todo:
             tracked += self._submit(todo, job, spool, jobs)
+        every, asked = POLL_S, 0.0
         try:
             while any(t.pending for t in tracked):
                 waiting = [t for t in tracked if t.pending]
-                states = _states([t.job_id for t in waiting if t.job_id])
+                states = None  # the queue is not asked every time
+                if time.monotonic() - asked >= every:
+                    states = _states([t.job_id for t in waiting if t.job_id])
+                    asked, every = time.monotonic(), min(SQUEUE_MAX_S, every * 1.2)
                 for t in waiting:
                     yield from self._collect(t, spool, by_id)
+                    if not t.pending:
+                        jobs.mark_done(t)
+                    if states is None or not t.pending:
+                        continue
                     state, reason = states.get(t.job_id, ("", ""))
                     state, t.state = state, state or t.state
                     if t.pending and (state in ENDED or not state):
@@ -450,10 +460,6 @@ class _JobsFile:
             entry["done"] = True
             self._write()
 
-    def live_ids(self) -> list[str]:
-        return [entry["job_id"] or f"name:gridbench-{sub['token']}"
-                for sub in self.data["submissions"] for entry in sub["jobs"] if not entry["done"]]
-
 
 # -- asking the scheduler --------------------------------------------------------------------------
 
@@ -539,19 +545,21 @@ def _expand_nodes(nodes: str) -> list[str]:
 
 
 def cancel(run_dir: Path) -> list[str]:
-    """Cancel the jobs a run directory's runs submitted and no driver saw to the end; their ids."""
+    """Cancel the jobs of a run directory that are still queued or running; their ids."""
     path = Path(run_dir) / SPOOL / JOBS_FILE
     if not path.is_file():
         raise BenchError(f"{run_dir} holds no SLURM jobs (no {SPOOL}/{JOBS_FILE})")
     if shutil.which("scancel") is None:
         raise BenchError("scancel is not on the PATH: run bench cancel on the cluster's login node")
-    live = _JobsFile(path).live_ids()
-    ids = [i for i in live if not i.startswith("name:")]
-    names = [i[len("name:"):] for i in live if i.startswith("name:")]
-    if ids:
-        _command(["scancel", *ids])
-    for name in names:
-        _command(["scancel", "--name", name])
+    jobs = _JobsFile(path)
+    tracked = jobs.tracked()
+    jobs.recover_ids(tracked)
+    states = _states([t.job_id for t in tracked if t.job_id])
+    live = [t.job_id for t in tracked if t.job_id and states[t.job_id][0] not in ENDED | {""}]
+    if live:
+        result = _command(["scancel", *live])
+        if result.returncode != 0:
+            raise BenchError(f"scancel failed: {' '.join(result.stderr.split())}")
     return live
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from plugins.slurm import DEFAULTS
 from tests.conftest import REPO, bench_env, run_bench
 from tests.test_executors import assert_same_rows, rows
 
@@ -152,8 +153,12 @@ def test_bench_cancel_cancels_what_a_run_submitted(slurm, tmp_path):
         driver.communicate()
     result = run_bench("cancel", out)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith(f"cancelled {len(ids)} job(s): ")
-    assert wait_for(lambda: {state(i) for i in ids} <= {"CANCELLED", "COMPLETED"}, timeout=60)
+    cancelled = result.stdout.split(": ", 1)[1].strip().split(", ")
+    assert result.stdout.startswith(f"cancelled {len(cancelled)} job(s): ") and set(cancelled) <= set(ids)
+    assert len(cancelled) >= len(ids) - 1  # the driver died at once: at most one job can have finished
+    wait_for(lambda: all(state(i) == "CANCELLED" for i in cancelled), timeout=60)
+    assert {state(i) for i in ids} <= {"CANCELLED", "COMPLETED"}
+    assert run_bench("cancel", out).stdout == "cancelled 0 job(s)\n"  # nothing left to cancel
 
 
 def test_a_cancelled_job_fails_its_cells_and_a_rerun_trains_only_those(slurm, reference, tmp_path):
@@ -220,6 +225,24 @@ def test_bad_slurm_options_exit_2_before_anything_is_submitted(slurm, tmp_path, 
     assert result.returncode == 2
     assert result.stderr.startswith(message) and result.stderr.count("\n") == 1, result.stderr
     assert all_jobs() == before
+
+
+def test_a_study_files_executor_block_gives_the_options_and_x_overrides_them(slurm, tmp_path):
+    study = tmp_path / "study.yaml"
+    study.write_text("models: [linear]\nexecutor: {name: slurm, partition: nope, time: 5, colour: red}\n")
+    result = run_bench("run", "--study", study, "--device", "cpu", "--out", tmp_path / "a")
+    assert result.stderr == f"Error: study {study}: executor: executor 'slurm' has no option 'colour' " \
+                            f"(its options: {', '.join(DEFAULTS)})\n"
+    study.write_text("models: [linear]\nexecutor: {name: slurm, partition: nope, time: 5}\n")
+    result = run_bench("run", "--study", study, "--device", "cpu", "--out", tmp_path / "a")
+    assert result.returncode == 2
+    assert result.stderr.startswith("Error: --executor slurm: unknown partition 'nope'")
+    result = run_bench("run", "--study", study, "-X", "partition=debug", "-X", "time=100000", "--device", "cpu",
+                       "--out", tmp_path / "a")
+    assert result.stderr.startswith("Error: --executor slurm: time 100000 min is more than partition 'debug'")
+    result = run_bench("run", "--study", study, "--executor", "local", "--device", "cpu", "--dry-run",
+                       "--out", tmp_path / "a")
+    assert result.returncode == 0, result.stderr  # the block is for slurm: it does not apply to local
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root and unshare")
