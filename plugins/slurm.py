@@ -134,6 +134,7 @@ class SlurmTask:
         torch.set_num_threads(self.threads)
         spool = Path(self.spool)
         spool.mkdir(parents=True, exist_ok=True)
+        preempted = _watch_preemption()
         done = [k for k in range(len(self.groups)) if (spool / f"{k}.pkl").exists()]
         if done:
             print(f"gridbench: resuming at group {len(done)} of {len(self.groups)} "
@@ -143,6 +144,9 @@ class SlurmTask:
             if path.exists():
                 continue
             records = execute_group(group, self.spec)
+            if preempted:  # submitit's exit hit a cell, which recorded it as its own failure: not its records
+                print(f"gridbench: preempted during group {k}; it trains again when the job restarts", flush=True)
+                sys.exit(-1)
             tmp = path.with_suffix(f".tmp{os.getpid()}")
             with open(tmp, "wb") as f:
                 pickle.dump(records, f)
@@ -154,6 +158,29 @@ class SlurmTask:
         import submitit
 
         return submitit.helpers.DelayedSubmission(self)
+
+
+def _watch_preemption() -> list[int]:
+    """A list that gets an item when submitit's preemption signal arrives (its handler then checkpoints,
+    requeues the job and raises ``SystemExit`` wherever the job is: inside a cell, which would record it
+    as the cell's failure)."""
+    import signal
+
+    preempted: list[int] = []
+    try:
+        from submitit import JobEnvironment
+
+        signum = JobEnvironment._usr_sig()
+    except Exception:  # not in a submitit job, or another submitit
+        signum = signal.SIGUSR2
+    original = signal.getsignal(signum)
+    if callable(original):
+        def on_preempt(number, frame):
+            preempted.append(number)
+            original(number, frame)
+
+        signal.signal(signum, on_preempt)
+    return preempted
 
 
 class SlurmExecutor:
