@@ -314,14 +314,16 @@ def resolved(study: Study, registry, cells, device) -> Study:
                 seeds=list(dict.fromkeys(c.seed for c in cells)), limit=study.limit or 0,
                 device=study.device or str(device), track=study.track, tune=study.tune, trials=study.trials,
                 sampler=study.sampler, tune_metric=study.tune_metric, target=study.target,
-                eval_every=study.eval_every)
+                eval_every=study.eval_every, executor=dict(study.executor))
     if out.grid is None and not any((out.models, out.losses, out.datasets)):
         out.grid = registry.default("grid")
     return out
 
 
-def make_executor(registry, executor: str | None = None, jobs: int | None = None, address: str | None = None):
-    """Build the executor plugin ``executor`` (the plugins' default when None) with the options given."""
+def make_executor(registry, executor: str | None = None, jobs: int | None = None, address: str | None = None,
+                  options: Mapping[str, Any] | None = None):
+    """Build the executor plugin ``executor`` (the plugins' default when None) with the options given:
+    ``jobs``, ``address`` and ``options`` (``{KEY: value}``, the executor's other parameters)."""
     name = executor or registry.default("executor")
     component = registry.get("executor", name)
     given = {key: value for key, value in (("jobs", jobs), ("address", address)) if value is not None}
@@ -329,7 +331,14 @@ def make_executor(registry, executor: str | None = None, jobs: int | None = None
         if key not in component.params:
             raise OptionError(key, f"does not apply to executor '{name}' (its parameters: "
                                    f"{', '.join(component.params) or 'none'})")
-    return name, component.factory(**{**component.params, **given})
+    for key in options or {}:
+        if key not in component.params:
+            from bench.host import close_match_hint
+
+            raise OptionError("executor_option", f"{key}: executor '{name}' has no option '{key}'"
+                                                 f"{close_match_hint(key, list(component.params))} (its options: "
+                                                 f"{', '.join(component.params) or 'none'})")
+    return name, component.factory(**{**component.params, **(options or {}), **given})
 
 
 def make_trackers(registry, names: list[str] | None) -> dict[str, Any]:
@@ -352,7 +361,7 @@ def run(study: Path | str | Mapping | Study | None = None, *,
         address: str | None = None, wait: bool = False, track=None, tune=None, trials: int | None = None,
         sampler: str | None = None, tune_metric: str | None = None, target: str | None = None,
         eval_every: int | None = None, fuse: str = "auto", fuse_max: int = 0, host=None,
-        argv: list[str] | None = None,
+        executor_options: Mapping[str, Any] | None = None, argv: list[str] | None = None,
         echo: Callable[[str], None] = _stderr) -> Run:
     """Run a study and return the :class:`Run`; the options are ``bench run``'s.
 
@@ -364,7 +373,9 @@ def run(study: Path | str | Mapping | Study | None = None, *,
     raises :class:`bench.BenchError` before anything trains; a failing cell does not raise (see
     ``Run.failed``). ``echo`` receives the notes (stderr by default). The run directory is locked while
     the run writes it: another process on the same ``out`` raises :class:`bench.store.RunLocked`
-    naming the holder, unless ``wait=True``.
+    naming the holder, unless ``wait=True``. ``executor`` names where cells train and
+    ``executor_options`` its options (``{"partition": "gpu", "time": 30}`` for ``slurm``); a study's
+    ``executor`` block gives both, these override it.
     """
     from bench.device import resolve_device
     from bench.grid import expand, triples_of
@@ -400,7 +411,22 @@ def run(study: Path | str | Mapping | Study | None = None, *,
     execution = Execution(cuda_graphs=cuda_graphs, compile=compile, target=parse_target(the_study.target),
                           eval_every=the_study.eval_every or 0, fuse=fuse, fuse_max=fuse_max)
     execution.step_mode(torch_device)  # cuda_graphs="on" without cuda: fail before any work
-    executor_name, executor_obj = make_executor(registry, executor, jobs, address)
+    block = dict(the_study.executor)
+    if executor is not None and executor != block.get("name"):
+        block = {}  # the study's options are for the executor it names
+    executor = executor or block.pop("name", None)
+    block.pop("name", None)
+    given = dict(executor_options or {})
+    executor_options = {**block, **given}
+    try:
+        executor_name, executor_obj = make_executor(registry, executor, jobs, address, executor_options)
+    except OptionError as exc:  # an option that only the study's executor block gave: say so
+        key = exc.text.split(":", 1)[0]
+        if exc.option != "executor_option" or key in given:
+            raise
+        raise BenchError(f"{study_source(study)}: executor: {exc.text.split(': ', 1)[1]}") from None
+    default = executor_name == registry.default("executor") and not executor_options
+    the_study.executor = {} if default else {"name": executor_name, **executor_options}
     trackers = make_trackers(registry, the_study.track)
     data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
 
@@ -444,6 +470,7 @@ def run(study: Path | str | Mapping | Study | None = None, *,
 
 def _execute(*, store, cells, the_study, registry, host, torch_device, execution, executor_obj, executor_name,
              trackers, data_dir, cache, notes, force, dry_run, quiet, report, jobs, address, argv, echo, tuning,
+             executor_options,
              seeds_used, out_path, **_):
     """The part of :func:`run` that reads and writes the run directory (locked by the caller)."""
     from bench.env import environment, provenance
@@ -470,7 +497,7 @@ def _execute(*, store, cells, the_study, registry, host, torch_device, execution
 
     env = environment(torch_device, argv or ["bench.run"], execution) | {"cells": len(cells)} | provenance(host)
     env["executor"] = {k: v for k, v in (("executor", executor_name), ("jobs", jobs), ("address", address))
-                       if v is not None}
+                       if v is not None} | dict(executor_options)
     env["references"] = references_for(registry, {cell.dataset for cell in cells})  # published results, for reports
 
     previous_env = store.read_env()  # a damaged env.json is named now, before anything trains

@@ -83,7 +83,7 @@ class BenchGroup(click.Group):
 
 
 #: Library options that are not spelled ``--name-with-dashes`` on the command line.
-FLAGS = {"plugins": "-p", "compile": "--compile", "seeds": "--seeds", "params": "--param"}
+FLAGS = {"plugins": "-p", "compile": "--compile", "seeds": "--seeds", "params": "--param", "executor_option": "-X"}
 #: Options a study file has and the command line has not.
 STUDY_ONLY = ("zip", "exclude", "recipe")
 
@@ -104,14 +104,19 @@ def plugin_option(f, **kwargs):
 
 
 def executor_options(f):
-    """``--executor``, ``--jobs``, ``--address``: where the cells train (see plugins/executors.py)."""
+    """``--executor``, ``--jobs``, ``--address``, ``-X``: where the cells train (see plugins/executors.py,
+    plugins/slurm.py)."""
+    f = click.option("-X", "--executor-option", "executor_option", multiple=True, metavar="KEY=VALUE",
+                     help="An option of the executor, e.g. -X partition=gpu -X time=30 for slurm (repeatable; bench "
+                          "list shows each executor's options; a study's executor block gives them too).")(f)
     f = click.option("--address", metavar="auto|HOST:PORT",
                      help="With --executor ray: the Ray cluster to join [default: start a local instance].")(f)
     f = click.option("--jobs", type=int, metavar="N",
                      help="With --executor process: worker processes [default: one per core, or per GPU].")(f)
     return click.option("--executor", "executor", metavar="NAME",
                         help="Where cells train: local (here, one by one; the default), process (--jobs N "
-                             "workers), ray (a Ray cluster), or a plugin's executor.")(f)
+                             "workers), ray (a Ray cluster), slurm (jobs on a SLURM cluster), or a plugin's "
+                             "executor.")(f)
 
 
 def make_host(plugin_modules=()):
@@ -279,7 +284,7 @@ def _report_interrupt(ctx: click.Context, out: Path) -> None:
 def _run(ctx, *, study, grid, models, losses, datasets, params, seeds, repeat, epochs, batch_size, lr, optimizer,
          weight_decay, schedule, limit, device_spec, out, data_dir, force, wait, dry_run, cuda_graphs, compile_,
          threads, tune, trials, sampler, tune_metric, target, eval_every, track, quiet, make_report, plugin_modules,
-         executor, jobs, address, fuse, fuse_max):
+         executor, jobs, address, executor_option, fuse, fuse_max):
     from bench import api
 
     host, _ = make_host(plugin_modules)
@@ -291,7 +296,7 @@ def _run(ctx, *, study, grid, models, losses, datasets, params, seeds, repeat, e
         report=False,
         host=host, executor=executor, jobs=jobs, address=address, track=track, tune=list(tune), trials=trials,
         sampler=sampler, tune_metric=tune_metric, target=target, eval_every=eval_every, fuse=fuse,
-        fuse_max=fuse_max, argv=ctx.find_root().obj["argv"],
+        fuse_max=fuse_max, executor_options=parse_executor_options(executor_option), argv=ctx.find_root().obj["argv"],
         echo=lambda message: echo(message, err=True),
     )
     if dry_run:
@@ -320,6 +325,22 @@ def _run(ctx, *, study, grid, models, losses, datasets, params, seeds, repeat, e
             echo(f"  {row['model']}+{row['loss']} on {row['dataset']} seed={row['seed']}: {row['error']}",
                  err=True, one_line=True)
         sys.exit(1)
+
+
+def parse_executor_options(tokens) -> dict:
+    """``-X KEY=VALUE`` options -> ``{KEY: value}``, each value read as YAML (``30`` a number, ``a,b`` a string)."""
+    import yaml
+
+    out = {}
+    for token in tokens:
+        key, eq, value = token.partition("=")
+        if not eq or not key.strip():
+            raise OptionError("executor_option", f"{token}: expected KEY=VALUE")
+        try:
+            out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError:
+            out[key.strip()] = value
+    return out
 
 
 def resume_command(ctx: click.Context, out: Path) -> str:

@@ -99,9 +99,10 @@ def bench_register_executors(register):
     job.spec)``, or ``bench.runner.failed_record`` when a worker died. The driver alone writes the
     records to the run directory; the generator's ``close()`` must stop any workers.
 
-    ``params`` are the factory's keyword defaults: ``jobs`` receives ``--jobs N`` and ``address``
-    receives ``--address``. The factory raises ``bench.BenchError`` when the executor cannot be
-    used here (e.g. a missing optional dependency), saying how to fix it.
+    ``params`` are the factory's keyword defaults: ``jobs`` receives ``--jobs N``, ``address``
+    receives ``--address``, any other one ``-X KEY=VALUE`` (or the study's ``executor`` block). The
+    factory raises ``bench.BenchError`` when the executor cannot be used here (e.g. a missing optional
+    dependency), saying how to fix it.
     """
 
 

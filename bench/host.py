@@ -38,7 +38,7 @@ class BrokenPlugin(RuntimeError):
 
 #: Built-in plugin modules, loaded exactly like a ``-p`` module.
 BUILTIN_PLUGINS = (
-    "plugins.models", "plugins.losses", "plugins.datasets", "plugins.grids", "plugins.executors",
+    "plugins.models", "plugins.losses", "plugins.datasets", "plugins.grids", "plugins.executors", "plugins.slurm",
     "plugins.optimizers", "plugins.schedules", "plugins.progress", "plugins.trackers",
 )
 

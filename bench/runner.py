@@ -115,6 +115,8 @@ class Job:
     execution: Execution | None = None
     #: The driver's resident datasets (the local executor trains on them).
     cache: DataCache | None = None
+    #: The run directory (an executor that submits jobs keeps their ids there, under a folder of its own).
+    run_dir: Path | None = None
 
     @property
     def spec(self) -> WorkSpec:
@@ -417,7 +419,7 @@ def run_cells(
     done = done or {}
     rows: dict[int, dict[str, Any]] = {i: done[c.cell_id] for i, c in enumerate(cells) if c.cell_id in done}
     tasks = [(i, c) for i, c in enumerate(cells) if c.cell_id not in done]
-    job = Job(registry, device, Path(data_dir), tuple(plugin_modules), events, execution, cache)
+    job = Job(registry, device, Path(data_dir), tuple(plugin_modules), events, execution, cache, store.root)
     records = (executor or LocalExecutor()).run(tasks, job)
     try:
         for record in records:

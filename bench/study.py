@@ -20,6 +20,7 @@ File format (every key optional)::
     seeds: [0, 1, 2]
     limit: 5000
     device: cpu
+    executor: {name: slurm, partition: debug, time: 30}   # where cells train, and its options
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from bench.errors import BenchError, OptionError
 
 #: The keys a study file may have.
 STUDY_KEYS = ("models", "losses", "datasets", "grid", "params", "recipe", "zip", "exclude", "seeds", "limit",
-              "device", "track", "tune", "trials", "sampler", "tune_metric", "target", "eval_every")
+              "device", "track", "tune", "trials", "sampler", "tune_metric", "target", "eval_every", "executor")
 #: Recipe fields holding plugin names (the others are numbers).
 NAME_FIELDS = ("optimizer", "schedule")
 INT_FIELDS = ("batch_size", "epochs")
@@ -76,13 +77,17 @@ class Study:
     #: training steps) to evaluate on the validation split besides each epoch's end.
     target: str | None = None
     eval_every: int | None = None
+    #: Where the cells train (not part of any cell's configuration): ``{"name": "slurm", OPTION: value, ...}``;
+    #: the command line's ``--executor`` and ``-X KEY=VALUE`` override it.
+    executor: dict[str, Any] = field(default_factory=dict)
 
     def merged(self, override: Study) -> Study:
         """This study with every key that ``override`` sets replaced (recipe and params key by key)."""
-        out = dataclasses.replace(self, params=dict(self.params), recipe=dict(self.recipe), tune=dict(self.tune))
+        out = dataclasses.replace(self, params=dict(self.params), recipe=dict(self.recipe), tune=dict(self.tune),
+                                  executor=dict(self.executor))
         for f in dataclasses.fields(self):
             value = getattr(override, f.name)
-            if f.name in ("params", "recipe", "tune"):
+            if f.name in ("params", "recipe", "tune", "executor"):
                 getattr(out, f.name).update(value)
             elif value not in (None, [], {}):
                 setattr(out, f.name, value)
@@ -91,7 +96,8 @@ class Study:
     def sets_grid(self) -> bool:
         """Does it say what to train (anything but seeds-independent settings)?"""
         return any(getattr(self, k) not in (None, [], {}) for k in STUDY_KEYS
-                   if k not in ("device", "track", "trials", "sampler", "tune_metric", "target", "eval_every"))
+                   if k not in ("device", "track", "trials", "sampler", "tune_metric", "target", "eval_every",
+                                 "executor"))
 
     def to_dict(self) -> dict[str, Any]:
         """The study as a plain mapping, for ``study.yaml`` (keys that are not set are left out)."""
@@ -334,12 +340,27 @@ def from_mapping(data: Any, source: str = "study") -> Study:
         study.eval_every = at("eval_every", integer, "eval_every", data["eval_every"], 0)
     if data.get("track") is not None:
         study.track = at("track", _names, "track", data["track"])
+    if data.get("executor") is not None:
+        study.executor = executor_block(data["executor"], source)
     if data.get("device") is not None:
         if not isinstance(data["device"], str):
             raise BenchError(f"{source}: device: must be a string (auto, cpu, cuda, cuda:N, mps), "
                              f"got {data['device']!r}")
         study.device = data["device"]
     return study
+
+
+def executor_block(value: Any, source: str = "study") -> dict[str, Any]:
+    """A study's ``executor``: a name, or a mapping with ``name`` and the executor's options."""
+    if isinstance(value, str) and value.strip():
+        return {"name": value.strip()}
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise BenchError(f"{source}: executor: must be a name or a mapping {{name: NAME, OPTION: value, ...}}, "
+                         f"got {value!r}")
+    name = value.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise BenchError(f"{source}: executor: needs a name (e.g. name: slurm), got {value!r}")
+    return {**value, "name": name.strip()}
 
 
 def load(path: Path | str) -> Study:

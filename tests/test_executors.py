@@ -206,7 +206,7 @@ def test_a_plugin_executor_runs_the_grid_and_the_driver_keeps_grid_order(cli, tm
 
 @pytest.mark.parametrize("args, message", [
     (["--executor", "proces"],
-     "Error: unknown executor 'proces' (did you mean 'process'?); valid: local, process, ray"),
+     "Error: unknown executor 'proces' (did you mean 'process'?); valid: local, process, ray, slurm"),
     (["--jobs", "2"], "Error: --jobs does not apply to executor 'local' (its parameters: none)"),
     (["--executor", "process", "--address", "auto"], "Error: --address does not apply to executor 'process'"),
     (["--executor", "process", "--jobs", "0"], "Error: --jobs must be >= 1, got 0"),
