@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -155,9 +156,10 @@ def check_output_file(path: Path | str, option: str) -> Path:
 def prepare_report_dir(out: Path, runs: list[Path]) -> None:
     """Make ``out`` the report directory of ``runs``, refusing to write where a report would overwrite or
     damage what is not a report: a folder that is neither new, empty nor an earlier gridbench report,
-    one inside a run directory's ``cells/`` or ``weights/``, one inside another run directory, or one
-    whose parent folder does not exist. The marker (``report.json``) is written first, so a report
-    killed half-way is still recognised as one (and may be overwritten)."""
+    one inside a run directory's ``cells/`` or ``weights/``, one inside another run directory, one
+    whose parent folder does not exist, or an earlier report that holds a symlink. The marker
+    (``report.json``) is written first, so a report killed half-way is still recognised as one (and may be
+    overwritten)."""
     resolved = out.resolve()
     for run in runs:
         root = run.resolve()
@@ -179,6 +181,11 @@ def prepare_report_dir(out: Path, runs: list[Path]) -> None:
             shown = ", ".join(entries[:4]) + (f" and {len(entries) - 4} more" if len(entries) > 4 else "")
             raise BenchError(f"{out} is not empty and is not a gridbench report (it holds {shown}): a report "
                              "is written only into a new or empty directory or over an earlier report; choose another")
+        link = next((Path(top, name) for top, dirs, files in os.walk(out) for name in [*dirs, *files]
+                     if Path(top, name).is_symlink()), None)
+        if link is not None:  # a report never holds one: writing through it would write outside the report
+            raise BenchError(f"{link} is a symlink (to {os.readlink(link)}) in the report {out}: gridbench writes "
+                             "only inside the report directory; remove it or choose another")
     try:
         out.mkdir(exist_ok=True)
     except OSError as exc:

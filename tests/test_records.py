@@ -158,6 +158,19 @@ def test_a_report_is_never_written_into_another_run(finished_run, run_copy):
     assert snapshot(run_copy) == before
 
 
+def test_a_report_never_writes_through_a_symlink_in_an_earlier_report(finished_run, tmp_path):
+    """Its figures were written through a symlinked figures/ into the folder it points to."""
+    report = tmp_path / "report"
+    assert bench("report", finished_run, "--out", report).exit_code == 0
+    elsewhere = tmp_path / "elsewhere"
+    shutil.move(report / "figures", elsewhere)
+    (report / "figures").symlink_to(elsewhere, target_is_directory=True)
+    before = snapshot(elsewhere)
+    line = error_line(bench("report", finished_run, "--out", report))
+    assert f"{report / 'figures'} is a symlink (to {elsewhere}) in the report {report}" in line
+    assert snapshot(elsewhere) == before
+
+
 def test_a_report_folder_is_created_only_in_a_folder_that_exists(finished_run, tmp_path):
     out = tmp_path / "missing" / "report"
     line = error_line(bench("report", finished_run, "--out", out))
