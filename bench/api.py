@@ -106,7 +106,7 @@ class Run:
         entry = records[cell_id].get("templates") or {}
         if not entry.get("path"):
             raise BenchError(f"cell {cell_id} has no templates: {entry.get('error', 'it did not finish')}")
-        arrays = load_file(str(self.path / entry["path"]))
+        arrays = load_file(str(self.store.path_of(entry["path"])))  # never a file outside the run
         return arrays["templates"], records[cell_id].get("classes", []), entry.get("kind", "")
 
     def summary(self, metric: str = "test_acc"):

@@ -476,7 +476,8 @@ def write_report(run_dirs: list[Path], out: Path | None, cell_figures: bool = Fa
               "some configuration: mean test accuracy lower by more than X, or median epoch time more than R times; "
               "also when no configuration is in both runs (nothing could be checked).")
 @click.option("--markdown", type=click.Path(path_type=Path), metavar="FILE",
-              help="Also write the comparison as Markdown (e.g. $GITHUB_STEP_SUMMARY).")
+              help="Also write the comparison as Markdown (e.g. $GITHUB_STEP_SUMMARY), into a folder that exists and "
+                   "is not a run directory.")
 def compare(base, new, ignore, fail_on, markdown):
     """Compare two runs (run directories or report folders) configuration by configuration.
 
@@ -485,7 +486,10 @@ def compare(base, new, ignore, fail_on, markdown):
     --fail-on margins are exceeded (or nothing is in both runs to check them on), 2 on bad input.
     """
     from reports.compare import compare_runs
+    from reports.load import check_output_file
 
+    if markdown is not None:  # before comparing: a bad path is bad input, nothing written
+        check_output_file(markdown, "--markdown")
     result = compare_runs(base, new, ignore=ignore, margins=fail_on)
     echo(result.terminal(), nl=False)
     if markdown is not None:

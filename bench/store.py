@@ -19,8 +19,12 @@ a cell whose outputs are all on disk: a rerun skips exactly those (see :meth:`Ru
 
 The records are the source of truth: :meth:`RunStore.results` and :meth:`RunStore.history` are
 derived from them, never read back from the CSV files, which exist for people and scripts. A record
-that cannot be read (truncated, not JSON, without its row, under another cell's name) is never
-skipped: every read of the records raises a :class:`BenchError` that names the file. Its contents
+that cannot be read (truncated, not JSON, without its row, under another cell's name, too large) or
+holds a value of the wrong type or range (:func:`check_record`) is never skipped: every read of the
+records raises a :class:`BenchError` that names the file.
+
+Nothing is read or written outside the directory: a symlinked ``cells/`` or ``weights/`` is refused,
+and so is a path in a record that leads out of ``weights/`` (see :mod:`bench.files`). Its contents
 cannot be rebuilt (its metrics exist nowhere else), so the user decides: move it away, and the next
 run trains that cell again.
 """
@@ -31,6 +35,7 @@ import csv
 import errno
 import io
 import json
+import math
 import os
 import re
 import socket
@@ -45,6 +50,7 @@ from typing import Any
 
 from bench.config import IDENTITY_COLUMNS
 from bench.errors import BenchError, OptionError
+from bench.files import ENV_MAX, RECORD_MAX, TABLE_MAX, Refused, check_folder, excerpt, inside, read_bounded
 from bench.safe_text import csv_cell, read_csv_frame
 
 #: One row per cell: its id and identity (bench.config), then outcome, metrics, timings and how it ran.
@@ -71,6 +77,11 @@ TMP_SUFFIX = ".tmp"
 _TEMPORARY = re.compile(r"^\..+\.(csv|json|safetensors)\.[A-Za-z0-9_]+(\.tmp)?$")
 #: errno values that mean the disk (or the user's quota) is full.
 _NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+def _lock_file(name: str) -> bool:
+    """The lock, its holder file, or the holder file's temporary: what a starting ``bench run`` writes first."""
+    return name in (LOCK_FILE, HOLDER_FILE) or (name.startswith(f".{HOLDER_FILE}.") and name.endswith(TMP_SUFFIX))
 
 
 def _umask() -> int:
@@ -200,19 +211,28 @@ class RunStore:
     def cells_dir(self) -> Path:
         return self.root / "cells"
 
+    def folder(self, name: str) -> Path:
+        """``cells/`` or ``weights/``, refused (:class:`BenchError`) if a symlink or outside the run directory:
+        records and weights are read and written only inside it."""
+        return check_folder(self.root, name)
+
+    def path_of(self, relative: str) -> Path:
+        """A file a record names (``weights/ID.safetensors``), refused unless it resolves inside the run."""
+        return inside(self.root, relative)
+
     # -- ownership and the lock -----------------------------------------------------------------
 
     def is_run_dir(self) -> bool:
         """Whether the directory is a gridbench run: claimed by ``bench run`` (its lock file is there),
         or with gridbench's ``env.json`` (also a damaged one beside a ``cells/`` folder)."""
-        if (self.root / LOCK_FILE).is_file():
-            return True
+        if (self.root / LOCK_FILE).is_file() and self.cells_dir.is_dir():
+            return True  # claimed by bench run (a lock file alone, e.g. an empty one a user made, is not)
         env = self.root / "env.json"
         if not env.is_file():
             return False
         try:
-            data = json.loads(env.read_bytes())
-        except (OSError, ValueError):
+            data = json.loads(read_bounded(env, ENV_MAX))
+        except (OSError, ValueError, RecursionError):
             return self.cells_dir.is_dir()  # ours, damaged: read_env names it
         return isinstance(data, dict) and "gridbench" in data
 
@@ -227,8 +247,8 @@ class RunStore:
             entries = sorted(p.name for p in self.root.iterdir())
         except OSError as exc:
             raise BenchError(f"cannot read the directory {self.root}: {exc.strerror}") from None
-        if not entries or self.is_run_dir():
-            return
+        if all(_lock_file(name) for name in entries) or self.is_run_dir():
+            return  # new, empty but for the lock of a run starting (or killed as it started), or an earlier run's
         shown = ", ".join(entries[:4]) + (f" and {len(entries) - 4} more" if len(entries) > 4 else "")
         raise BenchError(f"{self.root} is not empty and is not a gridbench run directory (it holds {shown}): "
                          "gridbench writes only into a new or empty directory or an earlier run's; choose another")
@@ -236,8 +256,8 @@ class RunStore:
     def holder(self) -> dict[str, Any] | None:
         """Who holds (or last held) the lock, from the holder file: ``{"pid", "host", "since"}``."""
         try:
-            data = json.loads((self.root / HOLDER_FILE).read_bytes())
-        except (OSError, ValueError):
+            data = json.loads(read_bounded(self.root / HOLDER_FILE, 64 * 1024))
+        except (OSError, ValueError, RecursionError):
             return None
         return data if isinstance(data, dict) else None
 
@@ -303,7 +323,7 @@ class RunStore:
         """Delete the temporary files of writes that never finished (a process killed mid-write).
         Only safe under the lock: a live writer's temporary file would be taken from under it."""
         removed = []
-        for folder in (self.root, self.cells_dir, self.root / "weights"):
+        for folder in (self.root, self.folder("cells"), self.folder("weights")):
             if not folder.is_dir():
                 continue
             for path in folder.iterdir():
@@ -313,8 +333,10 @@ class RunStore:
         return removed
 
     def create(self) -> None:
+        """Create ``cells/``; a symlinked ``cells/`` or ``weights/`` is refused before anything is written."""
+        self.folder("weights")
         try:
-            self.cells_dir.mkdir(parents=True, exist_ok=True)
+            self.folder("cells").mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise write_error(self.cells_dir, exc) from None
 
@@ -333,12 +355,16 @@ class RunStore:
         if not path.exists():
             return {}
         try:
-            env = json.loads(path.read_bytes())
+            inside(self.root, "env.json")
+            env = json.loads(read_bounded(path, ENV_MAX))
+        except Refused as exc:
+            raise BenchError(f"{path} is not read ({exc.reason}): move it away, and the next bench run into this "
+                             "directory writes a new one") from None
         except OSError as exc:
             raise BenchError(f"cannot read {path}: {exc.strerror}") from None
-        except ValueError as exc:
-            raise BenchError(f"{path} is damaged (not valid JSON: {_one_line(exc)}): move it away, and the next "
-                             "bench run into this directory writes a new one") from None
+        except (ValueError, RecursionError) as exc:
+            raise BenchError(f"{path} is damaged (not valid JSON: {_one_line(exc)[:200]}): move it away, and the "
+                             "next bench run into this directory writes a new one") from None
         if not isinstance(env, dict):
             raise BenchError(f"{path} is damaged (not a JSON object): move it away, and the next bench run into "
                              "this directory writes a new one")
@@ -351,17 +377,18 @@ class RunStore:
         from safetensors.torch import save
 
         rel = f"weights/{cell_id}.safetensors"
+        self.folder("weights")
         atomic_write(self.root / rel, save({k: v.contiguous() for k, v in tensors.items()}))
         return rel
 
     def write_cell(self, record: dict[str, Any]) -> None:
         """Persist one finished (or failed) cell, then the staged env.json, then rebuild the tables."""
-        atomic_write(self.cells_dir / f"{record['row']['cell_id']}.json", json.dumps(record, sort_keys=True))
+        atomic_write(self.folder("cells") / f"{record['row']['cell_id']}.json", json.dumps(record, sort_keys=True))
         self.rebuild_tables()
 
     def record_paths(self) -> list[Path]:
         """The record files: ``cells/*.json`` (temporary files, whose names start with a dot, are not)."""
-        if not self.cells_dir.is_dir():
+        if not self.folder("cells").is_dir():
             return []
         return sorted(p for p in self.cells_dir.glob("*.json") if not p.name.startswith("."))
 
@@ -371,7 +398,10 @@ class RunStore:
         records, damaged = [], []
         for path in self.record_paths():
             try:
+                inside(self.root, path.relative_to(self.root), "the record")
                 records.append(_read_record(path))
+            except Refused as exc:
+                damaged.append((path, exc.reason))
             except _Damaged as exc:
                 damaged.append((path, str(exc)))
         if damaged:
@@ -389,7 +419,7 @@ class RunStore:
         for record in self.records():
             row = record["row"]
             if row.get("status") == "skipped" or (
-                    row.get("status") == "ok" and (not row.get("weights") or (self.root / row["weights"]).is_file())):
+                    row.get("status") == "ok" and (not row.get("weights") or self.path_of(row["weights"]).is_file())):
                 done[row["cell_id"]] = row
         return done
 
@@ -442,7 +472,7 @@ class _Damaged(Exception):
 
 def _read_text(path: Path) -> str:
     try:
-        return path.read_text()
+        return read_bounded(path, TABLE_MAX).decode()
     except OSError as exc:
         raise BenchError(f"cannot read {path}: {exc.strerror}") from None
     except UnicodeDecodeError:
@@ -450,8 +480,11 @@ def _read_text(path: Path) -> str:
 
 
 def _read_record(path: Path) -> dict[str, Any]:
+    """One record file, checked (:func:`check_record`); every problem is a :class:`_Damaged` saying what."""
     try:
-        data = path.read_bytes()
+        data = read_bounded(path, RECORD_MAX)
+    except Refused as exc:
+        raise _Damaged(exc.reason) from None
     except OSError as exc:
         raise _Damaged(f"cannot be read: {exc.strerror}") from None
     if not data.strip():
@@ -459,12 +492,124 @@ def _read_record(path: Path) -> dict[str, Any]:
     try:
         record = json.loads(data)
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
-        raise _Damaged(f"not valid JSON: {_one_line(exc)}") from None
+        raise _Damaged(f"not valid JSON: {_one_line(exc)[:200]}") from None
+    except RecursionError:
+        raise _Damaged("not valid JSON: nested too deeply") from None
     if not isinstance(record, dict) or not isinstance(record.get("row"), dict):
         raise _Damaged("no 'row' object: not a cell record")
     cell_id = record["row"].get("cell_id")
     if cell_id != path.stem:
-        raise _Damaged(f"its row is for cell {cell_id!r}, not {path.stem!r}")
-    if not isinstance(record["row"].get("status"), str):
-        raise _Damaged("its row has no status")
+        raise _Damaged(f"its row is for cell {excerpt(cell_id)}, not {path.stem!r}")
+    check_record(record)
     return record
+
+
+#: The record's row: columns that must be there, and the type (and range) of those that may be.
+_STATUSES = ("ok", "failed", "skipped")
+_NAMES = ("model", "loss", "dataset")
+_TEXT = ("params", "device", "optimizer", "schedule", "phase", "tuning", "error", "weights", "step",
+         "execution_note", "target", "fused_group")
+_COUNTS = {"epochs": 1, "batch_size": 1, "limit": 0, "n_params": 0, "trial": 0, "target_epoch": 0,
+           "target_steps": 0, "fused_size": 1}
+_FRACTIONS = ("test_acc", "val_acc", "train_acc")
+_NUMBERS = ("test_loss", "val_loss", "train_loss")
+_NON_NEGATIVE = ("lr", "weight_decay", "train_time_s", "epoch_time_s", "eval_time_s", "samples_per_s",
+                 "data_time_s", "warmup_time_s", "target_time_s")
+#: The largest count a confusion matrix may hold (no test set comes near it; int64 sums stay exact).
+CONFUSION_MAX = 10 ** 12
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_values(entry: dict[str, Any], where: str) -> None:
+    """Types and ranges of the known columns of a row or history entry (None and "" mean no value)."""
+    for key, value in entry.items():
+        if value is None or (value == "" and key not in _NAMES):
+            continue
+        if key in _NAMES or key in _TEXT or key == "cell_id":
+            ok, want = isinstance(value, str), "a string"
+        elif key in _COUNTS or key in ("seed", "epoch"):
+            low = 1 if key == "epoch" else _COUNTS.get(key, 0)
+            ok, want = _is_int(value) and (key == "seed" or value >= low), f"an integer >= {low}"
+            want = "an integer" if key == "seed" else want
+        elif key in _FRACTIONS:
+            ok = _is_number(value) and (math.isnan(value) or 0 <= value <= 1)
+            want = "a number from 0 to 1"
+        elif key in _NUMBERS:
+            ok, want = _is_number(value), "a number"
+        elif key in _NON_NEGATIVE:
+            ok, want = _is_number(value) and not value < 0, "a number >= 0"
+        else:
+            continue
+        if not ok:
+            raise _Damaged(f"{where}{key} is {excerpt(value)}, not {want}")
+
+
+def _relative_file(value: Any, folder: str, where: str) -> None:
+    """A path a record holds: relative, inside ``folder`` of the run directory, no ``..``."""
+    if not isinstance(value, str) or not value:
+        raise _Damaged(f"{where} is {excerpt(value)}, not a path")
+    parts = value.replace("\\", "/").split("/")
+    if value.startswith(("/", "\\")) or ":" in parts[0] or parts[0] != folder or len(parts) != 2 \
+            or parts[1] in ("", ".", ".."):
+        raise _Damaged(f"{where} is {excerpt(value)}, not a file in the run directory's {folder}/")
+
+
+def check_record(record: dict[str, Any]) -> None:
+    """Raise :class:`_Damaged` unless ``record`` has the shape ``bench run`` writes: a row naming its cell
+    (model, loss, dataset, seed, status) with values of the right type and range, a list of history
+    entries, a confusion matrix of counts, paths that stay inside the run directory."""
+    row = record["row"]
+    status = row.get("status")
+    if status not in _STATUSES:
+        raise _Damaged(f"its row has status {excerpt(status)}, not one of {', '.join(_STATUSES)}"
+                       if status is not None else "its row has no status")
+    for key in _NAMES:
+        if not isinstance(row.get(key), str) or not row[key].strip():
+            raise _Damaged(f"its row has no {key}" if row.get(key) in (None, "") else
+                           f"row.{key} is {excerpt(row[key])}, not a name")
+    if not _is_int(row.get("seed")):
+        raise _Damaged("its row has no seed" if row.get("seed") is None else
+                       f"row.seed is {excerpt(row['seed'])}, not an integer")
+    _check_values(row, "row.")
+    if row.get("params") not in (None, ""):
+        try:
+            params = json.loads(row["params"])
+        except ValueError:
+            params = None
+        if not isinstance(params, dict):
+            raise _Damaged(f"row.params is {excerpt(row['params'])}, not a JSON object")
+    if row.get("weights"):
+        _relative_file(row["weights"], "weights", "row.weights")
+    if not _is_int(record.get("index", 0)) or record.get("index", 0) < 0:
+        raise _Damaged(f"index is {excerpt(record['index'])}, not an integer >= 0")
+    history = record.get("history", [])
+    if not isinstance(history, list):
+        raise _Damaged(f"history is {excerpt(history)}, not a list")
+    for i, entry in enumerate(history):
+        if not isinstance(entry, dict):
+            raise _Damaged(f"history[{i}] is {excerpt(entry)}, not an object")
+        _check_values(entry, f"history[{i}].")
+    classes = record.get("classes", [])
+    if not isinstance(classes, list) or not all(isinstance(c, (str, int)) for c in classes):
+        raise _Damaged(f"classes is {excerpt(classes)}, not a list of class names")
+    confusion = record.get("confusion")
+    if confusion is not None:
+        n = len(confusion) if isinstance(confusion, list) else -1
+        if not (isinstance(confusion, list) and all(isinstance(r, list) and len(r) == n for r in confusion)):
+            raise _Damaged(f"confusion is {excerpt(confusion)}, not a square matrix")
+        if any(not _is_int(v) or not 0 <= v <= CONFUSION_MAX for r in confusion for v in r):
+            bad = next(v for r in confusion for v in r if not _is_int(v) or not 0 <= v <= CONFUSION_MAX)
+            raise _Damaged(f"confusion holds {excerpt(bad)}, not a count from 0 to {CONFUSION_MAX:.0e}")
+    templates = record.get("templates")
+    if templates is not None:
+        if not isinstance(templates, dict) or not all(isinstance(v, str) for v in templates.values()):
+            raise _Damaged(f"templates is {excerpt(templates)}, not an object of strings")
+        if "path" in templates:
+            _relative_file(templates["path"], "weights", "templates.path")

@@ -34,6 +34,7 @@ from typing import Any
 
 from bench.config import RECIPE_FIELDS, Recipe
 from bench.errors import BenchError, OptionError
+from bench.files import STUDY_MAX, STUDY_VALUES_MAX, Refused, count_values, excerpt, read_bounded
 
 #: The keys a study file may have.
 STUDY_KEYS = ("models", "losses", "datasets", "grid", "params", "recipe", "zip", "exclude", "seeds", "limit",
@@ -117,9 +118,9 @@ def _names(where: str, value: Any) -> list[str]:
     elif isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
         items = [v.strip() for v in value]
     else:
-        raise BenchError(f"{where} must be a list of names or a comma-separated string, got {value!r}")
+        raise BenchError(f"{where} must be a list of names or a comma-separated string, got {excerpt(value)}")
     if not items or not all(items):
-        raise BenchError(f"{where} needs a comma-separated list of names, got {value!r}")
+        raise BenchError(f"{where} needs a comma-separated list of names, got {excerpt(value)}")
     return list(dict.fromkeys(items))
 
 
@@ -128,24 +129,24 @@ def _values(where: str, value: Any) -> list:
     if isinstance(value, str):
         items = [v.strip() for v in value.split(",")]
         if not all(items):
-            raise BenchError(f"{where}: empty value in {value!r}")
+            raise BenchError(f"{where}: empty value in {excerpt(value)}")
         return items
     if isinstance(value, (list, tuple)):
         if not value:
             raise BenchError(f"{where} needs at least one value")
         for v in value:
             if not isinstance(v, (str, int, float, bool)):
-                raise BenchError(f"{where}: {v!r} is not a number, a string or a boolean")
+                raise BenchError(f"{where}: {excerpt(v)} is not a number, a string or a boolean")
         return list(value)
     if isinstance(value, (int, float, bool)):
         return [value]
-    raise BenchError(f"{where} must be a value or a list of values, got {value!r}")
+    raise BenchError(f"{where} must be a value or a list of values, got {excerpt(value)}")
 
 
 def integer(option: str, value: Any, minimum: int) -> int:
     """``value`` when it is an integer >= ``minimum``, else an :class:`OptionError` naming ``option``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise OptionError(option, f"must be an integer >= {minimum}, got {value!r}")
+        raise OptionError(option, f"must be an integer >= {minimum}, got {excerpt(value)}")
     return value
 
 
@@ -162,18 +163,18 @@ def recipe_values(option: str, value: Any) -> list:
     for v in raw:
         if option in NAME_FIELDS:
             if not isinstance(v, str):
-                raise OptionError(option, f"needs names, got {v!r}")
+                raise OptionError(option, f"needs names, got {excerpt(v)}")
             out.append(v)
             continue
         kind = int if option in INT_FIELDS else float
         if isinstance(v, bool):
-            raise OptionError(option, f"needs {'integers' if kind is int else 'numbers'}, got {v!r}")
+            raise OptionError(option, f"needs {'integers' if kind is int else 'numbers'}, got {excerpt(v)}")
         try:
             number = kind(v) if not isinstance(v, str) else (int(v) if kind is int else float(v))
         except (TypeError, ValueError):
-            raise OptionError(option, f"needs {'integers' if kind is int else 'numbers'}, got {v!r}") from None
+            raise OptionError(option, f"needs {'integers' if kind is int else 'numbers'}, got {excerpt(v)}") from None
         if kind is int and isinstance(v, float) and not v.is_integer():
-            raise OptionError(option, f"needs integers, got {v!r}")
+            raise OptionError(option, f"needs integers, got {excerpt(v)}")
         Recipe(**{option: number})  # range checks (epochs >= 1, finite lr > 0, ...) with the option named
         out.append(number)
     return list(dict.fromkeys(out))
@@ -185,7 +186,7 @@ def seed_values(seeds: Any = None, repeat: Any = None) -> list[int] | None:
         raise BenchError("give seeds or repeat, not both")
     if repeat is not None:
         if isinstance(repeat, bool) or not isinstance(repeat, int):
-            raise OptionError("repeat", f"must be an integer, got {repeat!r}")
+            raise OptionError("repeat", f"must be an integer, got {excerpt(repeat)}")
         if not 1 <= repeat <= MAX_SEEDS:
             raise OptionError("repeat", f"must be between 1 and {MAX_SEEDS}, got {repeat}")
         return list(range(repeat))
@@ -195,7 +196,7 @@ def seed_values(seeds: Any = None, repeat: Any = None) -> list[int] | None:
     if isinstance(items, int) and not isinstance(items, bool):
         items = [items]
     if not isinstance(items, (list, tuple)) or not items:
-        raise OptionError("seeds", f"needs comma-separated integers, got {seeds!r}")
+        raise OptionError("seeds", f"needs comma-separated integers, got {excerpt(seeds)}")
     values = []
     for v in items:
         try:
@@ -203,11 +204,11 @@ def seed_values(seeds: Any = None, repeat: Any = None) -> list[int] | None:
                 raise ValueError
             values.append(int(v))
         except (TypeError, ValueError):
-            raise OptionError("seeds", f"needs comma-separated integers, got {seeds!r}") from None
+            raise OptionError("seeds", f"needs comma-separated integers, got {excerpt(seeds)}") from None
     if any(not 0 <= v <= MAX_SEED for v in values):
-        raise OptionError("seeds", f"must be integers from 0 to 2**64-1, got {seeds!r}")
+        raise OptionError("seeds", f"must be integers from 0 to 2**64-1, got {excerpt(seeds)}")
     if len(set(values)) != len(values):
-        raise OptionError("seeds", f"lists a seed twice: {seeds!r}")
+        raise OptionError("seeds", f"lists a seed twice: {excerpt(seeds)}")
     if len(values) > MAX_SEEDS:
         raise OptionError("seeds", f"lists {len(values)} seeds; at most {MAX_SEEDS}")
     return values
@@ -265,7 +266,7 @@ def from_mapping(data: Any, source: str = "study") -> Study:
         if key not in STUDY_KEYS:
             from bench.host import close_match_hint
 
-            raise BenchError(f"{source}: unknown key '{key}'{close_match_hint(str(key), STUDY_KEYS)}; "
+            raise BenchError(f"{source}: unknown key {excerpt(key)}{close_match_hint(str(key)[:100], STUDY_KEYS)}; "
                              f"valid: {', '.join(STUDY_KEYS)}")
 
     def at(key: str, fn, *args):
@@ -283,33 +284,33 @@ def from_mapping(data: Any, source: str = "study") -> Study:
             setattr(study, key, at(key, _names, key, data[key]))
     if data.get("grid") is not None:
         if not isinstance(data["grid"], str) or not data["grid"].strip():
-            raise BenchError(f"{source}: grid: must be the name of a registered grid, got {data['grid']!r}")
+            raise BenchError(f"{source}: grid: must be the name of a registered grid, got {excerpt(data['grid'])}")
         study.grid = data["grid"].strip()
     if data.get("params") is not None:
         if not isinstance(data["params"], Mapping):
-            raise BenchError(f"{source}: params: must be a mapping NAME.KEY: [values], got {data['params']!r}")
+            raise BenchError(f"{source}: params: must be a mapping NAME.KEY: [values], got {excerpt(data['params'])}")
         for key, value in data["params"].items():
             study.params.update(at(f"params.{key}", param_specs, {key: value}))
     if data.get("recipe") is not None:
         if not isinstance(data["recipe"], Mapping):
             raise BenchError(f"{source}: recipe: must be a mapping ({', '.join(RECIPE_FIELDS)}), "
-                             f"got {data['recipe']!r}")
+                             f"got {excerpt(data['recipe'])}")
         for key, value in data["recipe"].items():
             if key not in RECIPE_FIELDS:
-                raise BenchError(f"{source}: recipe: unknown key '{key}'; valid: {', '.join(RECIPE_FIELDS)}")
+                raise BenchError(f"{source}: recipe: unknown key {excerpt(key)}; valid: {', '.join(RECIPE_FIELDS)}")
             study.recipe[key] = at(f"recipe.{key}", recipe_values, key, value)
     if data.get("zip") is not None:
         groups = data["zip"]
         if not (isinstance(groups, list) and all(isinstance(g, list) and all(isinstance(a, str) for a in g)
                                                  for g in groups)):
             raise BenchError(f"{source}: zip: must be a list of lists of axis names, e.g. [[optimizer, lr]], "
-                             f"got {groups!r}")
+                             f"got {excerpt(groups)}")
         study.zip = [list(g) for g in groups]
     if data.get("exclude") is not None:
         ex = data["exclude"]
         if not (isinstance(ex, list) and all(isinstance(e, Mapping) and e for e in ex)):
             raise BenchError(f"{source}: exclude: must be a list of partial cells, e.g. "
-                             f"[{{model: cnn, loss: mse}}], got {ex!r}")
+                             f"[{{model: cnn, loss: mse}}], got {excerpt(ex)}")
         study.exclude = [dict(e) for e in ex]
     if data.get("seeds") is not None:
         study.seeds = at("seeds", seed_values, data["seeds"])
@@ -318,7 +319,7 @@ def from_mapping(data: Any, source: str = "study") -> Study:
     if data.get("tune") is not None:
         if not isinstance(data["tune"], Mapping):
             raise BenchError(f"{source}: tune: must be a mapping KEY: LOW:HIGH[:log] (or a list of choices), "
-                             f"got {data['tune']!r}")
+                             f"got {excerpt(data['tune'])}")
         from bench.tune import parse_space
 
         for key, spec in data["tune"].items():
@@ -345,7 +346,7 @@ def from_mapping(data: Any, source: str = "study") -> Study:
     if data.get("device") is not None:
         if not isinstance(data["device"], str):
             raise BenchError(f"{source}: device: must be a string (auto, cpu, cuda, cuda:N, mps), "
-                             f"got {data['device']!r}")
+                             f"got {excerpt(data['device'])}")
         study.device = data["device"]
     return study
 
@@ -364,12 +365,19 @@ def executor_block(value: Any, source: str = "study") -> dict[str, Any]:
 
 
 def load(path: Path | str) -> Study:
-    """Read a study file (YAML, ``yaml.safe_load``); every error names the file."""
+    """Read a study file (YAML, ``yaml.safe_load``); every error names the file.
+
+    Untrusted input is bounded: a file that is not a regular one (``/dev/zero``, a FIFO) or is larger
+    than :data:`bench.files.STUDY_MAX` is refused unread, and so is YAML whose aliases expand it to more
+    than :data:`bench.files.STUDY_VALUES_MAX` values (a "billion laughs" file).
+    """
     import yaml
 
     path = Path(path)
     try:
-        text = path.read_text()
+        text = read_bounded(path, STUDY_MAX).decode()
+    except Refused as exc:
+        raise BenchError(f"study {path}: {exc.reason}") from None
     except OSError as exc:
         raise BenchError(f"study {path}: cannot read it: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
@@ -379,7 +387,13 @@ def load(path: Path | str) -> Study:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise BenchError(f"study {path}: not valid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
+        problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        raise BenchError(f"study {path}: not valid YAML{where}: {problem[:200]}") from None
+    except RecursionError:
+        raise BenchError(f"study {path}: not valid YAML: nested too deeply") from None
+    if count_values(data, STUDY_VALUES_MAX) > STUDY_VALUES_MAX:
+        raise BenchError(f"study {path}: holds more than {STUDY_VALUES_MAX:,} values once its YAML aliases (*name) "
+                         "are expanded: refused")
     return from_mapping(data, f"study {path}")
 
 
@@ -402,16 +416,16 @@ def parse_target(spec: Any) -> tuple[str, float] | None:
         return None
     text = str(spec)
     if "=" not in text:
-        raise OptionError("target", f"expected val_acc=VALUE or val_loss=VALUE, got {text!r}")
+        raise OptionError("target", f"expected val_acc=VALUE or val_loss=VALUE, got {excerpt(text)}")
     metric, value = (s.strip() for s in text.split("=", 1))
     if metric not in ("val_acc", "val_loss"):
-        raise OptionError("target", f"{text}: the metric must be val_acc or val_loss")
+        raise OptionError("target", f"{text[:80]}: the metric must be val_acc or val_loss")
     try:
         number = float(value)
     except ValueError:
-        raise OptionError("target", f"{text}: {value!r} is not a number") from None
+        raise OptionError("target", f"{text[:80]}: {excerpt(value)} is not a number") from None
     if not math.isfinite(number):
-        raise OptionError("target", f"{text}: {value!r} is not a finite number")
+        raise OptionError("target", f"{text[:80]}: {excerpt(value)} is not a finite number")
     return metric, number
 
 

@@ -1,8 +1,8 @@
 """``bench compare BASE NEW``: did a change make things worse? Two runs, configuration by configuration.
 
-BASE and NEW are run directories (their ``results.csv``) or report folders (their ``cells.csv``, which
-carries every configuration column, so a report kept as a CI artifact is enough). Their final rows are
-compared (tuning trials are not results); configurations are matched by their identity
+BASE and NEW are run directories (their records, ``cells/*.json``) or report folders (their ``cells.csv``,
+which carries every configuration column, so a report kept as a CI artifact is enough). Their final rows
+are compared (tuning trials are not results); configurations are matched by their identity
 (:mod:`bench.config`: components, parameters, recipe, ``limit``, device kind), a tuned configuration
 without its tuned keys (each run at its own best values); ``ignore`` leaves columns out of the match
 (``limit`` to compare across a change of ``--limit``).
@@ -20,6 +20,7 @@ configuration that BASE finished; and the comparison fails when no configuration
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from dataclasses import dataclass, field
@@ -75,22 +76,31 @@ def parse_fail_on(text: str | None) -> dict[str, float]:
 
 
 def load_cells(path: Path | str) -> pd.DataFrame:
-    """One row per cell of a run directory (``results.csv``) or a report folder (``cells.csv``)."""
+    """One row per cell of a run directory (from its records, ``cells/*.json``; a damaged one is an error
+    naming it) or a report folder (its ``cells.csv``). ``results.csv`` is read only in a folder without
+    records (a table kept on its own)."""
+    from bench.files import TABLE_MAX, read_bounded
     from bench.store import RunStore
 
     root = Path(path)
     if not root.is_dir():
         raise BenchError(f"{root}: no such run directory or report folder")
-    if (root / "results.csv").is_file():
-        return RunStore(root).results()
+    store = RunStore(root)
+    if store.cells_dir.exists() or store.is_run_dir() or (root / "results.csv").is_file():
+        return store.results()
     if is_report_dir(root) and (root / "cells.csv").is_file():
-        cells = read_csv_frame(pd.read_csv(root / "cells.csv", keep_default_na=False, na_values=[""]))
+        try:
+            text = read_bounded(root / "cells.csv", TABLE_MAX).decode()
+            cells = read_csv_frame(pd.read_csv(io.StringIO(text), keep_default_na=False, na_values=[""]))
+        except (OSError, UnicodeDecodeError, ValueError, pd.errors.ParserError) as exc:
+            raise BenchError(f"{root / 'cells.csv'} is not a readable table ({' '.join(str(exc).split())[:200]})") \
+                from None
         missing = [c for c in ("cell_id", "params", "seed", "status", "test_acc") if c not in cells]
         if missing:
             raise BenchError(f"{root} is a report from an older gridbench (its cells.csv has no "
                              f"{', '.join(missing)}): compare its run directory instead (listed in {REPORT_MARKER})")
         return cells
-    raise BenchError(f"{root} is neither a run directory (no results.csv) nor a report folder (no cells.csv and "
+    raise BenchError(f"{root} is neither a run directory (no cells/ records) nor a report folder (no cells.csv and "
                      f"{REPORT_MARKER})")
 
 

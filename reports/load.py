@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,7 +57,8 @@ class Runs:
         try:
             from safetensors.numpy import load_file
 
-            return load_file(str(root / entry["path"]))["templates"], entry.get("kind", ""), ""
+            path = RunStore(root).path_of(entry["path"])  # never a file outside the run (BenchError)
+            return load_file(str(path))["templates"], entry.get("kind", ""), ""
         except Exception as exc:  # a missing or damaged file: say so in the report
             return None, "", f"cannot read {entry['path']}: {type(exc).__name__}: {exc}"
 
@@ -120,17 +122,57 @@ def is_report_dir(root: Path) -> bool:
     return (root / REPORT_MARKER).is_file() or ((root / "index.html").is_file() and (root / "summary.csv").is_file())
 
 
+def _run_dir_above(path: Path) -> Path | None:
+    """The run directory (resolved) that ``path`` is in or is, if any: an existing folder at or above it
+    that ``bench run`` wrote."""
+    from bench.files import enclosing
+
+    return enclosing(path, lambda folder: RunStore(folder).is_run_dir())
+
+
+def _nearest_existing(path: Path) -> Path:
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_output_file(path: Path | str, option: str) -> Path:
+    """Refuse to write the output file ``path`` (``--markdown``) into a folder that does not exist (it
+    is never created) or into a run directory (its files are bench run's)."""
+    path = Path(path)
+    parent = path.absolute().parent
+    if not parent.is_dir():
+        raise BenchError(f"{option} {path}: the folder {parent} does not exist (create it first)")
+    if path.is_dir():
+        raise BenchError(f"{option} {path}: is a folder, not a file")
+    run = _run_dir_above(path.resolve().parent)
+    if run is not None:
+        raise BenchError(f"{option} {path}: would write into the run directory {run}, whose files bench run "
+                         "alone writes; choose a file outside it")
+    return path
+
+
 def prepare_report_dir(out: Path, runs: list[Path]) -> None:
     """Make ``out`` the report directory of ``runs``, refusing to write where a report would overwrite or
     damage what is not a report: a folder that is neither new, empty nor an earlier gridbench report,
-    or one inside a run directory's ``cells/`` or ``weights/``. The marker (``report.json``) is written
-    first, so a report killed half-way is still recognised as one (and may be overwritten)."""
+    one inside a run directory's ``cells/`` or ``weights/``, one inside another run directory, one
+    whose parent folder does not exist, or an earlier report that holds a symlink. The marker
+    (``report.json``) is written first, so a report killed half-way is still recognised as one (and may be
+    overwritten)."""
     resolved = out.resolve()
     for run in runs:
         root = run.resolve()
         if resolved == root or any(resolved.is_relative_to(root / part) for part in ("cells", "weights")):
             raise BenchError(f"the report directory {out} would be inside the run directory {run} itself; "
                              f"choose another (the default is {run / 'report'})")
+    other = _run_dir_above(_nearest_existing(out))
+    if other is not None and other not in {run.resolve() for run in runs}:
+        raise BenchError(f"the report directory {out} would be inside the run directory {other}, which is not "
+                         "one of the runs reported; choose another")
+    if not out.absolute().parent.is_dir():
+        raise BenchError(f"the report directory {out}: its parent folder {out.absolute().parent} does not exist "
+                         "(create it first)")
     if out.exists():
         if not out.is_dir():
             raise BenchError(f"the report directory {out} exists and is not a directory")
@@ -139,8 +181,13 @@ def prepare_report_dir(out: Path, runs: list[Path]) -> None:
             shown = ", ".join(entries[:4]) + (f" and {len(entries) - 4} more" if len(entries) > 4 else "")
             raise BenchError(f"{out} is not empty and is not a gridbench report (it holds {shown}): a report "
                              "is written only into a new or empty directory or over an earlier report; choose another")
+        link = next((Path(top, name) for top, dirs, files in os.walk(out) for name in [*dirs, *files]
+                     if Path(top, name).is_symlink()), None)
+        if link is not None:  # a report never holds one: writing through it would write outside the report
+            raise BenchError(f"{link} is a symlink (to {os.readlink(link)}) in the report {out}: gridbench writes "
+                             "only inside the report directory; remove it or choose another")
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        out.mkdir(exist_ok=True)
     except OSError as exc:
         raise BenchError(f"cannot create the report directory {out}: {exc.strerror}") from None
     atomic_write(out / REPORT_MARKER, json.dumps({"runs": [str(r.resolve()) for r in runs]}, indent=1) + "\n")

@@ -137,7 +137,7 @@ def test_bad_options_are_one_line_and_exit_2(runs, args, message):
 
 def test_a_folder_that_is_neither_a_run_nor_a_report_exits_2(runs, tmp_path):
     code, output = bench("compare", runs["base"], tmp_path)
-    assert code == 2 and "is neither a run directory (no results.csv) nor a report folder" in output
+    assert code == 2 and "is neither a run directory (no cells/ records) nor a report folder" in output
     code, output = bench("compare", tmp_path / "missing", runs["base"])
     assert code == 2 and "no such run directory or report folder" in output
 
