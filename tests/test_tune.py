@@ -171,6 +171,14 @@ def test_a_failed_trial_is_a_failed_row_and_tuning_goes_on(tmp_path, fragile_plu
         best = ok.loc[ok["val_acc"].idxmax()]
         assert list(final["seed"]) == [0, 1] and set(final["params"]) == {best["params"]}
         assert set(final["trial"]) == {best["trial"]} and set(final["status"]) == {"ok"}
+    from reports import build_report
+
+    build_report([out], tmp_path / "report")
+    chosen = pd.read_csv(tmp_path / "report" / "tuning.csv", keep_default_na=False).set_index("configuration")
+    assert sorted(chosen.index) == ["fragile+crossentropy [fragile.cap=0]", "fragile+crossentropy [fragile.cap=50]"]
+    assert chosen.loc["fragile+crossentropy [fragile.cap=0]", "chosen"] == "(every trial failed)"
+    width = json.loads(best["params"])["fragile.width"]
+    assert chosen.loc["fragile+crossentropy [fragile.cap=50]", "chosen"] == f"fragile.width={width}"
     studies = trials_in(out)
     assert sorted(len(t) for t in studies.values()) == [4, 4]
     for trials in studies.values():  # Optuna marks each failed trial FAIL, and the budget holds them
