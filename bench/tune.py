@@ -231,8 +231,9 @@ def open_storage(root: Path):
     path = root / DB_FILE
     damaged = None
     if path.exists():
-        try:  # check the file itself before SQLAlchemy does (its error is a 100-line traceback)
-            with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+        try:  # check the file before SQLAlchemy does (its error is a 100-line traceback); read-write, so that
+            # SQLite can roll back the journal that a kill in the middle of a write leaves
+            with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True)) as db:
                 check = db.execute("PRAGMA quick_check").fetchone()
             if not check or check[0] != "ok":
                 damaged = str(check[0] if check else "no answer to an integrity check")

@@ -309,6 +309,29 @@ def test_a_damaged_tuning_db_is_named_in_one_line_with_exit_2(tmp_path, tuned_ru
     assert trials_in(out) == trials_in(good)
 
 
+KILLED_MID_WRITE = textwrap.dedent('''
+    import os, sqlite3, sys
+    db = sqlite3.connect(sys.argv[1], isolation_level=None)
+    db.execute("PRAGMA cache_size=1")  # write pages to the file before the commit that never comes
+    db.execute("BEGIN")
+    db.execute("DELETE FROM trials")
+    db.execute("CREATE TABLE filler (x)")
+    db.executemany("INSERT INTO filler VALUES (?)", [(os.urandom(200),) for _ in range(5000)])
+    os.kill(os.getpid(), 9)
+''')
+
+
+def test_a_tuning_db_left_mid_write_by_kill_9_is_not_damaged(tmp_path, tuned_run):
+    args, good = tuned_run
+    out = tmp_path / "run"
+    shutil.copytree(good, out)
+    subprocess.run([sys.executable, "-c", KILLED_MID_WRITE, str(out / "tuning.db")], check=False)
+    assert (out / "tuning.db-journal").stat().st_size > 0  # a hot journal: SQLite rolls the write back
+    result = invoke(*args[:-1], out)
+    assert result.exit_code == 0, result.output
+    assert trials_in(out) == trials_in(good) and results(out).equals(results(good))
+
+
 BAD = {
     "no range": (["--tune", "lr"], "--tune lr: expected KEY=LOW:HIGH[:log] or KEY=a|b|c"),
     "reversed": (["--tune", "lr=1:0.1"], "--tune lr=1:0.1: needs finite LOW < HIGH"),
