@@ -215,6 +215,21 @@ def test_a_trial_killed_mid_tuning_is_retried_with_its_values_and_the_same_trial
     assert sorted(results(out)["cell_id"]) == sorted(results(whole)["cell_id"])  # the same trial and final cells
 
 
+@pytest.mark.parametrize("sampler", ["qmc", "tpe"])
+def test_a_trial_asked_but_not_given_its_values_before_a_kill_gets_its_own_values(tmp_path, sampler):
+    args = [*KILLED, "--sampler", sampler]
+    assert invoke(*args, "--out", tmp_path / "whole").exit_code == 0
+    out = tmp_path / "killed"
+    assert invoke(*args, "--trials", "2", "--out", out).exit_code == 0  # trials 0 and 1
+    storage = optuna.storages.RDBStorage(f"sqlite:///{out / 'tuning.db'}")
+    [summary] = optuna.get_all_study_summaries(storage)
+    optuna.load_study(study_name=summary.study_name, storage=storage).ask()  # a kill between ask and suggest
+    storage.engine.dispose()
+    assert trials_in(out)[summary.study_name][2] == (2, "RUNNING", {})
+    assert invoke(*args, "--out", out).exit_code == 0
+    assert trials_in(out) == trials_in(tmp_path / "whole")
+
+
 GATED = textwrap.dedent('''
     """Test plugin: a model whose training waits for the file $GATE, so that a signal lands while a trial trains."""
     import os
