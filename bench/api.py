@@ -558,12 +558,16 @@ def _execute(*, store, cells, the_study, registry, host, torch_device, execution
         else:
             from bench.tune import run_tuning
 
-            finals = run_tuning(tuning, registry, cells, seeds_used, store.root, train,
-                                lambda: {r["row"]["cell_id"]: r["row"] for r in store.records()},
-                                batch_size=0 if tuning.sampler == "qmc" else max(1, jobs or 1))
-            final_rows = train(finals)
-            the_run.cells = [*the_run.cells, *finals]
-            rows = [*[r for r in trained.values() if r.get("phase") == "tune"], *final_rows]
+            tuned = run_tuning(tuning, registry, cells, seeds_used, store.root, train,
+                               lambda: {r["row"]["cell_id"]: r["row"] for r in store.records()},
+                               batch_size=0 if tuning.sampler == "qmc" else max(1, jobs or 1))
+            for label in tuned.failed:
+                notes.append(f"error: every trial of tuned configuration {label} failed: it has no final cells "
+                             "(the failed tune rows say why)")
+                echo(notes[-1])
+            final_rows = train(tuned.finals)
+            the_run.cells = [*the_run.cells, *tuned.finals]
+            rows = [*tuned.trial_rows, *final_rows]
         completed = True
     finally:
         if not rows:  # interrupted: what is on disk is what finished

@@ -215,7 +215,8 @@ def _freeze_objects_at_exit() -> None:
               help="Tune KEY (a recipe key such as lr, or a parameter NAME.KEY such as adam.beta2) per configuration "
                    "on the validation split, then train the best value with every seed (repeatable; categorical: "
                    "KEY=a|b|c).")
-@click.option("--trials", type=int, metavar="N", help="Tuning trials per configuration. [default: 8]")
+@click.option("--trials", type=int, metavar="N", help="Tuning trials per configuration, at most 1,000 (a failed "
+              "trial counts). [default: 8]")
 @click.option("--sampler", type=click.Choice(["qmc", "tpe"]), help="Tuning sampler: quasi-random Sobol points or "
               "TPE (Optuna), seeded by the first seed. [default: qmc]")
 @click.option("--tune-metric", type=click.Choice(["val_acc", "val_loss"]), help="What tuning optimises (val_acc is "
@@ -262,6 +263,7 @@ def _report_interrupt(ctx: click.Context, out: Path) -> None:
     import signal
 
     from bench.store import RunStore
+    from bench.tune import DB_FILE
 
     try:  # a second Ctrl-C while saving would only print a traceback: the records are already safe
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -269,11 +271,13 @@ def _report_interrupt(ctx: click.Context, out: Path) -> None:
         previous = None
     try:
         store = RunStore(out)
-        if store.cells_dir.is_dir() and store.records():
-            # the Ctrl-C may have landed between a record and the table rebuild that follows it
+        records = store.records() if store.cells_dir.is_dir() else []
+        if records:  # the Ctrl-C may have landed between a record and the table rebuild that follows it
             store.rebuild_tables()
-            echo(f"\ninterrupted: {len(store.records())} cell record(s) are saved in {out}. Resume with:\n"
-                       f"  {resume_command(ctx, out)}", err=True)
+        tuning = (out / DB_FILE).is_file()  # tuning's trials are saved before their cells train
+        if records or tuning:
+            saved = f"{len(records)} cell record(s)" + (f" and the tuning trials ({DB_FILE})" if tuning else "")
+            echo(f"\ninterrupted: {saved} are saved in {out}. Resume with:\n  {resume_command(ctx, out)}", err=True)
         else:
             echo("\ninterrupted before anything was written.", err=True)
     finally:
@@ -320,10 +324,18 @@ def _run(ctx, *, study, grid, models, losses, datasets, params, seeds, repeat, e
     if make_report:
         write_report([result.path], None)
     if result.failed:
+        from bench.tune import configuration_label
+
         echo(f"{len(result.failed)} cell(s) failed:", err=True)
         for row in result.failed:
-            echo(f"  {row['model']}+{row['loss']} on {row['dataset']} seed={row['seed']}: {row['error']}",
+            trial = f" trial={row.get('trial')}" if row.get("phase") == "tune" else ""
+            echo(f"  {row['model']}+{row['loss']} on {row['dataset']} seed={row['seed']}{trial}: {row['error']}",
                  err=True, one_line=True)
+        with_finals = {r.get("tuning") for r in result.rows if r.get("phase") == "final"}
+        untuned = {r["tuning"]: r for r in result.failed if r.get("phase") == "tune" and r["tuning"] not in with_finals}
+        for row in untuned.values():
+            echo(f"  {configuration_label(row, row['tuning'])}: every tuning trial failed, so it has no final cells",
+                 err=True)
         sys.exit(1)
 
 

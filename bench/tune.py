@@ -2,20 +2,26 @@
 
 ``--tune lr=1e-4:1e-1:log --trials 8``: a *configuration* here is a cell without its seed and without
 the tuned keys. For each one, Optuna samples ``trials`` values of the tuned keys (quasi-random Sobol
-points by default, ``--sampler tpe`` for TPE; the sampler is seeded, so the same command gives the
-same trials). Each trial is an ordinary cell (its sampled values are part of its identity) trained on
-the first seed and scored on the *validation* split (``val_acc``, or ``val_loss`` minimised). Then the
-best trial's values are trained with every seed: those ``final`` rows are the configuration's result.
-The test split is never used to choose.
+points by default, ``--sampler tpe`` for TPE). Each trial is an ordinary cell (its sampled values are
+part of its identity) trained on the first seed and scored on the *validation* split (``val_acc``, or
+``val_loss`` minimised). Then the best trial's values are trained with every seed: those ``final`` rows
+are the configuration's result. The test split is never used to choose.
+
+A trial's values are a function of the seed, the trial's number and (TPE) the trials finished before it
+(:class:`TrialSampler`), never of the sampler's state in this process, so the same command gives the
+same trials whether or not it was interrupted. A trial whose cell fails is a failed row and an Optuna
+``FAIL``; it counts towards the budget and tuning goes on. A configuration whose trials all failed has
+no final cells; :func:`run_tuning` names it.
 
 Optuna's storage is a SQLite database in the run directory (``tuning.db``, one Optuna study per
 configuration), so an interrupted tuning run resumes: finished trials are kept, a trial whose cell
-finished but was not yet told is told from its record, a trial that was running is retried with the
-same values, and the final cells run once (they resume like any cell).
+finished but was not yet told is told from its record, a trial that was running is trained again under
+its own number with its own values, and the final cells run once (they resume like any cell).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -25,12 +31,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.config import PARAM_KINDS, RECIPE_FIELDS, Cell
+from bench.config import PARAM_KINDS, RECIPE_FIELDS, Cell, _params_dict, config_label
 from bench.errors import BenchError, OptionError
 
 SAMPLERS = ("qmc", "tpe")
 METRICS = {"val_acc": "maximize", "val_loss": "minimize"}
 DB_FILE = "tuning.db"
+#: The most trials per configuration (``--trials``): each is a training run.
+MAX_TRIALS = 1000
+#: Trials asked per configuration before they train, at most (asking takes a few database writes each).
+ROUND = 64
 INT_FIELDS = ("batch_size", "epochs")
 NAME_FIELDS = ("optimizer", "schedule")
 
@@ -118,8 +128,8 @@ class Tuning:
     metric: str = "val_acc"
 
     def __post_init__(self):
-        if isinstance(self.trials, bool) or not isinstance(self.trials, int) or self.trials < 1:
-            raise OptionError("trials", f"must be an integer >= 1, got {self.trials!r}")
+        if isinstance(self.trials, bool) or not isinstance(self.trials, int) or not 1 <= self.trials <= MAX_TRIALS:
+            raise OptionError("trials", f"must be an integer from 1 to {MAX_TRIALS}, got {self.trials!r}")
         if self.sampler not in SAMPLERS:
             raise OptionError("sampler", f"must be one of {', '.join(SAMPLERS)}, got '{self.sampler}'")
         if self.metric not in METRICS:
@@ -177,6 +187,16 @@ def tuned_keys(tuning: str) -> list[str]:
     return tuning.split("@", 1)[0].split("+") if isinstance(tuning, str) and "@" in tuning else []
 
 
+def configuration_label(config: dict[str, Any], tuning: str) -> str:
+    """A tuned configuration in a line, from a cell's config or a row: ``mlp+mse [mlp.hidden=64] on mnist
+    [optimizer=adam ...]``, without the tuned keys."""
+    keys = tuned_keys(tuning)
+    params = {k: v for k, v in _params_dict(config.get("params")).items() if k not in keys}
+    recipe = " ".join(f"{k}={config[k]:g}" if isinstance(config[k], float) else f"{k}={config[k]}"
+                      for k in RECIPE_FIELDS if k not in keys and k in config)
+    return f"{config_label({**config, 'params': params})} on {config['dataset']} [{recipe}]"
+
+
 def with_values(cell: Cell, values: dict[str, Any], **fields) -> Cell:
     """``cell`` with tuned values set (recipe fields, or parameters of the components it uses)."""
     recipe = dataclasses.replace(cell.recipe, **{k: v for k, v in values.items() if k in RECIPE_FIELDS})
@@ -203,34 +223,130 @@ def _optuna():
     return optuna
 
 
-def _sampler(tuning: Tuning, seed: int):
+def open_storage(root: Path):
+    """Optuna's storage in ``root/tuning.db``; a damaged database is a :class:`BenchError` that names it."""
+    import sqlite3
+
     optuna = _optuna()
-    seed = seed % (2 ** 32)
-    if tuning.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=seed)
-    return optuna.samplers.QMCSampler(seed=seed)
+    path = root / DB_FILE
+    damaged = None
+    if path.exists():
+        try:  # check the file before SQLAlchemy does (its error is a 100-line traceback); read-write, so that
+            # SQLite can roll back the journal that a kill in the middle of a write leaves
+            with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True)) as db:
+                check = db.execute("PRAGMA quick_check").fetchone()
+            if not check or check[0] != "ok":
+                damaged = str(check[0] if check else "no answer to an integrity check")
+        except sqlite3.Error as exc:
+            damaged = str(exc)
+    if damaged is None:
+        try:
+            return optuna.storages.RDBStorage(f"sqlite:///{path.resolve()}",
+                                              engine_kwargs={"connect_args": {"timeout": 60}})
+        except Exception as exc:  # noqa: BLE001 -- SQLAlchemy's and Optuna's errors on a file that is not theirs
+            damaged = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    raise BenchError(f"{path} is damaged ({damaged[:200]}): move it away and run the same command again (it asks "
+                     "for the same trials, and those with a record in cells/ are not trained again)")
+
+
+def _derived_seed(*parts: Any) -> int:
+    return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:4], "big")
+
+
+def _unit_to_value(u: float, distribution) -> Any:
+    """A point ``u`` in [0, 1) of the unit interval mapped onto an Optuna distribution."""
+    optuna = _optuna()
+    d = optuna.distributions
+    if isinstance(distribution, d.CategoricalDistribution):
+        choices = distribution.choices
+        return choices[min(int(u * len(choices)), len(choices) - 1)]
+    integer = isinstance(distribution, d.IntDistribution)
+    low, high = (distribution.low - 0.5, distribution.high + 0.5) if integer else (distribution.low, distribution.high)
+    if distribution.log:
+        value = math.exp(math.log(low) + u * (math.log(high) - math.log(low)))
+    else:
+        value = low + u * (high - low)
+    if integer:
+        return min(max(round(value), distribution.low), distribution.high)
+    return min(max(value, distribution.low), distribution.high)
+
+
+def trial_sampler(tuning: Tuning, seed: int):
+    """The Optuna sampler of a tuning run (see :class:`TrialSampler`)."""
+    optuna = _optuna()
+
+    class TrialSampler(optuna.samplers.BaseSampler):
+        """Values that depend only on the seed, the trial's number and (TPE) the trials finished before it.
+
+        Optuna's own samplers keep state outside the trials (QMCSampler a counter of points in the study,
+        TPESampler a random generator in the process), so a trial asked again after a kill, or the trials
+        after it, got other values than in an uninterrupted run. Here ``qmc`` is the trial number's point of
+        a scrambled Sobol sequence seeded by ``seed`` (one dimension per tuned key, in sorted order), and
+        ``tpe`` is Optuna's TPESampler seeded anew for each trial and key.
+        """
+
+        def __init__(self):
+            self.keys = sorted(tuning.spaces)
+            self.seed = seed % (2 ** 32)
+            self.points: list[list[float]] = []
+
+        def infer_relative_search_space(self, study, trial):
+            return {}
+
+        def sample_relative(self, study, trial, search_space):
+            return {}
+
+        def sample_independent(self, study, trial, param_name, param_distribution):
+            if tuning.sampler == "tpe":
+                tpe = optuna.samplers.TPESampler(seed=_derived_seed(self.seed, trial.number, param_name))
+                return tpe.sample_independent(study, trial, param_name, param_distribution)
+            return _unit_to_value(self.point(trial.number)[self.keys.index(param_name)], param_distribution)
+
+        def point(self, number: int) -> list[float]:
+            if number >= len(self.points):  # the first 2**m points at once: scipy's Sobol engine is slow to build
+                from scipy.stats import qmc
+
+                engine = qmc.Sobol(len(self.keys), scramble=True, seed=self.seed)
+                self.points = engine.random_base2(max(6, number.bit_length())).tolist()
+            return self.points[number]
+
+    return TrialSampler()
+
+
+@dataclass
+class Tuned:
+    """What tuning chose: the final cells (best values, every seed), and the configurations (their labels)
+    that have none because every trial failed."""
+
+    finals: list[Cell]
+    failed: list[str]
+    #: The rows of the trials that count (finished or failed), by configuration and trial number.
+    trial_rows: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
 def run_tuning(tuning: Tuning, registry, base_cells: list[Cell], seeds: list[int], root: Path,
                train: Callable[[list[Cell]], list[dict[str, Any]]], records: Callable[[], dict[str, dict]],
-               batch_size: int = 0) -> list[Cell]:
+               batch_size: int = 0) -> Tuned:
     """Tune every configuration of ``base_cells`` (one cell each, on the first seed), then return the final
     cells (the best values, every seed). ``train(cells)`` trains cells (resuming) and returns their rows;
-    ``records()`` gives the rows already in the run directory by cell id."""
+    ``records()`` gives the rows already in the run directory by cell id. ``batch_size``: trials asked per
+    configuration before they train (0: up to :data:`ROUND`)."""
     optuna = _optuna()
     keys = list(tuning.spaces)
-    storage = optuna.storages.RDBStorage(f"sqlite:///{(root / DB_FILE).resolve()}",
-                                         engine_kwargs={"connect_args": {"timeout": 60}})
+    storage = open_storage(root)
     groups: dict[str, Cell] = {}
     for cell in base_cells:
         groups.setdefault(tuned_group(cell, keys), cell)
     direction = METRICS[tuning.metric]
     studies = {group: optuna.create_study(study_name=group, storage=storage, direction=direction,
-                                          sampler=_sampler(tuning, seeds[0]), load_if_exists=True)
+                                          sampler=trial_sampler(tuning, seeds[0]), load_if_exists=True)
                for group in groups}
+    states = optuna.trial.TrialState
 
-    def trial_cell(group: str, trial_number: int, params: dict[str, Any]) -> Cell:
-        return with_values(groups[group], params, phase="tune", trial=trial_number, tuning=group)
+    def trial_cell(group: str, trial) -> Cell:
+        """The cell of a trial that was asked (``trial``: an Optuna Trial), suggesting what it lacks."""
+        params = {key: tuning.spaces[key].suggest(trial) for key in keys}
+        return with_values(groups[group], params, phase="tune", trial=trial.number, tuning=group)
 
     def value_of(row: dict[str, Any]) -> float | None:
         try:
@@ -239,57 +355,58 @@ def run_tuning(tuning: Tuning, registry, base_cells: list[Cell], seeds: list[int
             return None
         return value if row.get("status") == "ok" and math.isfinite(value) else None
 
-    def tell(study, trial_number: int, row: dict[str, Any]) -> None:
+    def tell(study, trial_id: int, number: int, row: dict[str, Any]) -> None:
+        if study._storage.get_trial(trial_id).state != states.RUNNING:
+            return
         value = value_of(row)
-        if value is None:
-            study.tell(trial_number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
-            study._storage.set_trial_user_attr(study._storage.get_trial_id_from_study_id_trial_number(
-                study._study_id, trial_number), "cell_failed", row.get("error") or row.get("status", "failed"))
+        if value is None:  # the reason first: a finished trial takes no more attributes
+            study._storage.set_trial_user_attr(trial_id, "cell_failed",
+                                               str(row.get("error") or row.get("status") or "failed"))
+            study.tell(number, state=states.FAIL, skip_if_finished=True)
         else:
-            study.tell(trial_number, value, skip_if_finished=True)
+            study.tell(number, value, skip_if_finished=True)
 
     def counted(study) -> int:
-        done = 0
-        for t in study.get_trials(deepcopy=False):
-            if t.state == optuna.trial.TrialState.COMPLETE or (
-                    t.state == optuna.trial.TrialState.FAIL and "cell_failed" in t.user_attrs):
-                done += 1
-        return done
+        return sum(t.state == states.COMPLETE or (t.state == states.FAIL and "cell_failed" in t.user_attrs)
+                   for t in study.get_trials(deepcopy=False))
 
-    # A run killed mid-way leaves trials RUNNING: tell those whose cell finished, retry the others.
+    # A run killed mid-way leaves trials RUNNING: tell those whose cell finished; the others train again
+    # (below) under their own numbers, before any new trial is asked, so that the history is the same.
     recorded = records()
     for group, study in studies.items():
-        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-            cell = trial_cell(group, t.number, t.params)
+        for t in study.get_trials(deepcopy=False, states=(states.RUNNING,)):
+            cell = trial_cell(group, optuna.trial.Trial(study, t._trial_id))
             if cell.cell_id in recorded and recorded[cell.cell_id].get("status") in ("ok", "failed"):
-                tell(study, t.number, recorded[cell.cell_id])
-            else:
-                study.tell(t.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
-                study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+                tell(study, t._trial_id, t.number, recorded[cell.cell_id])
 
     while True:
-        batch: list[tuple[str, int, Cell]] = []
+        batch: list[tuple[str, int, int, Cell]] = []
         for group, study in studies.items():
-            missing = tuning.trials - counted(study)
-            take = missing if batch_size <= 0 else min(missing, batch_size)
-            for _ in range(max(0, take)):
-                trial = study.ask()
-                params = {key: tuning.spaces[key].suggest(trial) for key in keys}
-                batch.append((group, trial.number, trial_cell(group, trial.number, params)))
+            pending = study.get_trials(deepcopy=False, states=(states.RUNNING,))
+            missing = tuning.trials - counted(study) - len(pending)
+            take = min(missing, (batch_size or ROUND) - len(pending))
+            trials = [optuna.trial.Trial(study, t._trial_id) for t in pending]
+            trials += [study.ask() for _ in range(max(0, take))]
+            batch += [(group, t._trial_id, t.number, trial_cell(group, t)) for t in trials]
         if not batch:
             break
-        rows = {row["cell_id"]: row for row in train([cell for _, _, cell in batch])}
-        for group, number, cell in batch:
-            tell(studies[group], number, rows.get(cell.cell_id, {"status": "failed", "error": "no row"}))
+        rows = {row["cell_id"]: row for row in train([cell for *_, cell in batch])}
+        for group, trial_id, number, cell in batch:
+            tell(studies[group], trial_id, number, rows.get(cell.cell_id, {"status": "failed", "error": "no row"}))
 
-    finals = []
+    finals, failed, trial_rows = [], [], []
+    recorded = records()
     for group, study in studies.items():
-        completed = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
-        if not completed:
-            raise BenchError(f"every trial of tuned configuration {groups[group].label} failed: nothing to "
-                             "choose (see the tune rows' errors)")
+        for t in study.get_trials(deepcopy=False, states=(states.COMPLETE, states.FAIL)):
+            row = recorded.get(with_values(groups[group], t.params, phase="tune", trial=t.number,
+                                           tuning=group).cell_id)
+            if row is not None and (t.state == states.COMPLETE or "cell_failed" in t.user_attrs):
+                trial_rows.append(row)
+        if not any(t.state == states.COMPLETE for t in study.get_trials(deepcopy=False)):
+            failed.append(configuration_label(groups[group].config(), group))
+            continue
         best = study.best_trial
         for seed in seeds:
             finals.append(with_values(dataclasses.replace(groups[group], seed=seed), best.params, phase="final",
                                       trial=best.number, tuning=group))
-    return finals
+    return Tuned(finals, failed, trial_rows)

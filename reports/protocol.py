@@ -26,9 +26,10 @@ def tuning_table(results: pd.DataFrame) -> pd.DataFrame:
         final = group[group["phase"] != "tune"]
         keys = tuned_keys(str(tuning))
         chosen = final.iloc[0] if len(final) else None
-        values = _values(chosen, keys) if chosen is not None else "(not yet)"
         ok = trials[trials["status"] == "ok"]
-        rows.append({"configuration": config_label(trials.iloc[0] if len(trials) else group.iloc[0]),
+        all_failed = len(trials) and (trials["status"] == "failed").all()
+        values = _values(chosen, keys) if chosen is not None else "(every trial failed)" if all_failed else "(not yet)"
+        rows.append({"configuration": _configuration(trials.iloc[0] if len(trials) else group.iloc[0], keys),
                      "tuned": ", ".join(keys), "trials": f"{len(ok)}/{len(trials)} ok",
                      "best val_acc": _fmt(pd.to_numeric(ok["val_acc"]).max() if len(ok) else math.nan),
                      "best val_loss": _fmt(pd.to_numeric(ok["val_loss"]).min() if len(ok) else math.nan),
@@ -36,8 +37,17 @@ def tuning_table(results: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
+def _configuration(row, keys: list[str]) -> str:
+    """The label of a tuned configuration from one of its rows, without the values of its tuned keys."""
+    return config_label({**row, "params": {k: v for k, v in _params(row).items() if k not in keys}})
+
+
+def _params(row) -> dict:
+    return json.loads(row["params"]) if isinstance(row.get("params"), str) and row["params"] else {}
+
+
 def _values(row, keys: list[str]) -> str:
-    params = json.loads(row["params"]) if isinstance(row.get("params"), str) and row["params"] else {}
+    params = _params(row)
     shown = []
     for key in keys:
         value = row[key] if key in row.index and key not in ("params",) and key in CONFIG_COLUMNS else params.get(key)
@@ -72,7 +82,8 @@ def sensitivity_figure(results: pd.DataFrame, path: Path) -> Path | None:
             frame = pd.DataFrame({"x": xs, "y": pd.to_numeric(group["val_acc"])}).dropna().sort_values("x")
             if frame.empty:
                 continue
-            line, = ax.plot(frame["x"], frame["y"], marker="o", label=config_label(group.iloc[0]))
+            label = _configuration(group.iloc[0], tuned_keys(str(tuning)))
+            line, = ax.plot(frame["x"], frame["y"], marker="o", label=label)
             final = results[(results["tuning"] == tuning) & (results["phase"] != "tune")]
             if len(final):
                 chosen = _value_of(final.iloc[0], key)
@@ -98,8 +109,7 @@ def _value_of(row, key: str):
     if key in row.index and key in CONFIG_COLUMNS:
         value = row[key]
     else:
-        params = json.loads(row["params"]) if isinstance(row.get("params"), str) and row["params"] else {}
-        value = params.get(key)
+        value = _params(row).get(key)
     try:
         return float(value)
     except (TypeError, ValueError):
