@@ -175,7 +175,7 @@ def test_p_no_blocks_an_installed_plugin(site):
     assert "rff-linear" not in result.stdout and "  tiny " in result.stdout
     assert [line.split()[0] for line in bench(site, "plugins", "-p", "no:broken").stdout.splitlines()
             if not line.startswith(" ")] == [
-        "plugins.models", "plugins.losses", "plugins.datasets", "plugins.grids", "plugins.executors",
+        "plugins.models", "plugins.losses", "plugins.datasets", "plugins.grids", "plugins.executors", "plugins.slurm",
         "plugins.optimizers", "plugins.schedules", "plugins.progress", "plugins.trackers", "example",
         "extras"]  # by name
 
@@ -184,7 +184,7 @@ def test_autoload_off_loads_only_builtins_and_p_modules(site):
     result = bench(site, "plugins", autoload=False)
     assert result.returncode == 0 and result.stderr == ""
     assert [line.split()[0] for line in result.stdout.splitlines() if not line.startswith(" ")] == [
-        "plugins.models", "plugins.losses", "plugins.datasets", "plugins.grids", "plugins.executors",
+        "plugins.models", "plugins.losses", "plugins.datasets", "plugins.grids", "plugins.executors", "plugins.slurm",
         "plugins.optimizers", "plugins.schedules", "plugins.progress", "plugins.trackers"]
 
     result = bench(site, "plugins", "-p", "gridbench_example.plugin", autoload=False)
