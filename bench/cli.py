@@ -145,10 +145,8 @@ def main(plugin_modules):
 def _freeze_objects_at_exit() -> None:
     """At exit, move every object into ``gc``'s permanent generation, so that the
     interpreter's last garbage collections do not walk the millions of objects that torch and pandas
-    hold. That took ~0.5 s of each ``bench`` process's exit (0.81-0.90 s from the command's end to the
-    process's, 0.31-0.34 s frozen, measured on a fused 40-cell run); everything the command writes is
-    closed explicitly before, and the atexit handlers registered after this one (trackers, executors)
-    run first."""
+    hold (docs/benchmarks.md: what it saves); everything the command writes is closed explicitly before,
+    and the atexit handlers registered after this one (trackers, executors) run first."""
     atexit.register(gc.freeze)
 
 
