@@ -272,12 +272,50 @@ def test_the_documented_tracker_works(cli, plugin, tmp_path):
         (r["cell_id"], r["status"]) for r in table(out / "results.csv"))
 
 
+def stderr_on_a_terminal(*args, cwd) -> tuple[int, str]:
+    """Run ``python -m bench ARGS`` with its stderr on a pseudo-terminal, as in an interactive shell."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a terminal's size
+    proc = subprocess.Popen([sys.executable, "-m", "bench", *map(str, args)], cwd=cwd, env=bench_env(),
+                            stdout=subprocess.DEVNULL, stderr=follower)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the child closed its end
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    return proc.wait(), b"".join(chunks).decode(errors="replace")
+
+
+RUN_ARGS = ("run", "--models", "linear", "--limit", "500", "--epochs", "2", "--device", "cpu")
+
+
 @pytest.mark.parametrize("blocked", [False, True])
-def test_progress_bars_are_a_plugin_that_can_be_blocked(cli, tmp_path, blocked):
+def test_progress_bars_are_a_plugin_that_can_be_blocked(tmp_path, blocked):
     args = ["-p", "no:plugins.progress"] if blocked else []
-    result = cli("run", *args, "--models", "linear", "--limit", "500", "--epochs", "2", "--device", "cpu",
-                 "--out", tmp_path / "run")
-    assert result.exit_code == 0, result.output
-    bars = [line for line in result.stderr.replace("\r", "\n").splitlines() if "cell/s" in line or "epoch" in line]
-    assert bool(bars) is not blocked, result.stderr
-    assert "1/1" in result.stderr or blocked  # the grid bar counted the cell
+    status, stderr = stderr_on_a_terminal(*args, *RUN_ARGS, "--out", tmp_path / "run", cwd=tmp_path)
+    assert status == 0, stderr
+    bars = [line for line in stderr.replace("\r", "\n").splitlines() if "cell/s" in line or "epoch" in line]
+    assert bool(bars) is not blocked, stderr
+    assert "1/1" in stderr or blocked  # the grid bar counted the cell
+
+
+def test_no_progress_bars_when_stderr_is_not_a_terminal(tmp_path):
+    """A log file gets the run's messages, not a bar's carriage returns and escape codes (no -q needed)."""
+    with open(tmp_path / "log", "w") as log:
+        status = subprocess.run([sys.executable, "-m", "bench", *map(str, RUN_ARGS), "--out", tmp_path / "run"],
+                                cwd=tmp_path, env=bench_env(), stdout=log, stderr=subprocess.STDOUT).returncode
+    text = (tmp_path / "log").read_text()
+    assert status == 0, text
+    assert "results:" in text  # the summary is there
+    assert "\r" not in text and "\x1b[" not in text and "cell/s" not in text, text
