@@ -415,9 +415,9 @@ def _execute(*, store, cells, the_study, registry, host, torch_device, execution
         echo(f"gridbench {__version__}: {what} on {torch_device} -> {store.root}")
     if done and tuning is None:
         labels = [cell.label for cell in cells if cell.cell_id in done]
-        labels = "; ".join(labels[:10]) + (f"; and {len(labels) - 10} more" if len(labels) > 10 else "")
+        named = ": " + "; ".join(labels) if len(labels) <= 2 else " (a dry run lists them)"
         echo(f"resume: {len(done)} of {len(cells)} cell(s) already finished in {store.root} are skipped "
-             f"(force reruns them): {labels}")
+             f"(force reruns them){named}")
     others = len({r["row"]["cell_id"] for r in store.records()} - {cell.cell_id for cell in cells})
     if others and not quiet and tuning is None:
         echo(f"note: {store.root} also holds {others} cell(s) of other studies; results.csv lists them too")

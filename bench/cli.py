@@ -14,7 +14,9 @@ import click
 
 from bench import __version__
 from bench.errors import BenchError, OptionError
+from bench.helpformat import SectionedCommand
 from bench.paths import default_data_dir
+from bench.textfit import TABLE_WIDTH, fit_tables
 
 DEFAULT_DATA_DIR = default_data_dir()
 
@@ -107,6 +109,22 @@ def executor_options(f):
                              "workers), ray (a Ray cluster), or a plugin's executor.")(f)
 
 
+def wide_option(f):
+    """``--wide``: print the terminal tables whole instead of fitted to TABLE_WIDTH columns (bench/textfit.py)."""
+    def remember(ctx, _param, value):
+        ctx.meta["wide"] = value
+
+    return click.option("--wide", is_flag=True, expose_value=False, callback=remember,
+                        help="Print tables whole (every column, full labels) instead of fitted to "
+                             f"{TABLE_WIDTH} columns.")(f)
+
+
+def echo_table(text: str) -> None:
+    """Print text that holds tables: fitted to the terminal unless --wide was given."""
+    wide = click.get_current_context(silent=True) and click.get_current_context().meta.get("wide")
+    click.echo(text if wide else fit_tables(text, TABLE_WIDTH))
+
+
 def make_host(plugin_modules=()):
     """The plugin host for one command: built-ins, installed plugins (unless autoload is off), and
     the ``-p`` modules given before the command name and to the command itself."""
@@ -150,7 +168,20 @@ def _freeze_objects_at_exit() -> None:
     atexit.register(gc.freeze)
 
 
-@main.command()
+#: ``bench run --help``'s sections: every option under one heading (bench/helpformat.py).
+RUN_SECTIONS = {
+    "What to train": ["study", "grid", "models", "losses", "datasets", "params", "seeds", "repeat", "limit"],
+    "The recipe (each takes a comma list: an axis of the grid)": ["epochs", "batch_size", "lr", "optimizer",
+                                                                  "weight_decay", "schedule"],
+    "How to run": ["device_spec", "executor", "jobs", "address", "threads", "cuda_graphs", "compile_",
+                   "plugin_modules", "data_dir"],
+    "Outputs": ["out", "force", "wait", "dry_run", "quiet", "wide", "make_report", "track"],
+    "Tuning and time to target": ["tune", "trials", "sampler", "tune_metric", "target", "eval_every"],
+    "Fusion": ["fuse", "fuse_max"],
+}
+
+
+@main.command(cls=SectionedCommand, sections=RUN_SECTIONS)
 @click.option("--study", "study", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE.yaml",
               help="A study file (models, losses, datasets, grid, params, recipe, zip, exclude, seeds, limit, "
                    "device); the options below override it. See examples/studies/.")
@@ -215,6 +246,7 @@ def _freeze_objects_at_exit() -> None:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @click.option("--report", "make_report", is_flag=True,
               help="Then write a report into RUN_DIR/report (see bench report).")
+@wide_option
 @plugin_option
 @executor_options
 @click.pass_context
@@ -224,7 +256,8 @@ def run(ctx, **options):
 
     \b
     Every list is an axis, crossed with the others:
-      bench run --models linear --losses mse,crossentropy --lr 1e-3,1e-2,1e-1 --optimizer adam,sgd --seeds 0,1,2
+      bench run --models linear --losses mse,crossentropy --lr 1e-3,1e-2,1e-1 \\
+                --seeds 0,1,2
       bench run --study examples/studies/linearity.yaml --device cpu
 
     Rerunning the same command with the same --out resumes: finished cells are skipped, failed and
@@ -291,16 +324,16 @@ def _run(ctx, *, study, grid, models, losses, datasets, params, seeds, repeat, e
         if groups:
             click.echo(groups)
         return
-    click.echo(format_summary(result.rows))
+    echo_table(format_summary(result.rows))
     if len({row["seed"] for row in result.rows}) > 1:
-        click.echo("\n" + format_seed_statistics(result.rows))
+        echo_table("\n" + format_seed_statistics(result.rows))
     if any(row.get("target") for row in result.rows):
         import pandas as pd
 
         from bench import stats
 
         table = stats.time_to_target(pd.DataFrame(result.rows))
-        click.echo("\ntime to target (training time until the validation metric first reached it; median over "
+        echo_table("\ntime to target (training time until the validation metric first reached it; median over "
                    "the seeds that did):\n" + stats.format_time_to_target(table))
     click.echo(f"results: {result.path / 'results.csv'}")
     if make_report:
@@ -417,6 +450,7 @@ def format_summary(rows) -> str:
                    "beside the first].")
 @click.option("--cell-figures", is_flag=True,
               help="Also draw every cell's own templates and confusion matrix, one page per cell (cells/).")
+@wide_option
 def report(run_dirs, out, cell_figures):
     """Write a report over run directories: tables (Markdown, CSV, HTML, LaTeX), figures and one index.html.
 
@@ -431,7 +465,7 @@ def write_report(run_dirs: list[Path], out: Path | None, cell_figures: bool = Fa
     result = build_report(run_dirs, out, cell_figures=cell_figures)
     for skipped in result.skipped_reports:
         click.echo(f"note: {skipped} is a gridbench report, not a run directory: left out", err=True)
-    click.echo(result.terminal())
+    echo_table(result.terminal())
     click.echo(f"report: {result.index}")
 
 
@@ -444,6 +478,7 @@ def write_report(run_dirs: list[Path], out: Path | None, cell_figures: bool = Fa
               "some configuration: mean test accuracy lower by more than X, or median epoch time more than R times.")
 @click.option("--markdown", type=click.Path(path_type=Path), metavar="FILE",
               help="Also write the comparison as Markdown (e.g. $GITHUB_STEP_SUMMARY).")
+@wide_option
 def compare(base, new, ignore, fail_on, markdown):
     """Compare two runs (run directories or report folders) configuration by configuration.
 
@@ -453,7 +488,7 @@ def compare(base, new, ignore, fail_on, markdown):
     from reports.compare import compare_runs
 
     result = compare_runs(base, new, ignore=ignore, margins=fail_on)
-    click.echo(result.terminal(), nl=False)
+    echo_table(result.terminal().rstrip("\n"))
     if markdown is not None:
         from bench.store import atomic_write
 
