@@ -182,9 +182,10 @@ RUN_SECTIONS = {
 
 
 @main.command(cls=SectionedCommand, sections=RUN_SECTIONS)
-@click.option("--study", "study", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE.yaml",
+@click.option("--study", "study", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE.yaml|NAME",
               help="A study file (models, losses, datasets, grid, params, recipe, zip, exclude, seeds, limit, "
-                   "device); the options below override it. See examples/studies/.")
+                   "device), or the name of a study that ships with gridbench, e.g. linearity (bench list shows "
+                   "them); the options below override it.")
 @click.option("--grid", "grid", metavar="NAME", help="A registered grid (bench list shows them), e.g. all (every "
               "model x loss x available dataset) or seed (the notebook's three cells, the default unless "
               "--models/--losses/--datasets are given).")
@@ -258,7 +259,7 @@ def run(ctx, **options):
     Every list is an axis, crossed with the others:
       bench run --models linear --losses mse,crossentropy --lr 1e-3,1e-2,1e-1 \\
                 --seeds 0,1,2
-      bench run --study examples/studies/linearity.yaml --device cpu
+      bench run --study linearity --device cpu
 
     Rerunning the same command with the same --out resumes: finished cells are skipped, failed and
     missing ones run. Ctrl-C (or SIGTERM) stops after saving what has finished and prints the command
@@ -515,6 +516,11 @@ def list_(plugin_modules):
     for g in registry.grids():
         click.echo(f"  {g.name:<16} {g.description}")
         click.echo(f"  {'':<16} plugin: {g.plugin}")
+    from bench.study import describe, shipped
+
+    click.echo(click.style("studies:", bold=True) + " (bench run --study NAME)")
+    for name, path in shipped().items():
+        click.echo(f"  {name:<16} {describe(path)}")
 
 
 @main.command()
