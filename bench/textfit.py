@@ -15,11 +15,12 @@ import textwrap
 #: Terminal tables are fitted to this many columns unless --wide is given.
 TABLE_WIDTH = 120
 #: A shortened column keeps at least this many characters.
-MIN_COLUMN = 8
+MIN_COLUMN = 12
 #: Columns that say how a row came out stay even where every row says the same.
 _OUTCOME = re.compile(r"^(verdict|status|gate)\b")
 _RULE = re.compile(r"^ *-+(?: +-+)* *$")
-_NUMBER = re.compile(r"^[-+]?[\d,]*\.?\d+(?:e[-+]?\d+)?%?$|^-$|^$", re.I)
+#: Numbers, intervals ("0.97 ± 0.01", "[-0.05, +0.01]"), counts ("3/3/3"): never shortened.
+_NUMBER = re.compile(r"^[-+]?[\d,]*\.?\d+(?:e[-+]?\d+)?%?$|^-$|^$|^[\d\s.,+\-±\[\]/x×%e]+$", re.I)
 
 
 def _spans(rule: str) -> list[tuple[int, int]]:
@@ -77,6 +78,10 @@ def fit_tables(text: str, width: int = TABLE_WIDTH) -> str:
             block = lines[i:end]
             if max(len(b) for b in block) <= width:
                 out += block
+            elif end - i == 3:  # one row: as "column  value" lines, which fit whatever the columns
+                header, (row,) = _cells(lines[i], spans), [_cells(lines[i + 2], spans)]
+                key = max(len(h) for h in header)
+                out += [f"{h.ljust(key)}  {v}".rstrip() for h, v in zip(header, row)]
             else:
                 header = _cells(lines[i], spans)
                 rows = [_cells(r, spans) for r in lines[i + 2:end]]
