@@ -287,7 +287,8 @@ def run(study: Path | str | Mapping | Study | None = None, *,
 
     ``study``: a YAML file, a mapping with the same keys, or a :class:`bench.study.Study`; the
     other options override it. Axes (``models``, ``lr``, ``optimizer``, ``seeds``, ...) take a value,
-    a list or a comma-separated string. ``out`` defaults to ``runs/<timestamp>``; rerunning into
+    a list or a comma-separated string. ``out`` defaults to ``runs/<timestamp>`` under the current
+    working directory (``Run.path`` says where; pass ``out`` to choose); rerunning into
     the same ``out`` resumes (finished cells are skipped, failed ones retried; ``force`` reruns all).
     ``plugins`` are ``-p`` modules; ``host`` a ready :class:`bench.host.Host` instead. Bad input
     raises :class:`bench.BenchError` before anything trains; a failing cell does not raise (see
