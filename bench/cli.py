@@ -116,12 +116,14 @@ def wide_option(f):
 
     return click.option("--wide", is_flag=True, expose_value=False, callback=remember,
                         help="Print tables whole (every column, full labels) instead of fitted to "
-                             f"{TABLE_WIDTH} columns.")(f)
+                             f"{TABLE_WIDTH} columns (on a terminal; a file or pipe gets them whole).")(f)
 
 
 def echo_table(text: str) -> None:
-    """Print text that holds tables: fitted to the terminal unless --wide was given."""
-    wide = click.get_current_context(silent=True) and click.get_current_context().meta.get("wide")
+    """Print text that holds tables: on a terminal, fitted to TABLE_WIDTH columns unless --wide was given;
+    into a file or a pipe (a script reads it) whole."""
+    ctx = click.get_current_context(silent=True)
+    wide = (ctx is not None and ctx.meta.get("wide")) or not click.get_text_stream("stdout").isatty()
     click.echo(text if wide else fit_tables(text, TABLE_WIDTH))
 
 

@@ -17,7 +17,7 @@ GRID = ["-p", "tests.report_test_plugin", "--models", "knob", "--datasets", "blo
 
 
 def bench(*args, env=None) -> tuple[int, str]:
-    result = CliRunner().invoke(main, [*map(str, args), "--wide"], env=env)  # each row whole, on one line
+    result = CliRunner().invoke(main, [str(a) for a in args], env=env)
     if result.exception and not isinstance(result.exception, SystemExit):
         raise result.exception
     return result.exit_code, result.output

@@ -35,12 +35,42 @@ GRID = ("--models", "linear", "--losses", "mse,crossentropy", "--lr", "1e-3,1e-2
         "--limit", "500", "--epochs", "1", "--device", "cpu", "-q")
 
 
+def on_a_terminal(*args, cwd) -> tuple[int, str]:
+    """``python -m bench ARGS`` with its stdout on a 200-column pseudo-terminal, as typed in a shell."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import subprocess
+    import sys
+    import termios
+
+    from tests.conftest import bench_env
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 200, 0, 0))
+    proc = subprocess.Popen([sys.executable, "-m", "bench", *map(str, args)], cwd=cwd, env=bench_env(),
+                            stdout=follower, stderr=subprocess.DEVNULL)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the child closed its end
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    return proc.wait(), b"".join(chunks).decode().replace("\r\n", "\n")
+
+
 @pytest.fixture(scope="module")
 def two_rates(tmp_path_factory):
     out = tmp_path_factory.mktemp("fit") / "run"
-    result = invoke("run", *GRID, "--out", out)
-    assert result.exit_code == 0, result.output
-    return out, result.output
+    status, fitted = on_a_terminal("run", *GRID, "--out", out, cwd=out.parent)
+    assert status == 0, fitted
+    return out, fitted
 
 
 def test_run_tables_fit_120_columns_and_wide_prints_them_whole(two_rates):
@@ -49,23 +79,26 @@ def test_run_tables_fit_120_columns_and_wide_prints_them_whole(two_rates):
     assert "paired comparisons" in fitted
     # the dataset and the seed count are the same in every comparison: said once, not in 12 rows
     assert "the same in every row: dataset=mnist" in fitted
-    wide = invoke("run", *GRID, "--out", out, "--wide").output  # resumes: the same tables, whole
+    _, wide = on_a_terminal("run", *GRID, "--out", out, "--wide", cwd=out.parent)  # resumes: the same tables
     assert max(len(line) for line in wide.splitlines()) > 120
     assert "linear+crossentropy lr=0.001" in wide and "the same in every row" not in wide
     # shortened labels keep both ends, which tell the configurations apart
     labels = set(re.findall(r"linear\+\S*… lr=\S+", fitted))
     assert labels and all(label.endswith(("lr=0.001", "lr=0.01")) for label in labels)
+    # a script reading the output through a pipe gets the tables whole
+    piped = invoke("run", *GRID, "--out", out).output
+    assert max(len(line) for line in piped.splitlines()) > 120 and "the same in every row" not in piped
 
 
 def test_compare_table_fits_120_columns(two_rates):
     out, _ = two_rates
-    result = invoke("compare", out, out)
-    assert result.exit_code == 0, result.output
-    lines = result.output.splitlines()
+    status, output = on_a_terminal("compare", out, out, cwd=out.parent)
+    assert status == 0, output
+    lines = output.splitlines()
     assert max(len(line) for line in lines) <= 120, max(lines, key=len)
     # a run against itself: four configurations, all tied, the verdict kept though it is the same in each
     assert sum(line.rstrip().endswith("tied") for line in lines) == 4
-    wide = invoke("compare", out, out, "--wide").output
+    _, wide = on_a_terminal("compare", out, out, "--wide", cwd=out.parent)
     assert max(len(line) for line in wide.splitlines()) > 120
 
 
@@ -80,3 +113,12 @@ def test_fit_tables_leaves_other_lines_and_narrow_tables_alone():
     assert all(len(line) <= 20 for line in fitted)
     assert fitted[2].startswith("conf") and "…" in fitted[2] and fitted[2].split()[0].endswith("-0")  # both ends
     assert [line.split()[-1] for line in fitted[2:5]] == ["0", "1", "2"]  # numbers are never shortened
+
+
+def test_a_one_row_table_too_wide_to_fit_prints_as_column_value_lines():
+    header = ["configuration", "verdict", "gate"]
+    row = ["knob+crossentropy", "NEW worse", "FAIL: accuracy -0.2933 < -0.01; time ×2.051 > 1.2 " + "x" * 60]
+    widths = [max(len(h), len(c)) for h, c in zip(header, row)]
+    table = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in
+                      [header, ["-" * w for w in widths], row])
+    assert fit_tables(table, 60).splitlines()[:2] == ["configuration  knob+crossentropy", "verdict        NEW worse"]
