@@ -148,6 +148,9 @@ class MlflowTracker:
     LIVE_AFTER_S = 1.0
     PARENT_TAG = "bench.run_dir"
 
+    #: The experiment's kind, which MLflow's UI reads to choose the experiment's first view.
+    EXPERIMENT_KIND = "mlflow.experimentKind"
+
     def __init__(self):
         _require("mlflow", "mlflow", "mlflow")
         self.client = None
@@ -177,6 +180,9 @@ class MlflowTracker:
                 self.experiment_id = experiment.experiment_id
                 if experiment.lifecycle_stage == "deleted":
                     client.restore_experiment(self.experiment_id)
+            if experiment is None or self.EXPERIMENT_KIND not in experiment.tags:
+                # without it MLflow's UI may open the experiment in its GenAI view, not on the runs table
+                client.set_experiment_tag(self.experiment_id, self.EXPERIMENT_KIND, "custom_model_development")
         parents = [r for r in self._search(f"tags.`{self.PARENT_TAG}` != ''", ViewType.ACTIVE_ONLY)
                    if r.data.tags.get(self.PARENT_TAG) == str(root) and "mlflow.parentRunId" not in r.data.tags]
         if parents:

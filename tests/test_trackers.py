@@ -227,6 +227,9 @@ def test_mlflow_tracking_uri_and_experiment_name_from_the_environment(cli, tmp_p
     assert not (out / "mlflow.db").exists() and (tmp_path / "elsewhere.db").is_file()
     assert list((tmp_path / "mlruns").glob("*/*/artifacts/results.csv"))
     assert len(assert_mlflow_mirrors(out, uri, "shared")) == 1
+    # a model-training experiment, so that MLflow's UI opens it on its runs table (not the GenAI view)
+    client, _, _ = mlflow_runs(out, uri, "shared")
+    assert client.get_experiment_by_name("shared").tags["mlflow.experimentKind"] == "custom_model_development"
 
 
 # -- TensorBoard -------------------------------------------------------------------------------------------
