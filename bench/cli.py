@@ -123,7 +123,7 @@ def echo_table(text: str) -> None:
     """Print text that holds tables: on a terminal, fitted to TABLE_WIDTH columns unless --wide was given;
     into a file or a pipe (a script reads it) whole."""
     ctx = click.get_current_context(silent=True)
-    wide = (ctx is not None and ctx.meta.get("wide")) or not click.get_text_stream("stdout").isatty()
+    wide = (ctx is not None and ctx.meta.get("wide")) or not sys.stdout.isatty()
     click.echo(text if wide else fit_tables(text, TABLE_WIDTH))
 
 

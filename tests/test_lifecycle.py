@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from bench.host import BrokenPlugin
-from tests.conftest import REPO, bench_env, run_bench
+from tests.conftest import REPO, bench_env, bench_on_a_terminal, run_bench
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"
 
@@ -272,38 +272,13 @@ def test_the_documented_tracker_works(cli, plugin, tmp_path):
         (r["cell_id"], r["status"]) for r in table(out / "results.csv"))
 
 
-def stderr_on_a_terminal(*args, cwd) -> tuple[int, str]:
-    """Run ``python -m bench ARGS`` with its stderr on a pseudo-terminal, as in an interactive shell."""
-    import fcntl
-    import pty
-    import struct
-    import termios
-
-    leader, follower = pty.openpty()
-    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a terminal's size
-    proc = subprocess.Popen([sys.executable, "-m", "bench", *map(str, args)], cwd=cwd, env=bench_env(),
-                            stdout=subprocess.DEVNULL, stderr=follower)
-    os.close(follower)
-    chunks = []
-    while True:
-        try:
-            chunk = os.read(leader, 65536)
-        except OSError:  # EIO: the child closed its end
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(leader)
-    return proc.wait(), b"".join(chunks).decode(errors="replace")
-
-
 RUN_ARGS = ("run", "--models", "linear", "--limit", "500", "--epochs", "2", "--device", "cpu")
 
 
 @pytest.mark.parametrize("blocked", [False, True])
 def test_progress_bars_are_a_plugin_that_can_be_blocked(tmp_path, blocked):
     args = ["-p", "no:plugins.progress"] if blocked else []
-    status, stderr = stderr_on_a_terminal(*args, *RUN_ARGS, "--out", tmp_path / "run", cwd=tmp_path)
+    status, stderr = bench_on_a_terminal(*args, *RUN_ARGS, "--out", tmp_path / "run", cwd=tmp_path, stream="stderr")
     assert status == 0, stderr
     bars = [line for line in stderr.replace("\r", "\n").splitlines() if "cell/s" in line or "epoch" in line]
     assert bool(bars) is not blocked, stderr

@@ -8,6 +8,7 @@ from click.testing import CliRunner
 
 from bench.cli import RUN_SECTIONS, main, run
 from bench.textfit import fit_tables
+from tests.conftest import bench_on_a_terminal
 
 
 def invoke(*args, columns=200):
@@ -37,32 +38,7 @@ GRID = ("--models", "linear", "--losses", "mse,crossentropy", "--lr", "1e-3,1e-2
 
 def on_a_terminal(*args, cwd) -> tuple[int, str]:
     """``python -m bench ARGS`` with its stdout on a 200-column pseudo-terminal, as typed in a shell."""
-    import fcntl
-    import os
-    import pty
-    import struct
-    import subprocess
-    import sys
-    import termios
-
-    from tests.conftest import bench_env
-
-    leader, follower = pty.openpty()
-    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 200, 0, 0))
-    proc = subprocess.Popen([sys.executable, "-m", "bench", *map(str, args)], cwd=cwd, env=bench_env(),
-                            stdout=follower, stderr=subprocess.DEVNULL)
-    os.close(follower)
-    chunks = []
-    while True:
-        try:
-            chunk = os.read(leader, 65536)
-        except OSError:  # EIO: the child closed its end
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(leader)
-    return proc.wait(), b"".join(chunks).decode().replace("\r\n", "\n")
+    return bench_on_a_terminal(*args, cwd=cwd, columns=200)
 
 
 @pytest.fixture(scope="module")
