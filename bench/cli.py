@@ -505,24 +505,30 @@ def compare(base, new, ignore, fail_on, markdown):
 def list_(plugin_modules):
     """List the models, losses, datasets and grids that plugins registered, with their parameters, and
     the executors that can run a grid."""
+    import textwrap
+
     from bench.host import KINDS, PLURAL
+
+    def item(name: str, *texts: str) -> None:  # name, then its texts wrapped beside it in 100 columns
+        for i, text in enumerate(texts):
+            lines = textwrap.wrap(text, 100 - 19, break_on_hyphens=False) or [""]
+            for j, line in enumerate(lines):
+                click.echo(f"  {name if i == j == 0 else '':<16} {'' if j == 0 else '  '}{line}".rstrip())
 
     host, registry = make_host(plugin_modules)
     for kind in KINDS:
         click.echo(click.style(f"{PLURAL[kind]}:", bold=True))
         for c in registry.all(kind):
             params = ", ".join(f"{k}={v!r}" for k, v in c.params.items())
-            click.echo(f"  {c.name:<16} {c.description}")
-            click.echo(f"  {'':<16} params: {params or '-'}   plugin: {c.plugin}")
+            item(c.name, c.description, f"params: {params or '-'}   plugin: {c.plugin}")
     click.echo(click.style("grids:", bold=True))
     for g in registry.grids():
-        click.echo(f"  {g.name:<16} {g.description}")
-        click.echo(f"  {'':<16} plugin: {g.plugin}")
+        item(g.name, g.description, f"plugin: {g.plugin}")
     from bench.study import describe, shipped
 
     click.echo(click.style("studies:", bold=True) + " (bench run --study NAME)")
     for name, path in shipped().items():
-        click.echo(f"  {name:<16} {describe(path)}")
+        item(name, describe(path))
 
 
 @main.command()

@@ -98,3 +98,13 @@ def test_a_one_row_table_too_wide_to_fit_prints_as_column_value_lines():
     table = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in
                       [header, ["-" * w for w in widths], row])
     assert fit_tables(table, 60).splitlines()[:2] == ["configuration  knob+crossentropy", "verdict        NEW worse"]
+
+
+def test_bench_list_fits_100_columns():
+    result = invoke("list")
+    assert result.exit_code == 0
+    lines = result.output.splitlines()
+    assert max(len(line) for line in lines) <= 100, max(lines, key=len)
+    # a long description wraps under itself, its install hint kept whole on the next line
+    ray = lines.index(next(line for line in lines if line.startswith("  ray ")))
+    assert "pip install 'gridbench[ray]'" in " ".join(lines[ray:ray + 2])
