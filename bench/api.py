@@ -367,7 +367,8 @@ def run(study: Path | str | Mapping | Study | None = None, *,
 
     ``study``: a YAML file, a mapping with the same keys, or a :class:`bench.study.Study`; the
     other options override it. Axes (``models``, ``lr``, ``optimizer``, ``seeds``, ...) take a value,
-    a list or a comma-separated string. ``out`` defaults to ``runs/<timestamp>``; rerunning into
+    a list or a comma-separated string. ``out`` defaults to ``runs/<timestamp>`` under the current
+    working directory (``Run.path`` says where; pass ``out`` to choose); rerunning into
     the same ``out`` resumes (finished cells are skipped, failed ones retried; ``force`` reruns all).
     ``plugins`` are ``-p`` modules; ``host`` a ready :class:`bench.host.Host` instead. Bad input
     raises :class:`bench.BenchError` before anything trains; a failing cell does not raise (see
@@ -516,9 +517,9 @@ def _execute(*, store, cells, the_study, registry, host, torch_device, execution
         echo(f"gridbench {__version__}: {what} on {torch_device} -> {store.root}")
     if done and tuning is None:
         labels = [cell.label for cell in cells if cell.cell_id in done]
-        labels = "; ".join(labels[:10]) + (f"; and {len(labels) - 10} more" if len(labels) > 10 else "")
+        named = ": " + "; ".join(labels) if len(labels) <= 2 else " (a dry run lists them)"
         echo(f"resume: {len(done)} of {len(cells)} cell(s) already finished in {store.root} are skipped "
-             f"(force reruns them): {labels}")
+             f"(force reruns them){named}")
     others = len({r["row"]["cell_id"] for r in store.records()} - {cell.cell_id for cell in cells})
     if others and not quiet and tuning is None:
         echo(f"note: {store.root} also holds {others} cell(s) of other studies; results.csv lists them too")

@@ -14,8 +14,10 @@ import click
 
 from bench import __version__
 from bench.errors import BenchError, OptionError
+from bench.helpformat import SectionedCommand
 from bench.paths import default_data_dir
 from bench.safe_text import printable
+from bench.textfit import TABLE_WIDTH, fit_tables
 
 DEFAULT_DATA_DIR = default_data_dir()
 
@@ -119,6 +121,24 @@ def executor_options(f):
                              "executor.")(f)
 
 
+def wide_option(f):
+    """``--wide``: print the terminal tables whole instead of fitted to TABLE_WIDTH columns (bench/textfit.py)."""
+    def remember(ctx, _param, value):
+        ctx.meta["wide"] = value
+
+    return click.option("--wide", is_flag=True, expose_value=False, callback=remember,
+                        help="Print tables whole (every column, full labels) instead of fitted to "
+                             f"{TABLE_WIDTH} columns (on a terminal; a file or pipe gets them whole).")(f)
+
+
+def echo_table(text: str) -> None:
+    """Print text that holds tables: on a terminal, fitted to TABLE_WIDTH columns unless --wide was given;
+    into a file or a pipe (a script reads it) whole."""
+    ctx = click.get_current_context(silent=True)
+    wide = (ctx is not None and ctx.meta.get("wide")) or not sys.stdout.isatty()
+    echo(text if wide else fit_tables(text, TABLE_WIDTH))
+
+
 def make_host(plugin_modules=()):
     """The plugin host for one command: built-ins, installed plugins (unless autoload is off), and
     the ``-p`` modules given before the command name and to the command itself."""
@@ -157,17 +177,29 @@ def main(plugin_modules):
 def _freeze_objects_at_exit() -> None:
     """At exit, move every object into ``gc``'s permanent generation, so that the
     interpreter's last garbage collections do not walk the millions of objects that torch and pandas
-    hold. That took ~0.5 s of each ``bench`` process's exit (0.81-0.90 s from the command's end to the
-    process's, 0.31-0.34 s frozen, measured on a fused 40-cell run); everything the command writes is
-    closed explicitly before, and the atexit handlers registered after this one (trackers, executors)
-    run first."""
+    hold (docs/benchmarks.md: what it saves); everything the command writes is closed explicitly before,
+    and the atexit handlers registered after this one (trackers, executors) run first."""
     atexit.register(gc.freeze)
 
 
-@main.command()
-@click.option("--study", "study", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE.yaml",
+#: ``bench run --help``'s sections: every option under one heading (bench/helpformat.py).
+RUN_SECTIONS = {
+    "What to train": ["study", "grid", "models", "losses", "datasets", "params", "seeds", "repeat", "limit"],
+    "The recipe (each takes a comma list: an axis of the grid)": ["epochs", "batch_size", "lr", "optimizer",
+                                                                  "weight_decay", "schedule"],
+    "How to run": ["device_spec", "executor", "jobs", "address", "executor_option", "threads", "cuda_graphs",
+                   "compile_", "plugin_modules", "data_dir"],
+    "Outputs": ["out", "force", "wait", "dry_run", "quiet", "wide", "make_report", "track"],
+    "Tuning and time to target": ["tune", "trials", "sampler", "tune_metric", "target", "eval_every"],
+    "Fusion": ["fuse", "fuse_max"],
+}
+
+
+@main.command(cls=SectionedCommand, sections=RUN_SECTIONS)
+@click.option("--study", "study", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE.yaml|NAME",
               help="A study file (models, losses, datasets, grid, params, recipe, zip, exclude, seeds, limit, "
-                   "device); the options below override it. See examples/studies/.")
+                   "device), or the name of a study that ships with gridbench, e.g. linearity (bench list shows "
+                   "them); the options below override it.")
 @click.option("--grid", "grid", metavar="NAME", help="A registered grid (bench list shows them), e.g. all (every "
               "model x loss x available dataset) or seed (the notebook's three cells, the default unless "
               "--models/--losses/--datasets are given).")
@@ -230,6 +262,7 @@ def _freeze_objects_at_exit() -> None:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @click.option("--report", "make_report", is_flag=True,
               help="Then write a report into RUN_DIR/report (see bench report).")
+@wide_option
 @plugin_option
 @executor_options
 @click.pass_context
@@ -239,8 +272,9 @@ def run(ctx, **options):
 
     \b
     Every list is an axis, crossed with the others:
-      bench run --models linear --losses mse,crossentropy --lr 1e-3,1e-2,1e-1 --optimizer adam,sgd --seeds 0,1,2
-      bench run --study examples/studies/linearity.yaml --device cpu
+      bench run --models linear --losses mse,crossentropy --lr 1e-3,1e-2,1e-1 \\
+                --seeds 0,1,2
+      bench run --study linearity --device cpu
 
     Rerunning the same command with the same --out resumes: finished cells are skipped, failed and
     missing ones run. Ctrl-C (or SIGTERM) stops after saving what has finished and prints the command
@@ -309,16 +343,16 @@ def _run(ctx, *, study, grid, models, losses, datasets, params, seeds, repeat, e
         if groups:
             echo(groups)
         return
-    echo(format_summary(result.rows))
+    echo_table(format_summary(result.rows))
     if len({row["seed"] for row in result.rows}) > 1:
-        echo("\n" + format_seed_statistics(result.rows))
+        echo_table("\n" + format_seed_statistics(result.rows))
     if any(row.get("target") for row in result.rows):
         import pandas as pd
 
         from bench import stats
 
         table = stats.time_to_target(pd.DataFrame(result.rows))
-        echo("\ntime to target (training time until the validation metric first reached it; median over "
+        echo_table("\ntime to target (training time until the validation metric first reached it; median over "
                    "the seeds that did):\n" + stats.format_time_to_target(table))
     echo(f"results: {result.path / 'results.csv'}")
     if make_report:
@@ -461,6 +495,7 @@ def format_summary(rows) -> str:
                    "beside the first].")
 @click.option("--cell-figures", is_flag=True,
               help="Also draw every cell's own templates and confusion matrix, one page per cell (cells/).")
+@wide_option
 def report(run_dirs, out, cell_figures):
     """Write a report over run directories: tables (Markdown, CSV, HTML, LaTeX), figures and one index.html.
 
@@ -475,7 +510,7 @@ def write_report(run_dirs: list[Path], out: Path | None, cell_figures: bool = Fa
     result = build_report(run_dirs, out, cell_figures=cell_figures)
     for skipped in result.skipped_reports:
         echo(f"note: {skipped} is a gridbench report, not a run directory: left out", err=True)
-    echo(result.terminal())
+    echo_table(result.terminal())
     echo(f"report: {result.index}")
 
 
@@ -490,6 +525,7 @@ def write_report(run_dirs: list[Path], out: Path | None, cell_figures: bool = Fa
 @click.option("--markdown", type=click.Path(path_type=Path), metavar="FILE",
               help="Also write the comparison as Markdown (e.g. $GITHUB_STEP_SUMMARY), into a folder that exists and "
                    "is not a run directory.")
+@wide_option
 def compare(base, new, ignore, fail_on, markdown):
     """Compare two runs (run directories or report folders) configuration by configuration.
 
@@ -503,7 +539,7 @@ def compare(base, new, ignore, fail_on, markdown):
     if markdown is not None:  # before comparing: a bad path is bad input, nothing written
         check_output_file(markdown, "--markdown")
     result = compare_runs(base, new, ignore=ignore, margins=fail_on)
-    echo(result.terminal(), nl=False)
+    echo_table(result.terminal().rstrip("\n"))
     if markdown is not None:
         from bench.store import atomic_write
 
@@ -517,19 +553,30 @@ def compare(base, new, ignore, fail_on, markdown):
 def list_(plugin_modules):
     """List the models, losses, datasets and grids that plugins registered, with their parameters, and
     the executors that can run a grid."""
+    import textwrap
+
     from bench.host import KINDS, PLURAL
+
+    def item(name: str, *texts: str) -> None:  # name, then its texts wrapped beside it in 100 columns
+        for i, text in enumerate(texts):
+            lines = textwrap.wrap(text, 100 - 19, break_on_hyphens=False) or [""]
+            for j, line in enumerate(lines):
+                echo(f"  {name if i == j == 0 else '':<16} {'' if j == 0 else '  '}{line}".rstrip())
 
     host, registry = make_host(plugin_modules)
     for kind in KINDS:
         click.echo(click.style(f"{PLURAL[kind]}:", bold=True))
         for c in registry.all(kind):
             params = ", ".join(f"{k}={v!r}" for k, v in c.params.items())
-            echo(f"  {c.name:<16} {c.description}")
-            echo(f"  {'':<16} params: {params or '-'}   plugin: {c.plugin}")
+            item(c.name, c.description, f"params: {params or '-'}   plugin: {c.plugin}")
     click.echo(click.style("grids:", bold=True))
     for g in registry.grids():
-        echo(f"  {g.name:<16} {g.description}")
-        echo(f"  {'':<16} plugin: {g.plugin}")
+        item(g.name, g.description, f"plugin: {g.plugin}")
+    from bench.study import describe, shipped
+
+    click.echo(click.style("studies:", bold=True) + " (bench run --study NAME)")
+    for name, path in shipped().items():
+        item(name, describe(path))
 
 
 @main.command()

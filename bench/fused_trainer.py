@@ -251,8 +251,8 @@ class FusedStep:
 class _Slots:
     """Where each stacked tensor lives in ``module`` (every alias of a tied one), to run the module on other
     tensors: what ``torch.func.functional_call`` does, without its per-call name checks and tree handling
-    (~0.4 ms of a 40-member linear step on cpu, measured; the module is the fused step's private copy,
-    whose names are known once)."""
+    (a noticeable share of a small model's step; docs/benchmarks.md), since the module is the fused step's
+    private copy, whose names are known once."""
 
     def __init__(self, module: nn.Module, names: Sequence[str]):
         canonical: dict[int, str] = {}  # a tied tensor's first name, as named_parameters() keeps it
@@ -284,8 +284,8 @@ class _Slots:
 
 
 def _predictions(logits: torch.Tensor) -> torch.Tensor:
-    """``logits.argmax(-1)``: the first largest class, as argmax gives it, through ``max``, which measured
-    ~14x faster than argmax on the transposed layout that the stacked linear layers return."""
+    """``logits.argmax(-1)``: the first largest class, as argmax gives it, through ``max``, which is much
+    faster than argmax on the transposed layout that the stacked linear layers return (docs/benchmarks.md)."""
     return logits.max(-1).indices
 
 
@@ -401,9 +401,8 @@ def slower_on_cpu(model: nn.Module) -> str:
     """Why ``auto`` trains this model's cells one at a time on a cpu ("" where fusing pays).
 
     A rule from measurements, not a timing taken at run time, so that the same command always makes the
-    same choice (and so gives the same numbers): a convolution through ``vmap`` measured 1.7-2.2x slower
-    per member than one cell's own step on this project's 2-core box, while linear (2.0-2.4x faster
-    training per cell, 40 members) and mlp (1.25-1.4x, 20 members) gain (README, Fused training).
+    same choice (and so gives the same numbers): on a cpu a convolution through ``vmap`` is slower per member
+    than one cell's own step, while linear and mlp models gain (docs/benchmarks.md, Fused training).
     ``--fuse on`` fuses them anyway.
     """
     if any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules()):

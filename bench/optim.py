@@ -10,8 +10,8 @@ is captured in a CUDA graph), a schedule must update it in place, as :func:`set_
 captured graph would keep reading the old one. :class:`FactorSchedule` does that for any
 ``lr = base_lr * factor(t)``.
 
-Nothing here imports ``torch.optim``: its first optimizer construction imports ``torch._dynamo``
-(1-2 s of a CPU run's start-up).
+Nothing here imports ``torch.optim``: its first optimizer construction imports ``torch._dynamo``,
+a noticeable part of a CPU run's start-up (docs/benchmarks.md).
 """
 
 from __future__ import annotations

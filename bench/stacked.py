@@ -2,9 +2,8 @@
 
 Under ``torch.func.vmap`` an ``nn.Linear`` of N stacked members becomes ``bmm(x, w.transpose(1, 2))``
 and its weight gradient ``bmm(x.transpose(1, 2), grad)``. On a CPU both are the slow orientation for the
-narrow matrices of small models: for a ``784 -> 10`` layer, batch 256, 10 members, they measured 2.6x
-and 6.5x slower than the same products taken as ``w @ x^T`` and ``grad^T @ x`` (torch 2.14 with MKL,
-2-core AMD EPYC), and the gradient came out transposed against the parameter's memory (laying the
+narrow matrices of small models: several times slower than the same products taken as ``w @ x^T`` and
+``grad^T @ x`` (docs/benchmarks.md), and the gradient came out transposed against the parameter's memory (laying the
 parameter out to match, as the fused step did, made its forward slower still). :func:`stacked_layers`
 gives a model's ``nn.Linear`` modules the forward ``(w @ x^T)^T + b``: the same dot products (summed in
 another order: float rounding only), for which ``vmap`` and autograd take the fast orientation, and whose

@@ -364,8 +364,33 @@ def executor_block(value: Any, source: str = "study") -> dict[str, Any]:
     return {**value, "name": name.strip()}
 
 
+#: The studies that ship with gridbench (package data), by name: ``bench run --study linearity``.
+SHIPPED = Path(__file__).resolve().parent / "studies"
+
+
+def shipped() -> dict[str, Path]:
+    """The shipped studies: name -> file."""
+    return {path.stem: path for path in sorted(SHIPPED.glob("*.yaml"))}
+
+
+def describe(path: Path) -> str:
+    """A study file's first comment line (what ``bench list`` shows)."""
+    for line in path.read_text().splitlines():
+        if line.startswith("#"):
+            return line.lstrip("# ").strip()
+    return ""
+
+
+def locate(spec: Path | str) -> Path:
+    """A study file, or the shipped study of that name where no such file exists."""
+    path = Path(spec)
+    if not path.exists() and str(spec) in shipped():
+        return shipped()[str(spec)]
+    return path
+
+
 def load(path: Path | str) -> Study:
-    """Read a study file (YAML, ``yaml.safe_load``); every error names the file.
+    """Read a study file (YAML, ``yaml.safe_load``), or a shipped study by name; every error names the file.
 
     Untrusted input is bounded: a file that is not a regular one (``/dev/zero``, a FIFO) or is larger
     than :data:`bench.files.STUDY_MAX` is refused unread, and so is YAML whose aliases expand it to more
@@ -373,13 +398,15 @@ def load(path: Path | str) -> Study:
     """
     import yaml
 
-    path = Path(path)
+    path = locate(path)
     try:
         text = read_bounded(path, STUDY_MAX).decode()
     except Refused as exc:
         raise BenchError(f"study {path}: {exc.reason}") from None
     except OSError as exc:
-        raise BenchError(f"study {path}: cannot read it: {exc.strerror or exc}") from None
+        names = ", ".join(shipped()) or "none"
+        raise BenchError(f"study {path}: cannot read it: {exc.strerror or exc} (a study file, or the name of one "
+                         f"that ships with gridbench: {names}; bench list shows them)") from None
     except UnicodeDecodeError:
         raise BenchError(f"study {path}: not a text file") from None
     try:

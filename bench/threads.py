@@ -3,10 +3,9 @@
 PyTorch's CPU kernels run on an OpenMP pool whose idle threads spin for a while before they sleep.
 On a quiet machine that spinning is what makes small kernels fast; on an oversubscribed one (other
 processes, other benchmarks each with their own spinning pool) a spinning or descheduled thread
-stalls every parallel region. Measured on this 2-core box (benchmarks/README.md): with the cores
-busy, a linear-model epoch took a median 12.8 s with the default policy and 0.29 s with
-``OMP_WAIT_POLICY=PASSIVE``; with the machine quiet, 0.10 s with the default and 0.21-0.24 s with
-passive waiting. So, unless the user chose a policy, the command line asks for passive waiting only
+stalls every parallel region. Measured (docs/benchmarks.md, OpenMP waiting): with the cores busy,
+passive waiting made epochs tens of times faster than the default policy; with the machine quiet, the
+default was about twice as fast. So, unless the user chose a policy, the command line asks for passive waiting only
 when the machine is already oversubscribed (1-minute load average above the core count) when it
 starts, and records the choice in ``env.json`` (``openmp_choice``).
 """

@@ -106,7 +106,7 @@ def start_method(device: torch.device, threads: int) -> str:
     """How worker processes start: ``fork`` for one-thread cpu workers, ``spawn`` otherwise.
 
     A forked worker starts in milliseconds with torch and the plugins already imported; a spawned
-    one first imports torch (about 2 s here, which is a whole cell's time for a small model). But
+    one first imports torch (seconds, as long as a whole cell of a small model takes). But
     a forked child hangs in its first OpenMP parallel region once the driver has run one (GNU
     libgomp keeps the parent's thread pool, whose threads do not exist in the child), and CUDA
     cannot be used after a fork. With one thread torch never opens a parallel region, so fork is

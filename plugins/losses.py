@@ -3,8 +3,7 @@
 Each loss function also offers its stacked form as ``loss.stacked(logits, targets)``: ``logits [N, B, C]``
 and ``targets [N, B]`` of N members of a fused group (bench/fused_trainer.py) -> ``[N]``, member ``i``'s
 ``loss(logits[i], targets[i])``, computed over all members at once instead of per member through
-``vmap``: forward and backward for 40 members of batch 256 on a 2-core cpu, crossentropy 0.37 ms against
-2.43 ms through ``vmap``, mse 0.75 against 2.56 ms, hinge 1.58 against 3.67 ms (``multi_margin_loss`` has
+``vmap``, which is several times slower for these losses (docs/benchmarks.md; ``multi_margin_loss`` has
 no batching rule). Each is the same formula per sample, averaged per member, so it differs from the loss
 of each member alone by float rounding in the mean only; the gradients are the same. The logits come
 as the stacked linear layers return them, a ``[N, B, C]`` view of ``[N, C, B]`` memory: crossentropy and

@@ -1,8 +1,8 @@
 """Built-in optimizers: ``adam``, ``adamw`` and ``sgd``, with torch.optim's numerics and without its overhead.
 
 Why not ``torch.optim``: constructing the first ``torch.optim.Optimizer`` imports ``torch._dynamo``
-(1-2 s of a CPU run's start-up), and its ``step`` spends a few hundred microseconds per call
-grouping tensors by device and dtype. These classes do the same arithmetic, in the same order, as
+(a noticeable part of a CPU run's start-up), and its ``step`` spends time on every call grouping
+tensors by device and dtype. These classes do the same arithmetic, in the same order, as
 ``torch.optim.Adam``/``AdamW(fused=True)`` (where torch has the fused kernels: cpu, cuda) or
 ``(foreach=True)``, and ``torch.optim.SGD(momentum=..., foreach=True)`` (tests/test_optim.py compares
 them step by step), on one flat list of same-device float parameters.

@@ -1,7 +1,9 @@
 """Progress bars on the terminal (or tqdm's widgets in Jupyter): a built-in plugin on the lifecycle hooks.
 
 One bar for the grid (cells trained) and one for the epochs of the cell that is training. ``quiet``
-runs show none. Block it with ``-p no:plugins.progress``.
+runs show none, and neither does a run whose stderr is not a terminal (a log file, a pipe, CI): there a
+bar would only write its control characters into the log. In Jupyter the bars are widgets. Block the
+plugin with ``-p no:plugins.progress``.
 """
 
 from __future__ import annotations
@@ -21,10 +23,23 @@ def _bar(**kwargs):
     return tqdm(file=sys.stderr, dynamic_ncols=True, **kwargs)
 
 
+def _shown() -> bool:
+    """Bars on a terminal, or as widgets where tqdm.auto picked its notebook form (Jupyter)."""
+    import warnings
+
+    from tqdm.std import tqdm as plain
+
+    with warnings.catch_warnings():  # in Jupyter it warns that it picked the notebook form, as tqdm.auto hides
+        warnings.simplefilter("ignore")
+        from tqdm import autonotebook  # its tqdm is the notebook one in Jupyter, the plain one elsewhere
+
+    return autonotebook.tqdm is not plain or (hasattr(sys.stderr, "isatty") and sys.stderr.isatty())
+
+
 @hookimpl
 def bench_run_start(run):
     _close_all()
-    if not run.quiet:
+    if not run.quiet and _shown():
         _bars["grid"] = _bar(total=run.to_train, desc="grid", unit="cell")
 
 

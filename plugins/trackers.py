@@ -8,7 +8,8 @@
   report are artifacts of the parent. Tracking URI ``$MLFLOW_TRACKING_URI``, else a SQLite store in
   the run directory (``sqlite:///RUN/mlflow.db``); experiment ``$MLFLOW_EXPERIMENT_NAME``, else one
   per run directory.
-- ``tensorboard``: ``RUN/tensorboard/CELL_ID/``, one TensorBoard run per cell: the epochs as
+- ``tensorboard``: ``RUN/tensorboard/NAME CELL_ID/`` (NAME says the configuration and seed, e.g.
+  ``linear+mse lr=0.001 seed=0``), one TensorBoard run per cell: the epochs as
   scalars, the results at the last epoch, and an HParams session (configuration, status), so
   TensorBoard's HParams tab compares the cells.
 
@@ -26,6 +27,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import time
@@ -148,6 +150,9 @@ class MlflowTracker:
     LIVE_AFTER_S = 1.0
     PARENT_TAG = "bench.run_dir"
 
+    #: The experiment's kind, which MLflow's UI reads to choose the experiment's first view.
+    EXPERIMENT_KIND = "mlflow.experimentKind"
+
     def __init__(self):
         _require("mlflow", "mlflow", "mlflow")
         self.client = None
@@ -177,6 +182,9 @@ class MlflowTracker:
                 self.experiment_id = experiment.experiment_id
                 if experiment.lifecycle_stage == "deleted":
                     client.restore_experiment(self.experiment_id)
+            if experiment is None or self.EXPERIMENT_KIND not in experiment.tags:
+                # without it MLflow's UI may open the experiment in its GenAI view, not on the runs table
+                client.set_experiment_tag(self.experiment_id, self.EXPERIMENT_KIND, "custom_model_development")
         parents = [r for r in self._search(f"tags.`{self.PARENT_TAG}` != ''", ViewType.ACTIVE_ONLY)
                    if r.data.tags.get(self.PARENT_TAG) == str(root) and "mlflow.parentRunId" not in r.data.tags]
         if parents:
@@ -333,6 +341,13 @@ def _run_name(row: dict[str, Any]) -> str:
     return f"{row['model']}+{row['loss']}{f' [{extra}]' if extra else ''} seed={row['seed']}{trial}"
 
 
+def _tb_folder(row: dict[str, Any]) -> str:
+    """A cell's TensorBoard run: ``linear+mse lr=0.001 seed=0 CELL_ID``, so that the charts' legends say which
+    configuration and seed each line is (the cell id keeps names apart and finds the cell's row)."""
+    name = _run_name(row).replace(" seed=", f" lr={float(row['lr']):g} seed=", 1)
+    return re.sub(r'[\\/:*?"<>|]', "_", f"{name} {row['cell_id']}")
+
+
 def _text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
@@ -354,7 +369,7 @@ TB_DONE = "complete"
 
 
 class TensorBoardTracker:
-    """``RUN/tensorboard/CELL_ID/``: per-epoch scalars as they happen, results and an HParams session at the
+    """``RUN/tensorboard/NAME CELL_ID/``: per-epoch scalars as they happen, results and an HParams session at the
     end (see the module's docstring)."""
 
     def __init__(self):
@@ -365,20 +380,20 @@ class TensorBoardTracker:
     def run_start(self, run) -> None:
         self.root = Path(run.path) / "tensorboard"
         for record in _finished_records(run):  # finished in the directory, not (or not wholly) written here
-            if not (self.root / record["row"]["cell_id"] / TB_DONE).is_file():
+            if not (self.root / _tb_folder(record["row"]) / TB_DONE).is_file():
                 self._write_record(record)
 
-    def _writer(self, cell_id: str):
+    def _writer(self, name: str):
         """A fresh folder for the cell: what an earlier attempt left there is replaced."""
         from torch.utils.tensorboard import SummaryWriter
 
-        folder = self.root / cell_id
+        folder = self.root / name
         if folder.exists():
             shutil.rmtree(folder)
         return SummaryWriter(log_dir=str(folder))
 
     def _write_record(self, record: dict[str, Any]) -> None:
-        writer = self._writer(record["row"]["cell_id"])
+        writer = self._writer(_tb_folder(record["row"]))
         start, end = _cell_times(record)
         history = record.get("history") or []
         for row, stamp in zip(history, _epoch_stamps(history, start, end)):
@@ -396,7 +411,9 @@ class TensorBoardTracker:
         (Path(writer.log_dir) / TB_DONE).write_text("")
 
     def cell_start(self, cell) -> None:
-        self.writers[cell.cell_id] = (self._writer(cell.cell_id), time.time())
+        identity = cell.identity()
+        row = {**identity, "params": json.dumps(identity["params"]), "cell_id": cell.cell_id}
+        self.writers[cell.cell_id] = (self._writer(_tb_folder(row)), time.time())
 
     def epoch_end(self, cell, row) -> None:
         if cell.cell_id in self.writers:

@@ -53,3 +53,30 @@ def run_bench(*args, cwd=None, env=None, **kwargs):
 
     return subprocess.run([sys.executable, "-m", "bench", *map(str, args)], cwd=cwd or REPO,
                           env={**bench_env(), **(env or {})}, capture_output=True, text=True, **kwargs)
+
+
+def bench_on_a_terminal(*args, cwd, stream: str = "stdout", columns: int = 120) -> tuple[int, str]:
+    """Run ``python -m bench ARGS`` with its ``stream`` (stdout or stderr) on a pseudo-terminal of ``columns``
+    columns, as typed in an interactive shell (the other stream is discarded); returns (status, what it wrote)."""
+    import fcntl
+    import pty
+    import struct
+    import subprocess
+    import termios
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
+    streams = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, stream: follower}
+    proc = subprocess.Popen([sys.executable, "-m", "bench", *map(str, args)], cwd=cwd, env=bench_env(), **streams)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the child closed its end
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    return proc.wait(), b"".join(chunks).decode(errors="replace").replace("\r\n", "\n")

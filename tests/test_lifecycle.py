@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from bench.host import BrokenPlugin
-from tests.conftest import REPO, bench_env, run_bench
+from tests.conftest import REPO, bench_env, bench_on_a_terminal, run_bench
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"
 
@@ -272,12 +272,25 @@ def test_the_documented_tracker_works(cli, plugin, tmp_path):
         (r["cell_id"], r["status"]) for r in table(out / "results.csv"))
 
 
+RUN_ARGS = ("run", "--models", "linear", "--limit", "500", "--epochs", "2", "--device", "cpu")
+
+
 @pytest.mark.parametrize("blocked", [False, True])
-def test_progress_bars_are_a_plugin_that_can_be_blocked(cli, tmp_path, blocked):
+def test_progress_bars_are_a_plugin_that_can_be_blocked(tmp_path, blocked):
     args = ["-p", "no:plugins.progress"] if blocked else []
-    result = cli("run", *args, "--models", "linear", "--limit", "500", "--epochs", "2", "--device", "cpu",
-                 "--out", tmp_path / "run")
-    assert result.exit_code == 0, result.output
-    bars = [line for line in result.stderr.replace("\r", "\n").splitlines() if "cell/s" in line or "epoch" in line]
-    assert bool(bars) is not blocked, result.stderr
-    assert "1/1" in result.stderr or blocked  # the grid bar counted the cell
+    status, stderr = bench_on_a_terminal(*args, *RUN_ARGS, "--out", tmp_path / "run", cwd=tmp_path, stream="stderr")
+    assert status == 0, stderr
+    bars = [line for line in stderr.replace("\r", "\n").splitlines() if "cell/s" in line or "epoch" in line]
+    assert bool(bars) is not blocked, stderr
+    assert "1/1" in stderr or blocked  # the grid bar counted the cell
+
+
+def test_no_progress_bars_when_stderr_is_not_a_terminal(tmp_path):
+    """A log file gets the run's messages, not a bar's carriage returns and escape codes (no -q needed)."""
+    with open(tmp_path / "log", "w") as log:
+        status = subprocess.run([sys.executable, "-m", "bench", *map(str, RUN_ARGS), "--out", tmp_path / "run"],
+                                cwd=tmp_path, env=bench_env(), stdout=log, stderr=subprocess.STDOUT).returncode
+    text = (tmp_path / "log").read_text()
+    assert status == 0, text
+    assert "results:" in text  # the summary is there
+    assert "\r" not in text and "\x1b[" not in text and "cell/s" not in text, text

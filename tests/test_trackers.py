@@ -227,6 +227,9 @@ def test_mlflow_tracking_uri_and_experiment_name_from_the_environment(cli, tmp_p
     assert not (out / "mlflow.db").exists() and (tmp_path / "elsewhere.db").is_file()
     assert list((tmp_path / "mlruns").glob("*/*/artifacts/results.csv"))
     assert len(assert_mlflow_mirrors(out, uri, "shared")) == 1
+    # a model-training experiment, so that MLflow's UI opens it on its runs table (not the GenAI view)
+    client, _, _ = mlflow_runs(out, uri, "shared")
+    assert client.get_experiment_by_name("shared").tags["mlflow.experimentKind"] == "custom_model_development"
 
 
 # -- TensorBoard -------------------------------------------------------------------------------------------
@@ -274,17 +277,21 @@ def assert_tensorboard_mirrors(out: Path) -> None:
     pytest.importorskip("tensorboard")
     results, history = table(out / "results.csv"), table(out / "history.csv")
     logdir = out / "tensorboard"
-    assert sorted(p.name for p in logdir.iterdir()) == sorted(r["cell_id"] for r in results)
+    # one run per cell, named by its configuration and seed (what the charts' legends show), then its id
+    folders = {p.name.rsplit(" ", 1)[-1]: p.name for p in logdir.iterdir()}
+    assert sorted(folders) == sorted(r["cell_id"] for r in results)
     for result in results:
-        scalars = tensorboard_scalars(logdir / result["cell_id"])
+        assert folders[result["cell_id"]] == (f"{result['model']}+{result['loss']} lr={float(result['lr']):g} "
+                                              f"seed={result['seed']} {result['cell_id']}")
+        scalars = tensorboard_scalars(logdir / folders[result["cell_id"]])
         epochs = [h for h in history if h["cell_id"] == result["cell_id"]]
         for name in HISTORY_METRICS:
             assert scalars[name] == [(int(h["epoch"]), f32(h[name])) for h in epochs], name
         assert scalars["test_acc"] == [(2, f32(result["test_acc"]))]
     sessions = hparams_sessions(logdir)
-    assert sorted(sessions) == sorted(r["cell_id"] for r in results)
+    assert sorted(sessions) == sorted(folders.values())
     for result in results:
-        hparams, metrics, status = sessions[result["cell_id"]]
+        hparams, metrics, status = sessions[folders[result["cell_id"]]]
         assert set(hparams) == set(IDENTITY_COLUMNS)
         assert all(same(hparams[column], result[column]) for column in IDENTITY_COLUMNS), hparams
         assert metrics["test_acc"] == f32(result["test_acc"]) and metrics["val_acc"] == f32(result["val_acc"])
