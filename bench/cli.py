@@ -445,8 +445,8 @@ def format_seed_statistics(rows) -> str:
             + stats.format_aggregate(stats.aggregate(frame)))
     table = stats.compare(frame)
     if not table.empty:
-        text += ("\n\npaired comparisons on shared seeds (paired t-test, Holm-corrected over the table; each "
-                 "interval at the level of its Holm step, so it excludes 0 exactly where the verdict is not tied):\n"
+        text += ("\n\npaired comparisons on shared seeds (paired t-test, Holm-corrected over the table;\n"
+                 "each interval at the level of its Holm step: it excludes 0 exactly where the verdict is not tied):\n"
                  + stats.format_comparisons(table))
     return text
 

@@ -72,7 +72,7 @@ def _command(args: list[str], timeout: float = 60) -> subprocess.CompletedProces
 
 
 def _minutes(limit: str) -> float:
-    """A SLURM time limit (``1:00:00``, ``2-00:00:00``, ``30``, ``infinite``) in minutes."""
+    """A SLURM time limit (``H:MM:SS``, ``D-HH:MM:SS``, minutes such as ``30``, or ``infinite``) in minutes."""
     if limit in ("infinite", "UNLIMITED", "n/a", ""):
         return math.inf
     days, _, rest = limit.rpartition("-")
