@@ -199,8 +199,16 @@ class Cell:
         return f"{config_label(self.config())} on {self.dataset} [{' '.join(recipe)}] seed={self.seed}{trial}"
 
 
+def _plain(value: Any) -> Any:
+    """A numpy scalar (what pandas 2 hands back from a table's integer or float column) as the Python number
+    it holds, so that a value keys the same whether it came from a record or from a table."""
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not a configuration value")
+
+
 def _key(values: Mapping[str, Any]) -> str:
-    return json.dumps(values, sort_keys=True, separators=(",", ":"))
+    return json.dumps(values, sort_keys=True, separators=(",", ":"), default=_plain)
 
 
 # -- configurations in a results table ------------------------------------------------------------
