@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 import plugins.datasets as datasets
 from bench.cli import main
+from tests.test_hostile import snapshot
 
 QUICK = ["--limit", "500", "--epochs", "1", "-q"]
 
@@ -25,10 +26,6 @@ def existing_run(tmp_path_factory) -> Path:
     result = CliRunner().invoke(main, ["run", "--models", "linear", "--device", "cpu", *QUICK, "--out", str(out)])
     assert result.exit_code == 0, result.output
     return out
-
-
-def snapshot(root: Path) -> dict[str, tuple[bytes, int]]:
-    return {str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
 
 
 def invoke_bad(args: list[str]) -> str:

@@ -22,6 +22,7 @@ import pytest
 from click.testing import CliRunner
 
 from bench.cli import main
+from bench.store import LOCK_FILE
 from tests.conftest import REPO, bench_env
 
 QUICK = ["--limit", "2000", "--epochs", "1", "--device", "cpu", "-q"]
@@ -70,7 +71,10 @@ def rows(path: Path) -> list[dict[str, str]]:
 
 
 def snapshot(root: Path) -> dict[str, tuple[bytes, int]]:
-    return {str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
+    """Bytes and modification time of every file under ``root``; the run's lock file by its bytes alone (taking
+    the lock writes nothing, but filelock before 4.3 opened it with O_TRUNC, which moves its mtime)."""
+    return {str(p.relative_to(root)): (p.read_bytes(), 0 if p.name == LOCK_FILE else p.stat().st_mtime_ns)
+            for p in root.rglob("*") if p.is_file()}
 
 
 @pytest.fixture(scope="module")

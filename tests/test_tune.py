@@ -375,8 +375,8 @@ def test_the_trials_cap_is_documented():
 
     help_text = invoke("run", "--help").output
     assert f"at most {MAX_TRIALS:,}" in " ".join(help_text.split())
-    readme = " ".join((REPO / "README.md").read_text().split())
-    assert f"`--trials N` (default 8, at most {MAX_TRIALS:,})" in readme
+    page = " ".join((REPO / "docs" / "tuning.md").read_text().split())
+    assert f"`--trials N` (default 8, at most {MAX_TRIALS:,})" in page
 
 
 def test_a_study_file_can_tune(tmp_path):
