@@ -25,6 +25,7 @@ from typing import Any
 
 from bench import __version__
 from bench.errors import BenchError, OptionError
+from bench.files import excerpt
 from bench.study import Study
 
 #: The file in a run directory that keeps the resolved study.
@@ -146,11 +147,6 @@ class Run:
         return f"Run({str(self.path)!r}, {len(self.rows)} cell(s))"
 
 
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def path_argument(option: str, value: Any, optional: bool = True) -> Path | None:
     """``value`` as a :class:`~pathlib.Path` (``None`` stays None where ``optional``); anything but a str or
     path-like is an :class:`OptionError` naming ``option``."""
@@ -158,7 +154,7 @@ def path_argument(option: str, value: Any, optional: bool = True) -> Path | None
         return None
     if isinstance(value, (str, os.PathLike)) and not isinstance(os.fspath(value), bytes) and os.fspath(value):
         return Path(value)
-    raise OptionError(option, f"must be a path (a str or pathlib.Path), got {_short(value)}")
+    raise OptionError(option, f"must be a path (a str or pathlib.Path), got {excerpt(value)}")
 
 
 def check_arguments(args: Mapping[str, Any]) -> None:
@@ -169,35 +165,35 @@ def check_arguments(args: Mapping[str, Any]) -> None:
     study = args["study"]
     if study is not None and not isinstance(study, (str, os.PathLike, Mapping, Study)):
         raise OptionError("study", f"must be a study file's path, a mapping or a bench.study.Study, got "
-                                   f"{_short(study)}")
+                                   f"{excerpt(study)}")
     for name in ("study", "out", "data_dir"):
         if not isinstance(args[name], (Mapping, Study)):
             path_argument(name, args[name])
     for name in ("force", "dry_run", "compile", "quiet", "report", "wait"):
         if not isinstance(args[name], bool):
-            raise OptionError(name, f"must be True or False, got {_short(args[name])}")
+            raise OptionError(name, f"must be True or False, got {excerpt(args[name])}")
     for name in ("device", "executor", "address", "sampler", "tune_metric"):
         if args[name] is not None and not isinstance(args[name], str):
-            raise OptionError(name, f"must be a string, got {_short(args[name])}")
+            raise OptionError(name, f"must be a string, got {excerpt(args[name])}")
     for name in ("threads", "fuse_max"):
         if isinstance(args[name], bool) or not isinstance(args[name], int) or args[name] < 0:
-            raise OptionError(name, f"must be an integer >= 0, got {_short(args[name])}")
+            raise OptionError(name, f"must be an integer >= 0, got {excerpt(args[name])}")
     if args["jobs"] is not None and (isinstance(args["jobs"], bool) or not isinstance(args["jobs"], int)):
-        raise OptionError("jobs", f"must be an integer, got {_short(args['jobs'])}")
+        raise OptionError("jobs", f"must be an integer, got {excerpt(args['jobs'])}")
     for name in ("params", "plugins", "tune"):
         value = args[name]
         if value is None or isinstance(value, str) or (name != "plugins" and isinstance(value, Mapping)):
             continue
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
             what = "module names" if name == "plugins" else "strings, or a mapping"
-            raise OptionError(name, f"must be a list of {what}, got {_short(value)}")
+            raise OptionError(name, f"must be a list of {what}, got {excerpt(value)}")
     if args["argv"] is not None and not (isinstance(args["argv"], (list, tuple))
                                          and all(isinstance(v, str) for v in args["argv"])):
-        raise OptionError("argv", f"must be a list of strings, got {_short(args['argv'])}")
+        raise OptionError("argv", f"must be a list of strings, got {excerpt(args['argv'])}")
     if not callable(args["echo"]):
-        raise OptionError("echo", f"must be a function taking one line of text, got {_short(args['echo'])}")
+        raise OptionError("echo", f"must be a function taking one line of text, got {excerpt(args['echo'])}")
     if args["host"] is not None and not isinstance(args["host"], Host):
-        raise OptionError("host", f"must be a bench.host.Host, got {_short(args['host'])}")
+        raise OptionError("host", f"must be a bench.host.Host, got {excerpt(args['host'])}")
 
 
 def load(run_dir: Path | str) -> Run:

@@ -16,6 +16,7 @@ from typing import Any
 
 from bench.config import COMPONENT_KINDS, PARAM_KINDS, RECIPE_FIELDS, Cell, Recipe
 from bench.errors import BenchError, OptionError
+from bench.files import excerpt
 from bench.host import Registry, unknown_name_error
 from bench.study import Study
 
@@ -194,7 +195,7 @@ def _check_exclude(registry: Registry, entries: list[dict[str, Any]], param_keys
 
     typed = []
     for entry in entries:
-        shown = _short_entry(entry)
+        shown = excerpt(entry)
         out = {}
         for key, value in entry.items():
             if key not in EXCLUDE_FIELDS and key not in param_keys:
@@ -225,11 +226,6 @@ def _check_exclude(registry: Registry, entries: list[dict[str, Any]], param_keys
                 raise OptionError("exclude", f"entry {shown}: {exc}") from None
         typed.append(out)
     return typed
-
-
-def _short_entry(entry: dict[str, Any]) -> str:
-    text = str(entry)
-    return text if len(text) <= 120 else text[:117] + "..."
 
 
 def expand(registry: Registry, study: Study | None = None, device: str = "cpu", **options) -> list[Cell]:
