@@ -125,7 +125,7 @@ class Run:
 
     def report(self, out: Path | str | None = None) -> Path:
         """Write the report (default ``RUN/report``) and return the path of its ``index.html``."""
-        from reports import build_report
+        from bench.reports import build_report
 
         return Path(build_report([self.path], Path(out) if out is not None else None).index)
 

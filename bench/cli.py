@@ -505,7 +505,7 @@ def report(run_dirs, out, cell_figures):
 
 
 def write_report(run_dirs: list[Path], out: Path | None, cell_figures: bool = False) -> None:
-    from reports import build_report
+    from bench.reports import build_report
 
     result = build_report(run_dirs, out, cell_figures=cell_figures)
     for skipped in result.skipped_reports:
@@ -533,8 +533,8 @@ def compare(base, new, ignore, fail_on, markdown):
     and the ratio of median epoch times. Tuned runs are compared by their final rows. Exit status 0, 1 when
     --fail-on margins are exceeded (or nothing is in both runs to check them on), 2 on bad input.
     """
-    from reports.compare import compare_runs
-    from reports.load import check_output_file
+    from bench.reports.compare import compare_runs
+    from bench.reports.load import check_output_file
 
     if markdown is not None:  # before comparing: a bad path is bad input, nothing written
         check_output_file(markdown, "--markdown")

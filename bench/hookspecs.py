@@ -69,7 +69,7 @@ def bench_register_grids(register):
     callable ``cells(registry) -> iterable of (model, loss, dataset)`` for a grid that depends on
     what is registered (the built-in ``all`` is one). ``--models/--losses/--datasets`` restrict a
     grid's cells; ``--param`` and ``--seeds`` cross them. The built-ins ``all`` and ``seed`` are
-    registered through this hook by ``plugins.grids``.
+    registered through this hook by ``bench.plugins.grids``.
     """
 
 
@@ -120,7 +120,7 @@ def bench_register_optimizers(register):
     ``capturable`` receives ``capturable=True`` when the step is captured in a CUDA graph: it must then
     keep all its state, and its learning rate as a tensor, on the parameters' device, and step without
     host synchronisation. The built-ins ``adam``, ``adamw`` and ``sgd`` are registered through this
-    hook by ``plugins.optimizers``.
+    hook by ``bench.plugins.optimizers``.
     """
 
 
@@ -136,7 +136,7 @@ def bench_register_schedules(register):
     in place (``lr.fill_(value)``, as :func:`bench.optim.set_lr` and torch's schedulers do), or a
     captured CUDA graph would not see it; :class:`bench.optim.FactorSchedule` sets ``lr = base_lr *
     factor(t)`` that way. The built-ins ``constant``, ``cosine`` and ``warmup-cosine`` are registered
-    through this hook by ``plugins.schedules``.
+    through this hook by ``bench.plugins.schedules``.
     """
 
 

@@ -38,8 +38,8 @@ class BrokenPlugin(RuntimeError):
 
 #: Built-in plugin modules, loaded exactly like a ``-p`` module.
 BUILTIN_PLUGINS = (
-    "plugins.models", "plugins.losses", "plugins.datasets", "plugins.grids", "plugins.executors", "plugins.slurm",
-    "plugins.optimizers", "plugins.schedules", "plugins.progress", "plugins.trackers",
+    "bench.plugins.models", "bench.plugins.losses", "bench.plugins.datasets", "bench.plugins.grids", "bench.plugins.executors", "bench.plugins.slurm",
+    "bench.plugins.optimizers", "bench.plugins.schedules", "bench.plugins.progress", "bench.plugins.trackers",
 )
 
 PLURAL = {"model": "models", "loss": "losses", "dataset": "datasets", "executor": "executors", "grid": "grids",

@@ -2,7 +2,7 @@
 
 Each run is a bare ``results.csv`` (no ``cells/``: what a run from before records, or a hand-made table,
 looks like), written once per size; NEW is BASE with its accuracies shifted by noise. Times
-:func:`reports.compare.compare_runs` in-process (loading included) and prints seconds per size.
+:func:`bench.reports.compare.compare_runs` in-process (loading included) and prints seconds per size.
 
     python benchmarks/bench_compare.py [--sizes 1000,50000] [--out /tmp/bench-compare]
 """
@@ -45,7 +45,7 @@ def main(argv=None) -> None:
     parser.add_argument("--sizes", default="1000,50000")
     parser.add_argument("--out", default="/tmp/bench-compare")
     args = parser.parse_args(argv)
-    from reports.compare import compare_runs
+    from bench.reports.compare import compare_runs
 
     for size in (int(s) for s in args.sizes.split(",")):
         base = Path(args.out) / f"base-{size}"

@@ -36,7 +36,7 @@ def record(benchmark, kind: str, name: str) -> float:
 
 @pytest.fixture(scope="session")
 def mnist_cpu():
-    from plugins.datasets import load_mnist
+    from bench.plugins.datasets import load_mnist
 
     return load_mnist(None)
 

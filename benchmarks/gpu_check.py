@@ -28,7 +28,7 @@ from bench.host import Host  # noqa: E402
 from bench.recipe import recipe_factories  # noqa: E402
 from bench.step import Execution  # noqa: E402
 from bench.trainer import train_cell  # noqa: E402
-from plugins.datasets import load_mnist  # noqa: E402
+from bench.plugins.datasets import load_mnist  # noqa: E402
 
 CELLS = [("linear", "mse"), ("linear", "crossentropy"), ("mlp", "crossentropy"), ("deep-linear", "crossentropy"),
          ("cnn", "crossentropy")]
@@ -89,7 +89,7 @@ class _ItemInForward(torch.nn.Module):
 
 def check_fallback(data, device) -> None:
     """auto: an uncapturable model falls back to eager steps with a note; on: a clear error."""
-    from plugins.losses import make_crossentropy
+    from bench.plugins.losses import make_crossentropy
 
     cell = Cell("item", "crossentropy", "mnist", 0, str(device), Recipe(epochs=1), 2048)
     torch.manual_seed(0)

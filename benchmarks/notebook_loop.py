@@ -82,7 +82,7 @@ def make_model(name: str) -> nn.Module:
         return LinearClassifier()
     if name == "mlp":
         return MLP(hidden=256)
-    from plugins.models import make_cnn, make_deep_linear
+    from bench.plugins.models import make_cnn, make_deep_linear
 
     return {"deep-linear": make_deep_linear, "cnn": make_cnn}[name]((1, 28, 28), 10)
 

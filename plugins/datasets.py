@@ -138,7 +138,7 @@ def make_splits(arrays, mean: float, std: float, classes: list[str], val_size: i
 
 def mnist_folder() -> Path:
     """Where the embedded canonical MNIST IDX files live inside the installed package."""
-    return Path(str(resources.files("plugins") / "data" / "mnist"))
+    return Path(str(resources.files(__package__) / "data" / "mnist"))
 
 
 @lru_cache(maxsize=1)

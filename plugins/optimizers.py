@@ -290,7 +290,7 @@ def bench_register_optimizers(register):
 def _offer_batched_forms() -> None:
     """Fused training (bench/fuse.py) steps a group of same-shaped models with one batched optimizer: the
     built-ins offer theirs as ``factory.batched`` (plugins/batched_optimizers.py)."""
-    from plugins.batched_optimizers import BatchedAdam, BatchedAdamW, BatchedSGD
+    from bench.plugins.batched_optimizers import BatchedAdam, BatchedAdamW, BatchedSGD
 
     Adam.batched, AdamW.batched, SGD.batched = BatchedAdam, BatchedAdamW, BatchedSGD
 

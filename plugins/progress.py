@@ -3,7 +3,7 @@
 One bar for the grid (cells trained) and one for the epochs of the cell that is training. ``quiet``
 runs show none, and neither does a run whose stderr is not a terminal (a log file, a pipe, CI): there a
 bar would only write its control characters into the log. In Jupyter the bars are widgets. Block the
-plugin with ``-p no:plugins.progress``.
+plugin with ``-p no:bench.plugins.progress``.
 """
 
 from __future__ import annotations

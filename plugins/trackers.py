@@ -327,7 +327,7 @@ def _report(root: Path) -> Path:
     unless it is already newer than ``results.csv``."""
     index = root / "report" / "index.html"
     if not index.is_file() or index.stat().st_mtime_ns < (root / "results.csv").stat().st_mtime_ns:
-        from reports import build_report
+        from bench.reports import build_report
 
         index = Path(build_report([root]).index)
     return index.parent

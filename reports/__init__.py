@@ -5,6 +5,6 @@ Reports read only what a run directory holds (``results.csv``, ``history.csv``, 
 models, so a report can be made anywhere, from any run, long after it ran.
 """
 
-from reports.build import Report, build_report
+from bench.reports.build import Report, build_report
 
 __all__ = ["Report", "build_report"]

@@ -2,7 +2,7 @@
 
 The page stays small whatever the number of cells: figures are drawn per *configuration* (templates
 averaged over its seeds, confusion counts summed over them) rather than per cell, and cheaply (see
-:mod:`reports.cellfigs`); everything is embedded as long as ``index.html`` stays under
+:mod:`bench.reports.cellfigs`); everything is embedded as long as ``index.html`` stays under
 :data:`PAGE_LIMIT`, and what does not fit goes to pages and files of its own, linked from it.
 Per-cell figures are drawn only on demand (``cell_figures``), on one page per cell.
 """
@@ -25,10 +25,10 @@ from bench import stats
 from bench.config import config_keys
 from bench.safe_text import csv_text
 from bench.store import atomic_write
-from reports import cellfigs, html, protocol
-from reports.latex import summary_latex
-from reports.load import REPORT_MARKER, VARIANT_COLUMNS, Runs, prepare_report_dir, read_runs
-from reports.tables import Tables, make_tables, terminal_table
+from bench.reports import cellfigs, html, protocol
+from bench.reports.latex import summary_latex
+from bench.reports.load import REPORT_MARKER, VARIANT_COLUMNS, Runs, prepare_report_dir, read_runs
+from bench.reports.tables import Tables, make_tables, terminal_table
 
 RUN_FACTS = ("device", "device_name", "torch", "gridbench", "cpu", "torch_threads", "command", "started")
 #: The most index.html may weigh, in bytes; what would not fit is linked instead of embedded.
@@ -355,7 +355,7 @@ def build_report(run_dirs: list[Path | str], out: Path | str | None = None, cell
 
     ``cell_figures``: also draw every cell's own templates and confusion matrix, one page per cell.
     """
-    from reports import figures
+    from bench.reports import figures
 
     runs = read_runs([Path(p) for p in run_dirs])
     out = Path(out) if out is not None else default_out([run.root for run in runs.runs])

@@ -14,7 +14,7 @@ from matplotlib.ticker import MaxNLocator
 
 from bench.safe_text import printable
 from bench.stats import interval, mean_ci, metric_range
-from reports.load import Runs
+from bench.reports.load import Runs
 
 plt.switch_backend("Agg")  # reports are files: never open a window, never need a display
 

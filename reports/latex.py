@@ -10,7 +10,7 @@ import math
 import pandas as pd
 
 from bench.stats import interval, metric_range
-from reports.tables import Tables
+from bench.reports.tables import Tables
 
 #: Metric columns, each with its heading, format and whether larger is better.
 METRICS = [("test_acc", "test accuracy", ".4f", True), ("test_loss", "test loss", ".4g", False),

@@ -21,7 +21,7 @@ pytest_plugins = ["bench.testing"]
 @pytest.fixture(scope="session")
 def mnist():
     """The embedded MNIST splits, loaded once for the whole session."""
-    from plugins.datasets import load_mnist
+    from bench.plugins.datasets import load_mnist
 
     return load_mnist(Path("unused"))
 

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from bench import hookimpl
-from plugins.losses import make_crossentropy
+from bench.plugins.losses import make_crossentropy
 from tests.report_test_plugin import load_blobs
 
 #: Starts like a formula and retitles the terminal (OSC 0 ... BEL).

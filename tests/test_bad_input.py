@@ -12,7 +12,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-import plugins.datasets as datasets
+import bench.plugins.datasets as datasets
 from bench.cli import main
 from tests.test_hostile import snapshot
 

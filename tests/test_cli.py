@@ -61,7 +61,7 @@ def test_weights_are_tensors_only_and_reproduce_the_test_accuracy(small_run, mni
     import torch
     from safetensors.torch import load_file
 
-    from plugins.models import make_linear
+    from bench.plugins.models import make_linear
 
     out, _ = small_run
     row = next(r for r in read_csv(out / "results.csv") if r["model"] == "linear" and r["loss"] == "crossentropy")
@@ -101,9 +101,9 @@ def test_list_and_plugins(cli):
     for name in ["linear", "mlp", "deep-linear", "cnn", "mse", "crossentropy", "hinge", "mnist", "fashion-mnist",
                  "kmnist"]:
         assert f"  {name} " in listing
-    assert "hidden=256, depth=1, activation='relu'" in listing and "plugin: plugins.models" in listing
+    assert "hidden=256, depth=1, activation='relu'" in listing and "plugin: bench.plugins.models" in listing
     plugins = cli("plugins").output
-    assert "plugins.models" in plugins and "models: cnn, deep-linear, linear, mlp" in plugins
+    assert "bench.plugins.models" in plugins and "models: cnn, deep-linear, linear, mlp" in plugins
 
 
 NAN_PLUGIN = textwrap.dedent("""

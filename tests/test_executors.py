@@ -188,7 +188,7 @@ def test_executors_are_listed(cli):
     assert "executors:" in listing
     for name in ("local", "process", "ray"):
         assert f"  {name} " in listing
-    assert "jobs=None" in listing and "plugin: plugins.executors" in listing
+    assert "jobs=None" in listing and "plugin: bench.plugins.executors" in listing
 
 
 def test_a_plugin_executor_runs_the_grid_and_the_driver_keeps_grid_order(cli, tmp_path, monkeypatch):
@@ -266,7 +266,7 @@ def test_ray_executor_matches_local_and_survives_a_dead_worker(grid, env, refere
 def test_workers_fork_only_where_it_is_safe(monkeypatch):
     import torch
 
-    from plugins.executors import start_method
+    from bench.plugins.executors import start_method
 
     monkeypatch.delenv("BENCH_WORKER_START", raising=False)
     monkeypatch.setattr(sys, "platform", "linux")

@@ -22,7 +22,7 @@ from bench.fused_trainer import train_group
 from bench.host import Host
 from bench.step import Execution
 from bench.trainer import NonFiniteLoss, train_cell
-from plugins.batched_optimizers import BatchedAdam, BatchedAdamW, BatchedSGD
+from bench.plugins.batched_optimizers import BatchedAdam, BatchedAdamW, BatchedSGD
 
 CPU = torch.device("cpu")
 #: The largest differences measured by the equivalence tests (printed at the end of the module with -s).

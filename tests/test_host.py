@@ -21,9 +21,9 @@ def test_builtins_are_registered_through_the_hooks_and_attributed():
     assert registry.names("model") == ["cnn", "deep-linear", "linear", "mlp"]
     assert registry.names("loss") == ["crossentropy", "hinge", "mse"]
     assert registry.names("dataset") == ["fashion-mnist", "kmnist", "mnist"]
-    assert registry.get("model", "mlp").plugin == "plugins.models"
+    assert registry.get("model", "mlp").plugin == "bench.plugins.models"
     assert registry.get("model", "mlp").params == {"hidden": 256, "depth": 1, "activation": "relu"}
-    assert registry.get("dataset", "mnist").plugin == "plugins.datasets"
+    assert registry.get("dataset", "mnist").plugin == "bench.plugins.datasets"
 
 
 def test_a_plugin_object_registered_on_a_fresh_manager():
@@ -44,17 +44,17 @@ def test_a_duplicate_name_is_an_error_naming_both_plugins_and_the_later_plugin_i
     host = Host(autoload=False)
     host.register_plugin(Clash(), name="clash")
     registry = host.registry
-    assert registry.get("model", "linear").plugin == "plugins.models"  # the built-in keeps its name
+    assert registry.get("model", "linear").plugin == "bench.plugins.models"  # the built-in keeps its name
     assert host.plugins["clash"].status == "broken"
     assert host.warnings == ["warning: plugin 'clash' failed in bench_register_models and was skipped: "
-                             "DuplicateComponent: model 'linear' is registered twice: by plugin 'plugins.models' "
+                             "DuplicateComponent: model 'linear' is registered twice: by plugin 'bench.plugins.models' "
                              "and by plugin 'clash'"]
 
 
 def test_a_duplicate_name_is_a_hard_error_in_strict_mode():
     host = Host(autoload=False, strict=True)
     host.register_plugin(Clash(), name="clash")
-    with pytest.raises(BrokenPlugin, match=r"model 'linear' is registered twice: by plugin 'plugins.models' "
+    with pytest.raises(BrokenPlugin, match=r"model 'linear' is registered twice: by plugin 'bench.plugins.models' "
                                            r"and by plugin 'clash'"):
         _ = host.registry
 
@@ -98,5 +98,5 @@ def test_p_with_a_missing_module_is_a_clear_error():
 
 
 def test_p_no_blocks_a_builtin():
-    registry = Host(["no:plugins.losses"], autoload=False).registry
+    registry = Host(["no:bench.plugins.losses"], autoload=False).registry
     assert registry.names("loss") == [] and "mlp" in registry.names("model")

@@ -152,7 +152,7 @@ def test_plugins_shows_distributions_registrations_and_the_broken_one(site):
     head, registered = entry("extras")
     assert registered == "registered grids: tiny; commands: greet"
 
-    head, _ = entry("plugins.models")
+    head, _ = entry("bench.plugins.models")
     assert head[-2:] == ["builtin", "ok"]
 
 
@@ -175,8 +175,8 @@ def test_p_no_blocks_an_installed_plugin(site):
     assert "rff-linear" not in result.stdout and "  tiny " in result.stdout
     assert [line.split()[0] for line in bench(site, "plugins", "-p", "no:broken").stdout.splitlines()
             if not line.startswith(" ")] == [
-        "plugins.models", "plugins.losses", "plugins.datasets", "plugins.grids", "plugins.executors", "plugins.slurm",
-        "plugins.optimizers", "plugins.schedules", "plugins.progress", "plugins.trackers", "example",
+        "bench.plugins.models", "bench.plugins.losses", "bench.plugins.datasets", "bench.plugins.grids", "bench.plugins.executors", "bench.plugins.slurm",
+        "bench.plugins.optimizers", "bench.plugins.schedules", "bench.plugins.progress", "bench.plugins.trackers", "example",
         "extras"]  # by name
 
 
@@ -184,8 +184,8 @@ def test_autoload_off_loads_only_builtins_and_p_modules(site):
     result = bench(site, "plugins", autoload=False)
     assert result.returncode == 0 and result.stderr == ""
     assert [line.split()[0] for line in result.stdout.splitlines() if not line.startswith(" ")] == [
-        "plugins.models", "plugins.losses", "plugins.datasets", "plugins.grids", "plugins.executors", "plugins.slurm",
-        "plugins.optimizers", "plugins.schedules", "plugins.progress", "plugins.trackers"]
+        "bench.plugins.models", "bench.plugins.losses", "bench.plugins.datasets", "bench.plugins.grids", "bench.plugins.executors", "bench.plugins.slurm",
+        "bench.plugins.optimizers", "bench.plugins.schedules", "bench.plugins.progress", "bench.plugins.trackers"]
 
     result = bench(site, "plugins", "-p", "gridbench_example.plugin", autoload=False)
     assert result.returncode == 0 and result.stderr == ""
@@ -266,7 +266,7 @@ def test_env_json_records_the_projects_git_commit_and_the_plugins_distributions(
     assert env["plugins"]["extras"] == {"source": "entry point", "distribution": "bench-extras-plugin",
                                         "version": "0.1.0", "status": "ok"}
     assert env["plugins"]["example"]["distribution"] == "gridbench-example"
-    assert env["plugins"]["plugins.models"]["distribution"] == "gridbench"
+    assert env["plugins"]["bench.plugins.models"]["distribution"] == "gridbench"
     assert "broken" not in env["plugins"]  # blocked with -p no:broken
     assert env["packages"]["torch"].split("+")[0] == env["torch"].split("+")[0]
     assert {"numpy", "pandas", "pluggy", "click"} <= set(env["packages"])

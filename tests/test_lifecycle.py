@@ -277,7 +277,7 @@ RUN_ARGS = ("run", "--models", "linear", "--limit", "500", "--epochs", "2", "--d
 
 @pytest.mark.parametrize("blocked", [False, True])
 def test_progress_bars_are_a_plugin_that_can_be_blocked(tmp_path, blocked):
-    args = ["-p", "no:plugins.progress"] if blocked else []
+    args = ["-p", "no:bench.plugins.progress"] if blocked else []
     status, stderr = bench_on_a_terminal(*args, *RUN_ARGS, "--out", tmp_path / "run", cwd=tmp_path, stream="stderr")
     assert status == 0, stderr
     bars = [line for line in stderr.replace("\r", "\n").splitlines() if "cell/s" in line or "epoch" in line]

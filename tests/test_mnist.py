@@ -5,7 +5,7 @@ import hashlib
 
 import torch
 
-from plugins.datasets import IDX_FILES, MNIST_MD5, mnist_folder, parse_idx, read_idx_bytes
+from bench.plugins.datasets import IDX_FILES, MNIST_MD5, mnist_folder, parse_idx, read_idx_bytes
 
 
 def test_embedded_files_have_the_canonical_checksums_and_sizes():
@@ -46,7 +46,7 @@ def test_splits_are_55k_5k_10k_normalised_and_fixed(mnist):
     assert abs(everything.mean().item()) < 1e-3 and abs(everything.std().item() - 1) < 1e-3
     # the split is fixed: the first test labels are canonical, and a reload gives the same val set
     assert mnist.test[1][:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
-    from plugins.datasets import load_mnist
+    from bench.plugins.datasets import load_mnist
 
     again = load_mnist(None)
     assert torch.equal(again.val[1], mnist.val[1]) and torch.equal(again.val[0][:50], mnist.val[0][:50])

@@ -14,7 +14,7 @@ from torch import nn
 from bench.cli import main
 from bench.host import Host
 from bench.optim import state_tensor_ptrs
-from plugins.optimizers import SGD, Adam, AdamW
+from bench.plugins.optimizers import SGD, Adam, AdamW
 
 ROOT = Path(__file__).resolve().parents[1]
 OURS = {"adam": Adam, "adamw": AdamW}
@@ -173,7 +173,7 @@ def test_builtins_are_registered_through_the_optimizer_hook():
     assert registry.names("optimizer") == ["adam", "adamw", "sgd"]
     assert registry.get("optimizer", "sgd").params == {"momentum": 0.9}
     assert registry.get("optimizer", "adamw").params == {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8}
-    assert all(c.plugin == "plugins.optimizers" for c in registry.all("optimizer"))
+    assert all(c.plugin == "bench.plugins.optimizers" for c in registry.all("optimizer"))
     # built as the step builds them: parameters, then lr and weight_decay as keywords, then params
     params = list(_model().parameters())
     opt = registry.get("optimizer", "adam").factory(params, lr=1e-3, weight_decay=0.0, beta1=0.8)
@@ -234,11 +234,11 @@ def test_bench_list_and_plugins_show_optimizers_and_schedules(cli):
     optimizers = listing[listing.index("optimizers:"):listing.index("schedules:")]
     for name in ("adam", "adamw", "sgd", "signsgd-test", "rmsprop-test"):
         assert f"  {name} " in optimizers, name
-    assert "params: momentum=0.9   plugin: plugins.optimizers" in optimizers
+    assert "params: momentum=0.9   plugin: bench.plugins.optimizers" in optimizers
     schedules = listing[listing.index("schedules:"):listing.index("grids:")]
     for name in ("constant", "cosine", "warmup-cosine", "halving"):
         assert f"  {name} " in schedules, name
-    assert "params: warmup=0.05   plugin: plugins.schedules" in schedules
+    assert "params: warmup=0.05   plugin: bench.plugins.schedules" in schedules
     plugins = cli("-p", PLUGIN, "plugins").output
     assert "registered optimizers: adam, adamw, sgd" in plugins
     assert "registered schedules: constant, cosine, warmup-cosine" in plugins

@@ -45,15 +45,15 @@ def bench_register_grids(register):
 def test_builtin_grids_come_through_the_hook():
     host = Host(autoload=False)
     grids = {g.name: g for g in host.registry.grids()}
-    assert {n: g.plugin for n, g in grids.items()} == {"all": "plugins.grids", "seed": "plugins.grids"}
+    assert {n: g.plugin for n, g in grids.items()} == {"all": "bench.plugins.grids", "seed": "bench.plugins.grids"}
     assert grids["seed"].triples(host.registry) == [
         ("linear", "mse", "mnist"), ("linear", "crossentropy", "mnist"), ("mlp", "crossentropy", "mnist")]
     assert len(grids["all"].triples(host.registry)) == 4 * 3 * 3
-    assert host.plugins["plugins.grids"].registered == {"grid": ["all", "seed"]}
+    assert host.plugins["bench.plugins.grids"].registered == {"grid": ["all", "seed"]}
 
 
 def test_blocking_the_builtin_grids_removes_them():
-    host = Host(["no:plugins.grids"], autoload=False)
+    host = Host(["no:bench.plugins.grids"], autoload=False)
     assert host.registry.grid_names() == []
     with pytest.raises(BenchError, match="no plugin declares a default grid"):
         expand(host.registry)  # the default grid is 'seed'
@@ -130,7 +130,7 @@ def test_a_duplicate_grid_names_both_plugins_and_the_later_plugin_is_skipped(plu
     assert result.exit_code == 0
     assert result.stderr.splitlines() == [
         f"warning: plugin '{name}' failed in bench_register_grids and was skipped: DuplicateComponent: grid 'seed' "
-        f"is registered twice: by plugin 'plugins.grids' and by plugin '{name}'"]
+        f"is registered twice: by plugin 'bench.plugins.grids' and by plugin '{name}'"]
     assert "extra-linear" not in result.output  # what the broken plugin registered is forgotten
 
 
@@ -229,7 +229,7 @@ def test_a_module_that_raises_on_import_is_broken_not_fatal(plugin_module):
     assert result.stderr.splitlines() == [
         f"warning: plugin '{name}' failed to load and was skipped: ImportError: needs a library that is not installed"]
     assert "broken: ImportError: needs a library that is not installed" in result.output
-    assert "plugins.models" in result.output
+    assert "bench.plugins.models" in result.output
 
 
 def test_p_with_a_missing_module_is_a_user_error():
@@ -240,11 +240,11 @@ def test_p_with_a_missing_module_is_a_user_error():
 
 
 def test_p_no_blocks_a_builtin_plugin():
-    result = invoke("list", "-p", "no:plugins.losses")
+    result = invoke("list", "-p", "no:bench.plugins.losses")
     assert result.exit_code == 0
     losses = result.output.split("losses:")[1].split("datasets:")[0]
     assert losses.strip() == ""
-    assert "plugins.losses" not in invoke("plugins", "-p", "no:plugins.losses").output
+    assert "bench.plugins.losses" not in invoke("plugins", "-p", "no:bench.plugins.losses").output
 
 
 def test_a_misspelled_hook_is_reported_not_silently_ignored(plugin_module):

@@ -18,7 +18,7 @@ from safetensors.numpy import load_file
 
 from bench.cli import main
 from bench.stats import mean_ci
-from reports.figures import pareto_front
+from bench.reports.figures import pareto_front
 from tests.report_test_plugin import CLASSES, NAN_MODEL
 
 COMPARATIVE = ["val_loss", "val_acc", "accuracy_heatmap", "accuracy_vs_time", "epoch_time"]
@@ -103,7 +103,7 @@ def test_run_report_has_tables_figures_and_templates_and_confusion_per_configura
 def test_templates_of_a_configuration_are_the_mean_of_its_seeds(seed_run):
     from PIL import Image
 
-    from reports.cellfigs import LEVELS, data_uri, template_tiles
+    from bench.reports.cellfigs import LEVELS, data_uri, template_tiles
 
     run, _ = seed_run
     records = [json.loads(p.read_text()) for p in (run / "cells").glob("*.json")]
@@ -139,7 +139,7 @@ def test_linear_templates_are_the_weights_and_others_are_input_gradients(seed_ru
 
 def test_linear_templates_look_like_their_digits(tmp_path):
     """For >= 8 of 10 digits, class k's template correlates best with the mean test image of class k."""
-    from plugins.datasets import load_mnist
+    from bench.plugins.datasets import load_mnist
 
     code, output = bench("run", "--models", "linear", "--losses", "crossentropy", "--device", "cpu", "--limit",
                          "5000", "--epochs", "2", "--out", tmp_path / "run", "-q")
@@ -300,7 +300,7 @@ def test_deep_linear_template_is_the_product_of_its_weights_which_is_its_input_g
 
     from bench.data import DataSplits
     from bench.templates import class_templates, input_gradients
-    from plugins.models import make_deep_linear, make_mlp
+    from bench.plugins.models import make_deep_linear, make_mlp
 
     torch.manual_seed(0)
     x, y = torch.randn(60, 1, 4, 4), torch.arange(60) % 3
@@ -441,13 +441,13 @@ def test_summary_tex_is_booktabs_with_the_best_value_per_dataset_in_bold(seed_ru
 
 
 def test_index_html_stays_under_its_size_limit_by_moving_configurations_to_pages(seed_run, tmp_path, monkeypatch):
-    import reports.build
+    import bench.reports.build
 
     full = (seed_run[0] / "report" / "index.html").stat().st_size
     sections = (seed_run[0] / "report" / "index.html").read_text().count('<article class="config')
-    monkeypatch.setattr(reports.build, "PAGE_LIMIT", full - 20_000)  # room for all but one or two sections
+    monkeypatch.setattr(bench.reports.build, "PAGE_LIMIT", full - 20_000)  # room for all but one or two sections
     out = tmp_path / "report"
-    report = reports.build.build_report([seed_run[0]], out)
+    report = bench.reports.build.build_report([seed_run[0]], out)
     size = report.index.stat().st_size
     assert size <= full - 20_000
     moved = [a for a, where in report.config_pages.items() if not where.startswith("#")]

@@ -102,6 +102,6 @@ def test_bench_load_raises_bench_error_for_a_path_of_the_wrong_type(value):
 def test_a_path_like_out_and_study_are_accepted(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text("models: linear\ndevice: cpu\n")
-    run = bench.run(str(path), out=Path(tmp_path / "r"), dry_run=True, plugins="plugins.models",
+    run = bench.run(str(path), out=Path(tmp_path / "r"), dry_run=True, plugins="bench.plugins.models",
                     echo=lambda m: None)
     assert [c.model for _, c in run.plan] == ["linear"]

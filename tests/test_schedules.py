@@ -17,9 +17,9 @@ from bench.runner import run_cells
 from bench.step import Execution
 from bench.store import RunStore
 from bench.trainer import train_cell
-from plugins.models import make_mlp
-from plugins.optimizers import SGD, Adam
-from plugins.schedules import cosine_factor
+from bench.plugins.models import make_mlp
+from bench.plugins.optimizers import SGD, Adam
+from bench.plugins.schedules import cosine_factor
 
 PLUGIN = "tests.optimizer_test_plugin"
 
@@ -50,7 +50,7 @@ def _weight():
 def test_builtins_are_registered_through_the_schedule_hook(registry):
     assert [n for n in registry.names("schedule") if n != "halving"] == ["constant", "cosine", "warmup-cosine"]
     assert registry.get("schedule", "warmup-cosine").params == {"warmup": 0.05}
-    assert registry.get("schedule", "cosine").plugin == "plugins.schedules"
+    assert registry.get("schedule", "cosine").plugin == "bench.plugins.schedules"
 
 
 def test_constant_is_no_scheduler_at_all(registry):
@@ -101,9 +101,9 @@ def test_check_recipe_reports_bad_names_and_values_without_training(registry):
         (Recipe(schedule="linear"), {}, "unknown schedule 'linear'; valid: constant, cosine, halving, warmup-cosine"),
         (Recipe(optimizer="lion"), {}, "unknown optimizer 'lion'"),
         (Recipe(schedule="warmup-cosine"), {"schedule": {"warmup": 1.5}},
-         "schedule 'warmup-cosine' (plugin 'plugins.schedules') failed: ValueError: warmup must be a fraction"),
+         "schedule 'warmup-cosine' (plugin 'bench.plugins.schedules') failed: ValueError: warmup must be a fraction"),
         (Recipe(optimizer="adam"), {"optimizer": {"beta2": 1.0}},
-         "optimizer 'adam' (plugin 'plugins.optimizers') failed: ValueError: beta2 must be in [0, 1), got 1.0"),
+         "optimizer 'adam' (plugin 'bench.plugins.optimizers') failed: ValueError: beta2 must be in [0, 1), got 1.0"),
         (Recipe(optimizer="broken-opt"), {}, "optimizer 'broken-opt' (plugin 'tests.optimizer_test_plugin') failed: "
                                             "RuntimeError: broken-opt refuses to optimise (strength 1.0)"),
     ]

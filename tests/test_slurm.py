@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from plugins.slurm import DEFAULTS
+from bench.plugins.slurm import DEFAULTS
 from tests.conftest import REPO, bench_env, run_bench
 from tests.test_executors import assert_same_rows, rows
 
@@ -90,7 +90,7 @@ def job_info(job_id):
 
 def state(job_id):
     """squeue's state of a job (an array task that never started is its array's record)."""
-    from plugins.slurm import _states
+    from bench.plugins.slurm import _states
 
     return _states([job_id])[job_id][0]
 

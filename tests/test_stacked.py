@@ -21,7 +21,7 @@ from bench.host import Host
 from bench.stacked import stacked_layers
 from bench.step import Execution
 from bench.trainer import train_cell
-from plugins.losses import make_crossentropy, make_hinge, make_mse
+from bench.plugins.losses import make_crossentropy, make_hinge, make_mse
 
 N, B = 4, 6
 CPU = torch.device("cpu")

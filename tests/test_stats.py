@@ -288,7 +288,7 @@ def test_every_interval_of_a_two_seed_run_lies_in_0_1(val_sizes, tmp_path):
         assert 0 <= float(text[0]) - float(text[1]) and float(text[0]) + float(text[1]) <= 1
     # the figures' bands: validation accuracy per epoch over the two seeds, clipped the same way
     from bench.config import config_keys
-    from reports.figures import band
+    from bench.reports.figures import band
 
     run = bench.load(out)
     config = dict(zip(run.results["cell_id"], config_keys(run.results)))

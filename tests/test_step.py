@@ -16,9 +16,9 @@ from bench.host import Host
 from bench.recipe import recipe_factories
 from bench.step import Execution
 from bench.trainer import train_cell
-from plugins.datasets import load_mnist
-from plugins.losses import make_crossentropy, make_mse
-from plugins.models import make_cnn, make_linear, make_mlp
+from bench.plugins.datasets import load_mnist
+from bench.plugins.losses import make_crossentropy, make_mse
+from bench.plugins.models import make_cnn, make_linear, make_mlp
 
 MODELS = {"linear": make_linear, "mlp": lambda s, c: make_mlp(s, c, hidden=64), "cnn": make_cnn}
 LOSSES = {"mse": make_mse, "crossentropy": make_crossentropy}
@@ -100,7 +100,7 @@ def test_a_torch_optim_plugin_optimizer_trains_exactly_as_its_textbook_loop(mnis
     """A torch.optim.Optimizer subclass whose state appears on its first step: the warm-up snapshot
     restores it through state_dict()/load_state_dict(), so the warm-up leaves no momentum behind, in the
     plain step and in the static one."""
-    from plugins.schedules import cosine_factor
+    from bench.plugins.schedules import cosine_factor
     from tests.optimizer_test_plugin import SignSGD
 
     kwargs = dict(model="mlp", optimizer="signsgd-test", schedule=schedule, lr=1e-3, registry=plugin_registry)

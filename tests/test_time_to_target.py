@@ -66,7 +66,7 @@ def test_a_bad_target_is_one_line_and_exit_2(tmp_path):
 
 
 def test_the_report_shows_time_to_target_ranks_and_performance_profiles(two_datasets, tmp_path):
-    from reports import build_report
+    from bench.reports import build_report
 
     out, _ = two_datasets
     report = build_report([out], tmp_path / "report")

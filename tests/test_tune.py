@@ -99,7 +99,7 @@ def test_tuning_gives_each_configuration_its_trials_then_the_best_value_with_eve
     assert list(comparisons["axis"]) == ["recipe"] and list(comparisons["n"]) == [2]
     assert "phase" in result.output and "final" in result.output
 
-    from reports import build_report
+    from bench.reports import build_report
 
     report = build_report([tmp_path / "run"], tmp_path / "report")
     summary = pd.read_csv(tmp_path / "report" / "summary.csv")
@@ -171,7 +171,7 @@ def test_a_failed_trial_is_a_failed_row_and_tuning_goes_on(tmp_path, fragile_plu
         best = ok.loc[ok["val_acc"].idxmax()]
         assert list(final["seed"]) == [0, 1] and set(final["params"]) == {best["params"]}
         assert set(final["trial"]) == {best["trial"]} and set(final["status"]) == {"ok"}
-    from reports import build_report
+    from bench.reports import build_report
 
     build_report([out], tmp_path / "report")
     chosen = pd.read_csv(tmp_path / "report" / "tuning.csv", keep_default_na=False).set_index("configuration")
