@@ -37,10 +37,9 @@ class BrokenPlugin(RuntimeError):
 
 
 #: Built-in plugin modules, loaded exactly like a ``-p`` module.
-BUILTIN_PLUGINS = (
-    "bench.plugins.models", "bench.plugins.losses", "bench.plugins.datasets", "bench.plugins.grids", "bench.plugins.executors", "bench.plugins.slurm",
-    "bench.plugins.optimizers", "bench.plugins.schedules", "bench.plugins.progress", "bench.plugins.trackers",
-)
+BUILTIN_PLUGINS = tuple(f"bench.plugins.{name}" for name in (
+    "models", "losses", "datasets", "grids", "executors", "slurm", "optimizers", "schedules", "progress", "trackers",
+))
 
 PLURAL = {"model": "models", "loss": "losses", "dataset": "datasets", "executor": "executors", "grid": "grids",
           "optimizer": "optimizers", "schedule": "schedules", "tracker": "trackers",

@@ -25,10 +25,10 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 from bench.errors import BenchError  # noqa: E402
 from bench.grid import Cell, Recipe  # noqa: E402
 from bench.host import Host  # noqa: E402
+from bench.plugins.datasets import load_mnist  # noqa: E402
 from bench.recipe import recipe_factories  # noqa: E402
 from bench.step import Execution  # noqa: E402
 from bench.trainer import train_cell  # noqa: E402
-from bench.plugins.datasets import load_mnist  # noqa: E402
 
 CELLS = [("linear", "mse"), ("linear", "crossentropy"), ("mlp", "crossentropy"), ("deep-linear", "crossentropy"),
          ("cnn", "crossentropy")]

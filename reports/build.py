@@ -23,12 +23,12 @@ import pandas as pd
 
 from bench import stats
 from bench.config import config_keys
-from bench.safe_text import csv_text
-from bench.store import atomic_write
 from bench.reports import cellfigs, html, protocol
 from bench.reports.latex import summary_latex
 from bench.reports.load import REPORT_MARKER, VARIANT_COLUMNS, Runs, prepare_report_dir, read_runs
 from bench.reports.tables import Tables, make_tables, terminal_table
+from bench.safe_text import csv_text
+from bench.store import atomic_write
 
 RUN_FACTS = ("device", "device_name", "torch", "gridbench", "cpu", "torch_threads", "command", "started")
 #: The most index.html may weigh, in bytes; what would not fit is linked instead of embedded.

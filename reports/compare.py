@@ -32,11 +32,11 @@ from scipy.special import stdtrit
 
 from bench.config import CONFIG_COLUMNS, config_frame, varying_label
 from bench.errors import BenchError
+from bench.reports.html import markdown_table
+from bench.reports.load import REPORT_MARKER, is_report_dir
 from bench.safe_text import printable, read_csv_frame
 from bench.stats import corrected_frame, interval_text, metric_range, results_only
 from bench.tune import tuned_keys
-from bench.reports.html import markdown_table
-from bench.reports.load import REPORT_MARKER, is_report_dir
 
 #: What a margin of ``fail_on`` may name.
 MARGINS = {"accuracy": "largest drop in mean test accuracy allowed (e.g. 0.01)",

@@ -12,9 +12,9 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.ticker import MaxNLocator
 
+from bench.reports.load import Runs
 from bench.safe_text import printable
 from bench.stats import interval, mean_ci, metric_range
-from bench.reports.load import Runs
 
 plt.switch_backend("Agg")  # reports are files: never open a window, never need a display
 

@@ -9,8 +9,8 @@ import math
 
 import pandas as pd
 
-from bench.stats import interval, metric_range
 from bench.reports.tables import Tables
+from bench.stats import interval, metric_range
 
 #: Metric columns, each with its heading, format and whether larger is better.
 METRICS = [("test_acc", "test accuracy", ".4f", True), ("test_loss", "test loss", ".4g", False),

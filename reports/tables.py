@@ -16,9 +16,9 @@ import pandas as pd
 
 from bench.config import CONFIG_COLUMNS, row_config
 from bench.references import differences, far_below, matching, not_comparable
+from bench.reports.load import LABELLED, Runs
 from bench.safe_text import csv_text, printable
 from bench.stats import interval, interval_text, mean_ci, metric_range, results_only
-from bench.reports.load import LABELLED, Runs
 
 #: Recipe columns shown under their component's label (with its parameters) rather than the bare name.
 LABEL_OF = {kind: f"{kind}_label" for kind in LABELLED}

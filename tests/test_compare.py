@@ -218,8 +218,8 @@ def test_compare_is_vectorised_over_configurations(tmp_path):
 
     from scipy.stats import ttest_rel
 
-    from benchmarks.bench_compare import synthetic_run
     from bench.reports.compare import compare_runs
+    from benchmarks.bench_compare import synthetic_run
 
     base = synthetic_run(tmp_path / "base", 2000, seed=1)
     new = synthetic_run(tmp_path / "new", 2000, shift=-0.001, seed=2)

@@ -20,9 +20,9 @@ from bench.errors import BenchError
 from bench.fuse import batched_optimizer_for, fuse_key, group_cells
 from bench.fused_trainer import train_group
 from bench.host import Host
+from bench.plugins.batched_optimizers import BatchedAdam, BatchedAdamW, BatchedSGD
 from bench.step import Execution
 from bench.trainer import NonFiniteLoss, train_cell
-from bench.plugins.batched_optimizers import BatchedAdam, BatchedAdamW, BatchedSGD
 
 CPU = torch.device("cpu")
 #: The largest differences measured by the equivalence tests (printed at the end of the module with -s).

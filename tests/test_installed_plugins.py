@@ -24,6 +24,9 @@ EXAMPLE = REPO / "examples" / "gridbench-example"
 
 BROKEN_ERROR = "RuntimeError: this plugin is broken on purpose"
 
+BUILTINS = [f"bench.plugins.{name}" for name in
+            "models losses datasets grids executors slurm optimizers schedules progress trackers".split()]
+
 
 def write_package(root: Path, dist: str, module: str, ep_name: str, source: str) -> Path:
     """A minimal setuptools project: one module, one entry point in the group ``bench``."""
@@ -174,18 +177,13 @@ def test_p_no_blocks_an_installed_plugin(site):
     assert result.stderr == ""
     assert "rff-linear" not in result.stdout and "  tiny " in result.stdout
     assert [line.split()[0] for line in bench(site, "plugins", "-p", "no:broken").stdout.splitlines()
-            if not line.startswith(" ")] == [
-        "bench.plugins.models", "bench.plugins.losses", "bench.plugins.datasets", "bench.plugins.grids", "bench.plugins.executors", "bench.plugins.slurm",
-        "bench.plugins.optimizers", "bench.plugins.schedules", "bench.plugins.progress", "bench.plugins.trackers", "example",
-        "extras"]  # by name
+            if not line.startswith(" ")] == [*BUILTINS, "example", "extras"]  # by name
 
 
 def test_autoload_off_loads_only_builtins_and_p_modules(site):
     result = bench(site, "plugins", autoload=False)
     assert result.returncode == 0 and result.stderr == ""
-    assert [line.split()[0] for line in result.stdout.splitlines() if not line.startswith(" ")] == [
-        "bench.plugins.models", "bench.plugins.losses", "bench.plugins.datasets", "bench.plugins.grids", "bench.plugins.executors", "bench.plugins.slurm",
-        "bench.plugins.optimizers", "bench.plugins.schedules", "bench.plugins.progress", "bench.plugins.trackers"]
+    assert [line.split()[0] for line in result.stdout.splitlines() if not line.startswith(" ")] == BUILTINS
 
     result = bench(site, "plugins", "-p", "gridbench_example.plugin", autoload=False)
     assert result.returncode == 0 and result.stderr == ""

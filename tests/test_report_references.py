@@ -12,8 +12,8 @@ from bench import hookimpl
 from bench.cli import main
 from bench.errors import BenchError
 from bench.host import BrokenPlugin
-from bench.references import applies, differences, far_below, parse_references, references_for
 from bench.plugins.datasets import MNIST_REFERENCES
+from bench.references import applies, differences, far_below, parse_references, references_for
 
 LINEAR = "12.00% linear classifier (1-layer NN)"
 MLP_MSE = "4.70% 2-layer NN, 300 hidden units, mean square error (published hidden=300; here hidden=256)"

@@ -17,8 +17,8 @@ from matplotlib.image import imread
 from safetensors.numpy import load_file
 
 from bench.cli import main
-from bench.stats import mean_ci
 from bench.reports.figures import pareto_front
+from bench.stats import mean_ci
 from tests.report_test_plugin import CLASSES, NAN_MODEL
 
 COMPARATIVE = ["val_loss", "val_acc", "accuracy_heatmap", "accuracy_vs_time", "epoch_time"]
@@ -299,8 +299,8 @@ def test_deep_linear_template_is_the_product_of_its_weights_which_is_its_input_g
     import torch
 
     from bench.data import DataSplits
-    from bench.templates import class_templates, input_gradients
     from bench.plugins.models import make_deep_linear, make_mlp
+    from bench.templates import class_templates, input_gradients
 
     torch.manual_seed(0)
     x, y = torch.randn(60, 1, 4, 4), torch.arange(60) % 3

@@ -9,9 +9,9 @@ import pytest
 from click.testing import CliRunner
 
 from bench.cli import main
+from bench.reports.compare import compare_runs
 from bench.safe_text import FORMULA_START, csv_cell, printable, read_csv_cell
 from bench.store import RunStore
-from bench.reports.compare import compare_runs
 from tests.hostile_names_plugin import DATASET, ERROR, FAILING, LOSS, MODEL, RAW
 
 PLUGIN = ["-p", "tests.hostile_names_plugin"]

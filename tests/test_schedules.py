@@ -12,14 +12,14 @@ from bench.config import Cell, Recipe
 from bench.errors import BenchError
 from bench.grid import expand
 from bench.host import Host
+from bench.plugins.models import make_mlp
+from bench.plugins.optimizers import SGD, Adam
+from bench.plugins.schedules import cosine_factor
 from bench.recipe import check_recipe, recipe_factories
 from bench.runner import run_cells
 from bench.step import Execution
 from bench.store import RunStore
 from bench.trainer import train_cell
-from bench.plugins.models import make_mlp
-from bench.plugins.optimizers import SGD, Adam
-from bench.plugins.schedules import cosine_factor
 
 PLUGIN = "tests.optimizer_test_plugin"
 

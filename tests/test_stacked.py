@@ -18,10 +18,10 @@ from bench.config import Cell, Recipe
 from bench.fuse import batched_optimizer_for
 from bench.fused_trainer import train_group
 from bench.host import Host
+from bench.plugins.losses import make_crossentropy, make_hinge, make_mse
 from bench.stacked import stacked_layers
 from bench.step import Execution
 from bench.trainer import train_cell
-from bench.plugins.losses import make_crossentropy, make_hinge, make_mse
 
 N, B = 4, 6
 CPU = torch.device("cpu")
