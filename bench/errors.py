@@ -36,3 +36,17 @@ class DataCorrupt(BenchError):
 
     Unlike a cell's failure it stops the run (exit status 2): every cell on that data would fail.
     """
+
+
+class StopCell(Exception):
+    """Raised by whatever watches a cell's evaluation points (its ``bench_epoch_end`` row as it is made)
+    to stop that cell early, e.g. a tuning trial that the pruner gives up on.
+
+    The engine stops training that cell (in a fused group, the member stops costing compute; the others go
+    on), keeps its history up to that point, and writes its record with ``status`` (``"pruned"``) and
+    ``reason`` in its ``error`` column. Not a failure: it is how such a cell is meant to end.
+    """
+
+    def __init__(self, status: str = "pruned", reason: str = ""):
+        self.status, self.reason = status, reason
+        super().__init__(reason or status)
