@@ -164,7 +164,8 @@ class MlflowTracker:
 
     # -- the store, the experiment and the parent ---------------------------------------------------------
 
-    def run_start(self, run) -> None:
+    @hookimpl(trylast=True)
+    def bench_run_start(self, run) -> None:
         from mlflow import MlflowClient
         from mlflow.entities import ViewType
 
@@ -271,10 +272,12 @@ class MlflowTracker:
         self._log_epochs(run_id, history, list(stamps))
         self._close(run_id, record, end)
 
-    def cell_start(self, cell) -> None:
+    @hookimpl(trylast=True)
+    def bench_cell_start(self, cell) -> None:
         self.cells[cell.cell_id] = {"seen": time.time(), "run_id": None, "epochs": []}
 
-    def epoch_end(self, cell, row) -> None:
+    @hookimpl(trylast=True)
+    def bench_epoch_end(self, cell, row) -> None:
         state = self.cells.setdefault(cell.cell_id, {"seen": time.time(), "run_id": None, "epochs": []})
         now = time.time()
         if state["run_id"] is not None:
@@ -286,7 +289,8 @@ class MlflowTracker:
             rows, stamps = zip(*state["epochs"])
             self._log_epochs(state["run_id"], list(rows), list(stamps))
 
-    def cell_end(self, cell, record) -> None:
+    @hookimpl(trylast=True)
+    def bench_cell_end(self, cell, record) -> None:
         state = self.cells.pop(cell.cell_id, None)
         if state and state["run_id"] is not None and state["seen"] > record.get("ended_at", state["seen"]):
             # opened while a cell that had ended elsewhere was replayed (slowly): its times were not the cell's
@@ -302,7 +306,8 @@ class MlflowTracker:
 
     # -- the end ----------------------------------------------------------------------------------------------
 
-    def run_end(self, run, results) -> None:
+    @hookimpl(trylast=True)
+    def bench_run_end(self, run, results) -> None:
         if self.client is None:
             return
         root = Path(run.path)
@@ -377,7 +382,8 @@ class TensorBoardTracker:
         self.root: Path | None = None
         self.writers: dict[str, Any] = {}
 
-    def run_start(self, run) -> None:
+    @hookimpl(trylast=True)
+    def bench_run_start(self, run) -> None:
         self.root = Path(run.path) / "tensorboard"
         for record in _finished_records(run):  # finished in the directory, not (or not wholly) written here
             if not (self.root / _tb_folder(record["row"]) / TB_DONE).is_file():
@@ -410,18 +416,21 @@ class TensorBoardTracker:
         writer.close()
         (Path(writer.log_dir) / TB_DONE).write_text("")
 
-    def cell_start(self, cell) -> None:
+    @hookimpl(trylast=True)
+    def bench_cell_start(self, cell) -> None:
         identity = cell.identity()
         row = {**identity, "params": json.dumps(identity["params"]), "cell_id": cell.cell_id}
         self.writers[cell.cell_id] = (self._writer(_tb_folder(row)), time.time())
 
-    def epoch_end(self, cell, row) -> None:
+    @hookimpl(trylast=True)
+    def bench_epoch_end(self, cell, row) -> None:
         if cell.cell_id in self.writers:
             writer, _ = self.writers[cell.cell_id]
             _scalars(writer, row, time.time())
             writer.flush()  # TensorBoard shows the epoch now
 
-    def cell_end(self, cell, record) -> None:
+    @hookimpl(trylast=True)
+    def bench_cell_end(self, cell, record) -> None:
         if cell.cell_id not in self.writers:
             self._write_record(record)
             return
@@ -429,7 +438,8 @@ class TensorBoardTracker:
         start, _ = _cell_times(record, seen)
         self._finish(writer, record, start, time.time())
 
-    def run_end(self, run, results) -> None:
+    @hookimpl(trylast=True)
+    def bench_run_end(self, run, results) -> None:
         for writer, _ in self.writers.values():  # interrupted mid-cell: keep what was written, unfinished
             writer.close()
         self.writers.clear()
