@@ -433,7 +433,7 @@ def run(study: Path | str | Mapping | Study | None = None, *,
         names = list(dict.fromkeys(t[2] for t in triples_of(registry, the_study)))
         available, unavailable = available_datasets(registry, names, data_dir, cache, torch_device)
         for name, reason in unavailable.items():
-            notes.append(f"note: dataset '{name}' is unavailable and left out of the grid: {reason}")
+            notes.append(f"note: dataset '{name}' left out of the grid: {reason}; --datasets {name} says more")
             echo(notes[-1])
         if not available:
             raise BenchError("no dataset of this grid is available here")
