@@ -4,10 +4,10 @@
 
 - ``mlflow``: one parent run per run directory (reused when the run is resumed), one nested run per
   cell: its configuration as params, its epochs as metrics (``step`` = epoch, history.csv's names),
-  its results as metrics named ``final/NAME`` (results.csv's names), tags ``cell_id`` and ``status``; ``results.csv``, ``history.csv``, ``study.yaml`` and the
-  report are artifacts of the parent. Tracking URI ``$MLFLOW_TRACKING_URI``, else a SQLite store in
-  the run directory (``sqlite:///RUN/mlflow.db``); experiment ``$MLFLOW_EXPERIMENT_NAME``, else one
-  per run directory.
+  its results as metrics named ``final/NAME`` (results.csv's names), tags ``cell_id`` and ``status``;
+  ``results.csv``, ``history.csv``, ``study.yaml`` and the report are artifacts of the parent.
+  Tracking URI ``$MLFLOW_TRACKING_URI``, else a SQLite store in the run directory
+  (``sqlite:///RUN/mlflow.db``); experiment ``$MLFLOW_EXPERIMENT_NAME``, else one per run directory.
 - ``tensorboard``: ``RUN/tensorboard/NAME CELL_ID/`` (NAME says the configuration and seed, e.g.
   ``linear+mse lr=0.001 seed=0``), one TensorBoard run per cell: the epochs as scalars, the results
   as ``final/NAME`` scalars at the last epoch, and an HParams session (configuration, integers as
