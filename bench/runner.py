@@ -81,7 +81,7 @@ def available_datasets(registry: Registry, names: list[str], data_dir: Path, cac
             else:
                 load_dataset(registry, name, {}, data_dir)
         except DatasetUnavailable as exc:
-            missing[name] = exc.short or str(exc)
+            missing[name] = getattr(exc, "short", "") or str(exc)
         else:
             ok.append(name)
     return ok, missing

@@ -203,7 +203,7 @@ def downloadable_loader(name: str):
                 arrays = load_idx_folder(raw, fix=fix)
             except DatasetUnavailable as exc:
                 raise DatasetUnavailable(f"{name} is not cached in {raw} and could not be fetched: {exc}. {how}",
-                                         short=exc.short) from None
+                                         short=getattr(exc, "short", "")) from None
         return make_splits(arrays, mean, std, classes, val_size, {"source": str(raw)})
 
     def offline(data_dir: Path) -> str:
