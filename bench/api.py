@@ -51,6 +51,10 @@ def _stderr(message: str) -> None:
     print(printable(message), file=sys.stderr, flush=True)
 
 
+#: The columns of :func:`bench.stats.aggregate` that :meth:`Run.summary` names after its metric.
+SUMMARY_STATISTICS = ("mean", "std", "ci", "ci_low", "ci_high")
+
+
 @dataclass
 class Run:
     """A run directory and what was run into it: results, history, summary, report.
@@ -111,11 +115,14 @@ class Run:
         return arrays["templates"], records[cell_id].get("classes", []), entry.get("kind", "")
 
     def summary(self, metric: str = "test_acc"):
-        """One row per configuration (a cell without its seed): ``n`` finished seeds and the metric's
-        mean, standard deviation and 95% Student-t interval (:func:`bench.stats.aggregate`)."""
+        """One row per configuration (a cell without its seed): ``n`` finished seeds and the metric's mean,
+        standard deviation and 95% Student-t interval (:func:`bench.stats.aggregate`), in columns named after
+        the metric: ``test_acc_mean``, ``test_acc_std``, ``test_acc_ci`` (the half-width), ``test_acc_ci_low``
+        and ``test_acc_ci_high`` (the interval clipped to the metric's range)."""
         from bench import stats
 
-        return stats.aggregate(self.results, metric)
+        table = stats.aggregate(self.results, metric)
+        return table.rename(columns={column: f"{metric}_{column}" for column in SUMMARY_STATISTICS})
 
     def comparisons(self, metric: str = "test_acc"):
         """Paired seed-by-seed comparisons of comparable configurations (:func:`bench.stats.compare`)."""
@@ -136,9 +143,10 @@ class Run:
             table = self.summary()
         except BenchError as exc:
             return f"<p>gridbench run {html.escape(str(self.path))}: {html.escape(str(exc))}</p>"
-        shown = table[["label", "dataset", "n", "mean", "ci_low", "ci_high", "failed"]].rename(
-            columns={"label": "configuration", "n": "seeds", "mean": "test_acc", "ci_low": "95% CI low",
-                     "ci_high": "95% CI high"})  # the interval as clipped to [0, 1], not a half-width
+        shown = table[["label", "dataset", "n", "test_acc_mean", "test_acc_ci_low", "test_acc_ci_high", "failed"]]
+        shown = shown.rename(columns={"label": "configuration", "n": "seeds", "test_acc_mean": "test_acc",
+                                      "test_acc_ci_low": "95% CI low", "test_acc_ci_high": "95% CI high"})
+        # the interval as clipped to [0, 1], not a half-width
         return (f"<p><b>gridbench run</b> <code>{html.escape(str(self.path))}</code>: "
                 f"{len(self.results)} cell(s)</p>" + shown.to_html(index=False, float_format=lambda v: f"{v:.4f}",
                                                                     na_rep="", escape=True))
@@ -364,7 +372,7 @@ def run(study: Path | str | Mapping | Study | None = None, *,
     ``study``: a YAML file, a mapping with the same keys, or a :class:`bench.study.Study`; the
     other options override it. Axes (``models``, ``lr``, ``optimizer``, ``seeds``, ...) take a value,
     a list or a comma-separated string. ``out`` defaults to ``runs/<timestamp>`` under the current
-    working directory (``Run.path`` says where; pass ``out`` to choose); rerunning into
+    working directory (a note on ``echo`` says so, and ``Run.path``; pass ``out`` to choose); rerunning into
     the same ``out`` resumes (finished cells are skipped, failed ones retried; ``force`` reruns all).
     ``plugins`` are ``-p`` modules; ``host`` a ready :class:`bench.host.Host` instead. Bad input
     raises :class:`bench.BenchError` before anything trains; a failing cell does not raise (see
@@ -396,6 +404,8 @@ def run(study: Path | str | Mapping | Study | None = None, *,
             echo(warning)
     registry = host.registry
     out_path = Path(out) if out is not None else default_run_dir()
+    if out is None and not dry_run:  # say where it writes (quiet or not): nobody chose that folder
+        echo(f"note: no out given: writing {out_path} in the current folder ({Path.cwd()})")
     options = study_from_options(grid=grid, models=models, losses=losses, datasets=datasets, params=params,
                                  seeds=seeds, repeat=repeat, epochs=epochs, batch_size=batch_size, lr=lr,
                                  optimizer=optimizer, weight_decay=weight_decay, schedule=schedule, limit=limit,
@@ -433,7 +443,7 @@ def run(study: Path | str | Mapping | Study | None = None, *,
         names = list(dict.fromkeys(t[2] for t in triples_of(registry, the_study)))
         available, unavailable = available_datasets(registry, names, data_dir, cache, torch_device)
         for name, reason in unavailable.items():
-            notes.append(f"note: dataset '{name}' is unavailable and left out of the grid: {reason}")
+            notes.append(f"note: dataset '{name}' left out of the grid: {reason}; --datasets {name} says more")
             echo(notes[-1])
         if not available:
             raise BenchError("no dataset of this grid is available here")

@@ -550,9 +550,12 @@ def compare(base, new, ignore, fail_on, markdown):
 
 @main.command(name="list")
 @plugin_option
-def list_(plugin_modules):
+@click.option("--data-dir", type=click.Path(path_type=Path), envvar="BENCH_DATA_DIR", default=DEFAULT_DATA_DIR,
+              show_default=f"{DEFAULT_DATA_DIR}, or $BENCH_DATA_DIR",
+              help="Cache for downloadable datasets (says which are there).")
+def list_(plugin_modules, data_dir):
     """List the models, losses, datasets and grids that plugins registered, with their parameters, and
-    the executors that can run a grid."""
+    the executors that can run a grid. A dataset that cannot load without network access here says so."""
     import textwrap
 
     from bench.host import KINDS, PLURAL
@@ -568,7 +571,9 @@ def list_(plugin_modules):
         click.echo(click.style(f"{PLURAL[kind]}:", bold=True))
         for c in registry.all(kind):
             params = ", ".join(f"{k}={v!r}" for k, v in c.params.items())
-            item(c.name, c.description, f"params: {params or '-'}   plugin: {c.plugin}")
+            offline = _offline(c, data_dir) if kind == "dataset" else ""
+            item(c.name, c.description, f"params: {params or '-'}   plugin: {c.plugin}",
+                 *([f"unavailable offline: {offline}"] if offline else []))
     click.echo(click.style("grids:", bold=True))
     for g in registry.grids():
         item(g.name, g.description, f"plugin: {g.plugin}")
@@ -579,10 +584,23 @@ def list_(plugin_modules):
         item(name, describe(path))
 
 
+def _offline(component, data_dir: Path) -> str:
+    """Why a dataset cannot load without network access ('' when it can or does not say): its loader's
+    ``offline(data_dir)``, as the downloadable built-ins have."""
+    offline = getattr(component.factory, "offline", None)
+    if not callable(offline):
+        return ""
+    try:
+        return str(offline(data_dir) or "")
+    except Exception:  # a listing never fails on a plugin's nicety
+        return ""
+
+
 @main.command()
 @plugin_option
 def plugins(plugin_modules):
-    """List the plugins: distribution and version, what each registered, and its status."""
+    """List the plugins: distribution and version, where it was loaded from, its status, and (on the line
+    below) what it registered."""
     from bench.host import PLURAL
 
     host, _ = make_host(plugin_modules)
@@ -590,6 +608,8 @@ def plugins(plugin_modules):
     host.collect_commands(main)
     for warning in host.warnings[seen:]:
         echo(warning, err=True)
+    echo(f"{'plugin':<24} {'distribution':<24} {'source':<12} status")
+    echo(f"{'':<24} what it registered")
     for info in host.plugins.values():
         origin = f"{info.distribution} {info.version}".strip() or "-"
         status = info.status if info.status == "ok" else f"{info.status}: {info.error}"

@@ -21,7 +21,15 @@ class OptionError(BenchError):
 
 
 class DatasetUnavailable(BenchError):
-    """A dataset cannot be loaded here (not cached and cannot be downloaded)."""
+    """A dataset cannot be loaded here (not cached and cannot be downloaded).
+
+    The message says why and how to get it; ``short`` (optional) is the why in a few words, for a line
+    that only mentions it (a grid leaving the dataset out).
+    """
+
+    def __init__(self, message: str, short: str = ""):
+        super().__init__(message)
+        self.short = short
 
 
 class IncompatibleCell(BenchError):

@@ -189,9 +189,10 @@ def bench_register_trackers(register):
     """Register experiment trackers, chosen per run with ``bench run --track NAME,...``.
 
     Called once when components are collected. ``register(name, factory, params=None,
-    description="")`` where ``factory(**params)`` returns a tracker: an object with any of the
-    methods ``run_start(run)``, ``cell_start(cell)``, ``epoch_end(cell, row)``, ``cell_end(cell,
-    record)``, ``run_end(run, results)`` (the lifecycle hooks' arguments). The factory is called
+    description="")`` where ``factory(**params)`` returns a tracker: a plugin object implementing any of
+    the lifecycle hooks above (``@hookimpl`` methods), registered on the plugin manager for the run that
+    names it; an object with plain methods ``run_start(run)``, ``cell_start(cell)``, ``epoch_end(cell,
+    row)``, ``cell_end(cell, record)``, ``run_end(run, results)`` works too. The factory is called
     before anything trains; it raises ``bench.BenchError`` when the tracker cannot work here (e.g. its
     optional dependency is missing), saying what to install.
     """

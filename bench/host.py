@@ -317,7 +317,7 @@ class Host:
         except Exception as exc:  # a plugin that fails to import must not take the tool down
             self._broken(info, exc)
             return
-        self._register(module, info)
+        self._register(_plugin_object(module), info)
 
     def register_plugin(self, plugin: object, name: str | None = None) -> None:
         """Register an already-imported plugin object (a module, class or instance)."""
@@ -340,6 +340,7 @@ class Host:
             )
             try:
                 plugin = ep.load()
+                plugin = _plugin_object(plugin)
             except Exception as exc:
                 self._broken(info, exc)
                 continue
@@ -450,6 +451,13 @@ class Host:
                 cli.commands.clear()
                 cli.commands.update(builtin)
         return added
+
+
+def _plugin_object(module: object) -> object:
+    """What a loaded module registers: itself, or the object its ``make_plugin()`` returns (a fresh one per
+    host, for a plugin that keeps state, as the progress bars do)."""
+    make = getattr(module, "make_plugin", None)
+    return make() if callable(make) else module
 
 
 def _origin(info: PluginInfo) -> str:

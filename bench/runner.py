@@ -67,7 +67,8 @@ def load_dataset(registry: Registry, name: str, overrides: dict, data_dir: Path)
 
 def available_datasets(registry: Registry, names: list[str], data_dir: Path, cache: DataCache | None = None,
                        device: torch.device | None = None) -> tuple[list[str], dict[str, str]]:
-    """Split dataset names into those that load here and those unavailable (name -> reason).
+    """Split dataset names into those that load here and those unavailable (name -> the reason, in a few
+    words where the dataset gives them: ``DatasetUnavailable.short``).
 
     With a ``cache`` the datasets are loaded through it onto ``device``, so the first cells that
     train on one reuse the load instead of repeating it.
@@ -80,7 +81,7 @@ def available_datasets(registry: Registry, names: list[str], data_dir: Path, cac
             else:
                 load_dataset(registry, name, {}, data_dir)
         except DatasetUnavailable as exc:
-            missing[name] = str(exc)
+            missing[name] = getattr(exc, "short", "") or str(exc)
         else:
             ok.append(name)
     return ok, missing

@@ -6,8 +6,10 @@ split into train/val with a fixed generator and normalised with fixed constants.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
+import shutil
 import struct
 import zlib
 from functools import lru_cache
@@ -156,16 +158,32 @@ def load_mnist(data_dir: Path, val_size: int = 5000) -> DataSplits:
 
 
 def _download(tv_name: str, root: Path) -> None:
-    """Fetch the raw files with torchvision's downloader (imported only here: it is slow to import)."""
+    """Fetch the raw files with torchvision's downloader (imported only here: it is slow to import).
+
+    A failed download leaves nothing behind: the folders it made (and any partial file in them) go.
+    """
     try:
         import torchvision.datasets
     except ImportError as exc:
-        raise DatasetUnavailable(f"torchvision is needed to download it ({exc})") from None
+        raise DatasetUnavailable(f"torchvision is needed to download it ({exc})", short="needs torchvision") from None
+    made = [folder for folder in (root / tv_name / "raw", root / tv_name, root) if not folder.exists()]
     try:
         getattr(torchvision.datasets, tv_name)(root=str(root), train=True, download=True)
     except Exception as exc:
+        for folder in made:  # deepest first
+            if folder == root:
+                with contextlib.suppress(OSError):
+                    root.rmdir()  # only if nothing else is in it
+            else:
+                shutil.rmtree(folder, ignore_errors=True)
         reason = " ".join(str(exc).split())
-        raise DatasetUnavailable(f"download failed: {reason[:300]}") from None
+        raise DatasetUnavailable(f"download failed: {reason[:300]}",
+                                 short="not downloaded yet, and the download failed (offline?)") from None
+
+
+def downloaded(folder: Path) -> bool:
+    """Whether ``folder`` holds the four IDX files (plain or .gz)."""
+    return all(_find(folder, stem) is not None for stem in IDX_FILES)
 
 
 def downloadable_loader(name: str):
@@ -184,11 +202,17 @@ def downloadable_loader(name: str):
                 _download(tv_name, Path(data_dir))
                 arrays = load_idx_folder(raw, fix=fix)
             except DatasetUnavailable as exc:
-                raise DatasetUnavailable(f"{name} is not cached in {raw} and could not be fetched: {exc}. {how}") \
-                    from None
+                raise DatasetUnavailable(f"{name} is not cached in {raw} and could not be fetched: {exc}. {how}",
+                                         short=getattr(exc, "short", "")) from None
         return make_splits(arrays, mean, std, classes, val_size, {"source": str(raw)})
 
+    def offline(data_dir: Path) -> str:
+        """Why it cannot load without network access ('' when it can): not downloaded into ``data_dir`` yet."""
+        raw = Path(data_dir) / tv_name / "raw"
+        return "" if downloaded(raw) else f"not downloaded into {raw} yet; its first use downloads it"
+
     load.__doc__ = f"{name} (torchvision {tv_name}), downloaded into the data directory on first use."
+    load.offline = offline
     return load
 
 

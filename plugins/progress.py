@@ -2,8 +2,9 @@
 
 One bar for the grid (cells trained) and one for the epochs of the cell that is training. ``quiet``
 runs show none, and neither does a run whose stderr is not a terminal (a log file, a pipe, CI): there a
-bar would only write its control characters into the log. In Jupyter the bars are widgets. Block the
-plugin with ``-p no:bench.plugins.progress``.
+bar would only write its control characters into the log. In Jupyter the bars are widgets. The host
+registers a :class:`ProgressBars` object of its own (``make_plugin``), fed by the lifecycle hooks like
+any observer. Block the plugin with ``-p no:bench.plugins.progress``.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ import sys
 from bench import hookimpl
 from bench.safe_text import printable
 
-#: The bars of the run in progress (runs in one process happen one after another).
-_bars: dict = {}
+
+def make_plugin() -> ProgressBars:
+    """The plugin object the host registers: bars of its own for each host."""
+    return ProgressBars()
 
 
 def _bar(**kwargs):
@@ -36,43 +39,48 @@ def _shown() -> bool:
     return autonotebook.tqdm is not plain or (hasattr(sys.stderr, "isatty") and sys.stderr.isatty())
 
 
-@hookimpl
-def bench_run_start(run):
-    _close_all()
-    if not run.quiet and _shown():
-        _bars["grid"] = _bar(total=run.to_train, desc="grid", unit="cell")
+class ProgressBars:
+    """The bars of the run in progress (a host's runs happen one after another): the grid's and the cell's."""
 
+    def __init__(self) -> None:
+        self.grid = None
+        self.cell = None
 
-@hookimpl
-def bench_cell_start(cell):
-    if "grid" in _bars:
-        _bars["cell"] = _bar(total=cell.recipe.epochs, desc=printable(cell.label, newlines=False), unit="epoch",
+    @hookimpl
+    def bench_run_start(self, run):
+        self.close()
+        if not run.quiet and _shown():
+            self.grid = _bar(total=run.to_train, desc="grid", unit="cell")
+
+    @hookimpl
+    def bench_cell_start(self, cell):
+        if self.grid is not None:
+            if self.cell is not None:
+                self.cell.close()
+            self.cell = _bar(total=cell.recipe.epochs, desc=printable(cell.label, newlines=False), unit="epoch",
                              leave=False, position=1)
 
+    @hookimpl
+    def bench_epoch_end(self, cell, row):
+        if self.cell is not None:
+            self.cell.update(1)
 
-@hookimpl
-def bench_epoch_end(cell, row):
-    if "cell" in _bars:
-        _bars["cell"].update(1)
+    @hookimpl
+    def bench_cell_end(self, cell, record):
+        if self.cell is not None:
+            self.cell.close()
+            self.cell = None
+        if self.grid is not None:
+            self.grid.update(1)
+            status = f"{cell.model}+{cell.loss}: {record['row']['status']}"
+            self.grid.set_postfix_str(printable(status, newlines=False))
 
+    @hookimpl
+    def bench_run_end(self, run, results):
+        self.close()
 
-@hookimpl
-def bench_cell_end(cell, record):
-    if "cell" in _bars:
-        _bars.pop("cell").close()
-    if "grid" in _bars:
-        _bars["grid"].update(1)
-        status = f"{cell.model}+{cell.loss}: {record['row']['status']}"
-        _bars["grid"].set_postfix_str(printable(status, newlines=False))
-
-
-@hookimpl
-def bench_run_end(run, results):
-    _close_all()
-
-
-def _close_all() -> None:
-    for key in ("cell", "grid"):
-        bar = _bars.pop(key, None)
-        if bar is not None:
-            bar.close()
+    def close(self) -> None:
+        for bar in (self.cell, self.grid):
+            if bar is not None:
+                bar.close()
+        self.cell = self.grid = None

@@ -3,15 +3,15 @@
 ``bench run --track mlflow,tensorboard`` (or the study key ``track``) logs the run as it happens:
 
 - ``mlflow``: one parent run per run directory (reused when the run is resumed), one nested run per
-  cell: its configuration as params, its epochs as metrics (``step`` = epoch), its results as final
-  metrics, tags ``cell_id`` and ``status``; ``results.csv``, ``history.csv``, ``study.yaml`` and the
-  report are artifacts of the parent. Tracking URI ``$MLFLOW_TRACKING_URI``, else a SQLite store in
-  the run directory (``sqlite:///RUN/mlflow.db``); experiment ``$MLFLOW_EXPERIMENT_NAME``, else one
-  per run directory.
+  cell: its configuration as params, its epochs as metrics (``step`` = epoch, history.csv's names),
+  its results as metrics named ``final/NAME`` (results.csv's names), tags ``cell_id`` and ``status``;
+  ``results.csv``, ``history.csv``, ``study.yaml`` and the report are artifacts of the parent.
+  Tracking URI ``$MLFLOW_TRACKING_URI``, else a SQLite store in the run directory
+  (``sqlite:///RUN/mlflow.db``); experiment ``$MLFLOW_EXPERIMENT_NAME``, else one per run directory.
 - ``tensorboard``: ``RUN/tensorboard/NAME CELL_ID/`` (NAME says the configuration and seed, e.g.
-  ``linear+mse lr=0.001 seed=0``), one TensorBoard run per cell: the epochs as
-  scalars, the results at the last epoch, and an HParams session (configuration, status), so
-  TensorBoard's HParams tab compares the cells.
+  ``linear+mse lr=0.001 seed=0``), one TensorBoard run per cell: the epochs as scalars, the results
+  as ``final/NAME`` scalars at the last epoch, and an HParams session (configuration, integers as
+  written; status), so TensorBoard's HParams tab compares the cells.
 
 Both mirror the run directory: a cell appears once, with the numbers of ``results.csv`` and
 ``history.csv``. A cell whose record is on disk but that a tracker missed (the run was killed in
@@ -43,7 +43,11 @@ from bench.errors import BenchError
 _ROW_START = frozenset(Cell("model", "loss", "dataset", 0, "cpu").row("ok"))
 #: ... and of a history row, with its epoch.
 _NOT_METRICS = _ROW_START | {"epoch"}
-#: results.csv's ``epoch_time_s`` is the median over the epochs; the per-epoch series has the name.
+#: A cell's results (results.csv's numbers) are logged under this prefix, apart from its per-epoch curves
+#: (history.csv's names): MLflow and TensorBoard show them in a section of their own.
+FINAL = "final/"
+#: results.csv's ``epoch_time_s`` is the median over the epochs, the per-epoch series has the bare name:
+#: one meaning per name, so the median is named as such.
 _FINAL_NAMES = {"epoch_time_s": "median_epoch_time_s"}
 
 
@@ -67,18 +71,10 @@ def epoch_metrics(row: dict[str, Any]) -> dict[str, float]:
 
 
 def final_metrics(record: dict[str, Any]) -> dict[str, float]:
-    """The cell's results (results.csv's numbers) that its epochs do not already end with."""
-    history = record.get("history") or []
-    per_epoch = epoch_metrics(history[-1]) if history else {}
-    out = {}
-    for key, value in record["row"].items():
-        if key in _NOT_METRICS or not _is_number(value):
-            continue
-        name = _FINAL_NAMES.get(key, key)
-        if name in per_epoch and per_epoch[name] == float(value):
-            continue  # val_acc, val_loss: the last epoch's value is the result
-        out[name] = float(value)
-    return out
+    """The cell's results, results.csv's numbers, as ``final/NAME`` (``final/median_epoch_time_s`` for its
+    ``epoch_time_s``): apart from the per-epoch curves, whose names are history.csv's."""
+    return {FINAL + _FINAL_NAMES.get(key, key): float(value) for key, value in record["row"].items()
+            if key not in _NOT_METRICS and _is_number(value)}
 
 
 def config_params(row: dict[str, Any]) -> dict[str, Any]:
@@ -164,7 +160,8 @@ class MlflowTracker:
 
     # -- the store, the experiment and the parent ---------------------------------------------------------
 
-    def run_start(self, run) -> None:
+    @hookimpl(trylast=True)
+    def bench_run_start(self, run) -> None:
         from mlflow import MlflowClient
         from mlflow.entities import ViewType
 
@@ -271,10 +268,12 @@ class MlflowTracker:
         self._log_epochs(run_id, history, list(stamps))
         self._close(run_id, record, end)
 
-    def cell_start(self, cell) -> None:
+    @hookimpl(trylast=True)
+    def bench_cell_start(self, cell) -> None:
         self.cells[cell.cell_id] = {"seen": time.time(), "run_id": None, "epochs": []}
 
-    def epoch_end(self, cell, row) -> None:
+    @hookimpl(trylast=True)
+    def bench_epoch_end(self, cell, row) -> None:
         state = self.cells.setdefault(cell.cell_id, {"seen": time.time(), "run_id": None, "epochs": []})
         now = time.time()
         if state["run_id"] is not None:
@@ -286,7 +285,8 @@ class MlflowTracker:
             rows, stamps = zip(*state["epochs"])
             self._log_epochs(state["run_id"], list(rows), list(stamps))
 
-    def cell_end(self, cell, record) -> None:
+    @hookimpl(trylast=True)
+    def bench_cell_end(self, cell, record) -> None:
         state = self.cells.pop(cell.cell_id, None)
         if state and state["run_id"] is not None and state["seen"] > record.get("ended_at", state["seen"]):
             # opened while a cell that had ended elsewhere was replayed (slowly): its times were not the cell's
@@ -302,7 +302,8 @@ class MlflowTracker:
 
     # -- the end ----------------------------------------------------------------------------------------------
 
-    def run_end(self, run, results) -> None:
+    @hookimpl(trylast=True)
+    def bench_run_end(self, run, results) -> None:
         if self.client is None:
             return
         root = Path(run.path)
@@ -377,7 +378,8 @@ class TensorBoardTracker:
         self.root: Path | None = None
         self.writers: dict[str, Any] = {}
 
-    def run_start(self, run) -> None:
+    @hookimpl(trylast=True)
+    def bench_run_start(self, run) -> None:
         self.root = Path(run.path) / "tensorboard"
         for record in _finished_records(run):  # finished in the directory, not (or not wholly) written here
             if not (self.root / _tb_folder(record["row"]) / TB_DONE).is_file():
@@ -410,18 +412,21 @@ class TensorBoardTracker:
         writer.close()
         (Path(writer.log_dir) / TB_DONE).write_text("")
 
-    def cell_start(self, cell) -> None:
+    @hookimpl(trylast=True)
+    def bench_cell_start(self, cell) -> None:
         identity = cell.identity()
         row = {**identity, "params": json.dumps(identity["params"]), "cell_id": cell.cell_id}
         self.writers[cell.cell_id] = (self._writer(_tb_folder(row)), time.time())
 
-    def epoch_end(self, cell, row) -> None:
+    @hookimpl(trylast=True)
+    def bench_epoch_end(self, cell, row) -> None:
         if cell.cell_id in self.writers:
             writer, _ = self.writers[cell.cell_id]
             _scalars(writer, row, time.time())
             writer.flush()  # TensorBoard shows the epoch now
 
-    def cell_end(self, cell, record) -> None:
+    @hookimpl(trylast=True)
+    def bench_cell_end(self, cell, record) -> None:
         if cell.cell_id not in self.writers:
             self._write_record(record)
             return
@@ -429,7 +434,8 @@ class TensorBoardTracker:
         start, _ = _cell_times(record, seen)
         self._finish(writer, record, start, time.time())
 
-    def run_end(self, run, results) -> None:
+    @hookimpl(trylast=True)
+    def bench_run_end(self, run, results) -> None:
         for writer, _ in self.writers.values():  # interrupted mid-cell: keep what was written, unfinished
             writer.close()
         self.writers.clear()
@@ -455,9 +461,9 @@ def _hparams(row: dict[str, Any], start: float, end: float) -> list:
     for key, value in config_params(row).items():
         if isinstance(value, bool):
             start_info.hparams[key].bool_value = value
-        elif _is_number(value):
+        elif isinstance(value, float):
             start_info.hparams[key].number_value = value
-        else:
+        else:  # an integer too: the HParams tab shows a number as 256.00, a string as written (seed, batch_size)
             start_info.hparams[key].string_value = _text(value)
     status = {"ok": "STATUS_SUCCESS", "failed": "STATUS_FAILURE"}.get(row["status"], "STATUS_ABORTED")
     end_info = SessionEndInfo(status=Status.Value(status), end_time_secs=end)

@@ -20,17 +20,20 @@ STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1500px;
        padding: 0 1rem; color: #1d1d1f; }
 h1 { margin-bottom: .2rem; } h2 { border-bottom: 2px solid #ddd; padding-bottom: .2rem; margin-top: 2.5rem; }
-table { border-collapse: collapse; font-size: .88rem; margin: .5rem 0 1rem; }
-th, td { border: 1px solid #ccc; padding: .2rem .45rem; text-align: left; vertical-align: top; }
+table { border-collapse: collapse; font-size: .85rem; margin: .5rem 0 1rem; }
+th, td { border: 1px solid #ccc; padding: .2rem .3rem; text-align: left; vertical-align: top; }
 th { background: #f2f2f2; } tbody tr:nth-child(even) td { background: #fafafa; }
-table.sortable thead tr:first-child th { cursor: pointer; user-select: none; white-space: nowrap; }
+table.sortable thead tr:first-child th { cursor: pointer; user-select: none; }
 table.sortable th[aria-sort=ascending]::after { content: " \\25B2"; }
 table.sortable th[aria-sort=descending]::after { content: " \\25BC"; }
 tr.filters th { background: #fbfbfb; padding: .15rem; }
-tr.filters input { width: 100%; min-width: 3.5rem; box-sizing: border-box; font-size: .8rem; }
+table#comparisons td:last-child, table#comparisons th:last-child { position: sticky; right: 0;
+  box-shadow: -2px 0 3px rgba(0, 0, 0, .08); } table#comparisons tbody td:last-child { background: #fff; }
+tr.filters input { width: 100%; min-width: 2.5rem; box-sizing: border-box; font-size: .8rem; }
 .tools { font-size: .85rem; color: #555; margin-top: .8rem; }
 .table-wrap { overflow-x: auto; }
-table.data td { white-space: nowrap; } table.data td.wrap { white-space: normal; min-width: 16rem; }
+table.data td { white-space: nowrap; } table.data td.wrap { white-space: normal; min-width: 8rem; }
+table.data td.tight { white-space: normal; }
 nav a { margin-right: 1rem; } .muted { color: #666; }
 figure { margin: .5rem 0 1.5rem; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { color: #555; font-size: .9rem; }
@@ -126,7 +129,11 @@ SCRIPT = r"""
 """
 
 #: Columns of long text, which wrap (every other column keeps to one line).
-WRAP = {"error", "command", "source", "path", "reference (test error)", "a", "b"}
+WRAP = {"error", "command", "source", "path", "reference (test error)", "gap to reference", "a", "b", "context",
+        "fixed"}
+#: Columns of a value and what is in brackets after it (``0.9123 [0.9001, 0.9245]``, ``mlp [hidden=64]``), which
+#: may break before the bracket, never inside it.
+TIGHT = {"test_acc (mean ± 95% CI)", "model"}
 #: A column for :func:`table`: its texts, and the numbers it sorts and compares by (None: by text).
 Column = tuple[Sequence[str], Sequence | None]
 
@@ -165,7 +172,7 @@ def table(columns: dict[str, Column], table_id: str, links: dict[str, Sequence[s
     links, classes = links or {}, classes or {}
     names = list(columns)
     n = len(next(iter(columns.values()))[0]) if columns else 0
-    head = "".join(f'<th{" data-numeric" if columns[c][1] is not None else ""}>{escape(c)}</th>' for c in names)
+    head = "".join(f'<th{" data-numeric" if columns[c][1] is not None else ""}>{_header(c)}</th>' for c in names)
     parts = []
     if sortable:
         parts.append(f'<div class="tools"><span class="count" data-for="{escape(table_id)}">{n} rows</span> · '
@@ -183,17 +190,24 @@ def table(columns: dict[str, Column], table_id: str, links: dict[str, Sequence[s
         for name in names:
             texts, values = columns[name]
             text = escape(str(texts[i]))
+            if name in TIGHT:
+                text = text.replace(", ", ",\u00a0")  # what is in brackets stays on one line
             href = links.get(name, [None] * n)[i]
             if href:
                 text = f'<a href="{escape(href)}">{text}</a>'
             attrs = f' data-v="{_number(values[i])}"' if values is not None else ""
-            css = classes.get(name, [""] * n)[i] or ("wrap" if name in WRAP else "")
+            css = classes.get(name, [""] * n)[i] or ("wrap" if name in WRAP else "tight" if name in TIGHT else "")
             attrs += f' class="{escape(css)}"' if css else ""
             cells.append(f"<td{attrs}>{text}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     parts.append("\n".join(body))
     parts.append("</tbody></table></div>")
     return "\n".join(parts)
+
+
+def _header(name: str) -> str:
+    """A column's name, which may break after an underscore (``epoch_time_s``) as well as at a space."""
+    return escape(name).replace("_", "_<wbr>")
 
 
 def frame_columns(frame: pd.DataFrame, numeric: Sequence[str] = ()) -> dict[str, Column]:

@@ -133,10 +133,19 @@ def test_run_grid_seed_works_next_to_a_broken_plugin(site, tmp_path):
     assert (table["test_acc"] > 0.5).all()  # 2000 samples, one epoch: well above chance (0.1)
 
 
+def plugin_names(listing: str) -> list[str]:
+    """The plugins that ``bench plugins`` lists, in order: the first word of each line that is not indented,
+    after the column headers."""
+    header, below, *rows = listing.splitlines()
+    assert header.split() == ["plugin", "distribution", "source", "status"] and below.strip() == "what it registered"
+    return [line.split()[0] for line in rows if not line.startswith(" ")]
+
+
 def test_plugins_shows_distributions_registrations_and_the_broken_one(site):
     result = bench(site, "plugins")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
+    assert "broken" in plugin_names(result.stdout)
 
     def entry(name):
         i = next(i for i, line in enumerate(lines) if line.split()[0] == name)
@@ -176,14 +185,13 @@ def test_p_no_blocks_an_installed_plugin(site):
     assert result.returncode == 0
     assert result.stderr == ""
     assert "rff-linear" not in result.stdout and "  tiny " in result.stdout
-    assert [line.split()[0] for line in bench(site, "plugins", "-p", "no:broken").stdout.splitlines()
-            if not line.startswith(" ")] == [*BUILTINS, "example", "extras"]  # by name
+    assert plugin_names(bench(site, "plugins", "-p", "no:broken").stdout) == [*BUILTINS, "example", "extras"]
 
 
 def test_autoload_off_loads_only_builtins_and_p_modules(site):
     result = bench(site, "plugins", autoload=False)
     assert result.returncode == 0 and result.stderr == ""
-    assert [line.split()[0] for line in result.stdout.splitlines() if not line.startswith(" ")] == BUILTINS
+    assert plugin_names(result.stdout) == BUILTINS
 
     result = bench(site, "plugins", "-p", "gridbench_example.plugin", autoload=False)
     assert result.returncode == 0 and result.stderr == ""

@@ -18,7 +18,12 @@ from pathlib import Path
 
 import pytest
 
+from bench import hookimpl
+from bench.config import Cell
+from bench.errors import StopCell
 from bench.host import BrokenPlugin
+from bench.lifecycle import Lifecycle
+from bench.testing import make_host
 from tests.conftest import REPO, bench_env, bench_on_a_terminal, run_bench
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"
@@ -294,3 +299,127 @@ def test_no_progress_bars_when_stderr_is_not_a_terminal(tmp_path):
     assert status == 0, text
     assert "results:" in text  # the summary is there
     assert "\r" not in text and "\x1b[" not in text and "cell/s" not in text, text
+
+
+class Watcher:
+    """An observer object: notes every event it gets; raises ``fail`` (an exception) in its first epoch event."""
+
+    def __init__(self, name, seen, fail=None):
+        self.name, self.seen, self.fail = name, seen, fail
+
+    @hookimpl
+    def bench_epoch_end(self, cell, row):
+        self.seen.append((self.name, "epoch", row["epoch"]))
+        if self.fail is not None and row["epoch"] == 1:
+            raise self.fail
+
+    @hookimpl
+    def bench_cell_end(self, cell, record):
+        self.seen.append((self.name, "cell_end", cell.cell_id))
+
+
+class PlainTracker:
+    """A tracker written with plain methods, as trackers were before they were plugins."""
+
+    def __init__(self, seen):
+        self.seen = seen
+
+    def epoch_end(self, cell, row):
+        self.seen.append(("plain", "epoch", row["epoch"]))
+
+    def cell_end(self, cell, record):
+        self.seen.append(("plain", "cell_end", cell.cell_id))
+
+
+def test_stop_cell_from_an_observer_reaches_the_caller_after_every_observer_had_the_epoch():
+    """StopCell is how a pruner ends a cell early: not a broken plugin, and it must reach the training loop."""
+    seen: list = []
+    pruner = Watcher("pruner", seen, fail=StopCell(reason="val_acc 0.10 below the median 0.80"))
+    host = make_host(Watcher("first", seen), pruner, Watcher("last", seen), strict=True)
+    warnings: list[str] = []
+    events = Lifecycle(host, {"plain": PlainTracker(seen)}, warnings.append)
+    assert host.pm.get_plugin("tracker:plain") is not None  # the run's tracker is a plugin while the run lasts
+    cell = Cell("linear", "mse", "mnist", 0, "cpu")
+    events.cell_start(cell)
+    with pytest.raises(StopCell) as info:
+        events.epoch_end(cell, {"epoch": 1})
+    assert info.value.status == "pruned" and info.value.reason.startswith("val_acc 0.10")
+    assert sorted(seen) == [(name, "epoch", 1) for name in ("first", "last", "plain", "pruner")]
+    seen.clear()
+    events.epoch_end(cell, {"epoch": 2})  # the pruner still gets events: stopping a cell is no failure
+    events.cell_end(cell, {"row": {"status": "pruned"}, "history": []})
+    assert sorted(seen) == sorted([(name, "epoch", 2) for name in ("first", "last", "plain", "pruner")]
+                                  + [(name, "cell_end", cell.cell_id) for name in ("first", "last", "plain", "pruner")])
+    events.run_end(None, [])
+    assert warnings == [] and host.pm.get_plugin("tracker:plain") is None
+
+
+def test_a_raising_observer_object_is_set_aside_and_the_others_still_get_that_event():
+    seen: list = []
+    host = make_host(Watcher("first", seen), Watcher("broken", seen, fail=KeyError("gone")), Watcher("last", seen),
+                     strict=False)
+    warnings: list[str] = []
+    events = Lifecycle(host, {"plain": PlainTracker(seen)}, warnings.append)
+    cell = Cell("linear", "mse", "mnist", 0, "cpu")
+    events.epoch_end(cell, {"epoch": 1})
+    events.epoch_end(cell, {"epoch": 2})
+    assert sorted(seen) == sorted([(name, "epoch", 1) for name in ("first", "broken", "last", "plain")]
+                                  + [(name, "epoch", 2) for name in ("first", "last", "plain")])
+    (warning,) = warnings
+    assert warning.startswith("warning: plugin '") and warning.endswith(
+        "failed in bench_epoch_end and gets no more events in this run: KeyError: 'gone'")
+    events.run_end(None, [])
+
+
+def test_a_raising_tracker_is_named_as_a_tracker():
+    seen: list = []
+
+    class Failing(PlainTracker):
+        def epoch_end(self, cell, row):
+            raise RuntimeError("no server")
+
+    host = make_host(Watcher("plugin", seen), strict=False)
+    warnings: list[str] = []
+    events = Lifecycle(host, {"remote": Failing(seen)}, warnings.append)
+    cell = Cell("linear", "mse", "mnist", 0, "cpu")
+    for epoch in (1, 2):
+        events.epoch_end(cell, {"epoch": epoch})
+    events.cell_end(cell, {"row": {"status": "ok"}, "history": []})
+    assert warnings == ["warning: tracker 'remote' failed in bench_epoch_end and gets no more events in this run: "
+                        "RuntimeError: no server"]
+    assert seen == [("plugin", "epoch", 1), ("plugin", "epoch", 2), ("plugin", "cell_end", cell.cell_id)]
+    events.run_end(None, [])
+
+
+#: Stops every cell after its first epoch, as a pruner would, and notes each event.
+STOPPER = textwrap.dedent('''
+    import os
+
+    from bench import hookimpl
+    from bench.errors import StopCell
+
+
+    def note(text):
+        with open(os.environ["BENCH_EVENTS"], "a") as f:
+            f.write(text + "\\n")
+
+
+    @hookimpl
+    def bench_epoch_end(cell, row):
+        note(f"epoch_end {row['epoch']}")
+        raise StopCell(reason="stopped by the test")
+
+
+    @hookimpl
+    def bench_cell_end(cell, record):
+        note("cell_end")
+''')
+
+
+def test_stop_cell_from_a_plugin_stops_the_cell_in_the_training_loop(cli, plugin, tmp_path, monkeypatch):
+    """Even under BENCH_STRICT_PLUGINS it is no broken plugin: each cell trains one epoch of two, then ends."""
+    name = plugin(STOPPER)
+    monkeypatch.setenv("BENCH_STRICT_PLUGINS", "1")
+    result = cli("run", "-p", name, *GRID, "--fuse", "off", "--out", tmp_path / "run")
+    assert "warning" not in result.output and "BrokenPlugin" not in repr(result.exception), result.output
+    assert (tmp_path / "events.jsonl").read_text().splitlines() == ["epoch_end 1", "cell_end"] * 4

@@ -131,3 +131,53 @@ def test_offline_download_is_reported_as_unavailable_with_the_way_to_get_it(regi
     message = str(info.value)
     assert "fashion-mnist is not cached in" in message and "could not be fetched" in message
     assert "To get it" in message and str(tmp_path / "FashionMNIST" / "raw") in message
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """torchvision's real downloader, pointed at a local port that refuses connections: a download that fails at
+    once, whatever network the machine running the tests has."""
+    datasets = pytest.importorskip("torchvision.datasets")
+    for name in ("FashionMNIST", "KMNIST"):
+        monkeypatch.setattr(getattr(datasets, name), "mirrors", ["http://127.0.0.1:9/"])
+
+
+def test_a_failed_download_leaves_no_folders_in_the_cache(registry, tmp_path, offline):
+    cache = tmp_path / "cache"
+    with pytest.raises(DatasetUnavailable) as info:
+        registry.get("dataset", "fashion-mnist").factory(cache)
+    assert info.value.short == "not downloaded yet, and the download failed (offline?)"
+    assert not cache.exists()  # it made the cache folder, and took it away again
+    (cache / "mine").mkdir(parents=True)
+    with pytest.raises(DatasetUnavailable):
+        registry.get("dataset", "kmnist").factory(cache)
+    assert [p.name for p in cache.iterdir()] == ["mine"]
+
+
+def test_the_grid_says_in_one_short_line_each_which_datasets_it_leaves_out(cli, tmp_path, offline):
+    result = cli("run", "--grid", "all", "--dry-run", "--data-dir", tmp_path / "cache", "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    notes = [line for line in result.stderr.splitlines() if line.startswith("note:")]
+    assert notes == [f"note: dataset '{name}' left out of the grid: not downloaded yet, and the download failed "
+                     f"(offline?); --datasets {name} says more" for name in ("fashion-mnist", "kmnist")]
+    assert "mnist" in result.stdout and "kmnist" not in result.stdout
+    assert not (tmp_path / "cache").exists()
+
+
+def test_list_marks_the_datasets_that_are_not_downloaded(cli, tmp_path):
+    def marks(listing: str) -> dict[str, str]:
+        """Dataset -> what its 'unavailable offline' line says (wrapped lines joined)."""
+        section = listing.split("datasets:\n", 1)[1].split("executors:", 1)[0]
+        texts: dict[str, str] = {}
+        for line in section.splitlines():
+            if line[2:3] != " ":
+                name = line.split()[0]
+            texts[name] = f"{texts.get(name, '')} {line.strip()}"
+        return {name: " ".join(text.split("unavailable offline:", 1)[1].split("params:", 1)[0].split())
+                for name, text in texts.items() if "unavailable offline:" in text}
+
+    listing = cli("list", "--data-dir", tmp_path).output
+    assert sorted(marks(listing)) == ["fashion-mnist", "kmnist"]
+    assert marks(listing)["kmnist"].startswith(f"not downloaded into {tmp_path / 'KMNIST' / 'raw'} yet")
+    write_idx(tmp_path / "KMNIST" / "raw")
+    assert sorted(marks(cli("list", "--data-dir", tmp_path).output)) == ["fashion-mnist"]

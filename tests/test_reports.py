@@ -295,6 +295,56 @@ def test_index_html_renders_in_a_headless_browser(chromium, seed_run, tmp_path):
     assert png_shape(shot)[:2] == (1000, 1400)
 
 
+#: Where the report's main tables are measured: the right edge of each, of the comparisons' verdict column,
+#: and whether its wrapper scrolls sideways.
+FIT = """() => [...document.querySelectorAll('table#runs-table, table#summary, table#comparisons')].map(t => {
+  const wrap = t.closest('.table-wrap');
+  const heads = [...t.querySelectorAll('thead tr:first-child th')];
+  const verdict = heads.find(h => h.textContent.trim() === 'verdict');
+  return {id: t.id, right: t.getBoundingClientRect().right, scrolls: wrap.scrollWidth > wrap.clientWidth,
+          verdict: verdict ? verdict.getBoundingClientRect().right : null};
+})"""
+
+
+@pytest.fixture(scope="session")
+def sweep_run(tmp_path_factory):
+    """A wider study than the seed grid: two models, a swept width and learning rate, two seeds."""
+    out = tmp_path_factory.mktemp("sweep") / "sweep"
+    code, output = bench("run", "--models", "linear,mlp", "--losses", "mse,crossentropy", "--lr", "1e-3,1e-2",
+                         "--param", "mlp.hidden=64,256", "--seeds", "0,1", "--limit", "500", "--epochs", "1",
+                         "--device", "cpu", "--out", out, "-q")
+    assert code == 0, output
+    return out
+
+
+@pytest.mark.slow
+def test_the_main_tables_fit_a_1400_px_window_with_the_verdict_visible(chromium, seed_run, sweep_run, tmp_path):
+    """Runs, Summary and Comparisons, in a report of one run and in one of two runs (more columns: run, lr,
+    epochs, limit, a swept parameter in the model's name): no sideways scrolling at 1400 px."""
+    from playwright.sync_api import sync_playwright
+
+    code, output = bench("report", seed_run[0], sweep_run, "--out", tmp_path / "both")
+    assert code == 0, output
+    pages = [seed_run[0] / "report" / "index.html", tmp_path / "both" / "index.html"]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=BROWSER_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            measured = {}
+            for index in pages:
+                page.goto(index.as_uri(), wait_until="load")
+                measured[index] = (page.evaluate(FIT), page.evaluate("document.documentElement.scrollWidth"))
+        finally:
+            browser.close()
+    for index, (tables, page_width) in measured.items():
+        assert sorted(t["id"] for t in tables) == ["comparisons", "runs-table", "summary"], index
+        for t in tables:
+            assert not t["scrolls"] and t["right"] <= 1400, (index, t)
+        (comparisons,) = [t for t in tables if t["id"] == "comparisons"]
+        assert comparisons["verdict"] is not None and comparisons["verdict"] <= 1400, (index, comparisons)
+        assert page_width <= 1400, index
+
+
 def test_deep_linear_template_is_the_product_of_its_weights_which_is_its_input_gradient():
     import torch
 

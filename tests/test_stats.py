@@ -265,12 +265,13 @@ def test_every_interval_of_a_two_seed_run_lies_in_0_1(val_sizes, tmp_path):
     out, output = val_sizes
     summary = bench.load(out).summary()
     assert (summary["n"] == 2).all()
-    assert ((summary["mean"] + summary["ci"]) > 1).any() or ((summary["mean"] - summary["ci"]) < 0).any()
-    assert ((summary["ci_low"] >= 0) & (summary["ci_high"] <= 1)).all()
-    assert summary["ci_low"].notna().all()
+    mean, ci = summary["test_acc_mean"], summary["test_acc_ci"]
+    assert ((mean + ci) > 1).any() or ((mean - ci) < 0).any()
+    assert ((summary["test_acc_ci_low"] >= 0) & (summary["test_acc_ci_high"] <= 1)).all()
+    assert summary["test_acc_ci_low"].notna().all()
     for row in summary.itertuples():  # clipped, not moved: the clipped end is the bound, the other is t's
-        assert row.ci_low == pytest.approx(max(0.0, row.mean - row.ci))
-        assert row.ci_high == pytest.approx(min(1.0, row.mean + row.ci))
+        assert row.test_acc_ci_low == pytest.approx(max(0.0, row.test_acc_mean - row.test_acc_ci))
+        assert row.test_acc_ci_high == pytest.approx(min(1.0, row.test_acc_mean + row.test_acc_ci))
     printed = [float(v) for line in output.splitlines() if "]" in line and line.startswith(("linear", "mlp"))
                for v in re.findall(r"\[(-?\d+\.\d+), (-?\d+\.\d+)\]", line)[0]]
     assert len(printed) == 8 and all(0 <= v <= 1 for v in printed)

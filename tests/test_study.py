@@ -204,11 +204,29 @@ def test_bench_run_returns_the_run_with_dataframes_equal_to_the_csvs(tmp_path):
     assert list(run.results.columns[:len(CONFIG_COLUMNS) + 2]) == ["cell_id", *CONFIG_COLUMNS, "seed"]
     summary = run.summary()
     assert len(summary) == 4 and list(summary["n"]) == [2, 2, 2, 2]
-    assert (summary["mean"] > 0.3).all() and (summary["mean"] <= 1).all()
+    assert (summary["test_acc_mean"] > 0.3).all() and (summary["test_acc_mean"] <= 1).all()
+    assert [c for c in summary.columns if c.startswith("test_acc")] == [
+        "test_acc_mean", "test_acc_std", "test_acc_ci", "test_acc_ci_low", "test_acc_ci_high"]
+    assert "mean" not in summary.columns and "ci" not in summary.columns
+    by_hand = run.results.groupby(["loss", "lr"])["test_acc"].mean()
+    for row in summary.itertuples():  # the mean over the seeds, under the metric's name
+        assert row.test_acc_mean == pytest.approx(by_hand[(row.loss, row.lr)])
+    val = run.summary("val_acc")
+    assert list(val["val_acc_mean"]) == pytest.approx(list(run.results.groupby(["loss", "lr"], sort=False)["val_acc"]
+                                                           .mean()))
     assert "<table" in run._repr_html_() and "linear+mse lr=0.01" in run._repr_html_()
     loaded = bench.load(tmp_path / "run")
     pd.testing.assert_frame_equal(loaded.results, run.results)
     assert loaded.study.recipe["lr"] == [0.001, 0.01]
+
+
+def test_bench_run_without_out_says_where_it_writes(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    notes: list[str] = []
+    run = bench.run(models="linear", losses="mse", device="cpu", limit=500, epochs=1, quiet=True, echo=notes.append)
+    (folder,) = (tmp_path / "runs").iterdir()
+    assert (tmp_path / run.path).resolve() == folder.resolve() and (folder / "results.csv").is_file()
+    assert notes == [f"note: no out given: writing {Path('runs') / folder.name} in the current folder ({tmp_path})"]
 
 
 def test_one_out_written_twice_with_different_lr_holds_two_configurations(tmp_path):

@@ -151,9 +151,14 @@ def assert_mlflow_mirrors(out: Path, uri: str | None = None, experiment: str | N
         for key, value in json.loads(result["params"]).items():
             assert same(run.data.params[key], str(value))
         metrics = run.data.metrics
+        # the per-epoch curves under history.csv's names, and nothing else: results are apart, under final/
+        assert {name for name in metrics if not name.startswith("final/")} == set(HISTORY_METRICS)
         for column in ("test_acc", "test_loss", "val_acc", "val_loss", "train_time_s", "samples_per_s", "n_params"):
-            assert metrics[column] == float(result[column]), column
-        assert metrics["median_epoch_time_s"] == float(result["epoch_time_s"])
+            assert metrics[f"final/{column}"] == float(result[column]), column
+            assert len(client.get_metric_history(run.info.run_id, f"final/{column}")) == 1
+        # results.csv's epoch_time_s is the median epoch: named so, as epoch_time_s is each epoch's time
+        assert metrics["final/median_epoch_time_s"] == float(result["epoch_time_s"])
+        assert "final/epoch_time_s" not in metrics
         epochs = [h for h in history if h["cell_id"] == cell]
         for name in HISTORY_METRICS:
             logged = client.get_metric_history(run.info.run_id, name)
@@ -287,14 +292,20 @@ def assert_tensorboard_mirrors(out: Path) -> None:
         epochs = [h for h in history if h["cell_id"] == result["cell_id"]]
         for name in HISTORY_METRICS:
             assert scalars[name] == [(int(h["epoch"]), f32(h[name])) for h in epochs], name
-        assert scalars["test_acc"] == [(2, f32(result["test_acc"]))]
+        assert {name for name in scalars if not name.startswith("final/")} == set(HISTORY_METRICS)
+        assert scalars["final/test_acc"] == [(2, f32(result["test_acc"]))]
+        assert scalars["final/median_epoch_time_s"] == [(2, f32(result["epoch_time_s"]))]
     sessions = hparams_sessions(logdir)
     assert sorted(sessions) == sorted(folders.values())
     for result in results:
         hparams, metrics, status = sessions[folders[result["cell_id"]]]
         assert set(hparams) == set(IDENTITY_COLUMNS)
         assert all(same(hparams[column], result[column]) for column in IDENTITY_COLUMNS), hparams
-        assert metrics["test_acc"] == f32(result["test_acc"]) and metrics["val_acc"] == f32(result["val_acc"])
+        # integers as written (the HParams tab shows a number value as 256.00), a float as a number
+        assert [hparams[c] for c in ("seed", "batch_size", "epochs", "limit")] == [
+            result[c] for c in ("seed", "batch_size", "epochs", "limit")] == [result["seed"], "256", "2", "1000"]
+        assert hparams["lr"] == float(result["lr"]) and isinstance(hparams["lr"], float)
+        assert metrics["final/test_acc"] == f32(result["test_acc"]) and metrics["val_acc"] == f32(result["val_acc"])
         assert status == ["STATUS_SUCCESS"]
 
 
