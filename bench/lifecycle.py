@@ -12,13 +12,16 @@ With the ``local`` executor they happen as training happens. With executors that
 (``process``, ``ray``) a cell's start and epoch events reach the driver together with its record,
 just before ``bench_cell_end``. An observer that raises is reported once, naming its plugin, and
 gets no further events in that run; the run goes on (under ``BENCH_STRICT_PLUGINS=1`` it raises
-:class:`bench.host.BrokenPlugin` instead, with the original traceback).
+:class:`bench.host.BrokenPlugin` instead, with the original traceback). :class:`bench.errors.StopCell`
+from ``bench_epoch_end`` is not a failure: it passes through to the engine, which stops that cell.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
+
+from bench.errors import StopCell
 
 EVENTS = ("bench_run_start", "bench_cell_start", "bench_epoch_end", "bench_cell_end", "bench_run_end")
 
@@ -54,6 +57,8 @@ class Lifecycle:
                 continue
             try:
                 function(*args)
+            except StopCell:  # a watcher stopping this cell early (a pruned trial): the engine handles it
+                raise
             except Exception as exc:  # an observer never takes the run down
                 self.broken.add(who)
                 text = " ".join(str(exc).split())
