@@ -452,7 +452,7 @@ def run(study: Path | str | Mapping | Study | None = None, *,
     tuning = make_tuning(the_study, registry, cells)
     seeds_used = list(dict.fromkeys(c.seed for c in cells))
     if tuning is not None:
-        check_tuning(tuning, seeds_used, executor_name)
+        check_tuning(tuning, seeds_used, executor_name, executor_obj)
     if tuning is not None:  # the study's cells on the first seed are the configurations to tune
         cells = [c for c in cells if c.seed == seeds_used[0]]
 
@@ -614,14 +614,16 @@ def make_tuning(study: Study, registry, cells):
     return tuning
 
 
-def check_tuning(tuning, seeds: list[int], executor_name: str) -> None:
+def check_tuning(tuning, seeds: list[int], executor_name: str, executor) -> None:
     """What tuning needs from the rest of the run: ``tune_seeds`` seeds to train each trial on, and (to
     prune) an executor that trains in this process, where the trials' evaluation points are seen as they
     happen and Optuna's storage is."""
     if tuning.tune_seeds > len(seeds):
         raise OptionError("tune_seeds", f"is {tuning.tune_seeds} but the run has {len(seeds)} seed(s) "
                                         f"({', '.join(map(str, seeds))}): give more seeds or fewer tune_seeds")
-    if tuning.prune != "none" and executor_name != "local":
-        raise OptionError("prune", f"needs the local executor (executor '{executor_name}' trains elsewhere and "
-                                   "reports a cell's epochs only when it has ended, too late to stop it): use "
-                                   "--executor local, or prune none")
+    from bench.runner import LocalExecutor
+
+    if tuning.prune != "none" and not isinstance(executor, LocalExecutor):
+        raise OptionError("prune", f"needs an executor that trains in this process (executor '{executor_name}' "
+                                   "trains elsewhere and reports a cell's epochs only when it has ended, too late "
+                                   "to stop it): use the default executor, or prune none")

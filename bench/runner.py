@@ -258,8 +258,9 @@ def train_group_records(tasks: list[tuple[int, Cell]], registry: Registry, cache
     records = []
     for (index, cell), result in zip(tasks, results):
         if not isinstance(result, BaseException) and cell.cell_id in stops:
-            records.append({"index": index, **stopped_record(cell, *stops[cell.cell_id], data),
-                            "started_at": started, "ended_at": time.time()})
+            record = stopped_record(cell, *stops[cell.cell_id], data)
+            record["row"].update({k: v for k, v in result.execution.items() if k in ("fused_group", "fused_size")})
+            records.append({"index": index, **record, "started_at": started, "ended_at": time.time()})
             continue
         if isinstance(result, BaseException):
             records.append({**_error_record(index, cell, result), "started_at": started, "ended_at": time.time()})
@@ -500,6 +501,7 @@ def stopped_record(cell: Cell, stop: StopCell, history: list[dict[str, Any]], da
     status and reason, the validation metrics of its last evaluation, ``epochs`` = the epoch it reached,
     its history so far; no test metrics and no weights."""
     row = _row(cell, stop.status, stop.reason)
+    row["data_time_s"] = 0.0
     if history:
         last = history[-1]
         row.update({k: last[k] for k in ("val_acc", "val_loss") if k in last})
