@@ -84,7 +84,10 @@ class Lifecycle:
         if cell.cell_id not in self.started:
             self.cell_start(cell)
             for row in record.get("history", []):
-                self.epoch_end(cell, row)
+                try:
+                    self.epoch_end(cell, row)
+                except StopCell:  # the cell has ended elsewhere: too late to stop it
+                    pass
         self.started.discard(cell.cell_id)
         self._emit("bench_cell_end", cell, record)
 

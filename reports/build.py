@@ -437,8 +437,10 @@ def build_report(run_dirs: list[Path | str], out: Path | str | None = None, cell
     for title, anchor, frame, blurb in (
             ("Tuning", "tuning", protocol.tuning_table(runs.results),
              "Each configuration got the same budget of trials (sampled values of the tuned keys, trained on the "
-             "first seed, scored on the validation split); the best trial's values were then trained with every "
-             "seed: those final rows are what the summary shows. The test split was never used to choose."),
+             "first seed, or the mean over the first seeds with --tune-seeds, scored on the validation split; "
+             "with --prune, trials that fell behind were stopped early and count as pruned); the best finished "
+             "trial's values were then trained with every seed: those final rows are what the summary shows. The "
+             "test split was never used to choose. The Figures section shows what each search found."),
             ("Time to target", "time-to-target", protocol.target_table(runs.results),
              "Training time until the validation metric first reached the target, median over the seeds that "
              "reached it (evaluation time excluded)."),

@@ -252,10 +252,14 @@ def search_figures(results: pd.DataFrame, fig_dir: Path) -> list[tuple[Path, str
         final = results[(results["tuning"] == tuning) & (results["phase"] != "tune")]
         chosen = int(final["trial"].iloc[0]) if len(final) and pd.notna(final["trial"].iloc[0]) else None
         panels = [*keys, "best"] + (["parallel"] if len(keys) >= 2 else []) + (["importance"] if weights else [])
-        fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+        columns = min(3, len(panels))
+        rows = math.ceil(len(panels) / columns)
+        fig, axes = plt.subplots(rows, columns, figsize=(4.4 * columns, 3.4 * rows), squeeze=False)
+        for ax in axes.flat[len(panels):]:
+            ax.set_visible(False)
         ok, pruned, failed = (table[table["status"] == s] for s in ("ok", "pruned", "failed"))
         low = table["val_acc"].min() if table["val_acc"].notna().any() else 0.0
-        for ax, panel in zip(axes[0], panels):
+        for ax, panel in zip(axes.flat, panels):
             if panel in keys:
                 _draw_against(ax, panel, ok, pruned, failed, low, log=_is_log(list(table[panel])), chosen=chosen)
             elif panel == "best":
@@ -332,12 +336,13 @@ def _draw_parallel(ax, table: pd.DataFrame, keys: list[str]) -> None:
             scaled[key] = table[key].map(lambda v, order=order: order[str(v)] / max(1, len(order) - 1))
     colours = matplotlib.colormaps["viridis"]
     accs = table["val_acc"]
-    lo, hi = (accs.min(), accs.max()) if accs.notna().any() else (0.0, 1.0)
+    finished = accs[table["status"] == "ok"]  # the colour scale spans the finished trials
+    lo, hi = (finished.min(), finished.max()) if finished.notna().any() else (0.0, 1.0)
     for i in table.sort_values("val_acc", na_position="first").index:
         ys = [scaled[k][i] for k in axes]
         if table.at[i, "status"] == "ok":
             ax.plot(range(len(axes)), ys, color=colours((accs[i] - lo) / ((hi - lo) or 1.0)), linewidth=1,
-                    alpha=0.8)
+                    alpha=0.8, zorder=3)
         else:
             ax.plot(range(len(axes)), ys, color="#bbbbbb", linewidth=0.6, linestyle="--", alpha=0.6)
     ax.set_xticks(range(len(axes)), [("log " if k != "val_acc" and _is_log(list(table[k])) else "") + k

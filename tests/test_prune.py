@@ -222,3 +222,38 @@ def test_kill_9_at_random_moments_of_a_pruned_multi_seed_tuning_run_loses_and_re
     assert (table["status"] == "pruned").any()
     final = table[table["phase"] == "final"]
     assert final.groupby("loss").size().to_dict() == {"crossentropy": 3, "mse": 3}
+
+
+def test_the_report_shows_what_the_search_found_pruned_trials_apart(tmp_path):
+    from bench.reports import build_report
+    from bench.reports.protocol import importance, trial_table
+
+    out = tmp_path / "run"
+    result = invoke("run", "--models", "linear", "--losses", "crossentropy", "--tune", "lr=1e-4:1e0:log", "--tune",
+                    "weight_decay=1e-6:1e-1:log", "--trials", "14", "--epochs", "2", "--prune", "asha",
+                    "--seeds", "0", *QUICK, "--out", out)
+    assert result.exit_code == 0, result.output
+    table = results(out)
+    tuning = table["tuning"].iloc[0]
+    trials = trial_table(table, tuning)
+    assert list(trials["trial"]) == list(range(14)) and set(trials["status"]) == {"ok", "pruned"}
+    assert trials.loc[trials["status"] == "pruned", "epochs"].max() == 1
+    report = build_report([out], tmp_path / "report")
+    page = report.index.read_text()
+    assert "What the search found for linear+crossentropy" in page and "parallel coordinates" in page
+    assert "fANOVA" not in page  # fewer than 10 finished trials: no importance panel
+    n_ok = int((trials["status"] == "ok").sum())
+    chosen = pd.read_csv(tmp_path / "report" / "tuning.csv")
+    assert list(chosen["trials"]) == [f"{n_ok}/14 ok, {14 - n_ok} pruned"]
+    assert (tmp_path / "report" / "figures" / "search-1.png").stat().st_size > 10_000
+
+    done = invoke("run", "--models", "linear", "--losses", "crossentropy", "--tune", "lr=1e-4:1e0:log", "--tune",
+                  "weight_decay=1e-6:1e-1:log", "--trials", "12", "--epochs", "1", "--seeds", "0", *QUICK,
+                  "--out", tmp_path / "all")
+    assert done.exit_code == 0, done.output
+    table = results(tmp_path / "all")
+    weights = importance(trial_table(table, table["tuning"].iloc[0]), ["lr", "weight_decay"])
+    assert set(weights) == {"lr", "weight_decay"} and sum(weights.values()) == pytest.approx(1.0)
+    assert weights["lr"] > weights["weight_decay"]  # lr over four decades moves val_acc far more
+    build_report([tmp_path / "all"], tmp_path / "report2")
+    assert "fANOVA importance" in (tmp_path / "report2" / "index.html").read_text()
