@@ -490,8 +490,10 @@ def _execute(*, store, cells, the_study, registry, host, torch_device, execution
         recorded = {r["row"]["cell_id"]: r["row"] for r in store.records()}
         if tuning is not None:
             notes.append(f"tuning {', '.join(f'{k}={s.describe()}' for k, s in tuning.spaces.items())}: "
-                         f"{tuning.trials} trial(s) per configuration ({tuning.sampler} sampler, on the first seed, "
-                         f"by {tuning.metric}), then the best values with seeds {seeds_used}; the configurations:")
+                         f"{tuning.trials} trial(s) per configuration ({tuning.sampler} sampler, on the first "
+                         + (f"{tuning.tune_seeds} seeds" if tuning.tune_seeds > 1 else "seed")
+                         + f", by {tuning.metric}" + (f", {tuning.prune} pruner" if tuning.prune != "none" else "")
+                         + f"), then the best values with seeds {seeds_used}; the configurations:")
             echo(notes[-1])
         plan = [("done" if c.cell_id in done else "retry" if recorded.get(c.cell_id, {}).get("status") == "failed"
                  else "run", c) for c in cells]
