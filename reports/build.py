@@ -392,7 +392,8 @@ def build_report(run_dirs: list[Path | str], out: Path | str | None = None, cell
         "sensitivity": (protocol.sensitivity_figure(runs.results, fig_dir / "sensitivity.png"),
                         "Tuning: validation accuracy of every trial against each tuned value; the chosen value "
                         "circled."),
-        **{f"search-{i}": figure for i, figure in enumerate(protocol.search_figures(runs.results, fig_dir))},
+        **{f"search-{i}": figure for i, figure in enumerate(protocol.search_figures(
+            runs.results, fig_dir, protocol.declared_log_keys([run.root for run in runs.runs])))},
         "profiles": (protocol.profile_figure(runs.results, fig_dir / "performance_profiles.png"),
                      "Performance profiles across datasets: the fraction of datasets on which a configuration's "
                      "test error is within a factor tau of the best."),

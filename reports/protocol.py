@@ -226,9 +226,31 @@ def importance(table: pd.DataFrame, keys: list[str]) -> dict[str, float] | None:
     return {k: float(found.get(k, 0.0)) for k in keys}
 
 
-def search_figures(results: pd.DataFrame, fig_dir: Path) -> list[tuple[Path, str]]:
+def declared_log_keys(roots: list[Path]) -> set[str] | None:
+    """The tuned keys whose range the runs' ``study.yaml`` declares on a log scale; None where no run says."""
+    from bench import study as study_mod
+    from bench.tune import parse_space
+
+    found, said = set(), False
+    for root in roots:
+        try:
+            study = study_mod.load(Path(root) / "study.yaml") if (Path(root) / "study.yaml").is_file() else None
+        except Exception:  # noqa: BLE001 -- a damaged study.yaml: the figure guesses from the values instead
+            study = None
+        for key, spec in (study.tune if study is not None else {}).items():
+            try:
+                said = True
+                if parse_space(key, spec).log:
+                    found.add(key)
+            except Exception:  # noqa: BLE001
+                continue
+    return found if said else None
+
+
+def search_figures(results: pd.DataFrame, fig_dir: Path, log_keys: set[str] | None = None) -> list[tuple[Path, str]]:
     """Per tuned configuration, what the search saw: validation accuracy of every trial against each tuned
-    key (log axis for a positive range over a decade or more), the best so far against the trial number,
+    key (log axis where ``log_keys`` has it; without ``log_keys``, for a positive range over a decade or
+    more), the best so far against the trial number,
     parallel coordinates with two or more keys, and fANOVA importance with enough finished trials. Finished
     trials are filled dots, pruned ones grey crosses at their last evaluation, failed ones red marks on the
     axis. One PNG per configuration, with its caption."""
@@ -248,6 +270,8 @@ def search_figures(results: pd.DataFrame, fig_dir: Path) -> list[tuple[Path, str
         table = trial_table(results, str(tuning))
         if table.empty or not keys:
             continue
+        logs = {k: (k in log_keys if log_keys is not None else _is_log(list(table[k]))) and _numeric(list(table[k]))
+                and (table[k] > 0).all() for k in keys}
         weights = importance(table, keys)
         final = results[(results["tuning"] == tuning) & (results["phase"] != "tune")]
         chosen = int(final["trial"].iloc[0]) if len(final) and pd.notna(final["trial"].iloc[0]) else None
@@ -261,11 +285,11 @@ def search_figures(results: pd.DataFrame, fig_dir: Path) -> list[tuple[Path, str
         low = table["val_acc"].min() if table["val_acc"].notna().any() else 0.0
         for ax, panel in zip(axes.flat, panels):
             if panel in keys:
-                _draw_against(ax, panel, ok, pruned, failed, low, log=_is_log(list(table[panel])), chosen=chosen)
+                _draw_against(ax, panel, ok, pruned, failed, low, log=logs[panel], chosen=chosen)
             elif panel == "best":
                 _draw_best(ax, table)
             elif panel == "parallel":
-                _draw_parallel(ax, table, keys)
+                _draw_parallel(ax, table, keys, logs)
             else:
                 ax.barh(list(weights), list(weights.values()), color="#4c72b0")
                 ax.set_xlim(0, 1)
@@ -319,7 +343,7 @@ def _draw_best(ax, table: pd.DataFrame) -> None:
     ax.legend(fontsize="x-small", loc="lower right")
 
 
-def _draw_parallel(ax, table: pd.DataFrame, keys: list[str]) -> None:
+def _draw_parallel(ax, table: pd.DataFrame, keys: list[str], logs: dict[str, bool]) -> None:
     import matplotlib
 
     axes = [*keys, "val_acc"]
@@ -328,7 +352,7 @@ def _draw_parallel(ax, table: pd.DataFrame, keys: list[str]) -> None:
         values = list(table[key])
         if _numeric(values):
             x = pd.to_numeric(table[key], errors="coerce")
-            x = x.apply(math.log10) if key != "val_acc" and _is_log(values) else x
+            x = x.apply(math.log10) if logs.get(key) else x
             span = (x.max() - x.min()) or 1.0
             scaled[key] = (x - x.min()) / span
         else:
@@ -345,7 +369,6 @@ def _draw_parallel(ax, table: pd.DataFrame, keys: list[str]) -> None:
                     alpha=0.8, zorder=3)
         else:
             ax.plot(range(len(axes)), ys, color="#bbbbbb", linewidth=0.6, linestyle="--", alpha=0.6)
-    ax.set_xticks(range(len(axes)), [("log " if k != "val_acc" and _is_log(list(table[k])) else "") + k
-                                     for k in axes], fontsize="small")
+    ax.set_xticks(range(len(axes)), [("log " if logs.get(k) else "") + k for k in axes], fontsize="small")
     ax.set_yticks([0, 1], ["low", "high"], fontsize="small")
     ax.set_title("parallel coordinates (dashed: pruned/failed)")
