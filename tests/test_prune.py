@@ -257,3 +257,37 @@ def test_the_report_shows_what_the_search_found_pruned_trials_apart(tmp_path):
     assert weights["lr"] > weights["weight_decay"]  # lr over four decades moves val_acc far more
     build_report([tmp_path / "all"], tmp_path / "report2")
     assert "fANOVA importance" in (tmp_path / "report2" / "index.html").read_text()
+
+
+def test_the_search_figures_load_in_a_headless_browser_without_the_network(tmp_path):
+    import shutil
+
+    from tests.test_reports import BROWSER_ARGS
+
+    exe = os.environ.get("BENCH_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        pytest.skip("no chromium on PATH (apt-get install -y chromium)")
+    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+
+    from bench.reports import build_report
+
+    out = tmp_path / "run"
+    result = invoke("run", "--models", "linear", "--losses", "crossentropy", "--tune", "lr=1e-4:1e0:log", "--tune",
+                    "weight_decay=1e-6:1e-1:log", "--trials", "9", "--epochs", "2", "--prune", "asha", "--seeds", "0",
+                    "--device", "cpu", "--limit", "500", "-q", "--out", out)
+    assert result.exit_code == 0, result.output
+    index = build_report([out], tmp_path / "report").index
+    requested = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=exe, args=BROWSER_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.on("request", lambda request: requested.append(request.url))
+            page.goto(index.as_uri(), wait_until="load")
+            shown = page.eval_on_selector_all(
+                "img[alt^='What the search found']",
+                "imgs => imgs.map(i => [i.naturalWidth, i.getBoundingClientRect().width])")
+        finally:
+            browser.close()
+    assert len(shown) == 1 and shown[0][0] > 800 and shown[0][1] > 0  # two rows of panels, drawn on the page
+    assert all(url.startswith(("file:", "data:")) for url in requested)  # nothing from a server
