@@ -180,7 +180,7 @@ def check_arguments(args: Mapping[str, Any]) -> None:
     for name in ("force", "dry_run", "compile", "quiet", "report", "wait"):
         if not isinstance(args[name], bool):
             raise OptionError(name, f"must be True or False, got {excerpt(args[name])}")
-    for name in ("device", "executor", "address", "sampler", "tune_metric"):
+    for name in ("device", "executor", "address", "sampler", "tune_metric", "prune"):
         if args[name] is not None and not isinstance(args[name], str):
             raise OptionError(name, f"must be a string, got {excerpt(args[name])}")
     for name in ("threads", "fuse_max"):
@@ -223,7 +223,7 @@ def load(run_dir: Path | str) -> Run:
 def study_from_options(*, grid=None, models=None, losses=None, datasets=None, params=(), seeds=None, repeat=None,
                        epochs=None, batch_size=None, lr=None, optimizer=None, weight_decay=None, schedule=None,
                        limit=None, device=None, track=None, tune=None, trials=None, sampler=None,
-                       tune_metric=None, target=None, eval_every=None) -> Study:
+                       tune_metric=None, target=None, eval_every=None, prune=None, tune_seeds=None) -> Study:
     """A :class:`Study` from ``bench.run``'s (and ``bench run``'s) options; ``None`` means not given.
 
     Lists may be Python lists or comma-separated strings; ``params`` are ``NAME.KEY=V1,V2`` strings or
@@ -253,7 +253,7 @@ def study_from_options(*, grid=None, models=None, losses=None, datasets=None, pa
                  recipe=recipe, seeds=study_mod.seed_values(seeds, repeat), limit=limit, device=device,
                  track=names("track", track), tune=_tune_specs(tune), trials=trials, sampler=sampler,
                  tune_metric=tune_metric, target=target if study_mod.parse_target(target) else None,
-                 eval_every=eval_every)
+                 eval_every=eval_every, prune=prune, tune_seeds=tune_seeds)
 
 
 def _tune_specs(tune) -> dict[str, Any]:
@@ -318,7 +318,8 @@ def resolved(study: Study, registry, cells, device) -> Study:
                 seeds=list(dict.fromkeys(c.seed for c in cells)), limit=study.limit or 0,
                 device=study.device or str(device), track=study.track, tune=study.tune, trials=study.trials,
                 sampler=study.sampler, tune_metric=study.tune_metric, target=study.target,
-                eval_every=study.eval_every, executor=dict(study.executor))
+                eval_every=study.eval_every, executor=dict(study.executor), prune=study.prune,
+                tune_seeds=study.tune_seeds)
     if out.grid is None and not any((out.models, out.losses, out.datasets)):
         out.grid = registry.default("grid")
     return out
@@ -364,7 +365,8 @@ def run(study: Path | str | Mapping | Study | None = None, *,
         report: bool = False, plugins: Iterable[str] = (), executor: str | None = None, jobs: int | None = None,
         address: str | None = None, wait: bool = False, track=None, tune=None, trials: int | None = None,
         sampler: str | None = None, tune_metric: str | None = None, target: str | None = None,
-        eval_every: int | None = None, fuse: str = "auto", fuse_max: int = 0, host=None,
+        eval_every: int | None = None, prune: str | None = None, tune_seeds: int | None = None,
+        fuse: str = "auto", fuse_max: int = 0, host=None,
         executor_options: Mapping[str, Any] | None = None, argv: list[str] | None = None,
         echo: Callable[[str], None] = _stderr) -> Run:
     """Run a study and return the :class:`Run`; the options are ``bench run``'s.
@@ -410,7 +412,8 @@ def run(study: Path | str | Mapping | Study | None = None, *,
                                  seeds=seeds, repeat=repeat, epochs=epochs, batch_size=batch_size, lr=lr,
                                  optimizer=optimizer, weight_decay=weight_decay, schedule=schedule, limit=limit,
                                  device=device, track=track, tune=tune, trials=trials, sampler=sampler,
-                                 tune_metric=tune_metric, target=target, eval_every=eval_every)
+                                 tune_metric=tune_metric, target=target, eval_every=eval_every, prune=prune,
+                                 tune_seeds=tune_seeds)
     the_study = resolve_study(study, options, out_path, registry)
     torch_device = resolve_device(the_study.device or "auto")
     from bench.study import parse_target
@@ -458,6 +461,8 @@ def run(study: Path | str | Mapping | Study | None = None, *,
     check_cells(registry, cells)
     tuning = make_tuning(the_study, registry, cells)
     seeds_used = list(dict.fromkeys(c.seed for c in cells))
+    if tuning is not None:
+        check_tuning(tuning, seeds_used, executor_name, executor_obj)
     if tuning is not None:  # the study's cells on the first seed are the configurations to tune
         cells = [c for c in cells if c.seed == seeds_used[0]]
 
@@ -495,8 +500,10 @@ def _execute(*, store, cells, the_study, registry, host, torch_device, execution
         recorded = {r["row"]["cell_id"]: r["row"] for r in store.records()}
         if tuning is not None:
             notes.append(f"tuning {', '.join(f'{k}={s.describe()}' for k, s in tuning.spaces.items())}: "
-                         f"{tuning.trials} trial(s) per configuration ({tuning.sampler} sampler, on the first seed, "
-                         f"by {tuning.metric}), then the best values with seeds {seeds_used}; the configurations:")
+                         f"{tuning.trials} trial(s) per configuration ({tuning.sampler} sampler, on the first "
+                         + (f"{tuning.tune_seeds} seeds" if tuning.tune_seeds > 1 else "seed")
+                         + f", by {tuning.metric}" + (f", {tuning.prune} pruner" if tuning.prune != "none" else "")
+                         + f"), then the best values with seeds {seeds_used}; the configurations:")
             echo(notes[-1])
         plan = [("done" if c.cell_id in done else "retry" if recorded.get(c.cell_id, {}).get("status") == "failed"
                  else "run", c) for c in cells]
@@ -530,7 +537,8 @@ def _execute(*, store, cells, the_study, registry, host, torch_device, execution
     if others and not quiet and tuning is None:
         echo(f"note: {store.root} also holds {others} cell(s) of other studies; results.csv lists them too")
 
-    to_train = (len(cells) * (tuning.trials + len(seeds_used)) if tuning is not None
+    to_train = (len(cells) * (tuning.trials * tuning.tune_seeds + len(seeds_used) - tuning.tune_seeds)
+                if tuning is not None
                 else len(cells) - len(done))
     the_run = Run(store.root, the_study, list(cells), notes=notes, quiet=quiet, tracked=tuple(trackers),
                   to_train=to_train, device=str(torch_device))
@@ -563,11 +571,14 @@ def _execute(*, store, cells, the_study, registry, host, torch_device, execution
         if tuning is None:
             rows = train(cells)
         else:
-            from bench.tune import run_tuning
+            from bench.tune import reuse_record, run_tuning
 
             tuned = run_tuning(tuning, registry, cells, seeds_used, store.root, train,
-                               lambda: {r["row"]["cell_id"]: r["row"] for r in store.records()},
-                               batch_size=0 if tuning.sampler == "qmc" else max(1, jobs or 1))
+                               lambda: {r["row"]["cell_id"]: r for r in store.records()},
+                               batch_size=0 if tuning.sampler == "qmc" else max(1, jobs or 1),
+                               watch=lambda function: events.watch("pruning", function))
+            for trial_cell, final_cell in tuned.reused:
+                reuse_record(store, trial_cell, final_cell, tuned.finals.index(final_cell))
             for label in tuned.failed:
                 notes.append(f"error: every trial of tuned configuration {label} failed: it has no final cells "
                              "(the failed tune rows say why)")
@@ -595,8 +606,10 @@ def _execute(*, store, cells, the_study, registry, host, torch_device, execution
 def make_tuning(study: Study, registry, cells):
     """The study's :class:`bench.tune.Tuning`, checked against its cells, or None when nothing is tuned."""
     if not study.tune:
-        if study.trials is not None or study.sampler is not None or study.tune_metric is not None:
-            raise OptionError("tune", "is needed for trials, sampler and tune_metric (what should be tuned?)")
+        if any(v is not None for v in (study.trials, study.sampler, study.tune_metric, study.prune,
+                                       study.tune_seeds)):
+            raise OptionError("tune", "is needed for trials, sampler, tune_metric, prune and tune_seeds (what should "
+                                      "be tuned?)")
         return None
     from bench.tune import Tuning, check_spaces, parse_space
 
@@ -606,6 +619,22 @@ def make_tuning(study: Study, registry, cells):
         if swept is not None and len(swept) > 1:
             raise OptionError("tune", f"{key} is both tuned and swept ({swept}): choose one")
     tuning = Tuning(spaces, trials=8 if study.trials is None else study.trials, sampler=study.sampler or "qmc",
-                    metric=study.tune_metric or "val_acc")
+                    metric=study.tune_metric or "val_acc", prune=study.prune or "none",
+                    tune_seeds=1 if study.tune_seeds is None else study.tune_seeds)
     tuning.spaces = check_spaces(tuning, registry, cells)
     return tuning
+
+
+def check_tuning(tuning, seeds: list[int], executor_name: str, executor) -> None:
+    """What tuning needs from the rest of the run: ``tune_seeds`` seeds to train each trial on, and (to
+    prune) an executor that trains in this process, where the trials' evaluation points are seen as they
+    happen and Optuna's storage is."""
+    if tuning.tune_seeds > len(seeds):
+        raise OptionError("tune_seeds", f"is {tuning.tune_seeds} but the run has {len(seeds)} seed(s) "
+                                        f"({', '.join(map(str, seeds))}): give more seeds or fewer tune_seeds")
+    from bench.runner import LocalExecutor
+
+    if tuning.prune != "none" and not isinstance(executor, LocalExecutor):
+        raise OptionError("prune", f"needs an executor that trains in this process (executor '{executor_name}' "
+                                   "trains elsewhere and reports a cell's epochs only when it has ended, too late "
+                                   "to stop it): use the default executor, or prune none")

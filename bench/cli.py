@@ -190,7 +190,8 @@ RUN_SECTIONS = {
     "How to run": ["device_spec", "executor", "jobs", "address", "executor_option", "threads", "cuda_graphs",
                    "compile_", "plugin_modules", "data_dir"],
     "Outputs": ["out", "force", "wait", "dry_run", "quiet", "wide", "make_report", "track"],
-    "Tuning and time to target": ["tune", "trials", "sampler", "tune_metric", "target", "eval_every"],
+    "Tuning and time to target": ["tune", "trials", "sampler", "tune_metric", "prune", "tune_seeds", "target",
+                                   "eval_every"],
     "Fusion": ["fuse", "fuse_max"],
 }
 
@@ -253,6 +254,11 @@ RUN_SECTIONS = {
               "TPE (Optuna), seeded by the first seed. [default: qmc]")
 @click.option("--tune-metric", type=click.Choice(["val_acc", "val_loss"]), help="What tuning optimises (val_acc is "
               "maximised, val_loss minimised). [default: val_acc]")
+@click.option("--prune", type=click.Choice(["none", "median", "asha", "hyperband"]), help="Stop tuning trials that "
+              "fall behind, at each epoch (Optuna's pruners; needs the local executor). [default: none]")
+@click.option("--tune-seeds", "tune_seeds", type=click.IntRange(min=1), metavar="K", help="Score each tuning trial "
+              "by the mean over the first K seeds (trained together); the chosen trial's cells are its final "
+              "cells for those seeds. [default: 1]")
 @click.option("--target", metavar="val_acc=X|val_loss=X", help="Time to target: record, per cell, the first epoch, "
               "training steps and training seconds at which the validation metric reached X.")
 @click.option("--eval-every", type=click.IntRange(min=0), metavar="STEPS", help="Also evaluate on the validation "
@@ -321,7 +327,8 @@ def _report_interrupt(ctx: click.Context, out: Path) -> None:
 
 def _run(ctx, *, study, grid, models, losses, datasets, params, seeds, repeat, epochs, batch_size, lr, optimizer,
          weight_decay, schedule, limit, device_spec, out, data_dir, force, wait, dry_run, cuda_graphs, compile_,
-         threads, tune, trials, sampler, tune_metric, target, eval_every, track, quiet, make_report, plugin_modules,
+         threads, tune, trials, sampler, tune_metric, prune, tune_seeds, target, eval_every, track, quiet, make_report,
+         plugin_modules,
          executor, jobs, address, executor_option, fuse, fuse_max):
     from bench import api
 
@@ -333,7 +340,8 @@ def _run(ctx, *, study, grid, models, losses, datasets, params, seeds, repeat, e
         dry_run=dry_run, wait=wait, cuda_graphs=cuda_graphs, compile=compile_, threads=threads, quiet=quiet,
         report=False,
         host=host, executor=executor, jobs=jobs, address=address, track=track, tune=list(tune), trials=trials,
-        sampler=sampler, tune_metric=tune_metric, target=target, eval_every=eval_every, fuse=fuse,
+        sampler=sampler, tune_metric=tune_metric, prune=prune, tune_seeds=tune_seeds, target=target,
+        eval_every=eval_every, fuse=fuse,
         fuse_max=fuse_max, executor_options=parse_executor_options(executor_option), argv=ctx.find_root().obj["argv"],
         echo=lambda message: echo(message, err=True),
     )

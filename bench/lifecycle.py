@@ -74,6 +74,14 @@ class Lifecycle:
             self._report(who, "registration", exc)
         self.who[id(plugin)] = who
 
+    def watch(self, name: str, epoch_end: Callable[[Any, dict[str, Any]], None]) -> None:
+        """Have ``epoch_end(cell, row)`` called at every evaluation point of this run, as a plugin registered for
+        the run (e.g. tuning's pruner, which raises :class:`bench.errors.StopCell` to stop a trial)."""
+        plugin = _EpochWatcher(epoch_end)
+        self.pm.register(plugin, name=f"watch:{name}")
+        self.added.append(plugin)
+        self.who[id(plugin)] = f"'{name}'"
+
     def close(self) -> None:
         """Unregister the run's trackers (the host's plugins stay)."""
         while self.added:
@@ -204,3 +212,14 @@ class MethodTracker:
     @hookimpl(trylast=True)
     def bench_run_end(self, run, results):
         self._method("run_end")(run, results)
+
+
+class _EpochWatcher:
+    """One function called at every evaluation point (:meth:`Lifecycle.watch`)."""
+
+    def __init__(self, epoch_end: Callable[[Any, dict[str, Any]], None]):
+        self.epoch_end = epoch_end
+
+    @hookimpl(trylast=True)
+    def bench_epoch_end(self, cell, row):
+        self.epoch_end(cell, row)

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import torch
 
 from bench.data import DataSplits
-from bench.errors import BenchError, DataCorrupt, DatasetUnavailable, IncompatibleCell
+from bench.errors import BenchError, DataCorrupt, DatasetUnavailable, IncompatibleCell, StopCell
 from bench.grid import Cell
 from bench.host import BrokenPlugin, Registry
 from bench.recipe import recipe_factories
@@ -222,6 +222,7 @@ def train_group_records(tasks: list[tuple[int, Cell]], registry: Registry, cache
     first = cells[0]
     started = time.time()
     load_time = 0.0
+    stops: dict[str, tuple[StopCell, list]] = {}
     try:
         data = cache.get(registry, first, data_dir, device)
         load_time = cache.take_load_time()
@@ -236,12 +237,18 @@ def train_group_records(tasks: list[tuple[int, Cell]], registry: Registry, cache
             for cell in cells:
                 events.cell_start(cell)
 
+        seen: dict[str, list] = {cell.cell_id: [] for cell in cells}
+
         def on_epoch(epoch, rows):
             for cell, row in zip(cells, rows):
-                if row is not None and events is not None:
+                if row is not None and events is not None and cell.cell_id not in stops:
                     base = {k: v for k, v in cell.row("ok").items()
                             if k in ("cell_id", "model", "loss", "dataset", "params", "seed")}
-                    events.epoch_end(cell, {**base, **row})
+                    seen[cell.cell_id].append({**base, **row})
+                    try:
+                        events.epoch_end(cell, seen[cell.cell_id][-1])
+                    except StopCell as stop:  # today's fused trainer cannot drop a member: it trains on, unseen
+                        stops[cell.cell_id] = (stop, list(seen[cell.cell_id]))
 
         results = train_group(cells, factory, loss_fn, data, device, execution,
                               batched_optimizer_for(registry, first.recipe.optimizer), on_epoch=on_epoch)
@@ -251,6 +258,11 @@ def train_group_records(tasks: list[tuple[int, Cell]], registry: Registry, cache
         results = [exc] * len(cells)
     records = []
     for (index, cell), result in zip(tasks, results):
+        if not isinstance(result, BaseException) and cell.cell_id in stops:
+            record = stopped_record(cell, *stops[cell.cell_id], data)
+            record["row"].update({k: v for k, v in result.execution.items() if k in ("fused_group", "fused_size")})
+            records.append({"index": index, **record, "started_at": started, "ended_at": time.time()})
+            continue
         if isinstance(result, BaseException):
             records.append({**_error_record(index, cell, result), "started_at": started, "ended_at": time.time()})
             continue
@@ -469,12 +481,34 @@ def _train_one(cell: Cell, registry: Registry, data: DataSplits, device: torch.d
     base = {k: v for k, v in _row(cell, "ok").items() if k in ("cell_id", "model", "loss", "dataset", "params", "seed")}
     if events is not None:
         events.cell_start(cell)
-    # observers get each epoch's row exactly as the record's history will hold it
-    on_epoch = (lambda h: events.epoch_end(cell, {**base, **h})) if events is not None else None
+    seen: list[dict[str, Any]] = []  # the evaluation points so far: a stopped cell's record keeps them
+
+    def on_epoch(h):  # observers get each epoch's row exactly as the record's history will hold it
+        seen.append({**base, **h})
+        if events is not None:
+            events.epoch_end(cell, seen[-1])
+
     make_optimizer, make_schedule = recipe_factories(registry, cell)
-    result = train_cell(cell, model, loss_fn, data, device, on_epoch=on_epoch, execution=execution,
-                        make_optimizer=make_optimizer, make_schedule=make_schedule)
+    try:
+        result = train_cell(cell, model, loss_fn, data, device, on_epoch=on_epoch, execution=execution,
+                            make_optimizer=make_optimizer, make_schedule=make_schedule)
+    except StopCell as stop:
+        return stopped_record(cell, stop, seen, data)
     return _result_record(cell, result, data, model)
+
+
+def stopped_record(cell: Cell, stop: StopCell, history: list[dict[str, Any]], data: DataSplits) -> dict[str, Any]:
+    """The record of a cell stopped at an evaluation point (:class:`StopCell`, e.g. a pruned trial): its
+    status and reason, the validation metrics of its last evaluation, ``epochs`` = the epoch it reached,
+    its history so far; no test metrics and no weights."""
+    row = _row(cell, stop.status, stop.reason)
+    row["data_time_s"] = 0.0
+    if history:
+        last = history[-1]
+        row.update({k: last[k] for k in ("val_acc", "val_loss") if k in last})
+        row["epochs"] = int(last.get("epoch", 0))
+        row["train_time_s"] = sum(float(h.get("epoch_time_s", 0.0)) for h in history)
+    return {"row": row, "history": history, "classes": data.classes, "input_shape": list(data.input_shape)}
 
 
 def _result_record(cell: Cell, result, data: DataSplits, model: torch.nn.Module) -> dict[str, Any]:

@@ -413,12 +413,13 @@ class RunStore:
         return sorted(records, key=lambda r: (r.get("index", 0), r["row"]["cell_id"]))
 
     def finished(self) -> dict[str, dict[str, Any]]:
-        """Rows of the cells already done (status ``ok`` with their weights on disk, or ``skipped``),
-        by cell id. Failed cells are not done: a rerun retries them."""
+        """Rows of the cells already done (status ``ok`` with their weights on disk, ``skipped``, or
+        ``pruned``: a tuning trial stopped early on purpose), by cell id. Failed cells are not done: a rerun
+        retries them."""
         done = {}
         for record in self.records():
             row = record["row"]
-            if row.get("status") == "skipped" or (
+            if row.get("status") in ("skipped", "pruned") or (
                     row.get("status") == "ok" and (not row.get("weights") or self.path_of(row["weights"]).is_file())):
                 done[row["cell_id"]] = row
         return done
@@ -505,7 +506,7 @@ def _read_record(path: Path) -> dict[str, Any]:
 
 
 #: The record's row: columns that must be there, and the type (and range) of those that may be.
-_STATUSES = ("ok", "failed", "skipped")
+_STATUSES = ("ok", "failed", "skipped", "pruned")
 _NAMES = ("model", "loss", "dataset")
 _TEXT = ("params", "device", "optimizer", "schedule", "phase", "tuning", "error", "weights", "step",
          "execution_note", "target", "fused_group")

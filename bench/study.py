@@ -38,7 +38,8 @@ from bench.files import STUDY_MAX, STUDY_VALUES_MAX, Refused, count_values, exce
 
 #: The keys a study file may have.
 STUDY_KEYS = ("models", "losses", "datasets", "grid", "params", "recipe", "zip", "exclude", "seeds", "limit",
-              "device", "track", "tune", "trials", "sampler", "tune_metric", "target", "eval_every", "executor")
+              "device", "track", "tune", "trials", "sampler", "tune_metric", "target", "eval_every", "executor",
+              "prune", "tune_seeds")
 #: Recipe fields holding plugin names (the others are numbers).
 NAME_FIELDS = ("optimizer", "schedule")
 INT_FIELDS = ("batch_size", "epochs")
@@ -74,6 +75,9 @@ class Study:
     trials: int | None = None
     sampler: str | None = None
     tune_metric: str | None = None
+    #: Tuning's pruner (none, median, asha, hyperband) and how many of the first seeds score a trial.
+    prune: str | None = None
+    tune_seeds: int | None = None
     #: Time to target (not part of any cell's configuration): ``"val_acc=0.97"``, and how often (in
     #: training steps) to evaluate on the validation split besides each epoch's end.
     target: str | None = None
@@ -98,7 +102,7 @@ class Study:
         """Does it say what to train (anything but seeds-independent settings)?"""
         return any(getattr(self, k) not in (None, [], {}) for k in STUDY_KEYS
                    if k not in ("device", "track", "trials", "sampler", "tune_metric", "target", "eval_every",
-                                 "executor"))
+                                 "executor", "prune", "tune_seeds"))
 
     def to_dict(self) -> dict[str, Any]:
         """The study as a plain mapping, for ``study.yaml`` (keys that are not set are left out)."""
@@ -327,7 +331,9 @@ def from_mapping(data: Any, source: str = "study") -> Study:
         study.tune = {str(k): v for k, v in data["tune"].items()}
     if data.get("trials") is not None:
         study.trials = at("trials", integer, "trials", data["trials"], 1)
-    for key in ("sampler", "tune_metric"):
+    if data.get("tune_seeds") is not None:
+        study.tune_seeds = at("tune_seeds", integer, "tune_seeds", data["tune_seeds"], 1)
+    for key in ("sampler", "tune_metric", "prune"):
         if data.get(key) is not None:
             if not isinstance(data[key], str):
                 raise BenchError(f"{source}: {key}: must be a string, got {data[key]!r}")

@@ -32,9 +32,13 @@ from pathlib import Path
 from typing import Any
 
 from bench.config import PARAM_KINDS, RECIPE_FIELDS, Cell, _params_dict, config_label
-from bench.errors import BenchError, OptionError
+from bench.errors import BenchError, OptionError, StopCell
+from bench.files import excerpt
 
 SAMPLERS = ("qmc", "tpe")
+#: ``--prune``: none, or Optuna's MedianPruner, SuccessiveHalvingPruner (asynchronous successive halving) or
+#: HyperbandPruner, on the validation metric at each evaluation point of a trial.
+PRUNERS = ("none", "median", "asha", "hyperband")
 METRICS = {"val_acc": "maximize", "val_loss": "minimize"}
 DB_FILE = "tuning.db"
 #: The most trials per configuration (``--trials``): each is a training run.
@@ -126,10 +130,17 @@ class Tuning:
     trials: int = 8
     sampler: str = "qmc"
     metric: str = "val_acc"
+    #: The pruner (:data:`PRUNERS`) and how many of the first seeds score a trial (their mean).
+    prune: str = "none"
+    tune_seeds: int = 1
 
     def __post_init__(self):
         if isinstance(self.trials, bool) or not isinstance(self.trials, int) or not 1 <= self.trials <= MAX_TRIALS:
             raise OptionError("trials", f"must be an integer from 1 to {MAX_TRIALS}, got {self.trials!r}")
+        if self.prune not in PRUNERS:
+            raise OptionError("prune", f"must be one of {', '.join(PRUNERS)}, got {excerpt(self.prune)}")
+        if isinstance(self.tune_seeds, bool) or not isinstance(self.tune_seeds, int) or self.tune_seeds < 1:
+            raise OptionError("tune_seeds", f"must be an integer >= 1, got {excerpt(self.tune_seeds)}")
         if self.sampler not in SAMPLERS:
             raise OptionError("sampler", f"must be one of {', '.join(SAMPLERS)}, got '{self.sampler}'")
         if self.metric not in METRICS:
@@ -313,6 +324,76 @@ def trial_sampler(tuning: Tuning, seed: int):
     return TrialSampler()
 
 
+def make_pruner(name: str, epochs: int | None = None):
+    """Optuna's pruner for ``--prune NAME``; steps are a trial's evaluation points (1, 2, ...: its epochs).
+
+    ``median``: stop a trial whose value is worse than the median of the finished trials' at the same
+    step (after 5 finished trials). ``asha``: successive halving, reduction factor 3 from the first step
+    (a trial goes on from a rung while it is in the best third of the trials that reached it). ``hyperband``:
+    several halving brackets up to ``epochs`` steps (Optuna's ``auto`` when the trials differ in epochs).
+    """
+    optuna = _optuna()
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)
+    if name == "asha":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs or "auto", reduction_factor=3)
+    return optuna.pruners.NopPruner()
+
+
+class PruneWatch:
+    """Watches the evaluation points of the trials' cells (``bench_epoch_end``, in the driver, where the
+    Optuna storage is) and stops a trial that the pruner gives up on: :class:`bench.errors.StopCell`.
+
+    A trial trained over K seeds (``--tune-seeds``) is reported to Optuna at a step once all K of its cells
+    have reached it, as their mean; when the pruner says so every one of its cells stops at its next
+    evaluation point (the one reporting now at once). Cells recorded earlier (a resumed run) count with
+    their history.
+    """
+
+    def __init__(self, tuning: Tuning):
+        self.tuning = tuning
+        self.member: dict[str, tuple[Any, int, int, list[str]]] = {}  # cell id -> (study, trial id, number, cells)
+        self.values: dict[str, list[float]] = {}  # cell id -> its metric at each evaluation point so far
+        self.pruned: dict[int, str] = {}  # trial id -> why
+
+    def watch(self, study, trial_id: int, number: int, cells: list[Cell], recorded: dict[str, dict]) -> None:
+        ids = [c.cell_id for c in cells]
+        for cell_id in ids:
+            self.member[cell_id] = (study, trial_id, number, ids)
+            history = recorded.get(cell_id, {}).get("history")
+            self.values[cell_id] = [float(h.get(self.tuning.metric, math.nan)) for h in history or []]
+
+    def epoch_end(self, cell, row: dict[str, Any]) -> None:
+        entry = self.member.get(cell.cell_id)
+        if entry is None or self.tuning.prune == "none":
+            return
+        study, trial_id, number, ids = entry
+        if trial_id in self.pruned:
+            raise StopCell("pruned", self.pruned[trial_id])
+        try:
+            value = float(row.get(self.tuning.metric))
+        except (TypeError, ValueError):
+            return
+        self.values[cell.cell_id].append(value)
+        step = len(self.values[cell.cell_id])
+        if any(len(self.values.get(i, [])) < step for i in ids):
+            return  # the trial's other seeds have not reached this point yet
+        mean = sum(self.values[i][step - 1] for i in ids) / len(ids)
+        if not math.isfinite(mean):
+            return
+        storage = study._storage
+        if storage.get_trial(trial_id).state != _optuna().trial.TrialState.RUNNING:
+            return
+        storage.set_trial_intermediate_value(trial_id, step, mean)
+        if study.pruner.prune(study, storage.get_trial(trial_id)):
+            where = f"epoch {row['epoch']}" if "epoch" in row else f"evaluation {step}"
+            self.pruned[trial_id] = (f"pruned by the {self.tuning.prune} pruner at {where} "
+                                     f"({self.tuning.metric} {mean:.4g})")
+            raise StopCell("pruned", self.pruned[trial_id])
+
+
 @dataclass
 class Tuned:
     """What tuning chose: the final cells (best values, every seed), and the configurations (their labels)
@@ -320,33 +401,78 @@ class Tuned:
 
     finals: list[Cell]
     failed: list[str]
-    #: The rows of the trials that count (finished or failed), by configuration and trial number.
+    #: The rows of the trials that count (finished, pruned or failed), by configuration and trial number.
     trial_rows: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    #: ``(trial cell, final cell)``: final cells whose record is the best trial's own (its first seeds,
+    #: ``--tune-seeds``), to be copied rather than trained again.
+    reused: list[tuple[Cell, Cell]] = dataclasses.field(default_factory=list)
+
+
+def study_names(storage, groups: dict[str, Cell]) -> dict[str, str]:
+    """The Optuna study name of each tuned configuration: its label (``linear+mse on mnist [...]``),
+    with the configuration's id added where two labels coincide; a study made under the configuration's
+    id (older runs) keeps that name."""
+    existing = set(_optuna().get_all_study_names(storage))
+    labels = {group: configuration_label(cell.config(), group) for group, cell in groups.items()}
+    clash = {label for label in labels.values() if list(labels.values()).count(label) > 1}
+    return {group: group if group in existing else f"{label} {group}" if label in clash else label
+            for group, label in labels.items()}
+
+
+def _study_attrs(tuning: Tuning, cell: Cell, group: str, seeds: list[int]) -> dict[str, Any]:
+    """What a study says about itself in Optuna's tools: the configuration it tunes, and how."""
+    config = cell.config()
+    keys = list(tuning.spaces)
+    attrs = {k: v for k, v in config.items() if k not in keys and k not in ("params", "seed")}
+    attrs["params"] = {k: v for k, v in _params_dict(config.get("params")).items() if k not in keys}
+    return {**attrs, "configuration": configuration_label(config, group), "tuning": group,
+            "tuned": {k: tuning.spaces[k].describe() for k in keys}, "trials": tuning.trials,
+            "sampler": tuning.sampler, "prune": tuning.prune, "tune_seeds": tuning.tune_seeds,
+            "seeds": list(seeds)}
 
 
 def run_tuning(tuning: Tuning, registry, base_cells: list[Cell], seeds: list[int], root: Path,
                train: Callable[[list[Cell]], list[dict[str, Any]]], records: Callable[[], dict[str, dict]],
-               batch_size: int = 0) -> Tuned:
+               batch_size: int = 0, watch: Callable[[Callable], None] | None = None) -> Tuned:
     """Tune every configuration of ``base_cells`` (one cell each, on the first seed), then return the final
     cells (the best values, every seed). ``train(cells)`` trains cells (resuming) and returns their rows;
-    ``records()`` gives the rows already in the run directory by cell id. ``batch_size``: trials asked per
-    configuration before they train (0: up to :data:`ROUND`)."""
+    ``records()`` gives the records already in the run directory by cell id. ``batch_size``: trials asked per
+    configuration before they train (0: up to :data:`ROUND`). ``watch(function)``: have ``function(cell,
+    row)`` called at each evaluation point of a training cell, in this process (pruning; it raises
+    :class:`bench.errors.StopCell`)."""
     optuna = _optuna()
     keys = list(tuning.spaces)
+    k_seeds = seeds[:tuning.tune_seeds]
     storage = open_storage(root)
     groups: dict[str, Cell] = {}
     for cell in base_cells:
         groups.setdefault(tuned_group(cell, keys), cell)
     direction = METRICS[tuning.metric]
-    studies = {group: optuna.create_study(study_name=group, storage=storage, direction=direction,
-                                          sampler=trial_sampler(tuning, seeds[0]), load_if_exists=True)
-               for group in groups}
+    names = study_names(storage, groups)
+    studies = {}
+    for group, cell in groups.items():
+        epochs = None if "epochs" in keys else cell.recipe.epochs
+        study = optuna.create_study(study_name=names[group], storage=storage, direction=direction,
+                                    sampler=trial_sampler(tuning, seeds[0]), pruner=make_pruner(tuning.prune, epochs),
+                                    load_if_exists=True)
+        if not study.user_attrs:
+            for key, value in _study_attrs(tuning, cell, group, seeds).items():
+                study.set_user_attr(key, value)
+            study.set_metric_names([tuning.metric])
+        studies[group] = study
     states = optuna.trial.TrialState
+    watcher = PruneWatch(tuning)
+    if watch is not None and tuning.prune != "none":
+        watch(watcher.epoch_end)
 
-    def trial_cell(group: str, trial) -> Cell:
-        """The cell of a trial that was asked (``trial``: an Optuna Trial), suggesting what it lacks."""
-        params = {key: tuning.spaces[key].suggest(trial) for key in keys}
-        return with_values(groups[group], params, phase="tune", trial=trial.number, tuning=group)
+    def cells_of(group: str, number: int, params: dict[str, Any]) -> list[Cell]:
+        """A trial's cells: its values on each of the first ``tune_seeds`` seeds."""
+        return [with_values(dataclasses.replace(groups[group], seed=seed), params, phase="tune", trial=number,
+                            tuning=group) for seed in k_seeds]
+
+    def trial_cells(group: str, trial) -> list[Cell]:
+        """The cells of a trial that was asked (``trial``: an Optuna Trial), suggesting what it lacks."""
+        return cells_of(group, trial.number, {key: tuning.spaces[key].suggest(trial) for key in keys})
 
     def value_of(row: dict[str, Any]) -> float | None:
         try:
@@ -355,58 +481,101 @@ def run_tuning(tuning: Tuning, registry, base_cells: list[Cell], seeds: list[int
             return None
         return value if row.get("status") == "ok" and math.isfinite(value) else None
 
-    def tell(study, trial_id: int, number: int, row: dict[str, Any]) -> None:
+    def tell(study, trial_id: int, number: int, rows: list[dict[str, Any]]) -> None:
+        """Tell a trial's outcome from its cells' rows (their attributes first: a finished trial takes none)."""
         if study._storage.get_trial(trial_id).state != states.RUNNING:
             return
-        value = value_of(row)
-        if value is None:  # the reason first: a finished trial takes no more attributes
+        ids = [str(r.get("cell_id", "")) for r in rows]
+        study._storage.set_trial_user_attr(trial_id, "cell_id", ids[0] if len(ids) == 1 else ids)
+        values = [value_of(r) for r in rows]
+        failed = [r for r, v in zip(rows, values) if v is None and r.get("status") != "pruned"]
+        if failed:
+            study._storage.set_trial_user_attr(trial_id, "status", "failed")
             study._storage.set_trial_user_attr(trial_id, "cell_failed",
-                                               str(row.get("error") or row.get("status") or "failed"))
+                                               str(failed[0].get("error") or failed[0].get("status") or "failed"))
             study.tell(number, state=states.FAIL, skip_if_finished=True)
+        elif any(v is None for v in values):
+            reason = next(str(r.get("error") or "pruned") for r in rows if r.get("status") == "pruned")
+            study._storage.set_trial_user_attr(trial_id, "status", "pruned")
+            study._storage.set_trial_user_attr(trial_id, "pruned", reason)
+            study.tell(number, state=states.PRUNED, skip_if_finished=True)
         else:
-            study.tell(number, value, skip_if_finished=True)
+            tests = [float(r.get("test_acc", math.nan)) for r in rows]
+            study._storage.set_trial_user_attr(trial_id, "status", "ok")
+            study._storage.set_trial_user_attr(trial_id, "test_acc", sum(tests) / len(tests))
+            study.tell(number, sum(values) / len(values), skip_if_finished=True)
 
     def counted(study) -> int:
-        return sum(t.state == states.COMPLETE or (t.state == states.FAIL and "cell_failed" in t.user_attrs)
+        """Trials that spent their budget, as Optuna counts them: finished, pruned, or failed cells."""
+        return sum(t.state in (states.COMPLETE, states.PRUNED) or (t.state == states.FAIL
+                                                                  and "cell_failed" in t.user_attrs)
                    for t in study.get_trials(deepcopy=False))
 
-    # A run killed mid-way leaves trials RUNNING: tell those whose cell finished; the others train again
+    def rows_of(recorded: dict[str, dict], cells: list[Cell]) -> list[dict[str, Any]] | None:
+        rows = [recorded.get(c.cell_id, {}).get("row") for c in cells]
+        return rows if all(r is not None and r.get("status") in ("ok", "failed", "pruned") for r in rows) else None
+
+    # A run killed mid-way leaves trials RUNNING: tell those whose cells finished; the others train again
     # (below) under their own numbers, before any new trial is asked, so that the history is the same.
     recorded = records()
     for group, study in studies.items():
         for t in study.get_trials(deepcopy=False, states=(states.RUNNING,)):
-            cell = trial_cell(group, optuna.trial.Trial(study, t._trial_id))
-            if cell.cell_id in recorded and recorded[cell.cell_id].get("status") in ("ok", "failed"):
-                tell(study, t._trial_id, t.number, recorded[cell.cell_id])
+            rows = rows_of(recorded, trial_cells(group, optuna.trial.Trial(study, t._trial_id)))
+            if rows is not None:
+                tell(study, t._trial_id, t.number, rows)
 
     while True:
-        batch: list[tuple[str, int, int, Cell]] = []
+        batch: list[tuple[str, int, int, list[Cell]]] = []
         for group, study in studies.items():
             pending = study.get_trials(deepcopy=False, states=(states.RUNNING,))
             missing = tuning.trials - counted(study) - len(pending)
             take = min(missing, (batch_size or ROUND) - len(pending))
             trials = [optuna.trial.Trial(study, t._trial_id) for t in pending]
             trials += [study.ask() for _ in range(max(0, take))]
-            batch += [(group, t._trial_id, t.number, trial_cell(group, t)) for t in trials]
+            batch += [(group, t._trial_id, t.number, trial_cells(group, t)) for t in trials]
         if not batch:
             break
-        rows = {row["cell_id"]: row for row in train([cell for *_, cell in batch])}
-        for group, trial_id, number, cell in batch:
-            tell(studies[group], trial_id, number, rows.get(cell.cell_id, {"status": "failed", "error": "no row"}))
+        recorded = records()
+        for group, trial_id, number, cells in batch:
+            watcher.watch(studies[group], trial_id, number, cells, recorded)
+        rows = {row["cell_id"]: row for row in train([cell for *_, cells in batch for cell in cells])}
+        for group, trial_id, number, cells in batch:
+            tell(studies[group], trial_id, number,
+                 [rows.get(c.cell_id, {"cell_id": c.cell_id, "status": "failed", "error": "no row"}) for c in cells])
 
-    finals, failed, trial_rows = [], [], []
+    finals, failed, trial_rows, reused = [], [], [], []
     recorded = records()
     for group, study in studies.items():
-        for t in study.get_trials(deepcopy=False, states=(states.COMPLETE, states.FAIL)):
-            row = recorded.get(with_values(groups[group], t.params, phase="tune", trial=t.number,
-                                           tuning=group).cell_id)
-            if row is not None and (t.state == states.COMPLETE or "cell_failed" in t.user_attrs):
-                trial_rows.append(row)
+        for t in study.get_trials(deepcopy=False, states=(states.COMPLETE, states.PRUNED, states.FAIL)):
+            if t.state == states.FAIL and "cell_failed" not in t.user_attrs:
+                continue
+            trial_rows += [recorded[c.cell_id]["row"] for c in cells_of(group, t.number, t.params)
+                           if c.cell_id in recorded]
         if not any(t.state == states.COMPLETE for t in study.get_trials(deepcopy=False)):
             failed.append(configuration_label(groups[group].config(), group))
             continue
         best = study.best_trial
+        tried = {c.seed: c for c in cells_of(group, best.number, best.params)}
         for seed in seeds:
-            finals.append(with_values(dataclasses.replace(groups[group], seed=seed), best.params, phase="final",
-                                      trial=best.number, tuning=group))
-    return Tuned(finals, failed, trial_rows)
+            final = with_values(dataclasses.replace(groups[group], seed=seed), best.params, phase="final",
+                                trial=best.number, tuning=group)
+            if seed in tried:
+                reused.append((tried[seed], final))
+            finals.append(final)
+    return Tuned(finals, failed, trial_rows, reused)
+
+
+def reuse_record(store, trial: Cell, final: Cell, index: int) -> None:
+    """Write ``final``'s record (``index``: its place among the final cells) as a copy of the finished trial
+    cell ``trial`` (the same values and seed): the final phase does not train again what a trial trained
+    (its weights file is shared)."""
+    finished = store.finished()
+    if final.cell_id in finished or trial.cell_id not in finished:
+        return
+    path = store.cells_dir / f"{trial.cell_id}.json"
+    record = json.loads(path.read_text())
+    same = {k: v for k, v in final.row("ok").items() if k in ("cell_id", "phase", "trial", "tuning")}
+    record["row"].update(same)
+    record["history"] = [{**h, "cell_id": final.cell_id} for h in record.get("history", [])]
+    record["reused_from"], record["index"] = trial.cell_id, index
+    store.write_cell(record)

@@ -231,7 +231,7 @@ def _figures_html(runs: Runs, cells: pd.DataFrame, what: str) -> tuple[str, list
 def _section(anchor: str, title: str, facts: dict[str, str], figures: str, notes: list[str], errors: list[str],
              status: str) -> str:
     facts_html = " · ".join(f"{escape(k)}: {escape(v)}" for k, v in facts.items() if v)
-    kind = "ok" if status == "ok" else "failed"
+    kind = status if status in ("ok", "pruned") else "failed"
     out = [f'<article class="config {kind}" id="{escape(anchor)}">',
            f'<h3>{escape(title)} <span class="badge {kind}">{escape(status)}</span></h3>',
            f'<p class="muted">{facts_html}</p>']
@@ -392,6 +392,8 @@ def build_report(run_dirs: list[Path | str], out: Path | str | None = None, cell
         "sensitivity": (protocol.sensitivity_figure(runs.results, fig_dir / "sensitivity.png"),
                         "Tuning: validation accuracy of every trial against each tuned value; the chosen value "
                         "circled."),
+        **{f"search-{i}": figure for i, figure in enumerate(protocol.search_figures(
+            runs.results, fig_dir, protocol.declared_log_keys([run.root for run in runs.runs])))},
         "profiles": (protocol.profile_figure(runs.results, fig_dir / "performance_profiles.png"),
                      "Performance profiles across datasets: the fraction of datasets on which a configuration's "
                      "test error is within a factor tau of the best."),
@@ -436,8 +438,10 @@ def build_report(run_dirs: list[Path | str], out: Path | str | None = None, cell
     for title, anchor, frame, blurb in (
             ("Tuning", "tuning", protocol.tuning_table(runs.results),
              "Each configuration got the same budget of trials (sampled values of the tuned keys, trained on the "
-             "first seed, scored on the validation split); the best trial's values were then trained with every "
-             "seed: those final rows are what the summary shows. The test split was never used to choose."),
+             "first seed, or the mean over the first seeds with --tune-seeds, scored on the validation split; "
+             "with --prune, trials that fell behind were stopped early and count as pruned); the best finished "
+             "trial's values were then trained with every seed: those final rows are what the summary shows. The "
+             "test split was never used to choose. The Figures section shows what each search found."),
             ("Time to target", "time-to-target", protocol.target_table(runs.results),
              "Training time until the validation metric first reached the target, median over the seeds that "
              "reached it (evaluation time excluded)."),

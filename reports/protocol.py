@@ -29,8 +29,11 @@ def tuning_table(results: pd.DataFrame) -> pd.DataFrame:
         ok = trials[trials["status"] == "ok"]
         all_failed = len(trials) and (trials["status"] == "failed").all()
         values = _values(chosen, keys) if chosen is not None else "(every trial failed)" if all_failed else "(not yet)"
+        per_trial = trial_table(results, str(tuning))
+        n_ok, n_pruned = (int((per_trial["status"] == s).sum()) for s in ("ok", "pruned"))
         rows.append({"configuration": _configuration(trials.iloc[0] if len(trials) else group.iloc[0], keys),
-                     "tuned": ", ".join(keys), "trials": f"{len(ok)}/{len(trials)} ok",
+                     "tuned": ", ".join(keys),
+                     "trials": f"{n_ok}/{len(per_trial)} ok" + (f", {n_pruned} pruned" if n_pruned else ""),
                      "best val_acc": _fmt(pd.to_numeric(ok["val_acc"]).max() if len(ok) else math.nan),
                      "best val_loss": _fmt(pd.to_numeric(ok["val_loss"]).min() if len(ok) else math.nan),
                      "chosen": values, "final seeds": ",".join(str(int(s)) for s in final["seed"])})
@@ -164,3 +167,208 @@ def profile_figure(results: pd.DataFrame, path: Path) -> Path | None:
     fig.savefig(path, dpi=90, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+#: Finished trials a configuration needs before its importance panel is drawn (fANOVA on fewer is noise).
+IMPORTANCE_MIN_TRIALS = 10
+
+
+def trial_table(results: pd.DataFrame, tuning: str) -> pd.DataFrame:
+    """One row per trial of the tuned configuration ``tuning``: its number, status (ok, pruned or failed:
+    a trial over several seeds is pruned or failed when one of its cells is), the mean validation accuracy
+    of its cells (a pruned cell's at its last evaluation), the epoch it reached, and each tuned key's value."""
+    keys = tuned_keys(tuning)
+    trials = results[(results["phase"] == "tune") & (results["tuning"] == tuning)]
+    rows = []
+    for number, cells in trials.groupby("trial", sort=True):
+        status = set(cells["status"])
+        first = cells.iloc[0]
+        rows.append({"trial": int(number),
+                     "status": "failed" if "failed" in status else "pruned" if "pruned" in status else "ok",
+                     "val_acc": pd.to_numeric(cells["val_acc"], errors="coerce").mean(),
+                     "epochs": pd.to_numeric(cells["epochs"], errors="coerce").min(),
+                     **{key: _value_of(first, key) for key in keys}})
+    return pd.DataFrame(rows, columns=["trial", "status", "val_acc", "epochs", *keys])
+
+
+def _is_log(values) -> bool:
+    numeric = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
+    return bool(numeric) and len(numeric) == len(values) and min(numeric) > 0 and max(numeric) / min(numeric) >= 10
+
+
+def _numeric(values) -> bool:
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+
+
+def importance(table: pd.DataFrame, keys: list[str]) -> dict[str, float] | None:
+    """fANOVA importance of each tuned key (Optuna's ``optuna.importance``, seeded) over the finished trials;
+    None with one key or fewer than :data:`IMPORTANCE_MIN_TRIALS` finished trials."""
+    ok = table[(table["status"] == "ok") & table["val_acc"].notna()]
+    if len(keys) < 2 or len(ok) < IMPORTANCE_MIN_TRIALS:
+        return None
+    from bench.tune import _optuna
+
+    optuna = _optuna()
+    d = optuna.distributions
+    distributions = {}
+    for key in keys:
+        values = list(table[key])
+        if _numeric(values) and len(set(values)) > 1:
+            distributions[key] = d.FloatDistribution(float(min(values)), float(max(values)), log=_is_log(values))
+        else:
+            distributions[key] = d.CategoricalDistribution(sorted({str(v) for v in values}))
+    study = optuna.create_study(direction="maximize")
+    study.add_trials([optuna.trial.create_trial(
+        params={k: (float(r[k]) if isinstance(distributions[k], d.FloatDistribution) else str(r[k])) for k in keys},
+        distributions=distributions, value=float(r["val_acc"])) for _, r in ok.iterrows()])
+    found = optuna.importance.get_param_importances(
+        study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+    return {k: float(found.get(k, 0.0)) for k in keys}
+
+
+def declared_log_keys(roots: list[Path]) -> set[str] | None:
+    """The tuned keys whose range the runs' ``study.yaml`` declares on a log scale; None where no run says."""
+    from bench import study as study_mod
+    from bench.tune import parse_space
+
+    found, said = set(), False
+    for root in roots:
+        try:
+            study = study_mod.load(Path(root) / "study.yaml") if (Path(root) / "study.yaml").is_file() else None
+        except Exception:  # noqa: BLE001 -- a damaged study.yaml: the figure guesses from the values instead
+            study = None
+        for key, spec in (study.tune if study is not None else {}).items():
+            try:
+                said = True
+                if parse_space(key, spec).log:
+                    found.add(key)
+            except Exception:  # noqa: BLE001
+                continue
+    return found if said else None
+
+
+def search_figures(results: pd.DataFrame, fig_dir: Path, log_keys: set[str] | None = None) -> list[tuple[Path, str]]:
+    """Per tuned configuration, what the search saw: validation accuracy of every trial against each tuned
+    key (log axis where ``log_keys`` has it; without ``log_keys``, for a positive range over a decade or
+    more), the best so far against the trial number,
+    parallel coordinates with two or more keys, and fANOVA importance with enough finished trials. Finished
+    trials are filled dots, pruned ones grey crosses at their last evaluation, failed ones red marks on the
+    axis. One PNG per configuration, with its caption."""
+    if "phase" not in results or not (results["phase"] == "tune").any():
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for old in fig_dir.glob("search-*.png"):  # an earlier report's, of configurations that may be gone
+        old.unlink()
+    out = []
+    tunings = list(dict.fromkeys(results.loc[results["phase"] == "tune", "tuning"].dropna()))
+    for index, tuning in enumerate(tunings):
+        keys = tuned_keys(str(tuning))
+        table = trial_table(results, str(tuning))
+        if table.empty or not keys:
+            continue
+        logs = {k: (k in log_keys if log_keys is not None else _is_log(list(table[k]))) and _numeric(list(table[k]))
+                and (table[k] > 0).all() for k in keys}
+        weights = importance(table, keys)
+        final = results[(results["tuning"] == tuning) & (results["phase"] != "tune")]
+        chosen = int(final["trial"].iloc[0]) if len(final) and pd.notna(final["trial"].iloc[0]) else None
+        panels = [*keys, "best"] + (["parallel"] if len(keys) >= 2 else []) + (["importance"] if weights else [])
+        columns = min(3, len(panels))
+        rows = math.ceil(len(panels) / columns)
+        fig, axes = plt.subplots(rows, columns, figsize=(4.4 * columns, 3.4 * rows), squeeze=False)
+        for ax in axes.flat[len(panels):]:
+            ax.set_visible(False)
+        ok, pruned, failed = (table[table["status"] == s] for s in ("ok", "pruned", "failed"))
+        low = table["val_acc"].min() if table["val_acc"].notna().any() else 0.0
+        for ax, panel in zip(axes.flat, panels):
+            if panel in keys:
+                _draw_against(ax, panel, ok, pruned, failed, low, log=logs[panel], chosen=chosen)
+            elif panel == "best":
+                _draw_best(ax, table)
+            elif panel == "parallel":
+                _draw_parallel(ax, table, keys, logs)
+            else:
+                ax.barh(list(weights), list(weights.values()), color="#4c72b0")
+                ax.set_xlim(0, 1)
+                ax.set_title(f"importance (fANOVA, {len(ok)} trials)")
+        label = _configuration(results[results["tuning"] == tuning].iloc[0], keys)
+        counts = ", ".join(f"{n} {s}" for s, n in (("finished", len(ok)), ("pruned", len(pruned)),
+                                                     ("failed", len(failed))) if n)
+        fig.suptitle(f"{label}: {len(table)} trials ({counts})", fontsize="medium", y=1.02)
+        path = fig_dir / f"search-{index + 1}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.tight_layout()
+        fig.savefig(path, dpi=80, bbox_inches="tight")
+        plt.close(fig)
+        out.append((path, f"What the search found for {label}: validation accuracy of each trial against "
+                          f"{', '.join(keys)} (filled: finished; grey x: pruned, at its last evaluation; red: failed), "
+                          "the best so far by trial number"
+                          + (", parallel coordinates (each line a trial; colour: validation accuracy)"
+                             if len(keys) >= 2 else "")
+                          + (", each key's fANOVA importance" if weights else "") + "."))
+    return out
+
+
+def _draw_against(ax, key: str, ok, pruned, failed, low: float, log: bool, chosen: int | None) -> None:
+    ax.scatter(ok[key], ok["val_acc"], s=18, color="#4c72b0", label="finished", zorder=3)
+    if len(pruned):
+        ax.scatter(pruned[key], pruned["val_acc"], s=18, marker="x", color="#999999", label="pruned", zorder=2)
+    if len(failed):
+        ax.scatter(failed[key], [low] * len(failed), s=30, marker="|", color="#c44e52", label="failed", zorder=2)
+    best = ok[ok["trial"] == chosen]
+    if len(best):
+        ax.scatter([best[key].iloc[0]], [best["val_acc"].iloc[0]], s=120, facecolors="none", edgecolors="#dd8452",
+                   linewidths=1.5, label="chosen", zorder=4)
+    if log:
+        ax.set_xscale("log")
+    ax.set_xlabel(key)
+    ax.set_ylabel("validation accuracy")
+    ax.set_title(f"trials vs {key}")
+    ax.legend(fontsize="x-small", loc="lower right")
+
+
+def _draw_best(ax, table: pd.DataFrame) -> None:
+    finished = table["val_acc"].where(table["status"] == "ok")
+    ax.step(table["trial"], finished.cummax().ffill(), where="post", color="#dd8452", label="best so far")
+    ax.scatter(table["trial"], finished, s=10, color="#4c72b0", label="finished")
+    pruned = table[table["status"] == "pruned"]
+    if len(pruned):
+        ax.scatter(pruned["trial"], pruned["val_acc"], s=12, marker="x", color="#999999", label="pruned")
+    ax.set_xlabel("trial")
+    ax.set_ylabel("validation accuracy")
+    ax.set_title("best so far")
+    ax.legend(fontsize="x-small", loc="lower right")
+
+
+def _draw_parallel(ax, table: pd.DataFrame, keys: list[str], logs: dict[str, bool]) -> None:
+    import matplotlib
+
+    axes = [*keys, "val_acc"]
+    scaled = {}
+    for key in axes:
+        values = list(table[key])
+        if _numeric(values):
+            x = pd.to_numeric(table[key], errors="coerce")
+            x = x.apply(math.log10) if logs.get(key) else x
+            span = (x.max() - x.min()) or 1.0
+            scaled[key] = (x - x.min()) / span
+        else:
+            order = {v: i for i, v in enumerate(sorted({str(v) for v in values}))}
+            scaled[key] = table[key].map(lambda v, order=order: order[str(v)] / max(1, len(order) - 1))
+    colours = matplotlib.colormaps["viridis"]
+    accs = table["val_acc"]
+    finished = accs[table["status"] == "ok"]  # the colour scale spans the finished trials
+    lo, hi = (finished.min(), finished.max()) if finished.notna().any() else (0.0, 1.0)
+    for i in table.sort_values("val_acc", na_position="first").index:
+        ys = [scaled[k][i] for k in axes]
+        if table.at[i, "status"] == "ok":
+            ax.plot(range(len(axes)), ys, color=colours((accs[i] - lo) / ((hi - lo) or 1.0)), linewidth=1,
+                    alpha=0.8, zorder=3)
+        else:
+            ax.plot(range(len(axes)), ys, color="#bbbbbb", linewidth=0.6, linestyle="--", alpha=0.6)
+    ax.set_xticks(range(len(axes)), [("log " if logs.get(k) else "") + k for k in axes], fontsize="small")
+    ax.set_yticks([0, 1], ["low", "high"], fontsize="small")
+    ax.set_title("parallel coordinates (dashed: pruned/failed)")

@@ -1,0 +1,293 @@
+"""Pruning (``--prune``), trials over seeds (``--tune-seeds``) and tuning studies readable in Optuna's own
+tools, on real MNIST: the rows, the cell records and Optuna's trials must tell the same story."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from bench import stats
+from bench.cli import main
+from tests.conftest import REPO, bench_env, run_bench
+
+optuna = pytest.importorskip("optuna")
+
+QUICK = ["--device", "cpu", "--limit", "2000", "-q"]
+PRUNED = ["run", "--models", "linear", "--losses", "crossentropy", "--tune", "lr=1e-4:1e0:log", "--trials", "8",
+          "--epochs", "3", "--seeds", "0,1", *QUICK]
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def results(out) -> pd.DataFrame:
+    return pd.read_csv(out / "results.csv", keep_default_na=False, na_values=[""])
+
+
+def studies(out) -> list:
+    storage = optuna.storages.RDBStorage(f"sqlite:///{out / 'tuning.db'}")
+    return [optuna.load_study(study_name=s.study_name, storage=storage)
+            for s in optuna.get_all_study_summaries(storage)]
+
+
+def records(out) -> dict[str, dict]:
+    return {p.stem: json.loads(p.read_text()) for p in (out / "cells").glob("*.json")}
+
+
+def check_agree(out, trials: int, tune_seeds: int = 1) -> pd.DataFrame:
+    """Optuna's trials and the tune rows agree: every trial counted once (finished, pruned or failed), with
+    its cells' rows; a pruned trial's cells include a pruned one and no failed one; a finished trial's value is
+    the mean of its cells' val_acc; each trial names its cells and their status."""
+    table = results(out)
+    tune = table[table["phase"] == "tune"]
+    states = optuna.trial.TrialState
+    for study in studies(out):
+        rows = tune[tune["tuning"] == study.user_attrs["tuning"]]
+        assert [t.number for t in study.trials] == list(range(trials))  # none lost, none repeated
+        assert sorted(set(rows["trial"])) == list(range(trials))
+        for t in study.trials:
+            cells = rows[rows["trial"] == t.number]
+            assert len(cells) == tune_seeds and sorted(cells["seed"]) == sorted(table["seed"].unique())[:tune_seeds]
+            ids = t.user_attrs["cell_id"]
+            assert sorted(ids if isinstance(ids, list) else [ids]) == sorted(cells["cell_id"])
+            status = set(cells["status"])
+            if t.state == states.COMPLETE:
+                assert status == {"ok"} and t.user_attrs["status"] == "ok"
+                assert t.value == pytest.approx(cells["val_acc"].mean())
+                assert t.user_attrs["test_acc"] == pytest.approx(cells["test_acc"].mean())
+            else:
+                assert t.state == states.PRUNED, t.state
+                assert "pruned" in status and "failed" not in status and t.user_attrs["status"] == "pruned"
+    return table
+
+
+def test_a_pruned_trial_stops_early_and_is_a_pruned_row_that_optuna_counts(tmp_path):
+    out = tmp_path / "run"
+    result = invoke(*PRUNED, "--prune", "asha", "--fuse", "off", "--out", out)
+    assert result.exit_code == 0, result.output  # a pruned trial is not a failure
+    table = check_agree(out, trials=8)
+    tune = table[table["phase"] == "tune"]
+    pruned = tune[tune["status"] == "pruned"]
+    assert 3 <= len(pruned) <= 7  # asha, reduction factor 3: most trials stop after their first epoch
+    assert set(pruned["epochs"]) <= {1, 2} and set(tune.loc[tune["status"] == "ok", "epochs"]) == {3}
+    assert all(e.startswith("pruned by the asha pruner at epoch ") for e in pruned["error"])
+    assert pruned["test_acc"].isna().all()  # a pruned trial never sees the test split
+    for _, row in pruned.iterrows():  # its metrics are those of its last evaluation, its history stops there
+        record = records(out)[row["cell_id"]]
+        assert len(record["history"]) == row["epochs"]
+        assert record["history"][-1]["val_acc"] == pytest.approx(row["val_acc"])
+        assert not record["row"].get("weights")  # no weights: nothing to reuse or report
+    [study] = studies(out)
+    counts = pd.Series([t.state.name for t in study.trials]).value_counts().to_dict()
+    assert counts == {"COMPLETE": int((tune["status"] == "ok").sum()), "PRUNED": len(pruned)}
+    ok = tune[tune["status"] == "ok"]
+    final = table[table["phase"] == "final"]
+    assert set(final["lr"]) == {ok.loc[ok["val_acc"].idxmax(), "lr"]} and sorted(final["seed"]) == [0, 1]
+    assert list(stats.aggregate(table)["n"]) == [2]  # statistics: final rows only, pruned trials not counted
+    trained = sum(len(r.get("history", [])) for r in records(out).values() if not r.get("reused_from"))
+    assert trained < 8 * 3 + 1 * 3  # fewer epochs than every trial to the end plus seed 1's final
+
+    again = invoke(*PRUNED, "--prune", "asha", "--fuse", "off", "--out", out)  # resume: nothing trains again
+    assert again.exit_code == 0, again.output
+    assert results(out).sort_values("cell_id").equals(table.sort_values("cell_id"))
+    assert [t.state for t in studies(out)[0].trials] == [t.state for t in study.trials]
+
+
+def test_pruning_in_a_fused_group_gives_the_same_kind_of_rows(tmp_path):
+    out = tmp_path / "run"
+    result = invoke(*PRUNED, "--prune", "asha", "--out", out)  # the trials train together, as one fused group
+    assert result.exit_code == 0, result.output
+    table = check_agree(out, trials=8)
+    pruned = table[table["status"] == "pruned"]
+    assert len(pruned) >= 3 and all("asha pruner" in e for e in pruned["error"])
+    assert (table.loc[table["phase"] == "tune", "fused_size"] == 8).all()
+
+
+def test_a_trial_over_seeds_is_scored_by_their_mean_and_its_cells_are_the_final_cells(tmp_path):
+    out = tmp_path / "run"
+    result = invoke("run", "--models", "linear", "--losses", "crossentropy", "--tune", "lr=1e-4:1e0:log",
+                    "--trials", "4", "--epochs", "1", "--tune-seeds", "2", "--seeds", "0,1,2", *QUICK, "--out", out)
+    assert result.exit_code == 0, result.output
+    table = check_agree(out, trials=4, tune_seeds=2)
+    tune, final = table[table["phase"] == "tune"], table[table["phase"] == "final"]
+    means = tune.groupby("trial")["val_acc"].mean()
+    best = means.idxmax()
+    assert set(final["lr"]) == set(tune.loc[tune["trial"] == best, "lr"]) and sorted(final["seed"]) == [0, 1, 2]
+    saved = records(out)
+    for seed in (0, 1):  # the chosen trial's cells are the final cells of its seeds: copied, not trained again
+        row = final[final["seed"] == seed].iloc[0]
+        trial_row = tune[(tune["trial"] == best) & (tune["seed"] == seed)].iloc[0]
+        assert saved[row["cell_id"]]["reused_from"] == trial_row["cell_id"]
+        assert row["test_acc"] == trial_row["test_acc"] and row["weights"] == trial_row["weights"]
+    assert "reused_from" not in saved[final.loc[final["seed"] == 2, "cell_id"].iloc[0]]
+    assert list(stats.aggregate(table)["n"]) == [3]
+
+
+def test_tuning_studies_read_in_optunas_own_tools(tmp_path):
+    out = tmp_path / "run"
+    result = invoke("run", "--models", "linear", "--losses", "mse,crossentropy", "--tune", "lr=1e-3:1e-1:log",
+                    "--trials", "2", "--epochs", "1", "--seeds", "0", *QUICK, "--out", out)
+    assert result.exit_code == 0, result.output
+    table = results(out)
+    found = {s.study_name: s for s in studies(out)}
+    assert sorted(found) == ["linear+crossentropy on mnist [optimizer=adam weight_decay=0 schedule=constant "
+                             "batch_size=256 epochs=1]",
+                             "linear+mse on mnist [optimizer=adam weight_decay=0 schedule=constant batch_size=256 "
+                             "epochs=1]"]
+    for name, study in found.items():
+        attrs = study.user_attrs
+        assert study.metric_names == ["val_acc"] and attrs["configuration"] == name
+        assert (attrs["model"], attrs["dataset"], attrs["optimizer"], attrs["epochs"]) == ("linear", "mnist", "adam", 1)
+        assert attrs["loss"] in name and attrs["tuned"] == {"lr": "0.001:0.1:log"} and "lr" not in attrs
+        assert (attrs["trials"], attrs["prune"], attrs["tune_seeds"]) == (2, "none", 1)
+        for t in study.trials:
+            row = table[table["cell_id"] == t.user_attrs["cell_id"]].iloc[0]
+            assert (row["phase"], row["trial"], row["loss"]) == ("tune", t.number, attrs["loss"])
+            assert t.user_attrs["status"] == "ok" and t.user_attrs["test_acc"] == pytest.approx(row["test_acc"])
+            assert t.value == pytest.approx(row["val_acc"]) and t.params["lr"] == pytest.approx(row["lr"])
+
+
+BAD = {
+    "unknown pruner": (["--tune", "lr=1e-4:1e-1", "--prune", "fast"], "Invalid value for '--prune'"),
+    "prune without tune": (["--prune", "asha"], "--tune is needed for trials, sampler, tune_metric, prune"),
+    "more tune seeds than seeds": (["--tune", "lr=1e-4:1e-1", "--tune-seeds", "3", "--seeds", "0,1"],
+                                   "--tune-seeds is 3 but the run has 2 seed(s) (0, 1)"),
+    "zero tune seeds": (["--tune", "lr=1e-4:1e-1", "--tune-seeds", "0"], "Invalid value for '--tune-seeds'"),
+    "prune elsewhere": (["--tune", "lr=1e-4:1e-1", "--prune", "asha", "--executor", "process"],
+                        "--prune needs an executor that trains in this process (executor 'process'"),
+}
+
+
+@pytest.mark.parametrize("args, message", BAD.values(), ids=BAD.keys())
+def test_bad_pruning_options_are_one_line_and_exit_2(tmp_path, args, message):
+    result = invoke("run", "--models", "linear", *args, *QUICK, "--out", tmp_path / "r")
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split())
+    assert not (tmp_path / "r" / "results.csv").exists()
+
+
+def test_a_study_file_prunes_and_names_a_bad_pruner(tmp_path):
+    study = tmp_path / "tune.yaml"
+    study.write_text("models: [linear]\nlosses: [crossentropy]\ntune: {lr: '1e-3:1e-1:log'}\ntrials: 3\n"
+                     "prune: hyperband\ntune_seeds: 2\nseeds: [0, 1]\nlimit: 1000\nrecipe: {epochs: 2}\n"
+                     "device: cpu\n")
+    result = invoke("run", "--study", study, "--out", tmp_path / "run", "--fuse", "off", "-q")
+    assert result.exit_code == 0, result.output
+    check_agree(tmp_path / "run", trials=3, tune_seeds=2)
+    assert "prune: hyperband" in (tmp_path / "run" / "study.yaml").read_text()
+    study.write_text("models: [linear]\ntune: {lr: '1e-3:1e-1:log'}\nprune: quick\n")
+    result = invoke("run", "--study", study, "--out", tmp_path / "r2", "-q")
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert "prune must be one of none, median, asha, hyperband, got 'quick'" in result.output
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_moments_of_a_pruned_multi_seed_tuning_run_loses_and_repeats_no_trial(tmp_path):
+    args = ["run", "--models", "linear", "--losses", "mse,crossentropy", "--tune", "lr=1e-4:1e0:log", "--trials",
+            "6", "--epochs", "3", "--prune", "asha", "--tune-seeds", "2", "--seeds", "0,1,2", "--fuse", "off",
+            "--device", "cpu", "--limit", "2000", "-q"]
+    out = tmp_path / "run"
+    rng = random.Random(7)
+    kills = 0
+    finished_before: dict[str, float] = {}
+    for _ in range(12):
+        proc = subprocess.Popen([sys.executable, "-m", "bench", *args, "--out", str(out)], cwd=REPO, env=bench_env(),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            proc.wait(timeout=rng.uniform(2.0, 6.0))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            kills += 1
+        now = {k: r["started_at"] for k, r in records(out).items()} if (out / "cells").is_dir() else {}
+        for cell_id, started in finished_before.items():  # a finished cell is never trained again
+            assert now.get(cell_id) == started, cell_id
+        finished_before = {k: r["started_at"] for k, r in records(out).items()
+                           if r["row"]["status"] in ("ok", "pruned")} if now else {}
+        if proc.returncode == 0:
+            break
+        time.sleep(0.2)
+    assert kills >= 5, f"only {kills} kills: the run finished too early"
+    last = run_bench(*args, "--out", out, timeout=600)
+    assert last.returncode == 0, last.stderr
+    table = check_agree(out, trials=6, tune_seeds=2)
+    assert (table["status"] == "pruned").any()
+    final = table[table["phase"] == "final"]
+    assert final.groupby("loss").size().to_dict() == {"crossentropy": 3, "mse": 3}
+
+
+def test_the_report_shows_what_the_search_found_pruned_trials_apart(tmp_path):
+    from bench.reports import build_report
+    from bench.reports.protocol import importance, trial_table
+
+    out = tmp_path / "run"
+    result = invoke("run", "--models", "linear", "--losses", "crossentropy", "--tune", "lr=1e-4:1e0:log", "--tune",
+                    "weight_decay=1e-6:1e-1:log", "--trials", "14", "--epochs", "2", "--prune", "asha",
+                    "--seeds", "0", *QUICK, "--out", out)
+    assert result.exit_code == 0, result.output
+    table = results(out)
+    tuning = table["tuning"].iloc[0]
+    trials = trial_table(table, tuning)
+    assert list(trials["trial"]) == list(range(14)) and set(trials["status"]) == {"ok", "pruned"}
+    assert trials.loc[trials["status"] == "pruned", "epochs"].max() == 1
+    report = build_report([out], tmp_path / "report")
+    page = report.index.read_text()
+    assert "What the search found for linear+crossentropy" in page and "parallel coordinates" in page
+    assert "fANOVA" not in page  # fewer than 10 finished trials: no importance panel
+    n_ok = int((trials["status"] == "ok").sum())
+    chosen = pd.read_csv(tmp_path / "report" / "tuning.csv")
+    assert list(chosen["trials"]) == [f"{n_ok}/14 ok, {14 - n_ok} pruned"]
+    assert (tmp_path / "report" / "figures" / "search-1.png").stat().st_size > 10_000
+
+    done = invoke("run", "--models", "linear", "--losses", "crossentropy", "--tune", "lr=1e-4:1e0:log", "--tune",
+                  "weight_decay=1e-6:1e-1:log", "--trials", "12", "--epochs", "1", "--seeds", "0", *QUICK,
+                  "--out", tmp_path / "all")
+    assert done.exit_code == 0, done.output
+    table = results(tmp_path / "all")
+    weights = importance(trial_table(table, table["tuning"].iloc[0]), ["lr", "weight_decay"])
+    assert set(weights) == {"lr", "weight_decay"} and sum(weights.values()) == pytest.approx(1.0)
+    assert weights["lr"] > weights["weight_decay"]  # lr over four decades moves val_acc far more
+    build_report([tmp_path / "all"], tmp_path / "report2")
+    assert "fANOVA importance" in (tmp_path / "report2" / "index.html").read_text()
+
+
+def test_the_search_figures_load_in_a_headless_browser_without_the_network(tmp_path):
+    import shutil
+
+    from tests.test_reports import BROWSER_ARGS
+
+    exe = os.environ.get("BENCH_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        pytest.skip("no chromium on PATH (apt-get install -y chromium)")
+    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+
+    from bench.reports import build_report
+
+    out = tmp_path / "run"
+    result = invoke("run", "--models", "linear", "--losses", "crossentropy", "--tune", "lr=1e-4:1e0:log", "--tune",
+                    "weight_decay=1e-6:1e-1:log", "--trials", "9", "--epochs", "2", "--prune", "asha", "--seeds", "0",
+                    "--device", "cpu", "--limit", "500", "-q", "--out", out)
+    assert result.exit_code == 0, result.output
+    index = build_report([out], tmp_path / "report").index
+    requested = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=exe, args=BROWSER_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.on("request", lambda request: requested.append(request.url))
+            page.goto(index.as_uri(), wait_until="load")
+            shown = page.eval_on_selector_all(
+                "img[alt^='What the search found']",
+                "imgs => imgs.map(i => [i.naturalWidth, i.getBoundingClientRect().width])")
+        finally:
+            browser.close()
+    assert len(shown) == 1 and shown[0][0] > 800 and shown[0][1] > 0  # two rows of panels, drawn on the page
+    assert all(url.startswith(("file:", "data:")) for url in requested)  # nothing from a server
