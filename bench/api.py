@@ -26,6 +26,7 @@ from typing import Any
 from bench import __version__
 from bench.errors import BenchError, OptionError
 from bench.files import excerpt
+from bench.record import CellRecord
 from bench.study import Study
 
 #: The file in a run directory that keeps the resolved study.
@@ -57,14 +58,15 @@ class Run:
 
     ``path`` is the run directory; ``results`` and ``history`` are its ``results.csv`` and
     ``history.csv`` as DataFrames (read when asked, so they are always what is on disk).
-    From :func:`run`, ``cells`` are the study's cells and ``rows`` their rows in grid order;
+    From :func:`run`, ``cells`` are the study's cells and ``records`` their
+    :class:`bench.record.CellRecord` in grid order (``rows``: the same as rows of results.csv);
     with ``dry_run=True`` nothing trained and ``plan`` lists ``(state, cell)`` pairs.
     """
 
     path: Path
     study: Study | None = None
     cells: list = field(default_factory=list)
-    rows: list[dict[str, Any]] = field(default_factory=list)
+    records: list[CellRecord] = field(default_factory=list)
     plan: list[tuple[str, Any]] | None = None
     notes: list[str] = field(default_factory=list)
     #: What observers (lifecycle hooks, trackers) are told: no progress output wanted, the ``track``
@@ -93,22 +95,28 @@ class Run:
         return self.store.history()
 
     @property
-    def failed(self) -> list[dict[str, Any]]:
-        return [r for r in self.rows if r.get("status") == "failed"]
+    def rows(self) -> list[dict[str, Any]]:
+        """The records' rows, as in results.csv."""
+        return [record.row() for record in self.records]
+
+    @property
+    def failed(self) -> list[CellRecord]:
+        """The records of the cells that failed."""
+        return [record for record in self.records if record.status == "failed"]
 
     def templates(self, cell_id: str):
         """``(templates, classes, kind)`` of a finished cell: a float array ``[classes, *input_shape]`` (for
         ``linear``, its weights; see the README's Reports section), the class names, and the kind."""
         from safetensors.numpy import load_file
 
-        records = {r["row"]["cell_id"]: r for r in self.store.records()}
+        records = {r.cell_id: r for r in self.store.records()}
         if cell_id not in records:
             raise BenchError(f"{self.path}: no cell {cell_id}")
-        entry = records[cell_id].get("templates") or {}
+        entry = records[cell_id].templates or {}
         if not entry.get("path"):
             raise BenchError(f"cell {cell_id} has no templates: {entry.get('error', 'it did not finish')}")
         arrays = load_file(str(self.store.path_of(entry["path"])))  # never a file outside the run
-        return arrays["templates"], records[cell_id].get("classes", []), entry.get("kind", "")
+        return arrays["templates"], records[cell_id].classes, entry.get("kind", "")
 
     def summary(self, metric: str = "test_acc"):
         """One row per configuration (a cell without its seed): ``n`` finished seeds and the metric's
@@ -144,7 +152,7 @@ class Run:
                                                                     na_rep="", escape=True))
 
     def __repr__(self) -> str:
-        return f"Run({str(self.path)!r}, {len(self.rows)} cell(s))"
+        return f"Run({str(self.path)!r}, {len(self.records)} cell(s))"
 
 
 def path_argument(option: str, value: Any, optional: bool = True) -> Path | None:
@@ -208,8 +216,7 @@ def load(run_dir: Path | str) -> Run:
     store.results()  # a clear error now if it is not a run directory
     study_path = path / STUDY_FILE
     study = study_mod.load(study_path) if study_path.is_file() else None
-    rows = [record["row"] for record in store.records()]
-    return Run(path, study, rows=rows)
+    return Run(path, study, records=store.records())
 
 
 def study_from_options(*, grid=None, models=None, losses=None, datasets=None, params=(), seeds=None, repeat=None,
@@ -482,13 +489,13 @@ def _execute(*, store, cells, the_study, registry, host, torch_device, execution
     if tuning is not None:
         the_study.seeds = seeds_used
     if dry_run:
-        recorded = {r["row"]["cell_id"]: r["row"] for r in store.records()}
+        recorded = {r.cell_id: r.status for r in store.records()}
         if tuning is not None:
             notes.append(f"tuning {', '.join(f'{k}={s.describe()}' for k, s in tuning.spaces.items())}: "
                          f"{tuning.trials} trial(s) per configuration ({tuning.sampler} sampler, on the first seed, "
                          f"by {tuning.metric}), then the best values with seeds {seeds_used}; the configurations:")
             echo(notes[-1])
-        plan = [("done" if c.cell_id in done else "retry" if recorded.get(c.cell_id, {}).get("status") == "failed"
+        plan = [("done" if c.cell_id in done else "retry" if recorded.get(c.cell_id) == "failed"
                  else "run", c) for c in cells]
         return Run(out_path, the_study, cells, plan=plan, notes=notes)
 
@@ -516,7 +523,7 @@ def _execute(*, store, cells, the_study, registry, host, torch_device, execution
         named = ": " + "; ".join(labels) if len(labels) <= 2 else " (a dry run lists them)"
         echo(f"resume: {len(done)} of {len(cells)} cell(s) already finished in {store.root} are skipped "
              f"(force reruns them){named}")
-    others = len({r["row"]["cell_id"] for r in store.records()} - {cell.cell_id for cell in cells})
+    others = len({r.cell_id for r in store.records()} - {cell.cell_id for cell in cells})
     if others and not quiet and tuning is None:
         echo(f"note: {store.root} also holds {others} cell(s) of other studies; results.csv lists them too")
 
@@ -526,11 +533,11 @@ def _execute(*, store, cells, the_study, registry, host, torch_device, execution
                   to_train=to_train, device=str(torch_device))
     events = Lifecycle(host, trackers, echo)
     events.run_start(the_run)
-    trained: dict[str, dict[str, Any]] = {}
+    trained: dict[str, CellRecord] = {}
     first_write = [write_env]
 
-    def train(batch: list) -> list[dict[str, Any]]:
-        """Train the cells of ``batch`` not finished yet (resuming); their rows, in order."""
+    def train(batch: list) -> list[CellRecord]:
+        """Train the cells of ``batch`` not finished yet (resuming); their records, in order."""
         finished_now = {} if force else store.finished()
         if force:
             finished_now = {k: v for k, v in trained.items()}
@@ -543,36 +550,36 @@ def _execute(*, store, cells, the_study, registry, host, torch_device, execution
         summary = run_cells(batch, registry, store, torch_device, data_dir, done=already, executor=executor_obj,
                             plugin_modules=tuple(host.modules), execution=execution, cache=cache,
                             on_first_record=once, events=events)
-        for row in summary.rows:
-            trained[row["cell_id"]] = row
-        return summary.rows
+        for record in summary.records:
+            trained[record.cell_id] = record
+        return summary.records
 
-    rows: list[dict[str, Any]] = []
+    records: list[CellRecord] = []
     completed = False
     try:
         if tuning is None:
-            rows = train(cells)
+            records = train(cells)
         else:
             from bench.tune import run_tuning
 
             tuned = run_tuning(tuning, registry, cells, seeds_used, store.root, train,
-                               lambda: {r["row"]["cell_id"]: r["row"] for r in store.records()},
+                               lambda: {r.cell_id: r for r in store.records()},
                                batch_size=0 if tuning.sampler == "qmc" else max(1, jobs or 1))
             for label in tuned.failed:
                 notes.append(f"error: every trial of tuned configuration {label} failed: it has no final cells "
                              "(the failed tune rows say why)")
                 echo(notes[-1])
-            final_rows = train(tuned.finals)
+            finals = train(tuned.finals)
             the_run.cells = [*the_run.cells, *tuned.finals]
-            rows = [*tuned.trial_rows, *final_rows]
+            records = [*tuned.trial_records, *finals]
         completed = True
     finally:
-        if not rows:  # interrupted: what is on disk is what finished
+        if not records:  # interrupted: what is on disk is what finished
             ids = {c.cell_id for c in cells} | set(trained)
-            rows = [record["row"] for record in store.records() if record["row"]["cell_id"] in ids]
-        the_run.rows = rows
+            records = [record for record in store.records() if record.cell_id in ids]
+        the_run.records = records
         the_run.interrupted = not completed
-        events.run_end(the_run, rows)
+        events.run_end(the_run, the_run.rows)
     if first_write:  # nothing ran (all finished before): still record this study
         write_env()
         store.rebuild_tables()

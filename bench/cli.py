@@ -344,9 +344,9 @@ def _run(ctx, *, study, grid, models, losses, datasets, params, seeds, repeat, e
             echo(groups)
         return
     echo_table(format_summary(result.rows))
-    if len({row["seed"] for row in result.rows}) > 1:
+    if len({record.seed for record in result.records}) > 1:
         echo_table("\n" + format_seed_statistics(result.rows))
-    if any(row.get("target") for row in result.rows):
+    if any(record.target for record in result.records):
         import pandas as pd
 
         from bench import stats
@@ -361,15 +361,15 @@ def _run(ctx, *, study, grid, models, losses, datasets, params, seeds, repeat, e
         from bench.tune import configuration_label
 
         echo(f"{len(result.failed)} cell(s) failed:", err=True)
-        for row in result.failed:
-            trial = f" trial={row.get('trial')}" if row.get("phase") == "tune" else ""
-            echo(f"  {row['model']}+{row['loss']} on {row['dataset']} seed={row['seed']}{trial}: {row['error']}",
+        for record in result.failed:
+            trial = f" trial={record.trial}" if record.phase == "tune" else ""
+            echo(f"  {record.model}+{record.loss} on {record.dataset} seed={record.seed}{trial}: {record.error}",
                  err=True, one_line=True)
-        with_finals = {r.get("tuning") for r in result.rows if r.get("phase") == "final"}
-        untuned = {r["tuning"]: r for r in result.failed if r.get("phase") == "tune" and r["tuning"] not in with_finals}
-        for row in untuned.values():
-            echo(f"  {configuration_label(row, row['tuning'])}: every tuning trial failed, so it has no final cells",
-                 err=True)
+        with_finals = {r.tuning for r in result.records if r.phase == "final"}
+        untuned = {r.tuning: r for r in result.failed if r.phase == "tune" and r.tuning not in with_finals}
+        for record in untuned.values():
+            echo(f"  {configuration_label(record.row(), record.tuning)}: every tuning trial failed, so it has no "
+                 "final cells", err=True)
         sys.exit(1)
 
 

@@ -88,7 +88,7 @@ def run_grid(
                      **options)
         table = result.results
     if check and result.failed:
-        lines = [f"{r['model']}+{r['loss']} on {r['dataset']} seed={r['seed']}: {r['error']}" for r in result.failed]
+        lines = [f"{r.model}+{r.loss} on {r.dataset} seed={r.seed}: {r.error}" for r in result.failed]
         raise AssertionError(f"{len(lines)} cell(s) failed:\n" + "\n".join(lines))
     return table
 

@@ -33,6 +33,7 @@ from typing import Any
 
 from bench.config import PARAM_KINDS, RECIPE_FIELDS, Cell, _params_dict, config_label
 from bench.errors import BenchError, OptionError
+from bench.record import CellRecord
 
 SAMPLERS = ("qmc", "tpe")
 METRICS = {"val_acc": "maximize", "val_loss": "minimize"}
@@ -320,16 +321,16 @@ class Tuned:
 
     finals: list[Cell]
     failed: list[str]
-    #: The rows of the trials that count (finished or failed), by configuration and trial number.
-    trial_rows: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    #: The records of the trials that count (finished or failed), by configuration and trial number.
+    trial_records: list[CellRecord] = dataclasses.field(default_factory=list)
 
 
 def run_tuning(tuning: Tuning, registry, base_cells: list[Cell], seeds: list[int], root: Path,
-               train: Callable[[list[Cell]], list[dict[str, Any]]], records: Callable[[], dict[str, dict]],
+               train: Callable[[list[Cell]], list[CellRecord]], records: Callable[[], dict[str, CellRecord]],
                batch_size: int = 0) -> Tuned:
     """Tune every configuration of ``base_cells`` (one cell each, on the first seed), then return the final
-    cells (the best values, every seed). ``train(cells)`` trains cells (resuming) and returns their rows;
-    ``records()`` gives the rows already in the run directory by cell id. ``batch_size``: trials asked per
+    cells (the best values, every seed). ``train(cells)`` trains cells (resuming) and returns their records;
+    ``records()`` gives the records already in the run directory by cell id. ``batch_size``: trials asked per
     configuration before they train (0: up to :data:`ROUND`)."""
     optuna = _optuna()
     keys = list(tuning.spaces)
@@ -348,20 +349,20 @@ def run_tuning(tuning: Tuning, registry, base_cells: list[Cell], seeds: list[int
         params = {key: tuning.spaces[key].suggest(trial) for key in keys}
         return with_values(groups[group], params, phase="tune", trial=trial.number, tuning=group)
 
-    def value_of(row: dict[str, Any]) -> float | None:
+    def value_of(record: CellRecord) -> float | None:
         try:
-            value = float(row.get(tuning.metric))
+            value = float(getattr(record, tuning.metric))
         except (TypeError, ValueError):
             return None
-        return value if row.get("status") == "ok" and math.isfinite(value) else None
+        return value if record.status == "ok" and math.isfinite(value) else None
 
-    def tell(study, trial_id: int, number: int, row: dict[str, Any]) -> None:
+    def tell(study, trial_id: int, number: int, record: CellRecord | None) -> None:
         if study._storage.get_trial(trial_id).state != states.RUNNING:
             return
-        value = value_of(row)
+        value = None if record is None else value_of(record)
         if value is None:  # the reason first: a finished trial takes no more attributes
-            study._storage.set_trial_user_attr(trial_id, "cell_failed",
-                                               str(row.get("error") or row.get("status") or "failed"))
+            why = "no record" if record is None else record.error or record.status or "failed"
+            study._storage.set_trial_user_attr(trial_id, "cell_failed", str(why))
             study.tell(number, state=states.FAIL, skip_if_finished=True)
         else:
             study.tell(number, value, skip_if_finished=True)
@@ -376,7 +377,7 @@ def run_tuning(tuning: Tuning, registry, base_cells: list[Cell], seeds: list[int
     for group, study in studies.items():
         for t in study.get_trials(deepcopy=False, states=(states.RUNNING,)):
             cell = trial_cell(group, optuna.trial.Trial(study, t._trial_id))
-            if cell.cell_id in recorded and recorded[cell.cell_id].get("status") in ("ok", "failed"):
+            if cell.cell_id in recorded and recorded[cell.cell_id].status in ("ok", "failed"):
                 tell(study, t._trial_id, t.number, recorded[cell.cell_id])
 
     while True:
@@ -390,18 +391,18 @@ def run_tuning(tuning: Tuning, registry, base_cells: list[Cell], seeds: list[int
             batch += [(group, t._trial_id, t.number, trial_cell(group, t)) for t in trials]
         if not batch:
             break
-        rows = {row["cell_id"]: row for row in train([cell for *_, cell in batch])}
+        trained = {record.cell_id: record for record in train([cell for *_, cell in batch])}
         for group, trial_id, number, cell in batch:
-            tell(studies[group], trial_id, number, rows.get(cell.cell_id, {"status": "failed", "error": "no row"}))
+            tell(studies[group], trial_id, number, trained.get(cell.cell_id))
 
-    finals, failed, trial_rows = [], [], []
+    finals, failed, trial_records = [], [], []
     recorded = records()
     for group, study in studies.items():
         for t in study.get_trials(deepcopy=False, states=(states.COMPLETE, states.FAIL)):
-            row = recorded.get(with_values(groups[group], t.params, phase="tune", trial=t.number,
-                                           tuning=group).cell_id)
-            if row is not None and (t.state == states.COMPLETE or "cell_failed" in t.user_attrs):
-                trial_rows.append(row)
+            record = recorded.get(with_values(groups[group], t.params, phase="tune", trial=t.number,
+                                              tuning=group).cell_id)
+            if record is not None and (t.state == states.COMPLETE or "cell_failed" in t.user_attrs):
+                trial_records.append(record)
         if not any(t.state == states.COMPLETE for t in study.get_trials(deepcopy=False)):
             failed.append(configuration_label(groups[group].config(), group))
             continue
@@ -409,4 +410,4 @@ def run_tuning(tuning: Tuning, registry, base_cells: list[Cell], seeds: list[int
         for seed in seeds:
             finals.append(with_values(dataclasses.replace(groups[group], seed=seed), best.params, phase="final",
                                       trial=best.number, tuning=group))
-    return Tuned(finals, failed, trial_rows)
+    return Tuned(finals, failed, trial_records)

@@ -30,7 +30,8 @@ import torch
 from bench import hookimpl
 from bench.errors import BenchError
 from bench.grid import Cell
-from bench.runner import Job, LocalExecutor, WorkSpec, execute_group, failed_record, fused_groups
+from bench.record import CellRecord
+from bench.runner import Fatal, Job, LocalExecutor, WorkSpec, execute_group, failed_record, fused_groups
 
 RAY_INSTALL_HINT = "pip install 'gridbench[ray]'"
 
@@ -138,7 +139,7 @@ class ProcessExecutor:
         jobs = self.jobs or cores
         return [(str(device), max(1, cores // jobs))] * jobs
 
-    def run(self, tasks: list[tuple[int, Cell]], job: Job) -> Iterator[dict[str, Any]]:
+    def run(self, tasks: list[tuple[int, Cell]], job: Job) -> Iterator[CellRecord | Fatal]:
         if not tasks:
             return
         groups = fused_groups(tasks, job.execution, job.registry)  # a group of one is one cell
@@ -198,7 +199,7 @@ class ProcessExecutor:
 # -- ray -------------------------------------------------------------------------------------------
 
 
-def _ray_group(group: list[tuple[int, Cell]], spec: WorkSpec, threads: int) -> list[dict[str, Any]]:
+def _ray_group(group: list[tuple[int, Cell]], spec: WorkSpec, threads: int) -> list[CellRecord | Fatal]:
     """The body of one Ray task: one cell, or a fused group (a plain function, so Ray ships it by reference)."""
     torch.set_num_threads(threads)
     return execute_group(group, spec)
@@ -240,7 +241,7 @@ class RayExecutor:
             raise BenchError(f"--executor ray: cannot start or join Ray{where}: {_one_line(exc)}") from None
         return True
 
-    def run(self, tasks: list[tuple[int, Cell]], job: Job) -> Iterator[dict[str, Any]]:
+    def run(self, tasks: list[tuple[int, Cell]], job: Job) -> Iterator[CellRecord | Fatal]:
         if not tasks:
             return
         import ray

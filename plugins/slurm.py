@@ -38,7 +38,8 @@ import torch
 from bench import hookimpl
 from bench.errors import BenchError
 from bench.grid import Cell
-from bench.runner import Job, WorkSpec, execute_group, failed_record, fused_groups
+from bench.record import CellRecord
+from bench.runner import Fatal, Job, WorkSpec, execute_group, failed_record, fused_groups
 
 SLURM_INSTALL_HINT = "pip install -e '.[slurm]'"
 #: The run directory's folder that jobs write (submitit's scripts, logs and results; each job's finished groups).
@@ -260,7 +261,7 @@ class SlurmExecutor:
 
     # -- running ----------------------------------------------------------------------------------
 
-    def run(self, tasks: list[tuple[int, Cell]], job: Job) -> Iterator[dict[str, Any]]:
+    def run(self, tasks: list[tuple[int, Cell]], job: Job) -> Iterator[CellRecord | Fatal]:
         if not tasks:
             return
         if job.run_dir is None:
@@ -334,7 +335,7 @@ class SlurmExecutor:
                 print(f"slurm: {len(left)} job(s) still queued or running ({', '.join(str(t.job_id) for t in left)});"
                       f" the same command collects them, bench cancel {run_dir} cancels them", file=sys.stderr)
 
-    def _collect(self, t: _Tracked, spool: Path, by_id: dict[str, tuple[int, Cell]]) -> Iterator[dict[str, Any]]:
+    def _collect(self, t: _Tracked, spool: Path, by_id: dict[str, tuple[int, Cell]]) -> Iterator[CellRecord | Fatal]:
         """The records of the groups that ``t`` finished since the last look."""
         folder = spool / "parts" / t.token
         for k in range(len(t.groups)):
@@ -344,13 +345,12 @@ class SlurmExecutor:
                 records = pickle.load(f)
             t.seen.add(k)
             for record in records:
-                if "fatal" in record:
+                if isinstance(record, Fatal):
                     yield record
                     continue
-                cid = record["row"]["cell_id"]
-                if cid in t.pending:
-                    t.pending.discard(cid)
-                    record["index"] = by_id[cid][0]
+                if record.cell_id in t.pending:
+                    t.pending.discard(record.cell_id)
+                    record.index = by_id[record.cell_id][0]
                     yield record
 
     def _submit(self, tasks: list[tuple[int, Cell]], job: Job, spool: Path, jobs: _JobsFile) -> list[_Tracked]:

@@ -13,6 +13,7 @@ import pandas as pd
 
 from bench.config import PARAM_KINDS, RECIPE_FIELDS, config_frame, config_keys, row_config, varying_label
 from bench.errors import BenchError
+from bench.record import CellRecord
 from bench.store import RunStore, atomic_write
 
 
@@ -23,7 +24,7 @@ class Run:
     label: str
     root: Path
     env: dict[str, Any]
-    records: dict[str, dict[str, Any]] = field(repr=False)  # cell_id -> record
+    records: dict[str, CellRecord] = field(repr=False)  # cell_id -> record
 
 
 @dataclass
@@ -45,12 +46,13 @@ class Runs:
     def run(self, label: str) -> Run:
         return next(r for r in self.runs if r.label == label)
 
-    def record(self, run: str, cell_id: str) -> dict[str, Any]:
-        return self.run(run).records.get(cell_id, {})
+    def record(self, run: str, cell_id: str) -> CellRecord | None:
+        return self.run(run).records.get(cell_id)
 
     def templates(self, run: str, cell_id: str) -> tuple[np.ndarray | None, str, str]:
         """``(templates [C, *input_shape] or None, kind, why not)`` of one cell."""
-        entry = self.record(run, cell_id).get("templates") or {}
+        record = self.record(run, cell_id)
+        entry = (record.templates if record is not None else None) or {}
         if "path" not in entry:
             return None, "", entry.get("error", "no templates were recorded for this cell")
         root = next(r for r in self.runs if r.label == run).root
@@ -219,7 +221,7 @@ def read_runs(paths: list[Path | str]) -> Runs:
         store = RunStore(root)  # rows and history come from the cell records (results.csv may be stale or cut)
         cell_records = store.records()
         frame = store.results(cell_records)
-        records = {r["row"]["cell_id"]: r for r in cell_records}
+        records = {r.cell_id: r for r in cell_records}
         runs.append(Run(label, root, store.read_env(), records))
         results.append(frame.assign(run=label))
         hist = store.history(cell_records)
