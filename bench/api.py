@@ -26,6 +26,7 @@ from typing import Any
 from bench import __version__
 from bench.errors import BenchError, OptionError
 from bench.files import excerpt
+from bench.paths import default_data_dir
 from bench.record import CellRecord
 from bench.study import Study
 
@@ -40,10 +41,6 @@ def default_run_dir() -> Path:
         n += 1
         path = Path("runs") / f"{stamp}-{n}"
     return path
-
-
-def default_data_dir() -> Path:
-    return Path("~/.cache/gridbench").expanduser()
 
 
 def _stderr(message: str) -> None:

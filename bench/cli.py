@@ -15,11 +15,10 @@ import click
 from bench import __version__
 from bench.errors import BenchError, OptionError
 from bench.helpformat import SectionedCommand
-from bench.paths import default_data_dir
+from bench.paths import DATA_DIR_VARIABLE, platform_data_dir
+from bench.record import format_value
 from bench.safe_text import printable
 from bench.textfit import TABLE_WIDTH, fit_tables
-
-DEFAULT_DATA_DIR = default_data_dir()
 
 
 def echo(message: object = "", err: bool = False, nl: bool = True, one_line: bool = False) -> None:
@@ -224,8 +223,8 @@ RUN_SECTIONS = {
               help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps. [default: auto]")
 @click.option("--out", type=click.Path(path_type=Path), help="Run directory [default: runs/<timestamp>]. An "
               "existing run directory resumes: with no grid options, the study it keeps.")
-@click.option("--data-dir", type=click.Path(path_type=Path), envvar="BENCH_DATA_DIR", default=DEFAULT_DATA_DIR,
-              show_default=f"{DEFAULT_DATA_DIR}, or $BENCH_DATA_DIR", help="Cache for downloadable datasets.")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None,
+              show_default=f"${DATA_DIR_VARIABLE}, or {platform_data_dir()}", help="Cache for downloadable datasets.")
 @click.option("--force", is_flag=True, help="Rerun every cell, also those already finished in --out.")
 @click.option("--wait", is_flag=True, help="If another bench run is writing --out, wait for it to finish "
               "[default: exit with status 2].")
@@ -456,22 +455,6 @@ SUMMARY_COLUMNS = [("model", "model"), ("loss", "loss"), ("dataset", "dataset"),
                    ("epoch_time_s", "epoch_s"), ("samples_per_s", "samples/s")]
 
 
-def _fmt(key, value) -> str:
-    if value is None or value == "":
-        return "-"
-    if key in ("test_acc",):
-        return f"{value:.4f}"
-    if key in ("test_loss", "epoch_time_s"):
-        return f"{value:.4g}"
-    if key == "samples_per_s":
-        return f"{value:,.0f}"
-    if key == "params":
-        return "" if value == "{}" else value
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
-
-
 def format_summary(rows) -> str:
     """A plain-text table of the grid's outcome, one line per cell (recipe columns that vary included)."""
     from bench.config import RECIPE_FIELDS
@@ -481,7 +464,7 @@ def format_summary(rows) -> str:
     columns = [*SUMMARY_COLUMNS[:4], *varying, *SUMMARY_COLUMNS[4:5], *tuned, *SUMMARY_COLUMNS[5:]]
     table = [[label for _, label in columns]]
     for row in rows:
-        table.append([printable(_fmt(key, row.get(key)), newlines=False) for key, _ in columns])
+        table.append([printable(format_value(key, row.get(key), "-"), newlines=False) for key, _ in columns])
     widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in table]
     lines.insert(1, "  ".join("-" * w for w in widths))

@@ -12,6 +12,7 @@ in :attr:`CellRecord.extra` and written back unchanged.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -198,3 +199,21 @@ _JSON_FIELDS = ("index", "history", "confusion", "classes", "input_shape", "temp
 RESULT_COLUMNS = ["cell_id", *IDENTITY_COLUMNS, *_ROW_FIELDS]
 #: One row per cell and epoch: the key, then what the epoch measured.
 HISTORY_COLUMNS = [*KEY_COLUMNS, "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "epoch_time_s"]
+
+
+def format_value(column: str, value: Any, missing: str = "") -> str:
+    """A value of ``column`` as tables show it (terminal and reports alike): accuracies to 4 decimals,
+    losses and times to 4 significant digits, throughput and parameter counts with thousands separators,
+    whole numbers without a decimal point, other numbers as ``%g``; ``missing`` for no value."""
+    if value is None or value == "" or (isinstance(value, float) and math.isnan(value)):
+        return missing
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        text = str(value)
+        return "" if column == "params" and text == "{}" else text
+    if column.endswith("_acc"):
+        return f"{value:.4f}"
+    if column.endswith("_loss") or column.endswith("_time_s"):
+        return f"{value:.4g}"
+    if column in ("samples_per_s", "n_params"):
+        return f"{value:,.0f}"
+    return str(int(value)) if float(value).is_integer() and (abs(value) >= 1 or value == 0) else f"{value:g}"

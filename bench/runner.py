@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import torch
 
 from bench.data import DataSplits
-from bench.errors import BenchError, DataCorrupt, DatasetUnavailable, IncompatibleCell
+from bench.errors import BenchError, DataCorrupt, DatasetUnavailable, IncompatibleCell, one_line
 from bench.grid import Cell
 from bench.host import BrokenPlugin, Registry
 from bench.recipe import recipe_factories
@@ -43,11 +43,6 @@ def _row(cell: Cell, status: str, error: str = "", index: int = 0) -> CellRecord
     return CellRecord.of(cell, status, error, index)
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if not isinstance(exc, BenchError) else text
-
-
 def load_dataset(registry: Registry, name: str, overrides: dict, data_dir: Path) -> DataSplits:
     component = registry.get("dataset", name)
     params = {**component.params, **overrides}
@@ -56,7 +51,7 @@ def load_dataset(registry: Registry, name: str, overrides: dict, data_dir: Path)
     except BenchError:
         raise
     except Exception as exc:
-        raise BenchError(f"dataset '{name}' failed to load: {_one_line(exc)}") from exc
+        raise BenchError(f"dataset '{name}' failed to load: {one_line(exc)}") from exc
     if not isinstance(splits, DataSplits):
         raise BenchError(f"dataset '{name}' returned {type(splits).__name__}, not bench.DataSplits")
     splits.validate(name)
@@ -202,7 +197,7 @@ def _error_record(index: int, cell: Cell, exc: BaseException) -> CellRecord:
     """The record of a cell that raised: ``skipped`` for an incompatible cell, else ``failed``."""
     if isinstance(exc, IncompatibleCell):
         return _row(cell, "skipped", str(exc), index)
-    message = _one_line(exc)
+    message = one_line(exc)
     if isinstance(exc, SystemExit):
         message = f"SystemExit: the cell's code called sys.exit({exc.code!r})"
     if isinstance(exc, torch.cuda.OutOfMemoryError):
@@ -332,7 +327,7 @@ def _worker_registry(spec: WorkSpec) -> tuple[Registry | None, str]:
         try:
             registry = _WORKER_REGISTRIES[spec.plugin_modules] = Host(spec.plugin_modules).registry
         except Exception as exc:  # e.g. a -p module that this worker's machine cannot import
-            return None, f"the worker could not load the plugins: {_one_line(exc)}"
+            return None, f"the worker could not load the plugins: {one_line(exc)}"
     return registry, ""
 
 

@@ -48,7 +48,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from bench.errors import BenchError, OptionError
+from bench.errors import BenchError, OptionError, one_line
 from bench.files import ENV_MAX, RECORD_MAX, TABLE_MAX, Refused, check_folder, excerpt, inside, read_bounded
 from bench.record import HISTORY_COLUMNS, RESULT_COLUMNS, STATUSES, CellRecord
 from bench.safe_text import csv_cell, read_csv_frame
@@ -152,10 +152,6 @@ def _read_table(text: str, source: Path, **kwargs):
         return pd.read_csv(io.StringIO(text), **kwargs)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as exc:
         raise BenchError(f"{source} is not a readable table ({' '.join(str(exc).split()) or 'empty'})") from None
-
-
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
 
 
 def _pid_alive(pid: int) -> bool:
@@ -351,8 +347,9 @@ class RunStore:
         except OSError as exc:
             raise BenchError(f"cannot read {path}: {exc.strerror}") from None
         except (ValueError, RecursionError) as exc:
-            raise BenchError(f"{path} is damaged (not valid JSON: {_one_line(exc)[:200]}): move it away, and the "
-                             "next bench run into this directory writes a new one") from None
+            why = one_line(str(exc), limit=200)
+            raise BenchError(f"{path} is damaged (not valid JSON: {why}): move it away, and the next bench run "
+                             "into this directory writes a new one") from None
         if not isinstance(env, dict):
             raise BenchError(f"{path} is damaged (not a JSON object): move it away, and the next bench run into "
                              "this directory writes a new one")
@@ -479,7 +476,7 @@ def _read_record(path: Path) -> CellRecord:
     try:
         record = json.loads(data)
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
-        raise _Damaged(f"not valid JSON: {_one_line(exc)[:200]}") from None
+        raise _Damaged(f"not valid JSON: {one_line(str(exc), limit=200)}") from None
     except RecursionError:
         raise _Damaged("not valid JSON: nested too deeply") from None
     if not isinstance(record, dict) or not isinstance(record.get("row"), dict):

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from bench import hookimpl
-from bench.errors import BenchError
+from bench.errors import BenchError, one_line
 from bench.grid import Cell
 from bench.record import CellRecord
 from bench.runner import Fatal, Job, LocalExecutor, WorkSpec, execute_group, failed_record, fused_groups
@@ -205,11 +205,6 @@ def _ray_group(group: list[tuple[int, Cell]], spec: WorkSpec, threads: int) -> l
     return execute_group(group, spec)
 
 
-def _one_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return f"{type(exc).__name__}: {lines[0] if lines else ''}"
-
-
 class RayExecutor:
     """Each cell (or fused group) a Ray task; records come back to the driver as tasks finish."""
 
@@ -238,7 +233,7 @@ class RayExecutor:
                 ray.init(**options)
         except Exception as exc:  # no cluster there, a version mismatch, ...
             where = f" at --address {self.address}" if self.address else ""
-            raise BenchError(f"--executor ray: cannot start or join Ray{where}: {_one_line(exc)}") from None
+            raise BenchError(f"--executor ray: cannot start or join Ray{where}: {one_line(exc, first=True)}") from None
         return True
 
     def run(self, tasks: list[tuple[int, Cell]], job: Job) -> Iterator[CellRecord | Fatal]:
@@ -263,7 +258,7 @@ class RayExecutor:
                         records = ray.get(ref)
                     except ray.exceptions.RayError as exc:  # the worker died, the node was lost, ...
                         records = [failed_record(index, cell, f"Ray task failed while training this cell: "
-                                                              f"{_one_line(exc)}") for index, cell in group]
+                                                              f"{one_line(exc, first=True)}") for index, cell in group]
                     yield from records
         finally:
             for ref in pending:

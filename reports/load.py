@@ -18,7 +18,7 @@ from bench.store import RunStore, atomic_write
 
 
 @dataclass
-class Run:
+class ReportedRun:
     """One run directory: its label in the report, its environment and its cell records."""
 
     label: str
@@ -31,7 +31,7 @@ class Run:
 class Runs:
     """Several runs read together; ``results`` and ``history`` carry ``run`` and label columns."""
 
-    runs: list[Run]
+    runs: list[ReportedRun]
     results: pd.DataFrame
     history: pd.DataFrame
     #: The recipe columns (and ``limit``) whose value differs between configurations, in RECIPE order.
@@ -43,7 +43,7 @@ class Runs:
     def several(self) -> bool:
         return len(self.runs) > 1
 
-    def run(self, label: str) -> Run:
+    def run(self, label: str) -> ReportedRun:
         return next(r for r in self.runs if r.label == label)
 
     def record(self, run: str, cell_id: str) -> CellRecord | None:
@@ -222,7 +222,7 @@ def read_runs(paths: list[Path | str]) -> Runs:
         cell_records = store.records()
         frame = store.results(cell_records)
         records = {r.cell_id: r for r in cell_records}
-        runs.append(Run(label, root, store.read_env(), records))
+        runs.append(ReportedRun(label, root, store.read_env(), records))
         results.append(frame.assign(run=label))
         hist = store.history(cell_records)
         if "cell_id" in hist.columns and len(hist):
