@@ -236,9 +236,7 @@ def expand(registry: Registry, study: Study | None = None, device: str = "cpu", 
     ``params=["mlp.hidden=64,256"]``, ``seeds=[0, 1]``, ...), applied over ``study``.
     """
     if options:
-        from bench.api import study_from_options
-
-        study = (study or Study()).merged(study_from_options(**options))
+        study = (study or Study()).merged(Study.from_options(**options))
     study = study or Study()
     triples = triples_of(registry, study)
     seeds = study.seeds if study.seeds is not None else [0]
