@@ -101,9 +101,10 @@ def flag_message(exc: OptionError) -> str:
     for o in run_options():  # by the library's name, and by the flag's own (param for --param)
         flag = max(o.flags, key=len)
         flags.update({o.name: flag, flag.lstrip("-").replace("-", "_"): flag})
-    if exc.option not in flags:  # a key only a study file has (zip, exclude, recipe)
+    option = exc.option.split(".")[0]  # tune.lr: a value of --tune
+    if option not in flags:  # a key only a study file has (zip, exclude, recipe)
         return f"study key '{exc.option}': {exc.text}"
-    return f"{flags[exc.option]} {exc.text}"
+    return f"{flags[option]} {exc.text}"
 
 
 def plugin_option(f, **kwargs):

@@ -95,7 +95,7 @@ class Study:
                                        "per configuration on the validation split, then train the best value with "
                                        "every seed (repeatable; categorical: KEY=a|b|c).")
     trials: int | None = option(None, flag="--trials", section=TUNING, metavar="N", click={"type": "int"},
-                                what=False, parse=lambda v: integer("trials", v, 1),
+                                what=False, parse=lambda v: _trials(v),
                                 help="Tuning trials per configuration, at most 1,000 (a failed trial counts). "
                                      "[default: 8]")
     sampler: str | None = option(None, flag="--sampler", section=TUNING, click={"choices": ("qmc", "tpe")},
@@ -336,6 +336,14 @@ def _params(value: Any) -> dict[str, list]:
     return param_specs(value)
 
 
+def _trials(value: Any) -> int:
+    from bench.tune import MAX_TRIALS
+
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_TRIALS:
+        raise OptionError("trials", f"must be an integer from 1 to {MAX_TRIALS}, got {excerpt(value)}")
+    return value
+
+
 def _grid_name(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise OptionError("grid", f"must be the name of a registered grid, got {excerpt(value)}")
@@ -383,7 +391,7 @@ def _tune_block(value: Any) -> dict[str, Any]:
         try:
             parse_space(str(key), spec)
         except OptionError as exc:
-            raise OptionError("tune", f"{key}: {exc.text if exc.option in (key, 'tune') else exc}") from None
+            raise OptionError(f"tune.{key}", exc.text if exc.option in (key, "tune") else str(exc)) from None
     return {str(k): v for k, v in specs.items()}
 
 
