@@ -318,6 +318,8 @@ def run(study: Path | str | Mapping | Study | None = None, **options: Any) -> Ru
     what, how = split_options(options)
     opts = RunOptions.from_options(**how)
     echo, host = opts.echo, opts.host
+    if host is not None and not isinstance(host, Host):
+        raise OptionError("host", f"must be a bench.host.Host, got {excerpt(host)}")
     note = set_threads(opts.threads)
     if note:
         echo(f"note: threads: {note}")

@@ -73,10 +73,10 @@ class BenchGroup(click.Group):
     def plugin_commands(self, ctx) -> dict:
         root = ctx.find_root()
         if "bench.plugin_commands" not in root.meta:
-            from bench.host import Host
+            from bench.host import COMMAND_PLUGINS, Host
 
-            try:
-                host = Host(root.params.get("plugin_modules") or ())
+            try:  # of the built-ins, only those that add commands (the others would import torch for nothing)
+                host = Host(root.params.get("plugin_modules") or (), builtins=COMMAND_PLUGINS)
             except BenchError as exc:
                 raise click.UsageError(str(exc)) from None
             root.meta["bench.plugin_commands"] = host.collect_commands(self)

@@ -146,14 +146,6 @@ def _callable(value: Any) -> Callable[[str], None]:
     return value
 
 
-def _host(value: Any) -> Any:
-    from bench.host import Host
-
-    if value is not None and not isinstance(value, Host):
-        raise OptionError("host", f"must be a bench.host.Host, got {excerpt(value)}")
-    return value
-
-
 def _argv(value: Any) -> list[str] | None:
     return None if value is None else strings("argv")(value)
 
@@ -227,8 +219,8 @@ class RunOptions:
     fuse_max: int = option(0, flag="--fuse-max", section=FUSION, metavar="N", parse=integer("fuse_max"),
                            click={"type": "natural"},
                            help="At most N cells in one fused group (0: as many as fit in the device's memory).")
-    #: A ready plugin host (:class:`bench.host.Host`) instead of ``plugins``.
-    host: Any = option(None, parse=_host)
+    #: A ready plugin host (:class:`bench.host.Host`, checked where it is used) instead of ``plugins``.
+    host: Any = option(None)
     #: The command line, for ``env.json`` (``bench run`` gives it).
     argv: list[str] | None = option(None, parse=_argv)
     #: Receives the notes (stderr by default).
