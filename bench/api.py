@@ -26,12 +26,20 @@ from typing import Any
 
 from bench import __version__
 from bench import options as options_mod
+from bench import study as study_mod
+from bench.config import RECIPE_FIELDS, Recipe
 from bench.errors import BenchError, OptionError
 from bench.files import excerpt
+from bench.grid import expand, triples_of
+from bench.host import Host, close_match_hint
 from bench.options import RunOptions, options_of
 from bench.paths import default_data_dir
 from bench.record import CellRecord
-from bench.study import Study
+from bench.references import references_for
+from bench.store import RunStore
+from bench.study import KEYWORDS, REPEAT, Study, dump, parse_target
+from bench.threads import set_threads
+from bench.tune import Tuning, check_spaces, parse_space, run_tuning
 
 #: The file in a run directory that keeps the resolved study.
 STUDY_FILE = "study.yaml"
@@ -74,8 +82,6 @@ class Run:
 
     @property
     def store(self):
-        from bench.store import RunStore
-
         return RunStore(self.path)
 
     @property
@@ -160,9 +166,6 @@ def path_argument(option: str, value: Any, optional: bool = True) -> Path | None
 def split_options(options: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """:func:`run`'s keywords as ``(what to train, how to run)``: the study's (its keywords, each recipe field,
     ``repeat``) and the :class:`bench.options.RunOptions`; any other name is an :class:`OptionError`."""
-    from bench.config import RECIPE_FIELDS
-    from bench.study import KEYWORDS
-
     run_names = {o.name for o in options_of(RunOptions)}
     study_names = {*KEYWORDS, *RECIPE_FIELDS, "repeat"}
     what, how = {}, {}
@@ -172,8 +175,6 @@ def split_options(options: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str,
         elif name in run_names:
             how[name] = value
         else:
-            from bench.host import close_match_hint
-
             valid = sorted(study_names | run_names)
             raise OptionError(name, f"is not an option of bench.run{close_match_hint(name, valid)} "
                                     f"(valid: {', '.join(valid)})")
@@ -182,9 +183,6 @@ def split_options(options: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str,
 
 def load(run_dir: Path | str) -> Run:
     """Open a run directory (one that ``bench run`` wrote) as a :class:`Run`."""
-    from bench import study as study_mod
-    from bench.store import RunStore
-
     path = path_argument("run_dir", run_dir, optional=False)
     if not path.is_dir():
         raise BenchError(f"{path}: no such run directory")
@@ -204,8 +202,6 @@ def resolve_study(study: Path | str | Mapping | Study | None, options: Study, ou
                   registry=None) -> Study:
     """The study to run: a file or mapping, overridden by the options that were given; with neither
     saying what to train and ``out`` an existing run directory, the study that directory keeps."""
-    from bench import study as study_mod
-
     if isinstance(study, Study):
         base = study
     elif isinstance(study, Mapping):
@@ -227,8 +223,6 @@ def resolve_study(study: Path | str | Mapping | Study | None, options: Study, ou
 def _refuse_run_without_study(out: Path) -> None:
     """A run directory that holds cells but lost its ``study.yaml``: resuming it with no grid options
     would train the default grid into it, beside cells of another study. Say so instead."""
-    from bench.store import RunStore
-
     store = RunStore(out)
     if store.is_run_dir() and (store.record_paths() or (out / "results.csv").is_file()):
         raise BenchError(f"{out} is a run directory without its {STUDY_FILE}, and no grid option says what to "
@@ -238,8 +232,6 @@ def _refuse_run_without_study(out: Path) -> None:
 
 def resolved(study: Study, registry, cells, device) -> Study:
     """The study with its defaults filled in (what ``study.yaml`` keeps): what ran, said in full."""
-    from bench.config import RECIPE_FIELDS
-
     recipe = {name: list(dict.fromkeys(getattr(c.recipe, name) for c in cells)) for name in RECIPE_FIELDS}
     recipe = {k: (v[0] if len(v) == 1 else v) for k, v in recipe.items()}
     params = {}
@@ -267,8 +259,6 @@ def make_executor(registry, executor: str | None = None, jobs: int | None = None
                                    f"{', '.join(component.params) or 'none'})")
     for key in options or {}:
         if key not in component.params:
-            from bench.host import close_match_hint
-
             raise OptionError("executor_options", f"{key}: executor '{name}' has no option '{key}'"
                                                  f"{close_match_hint(key, list(component.params))} (its options: "
                                                  f"{', '.join(component.params) or 'none'})")
@@ -302,12 +292,8 @@ def run(study: Path | str | Mapping | Study | None = None, **options: Any) -> Ru
     ``executor`` block gives both, these override it.
     """
     from bench.device import resolve_device
-    from bench.grid import expand, triples_of
-    from bench.host import Host
     from bench.runner import DataCache, available_datasets
     from bench.step import Execution
-    from bench.store import RunStore
-    from bench.threads import set_threads
     from bench.validate import check_cells
 
     if study is not None and not isinstance(study, (str, os.PathLike, Mapping, Study)):
@@ -332,7 +318,6 @@ def run(study: Path | str | Mapping | Study | None = None, **options: Any) -> Ru
     out_path = opts.out if opts.out is not None else default_run_dir()
     the_study = resolve_study(study, Study.from_options(**what), out_path, registry)
     torch_device = resolve_device(the_study.device or "auto")
-    from bench.study import parse_target
 
     execution = Execution(cuda_graphs=opts.cuda_graphs, compile=opts.compile, target=parse_target(the_study.target),
                           eval_every=the_study.eval_every or 0, fuse=opts.fuse, fuse_max=opts.fuse_max)
@@ -401,9 +386,7 @@ def _execute(opts: RunOptions, store, cells, the_study, registry, host, torch_de
     """The part of :func:`run` that reads and writes the run directory (locked by the caller)."""
     from bench.env import environment, provenance
     from bench.lifecycle import Lifecycle
-    from bench.references import references_for
     from bench.runner import run_cells
-    from bench.study import dump
 
     executor_name, executor_obj, executor_options = executor
     force, quiet, echo = opts.force, opts.quiet, opts.echo
@@ -484,8 +467,6 @@ def _execute(opts: RunOptions, store, cells, the_study, registry, host, torch_de
         if tuning is None:
             records = train(cells)
         else:
-            from bench.tune import run_tuning
-
             tuned = run_tuning(tuning, registry, cells, seeds_used, store.root, train,
                                lambda: {r.cell_id: r for r in store.records()},
                                batch_size=0 if tuning.sampler == "qmc" else max(1, opts.jobs or 1))
@@ -519,7 +500,6 @@ def make_tuning(study: Study, registry, cells):
         if study.trials is not None or study.sampler is not None or study.tune_metric is not None:
             raise OptionError("tune", "is needed for trials, sampler and tune_metric (what should be tuned?)")
         return None
-    from bench.tune import Tuning, check_spaces, parse_space
 
     spaces = {key: parse_space(key, spec) for key, spec in study.tune.items()}
     for key in spaces:
@@ -534,9 +514,6 @@ def make_tuning(study: Study, registry, cells):
 
 def _run_signature() -> inspect.Signature:
     """``bench.run``'s signature as :func:`help` and editors show it: the study, then every option by name."""
-    from bench.config import Recipe
-    from bench.study import KEYWORDS, REPEAT
-
     keyword = inspect.Parameter.KEYWORD_ONLY
     study_side = [*KEYWORDS.values(), *options_of(Recipe), REPEAT]
     defaults = {f.name: f.default for f in dataclasses.fields(RunOptions)}

@@ -14,13 +14,22 @@ from pathlib import Path
 
 import click
 
-from bench import __version__
+from bench import __version__, api
+from bench.api import default_run_dir
+from bench.config import RECIPE_FIELDS, Recipe
 from bench.errors import BenchError, OptionError
+from bench.fuse import group_cells, group_id
 from bench.helpformat import SectionedCommand
+from bench.host import COMMAND_PLUGINS, KINDS, PLURAL, Host
+from bench.interrupt import exit_status, stop_signals
 from bench.options import OUTPUTS, SECTIONS, Option, RunOptions, options_of
 from bench.record import format_value
 from bench.safe_text import printable
+from bench.store import RunLocked, RunStore, atomic_write
+from bench.study import KEYWORDS, REPEAT, STUDY_FILE_OPTION, describe, shipped
 from bench.textfit import TABLE_WIDTH, fit_tables
+from bench.threads import prefer_passive_openmp
+from bench.tune import DB_FILE, configuration_label
 
 
 def echo(message: object = "", err: bool = False, nl: bool = True, one_line: bool = False) -> None:
@@ -48,8 +57,6 @@ class BenchGroup(click.Group):
             echo(f"Error: {flag_message(exc)}", err=True, one_line=True)
             ctx.exit(2)
         except BenchError as exc:
-            from bench.store import RunLocked
-
             hint = ": wait for it to finish, or add --wait to wait for it" if isinstance(exc, RunLocked) else ""
             echo(f"Error: {exc}{hint}", err=True, one_line=True)
             ctx.exit(2)
@@ -73,8 +80,6 @@ class BenchGroup(click.Group):
     def plugin_commands(self, ctx) -> dict:
         root = ctx.find_root()
         if "bench.plugin_commands" not in root.meta:
-            from bench.host import COMMAND_PLUGINS, Host
-
             try:  # of the built-ins, only those that add commands (the others would import torch for nothing)
                 host = Host(root.params.get("plugin_modules") or (), builtins=COMMAND_PLUGINS)
             except BenchError as exc:
@@ -88,9 +93,6 @@ class BenchGroup(click.Group):
 def run_options() -> list[Option]:
     """Every option of ``bench run``, in the order of its ``--help``: the study file, the study's keywords,
     the recipe's fields, ``--repeat``, then how to run (bench/options.py)."""
-    from bench.config import Recipe
-    from bench.study import KEYWORDS, REPEAT, STUDY_FILE_OPTION
-
     return [STUDY_FILE_OPTION, *KEYWORDS.values(), *options_of(Recipe), REPEAT,
             *(o for o in options_of(RunOptions) if o.flag is not None)]
 
@@ -135,8 +137,6 @@ def echo_table(text: str) -> None:
 def make_host(plugin_modules=()):
     """The plugin host for one command: built-ins, installed plugins (unless autoload is off), and
     the ``-p`` modules given before the command name and to the command itself."""
-    from bench.host import Host
-
     ctx = click.get_current_context(silent=True)
     group_modules = ctx.find_root().params.get("plugin_modules") or () if ctx else ()
     host = Host([*group_modules, *plugin_modules])
@@ -160,8 +160,6 @@ def main(plugin_modules):
       bench list                            # what can go into a grid
       bench plugins                         # loaded plugins and what each registered
     """
-    from bench.threads import prefer_passive_openmp
-
     prefer_passive_openmp()
     _freeze_objects_at_exit()
 
@@ -224,9 +222,6 @@ def run(ctx, **options):
     missing ones run. Ctrl-C (or SIGTERM) stops after saving what has finished and prints the command
     to resume (exit status 130, or 143 after SIGTERM).
     """
-    from bench.api import default_run_dir
-    from bench.interrupt import exit_status, stop_signals
-
     out = options["out"] = options["out"] or default_run_dir()
     try:
         with stop_signals():
@@ -239,9 +234,6 @@ def run(ctx, **options):
 def _report_interrupt(ctx: click.Context, out: Path) -> None:
     """After Ctrl-C: bring the tables up to date with the finished cells and say how to resume."""
     import signal
-
-    from bench.store import RunStore
-    from bench.tune import DB_FILE
 
     try:  # a second Ctrl-C while saving would only print a traceback: the records are already safe
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -265,8 +257,6 @@ def _report_interrupt(ctx: click.Context, out: Path) -> None:
 
 def _run(ctx, *, study, plugins, report, **options):
     """``bench run``'s options passed on to :func:`bench.run` as they are (each checked there, once)."""
-    from bench import api
-
     host, _ = make_host(plugins)
     given = {name: value for name, value in options.items() if value is not None}
     result = api.run(study, **given, host=host, argv=ctx.find_root().obj["argv"],
@@ -293,8 +283,6 @@ def _run(ctx, *, study, plugins, report, **options):
     if report:
         write_report([result.path], None)
     if result.failed:
-        from bench.tune import configuration_label
-
         echo(f"{len(result.failed)} cell(s) failed:", err=True)
         for record in result.failed:
             trial = f" trial={record.trial}" if record.phase == "tune" else ""
@@ -340,8 +328,6 @@ def format_plan(plan, root: Path) -> str:
 
 def format_groups(cells, fuse_max: int) -> str:
     """What ``--dry-run`` prints about fused training: the groups of the cells to run ("" when none fuse)."""
-    from bench.fuse import group_cells, group_id
-
     groups = [g for g in group_cells(cells, fuse_max or None) if len(g) > 1]
     if not groups:
         return ""
@@ -377,8 +363,6 @@ SUMMARY_COLUMNS = [("model", "model"), ("loss", "loss"), ("dataset", "dataset"),
 
 def format_summary(rows) -> str:
     """A plain-text table of the grid's outcome, one line per cell (recipe columns that vary included)."""
-    from bench.config import RECIPE_FIELDS
-
     varying = [(c, c) for c in (*RECIPE_FIELDS, "limit") if len({str(r.get(c)) for r in rows}) > 1]
     tuned = [("phase", "phase"), ("trial", "trial")] if any(r.get("phase") == "tune" for r in rows) else []
     columns = [*SUMMARY_COLUMNS[:4], *varying, *SUMMARY_COLUMNS[4:5], *tuned, *SUMMARY_COLUMNS[5:]]
@@ -444,8 +428,6 @@ def compare(base, new, ignore, fail_on, markdown):
     result = compare_runs(base, new, ignore=ignore, margins=fail_on)
     echo_table(result.terminal().rstrip("\n"))
     if markdown is not None:
-        from bench.store import atomic_write
-
         atomic_write(markdown, result.markdown())
     if result.failed:
         sys.exit(1)
@@ -458,7 +440,6 @@ def list_(plugin_modules):
     the executors that can run a grid."""
     import textwrap
 
-    from bench.host import KINDS, PLURAL
 
     def item(name: str, *texts: str) -> None:  # name, then its texts wrapped beside it in 100 columns
         for i, text in enumerate(texts):
@@ -475,7 +456,6 @@ def list_(plugin_modules):
     click.echo(click.style("grids:", bold=True))
     for g in registry.grids():
         item(g.name, g.description, f"plugin: {g.plugin}")
-    from bench.study import describe, shipped
 
     click.echo(click.style("studies:", bold=True) + " (bench run --study NAME)")
     for name, path in shipped().items():
@@ -486,8 +466,6 @@ def list_(plugin_modules):
 @plugin_option
 def plugins(plugin_modules):
     """List the plugins: distribution and version, what each registered, and its status."""
-    from bench.host import PLURAL
-
     host, _ = make_host(plugin_modules)
     seen = len(host.warnings)
     host.collect_commands(main)

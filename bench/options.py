@@ -18,6 +18,7 @@ from typing import Any
 
 from bench.errors import OptionError
 from bench.files import excerpt
+from bench.safe_text import printable
 
 #: The sections of ``bench run --help``, in order.
 WHAT = "What to train"
@@ -153,7 +154,6 @@ def _argv(value: Any) -> list[str] | None:
 def _stderr(message: str) -> None:
     import sys
 
-    from bench.safe_text import printable
 
     print(printable(message), file=sys.stderr, flush=True)
 

@@ -32,10 +32,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.config import RECIPE_FIELDS, Recipe
+from bench.config import PARAM_KINDS, RECIPE_FIELDS, Recipe
 from bench.errors import BenchError, OptionError
 from bench.files import STUDY_MAX, STUDY_VALUES_MAX, Refused, count_values, excerpt, read_bounded
+from bench.host import close_match_hint, unknown_name_error
 from bench.options import HOW, OUTPUTS, TUNING, WHAT, Option, option, options_of, text
+from bench.tune import MAX_TRIALS, parse_space, parse_tune_options
 
 #: Recipe fields holding plugin names (the others are numbers).
 NAME_FIELDS = ("optimizer", "schedule")
@@ -337,8 +339,6 @@ def _params(value: Any) -> dict[str, list]:
 
 
 def _trials(value: Any) -> int:
-    from bench.tune import MAX_TRIALS
-
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_TRIALS:
         raise OptionError("trials", f"must be an integer from 1 to {MAX_TRIALS}, got {excerpt(value)}")
     return value
@@ -381,8 +381,6 @@ def _exclude_block(entries: Any) -> list[dict[str, Any]]:
 
 def _tune_block(value: Any) -> dict[str, Any]:
     """``{KEY: spec}`` from a mapping (a study file, Python) or ``KEY=SPEC`` strings (the command line)."""
-    from bench.tune import parse_space, parse_tune_options
-
     if not isinstance(value, (Mapping, str, list, tuple)):
         raise OptionError("tune", f"must be a list of strings KEY=LOW:HIGH[:log], or a mapping KEY: LOW:HIGH[:log], "
                                   f"got {excerpt(value)}")
@@ -415,8 +413,6 @@ def from_mapping(data: Any, source: str = "study") -> Study:
                          f"got {type(data).__name__}")
     for key in data:
         if key not in STUDY_KEYS:
-            from bench.host import close_match_hint
-
             raise BenchError(f"{source}: unknown key {excerpt(key)}{close_match_hint(str(key)[:100], STUDY_KEYS)}; "
                              f"valid: {', '.join(STUDY_KEYS)}")
     options = {o.name: o for o in options_of(Study)}
@@ -540,8 +536,6 @@ def parse_target(spec: Any) -> tuple[str, float] | None:
 
 def check_names(study: Study, registry, source: str) -> None:
     """Every plugin name a study (file) uses is registered; an error names ``source`` and the key."""
-    from bench.config import PARAM_KINDS
-
     def check(key: str, fn) -> None:
         try:
             fn()
@@ -562,6 +556,4 @@ def check_names(study: Study, registry, source: str) -> None:
     for key in study.params:
         name = key.split(".", 1)[0]
         if name not in every:
-            from bench.host import unknown_name_error
-
             raise BenchError(f"{source}: params.{key}: {unknown_name_error('component', name, every)}")

@@ -13,6 +13,7 @@ import pandas as pd
 
 from bench.config import PARAM_KINDS, RECIPE_FIELDS, config_frame, config_keys, row_config, varying_label
 from bench.errors import BenchError
+from bench.files import enclosing
 from bench.record import CellRecord
 from bench.store import RunStore, atomic_write
 
@@ -127,8 +128,6 @@ def is_report_dir(root: Path) -> bool:
 def _run_dir_above(path: Path) -> Path | None:
     """The run directory (resolved) that ``path`` is in or is, if any: an existing folder at or above it
     that ``bench run`` wrote."""
-    from bench.files import enclosing
-
     return enclosing(path, lambda folder: RunStore(folder).is_run_dir())
 
 
