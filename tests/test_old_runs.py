@@ -57,11 +57,12 @@ def test_old_run_resumes_training_only_what_is_missing(old_run, cli):
     (out / "cells" / f"{missing}.json").unlink()
     result = cli("run", "--out", out, "-q")
     assert result.exit_code == 0, result.output
-    assert "3 already" in result.output or "3 done" in result.output or "skipp" in result.output, result.output
+    assert "resume: 3 of 4 cell(s) already finished" in result.output, result.output
     with open(out / "results.csv", newline="") as f:
         rows = {r["cell_id"]: r for r in csv.DictReader(f)}
     assert len(rows) == 4 and rows[missing]["status"] == "ok"
-    assert 0.05 < float(rows[missing]["test_acc"]) <= 1
+    # trained again by today's code, the cell gives the numbers the old code wrote for it
+    assert (rows[missing]["test_acc"], rows[missing]["test_loss"]) == ("0.2038", "2.2171783203125")
     # the three cells of the old run were not trained again: their records are byte for byte as they were
     assert {name: (out / "cells" / name).read_bytes() for name in kept} == kept
 
