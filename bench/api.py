@@ -15,18 +15,31 @@ run. :func:`load` opens a finished run directory the same way.
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import os
-import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from bench import __version__
+from bench import options as options_mod
+from bench import study as study_mod
+from bench.config import RECIPE_FIELDS, Recipe
 from bench.errors import BenchError, OptionError
 from bench.files import excerpt
-from bench.study import Study
+from bench.grid import expand, triples_of
+from bench.host import Host, close_match_hint
+from bench.options import RunOptions, options_of
+from bench.paths import default_data_dir
+from bench.record import CellRecord
+from bench.references import references_for
+from bench.store import RunStore
+from bench.study import KEYWORDS, REPEAT, Study, dump, parse_target
+from bench.threads import set_threads
+from bench.tune import Tuning, check_spaces, parse_space, reuse_record, run_tuning
 
 #: The file in a run directory that keeps the resolved study.
 STUDY_FILE = "study.yaml"
@@ -41,16 +54,6 @@ def default_run_dir() -> Path:
     return path
 
 
-def default_data_dir() -> Path:
-    return Path("~/.cache/gridbench").expanduser()
-
-
-def _stderr(message: str) -> None:
-    from bench.safe_text import printable
-
-    print(printable(message), file=sys.stderr, flush=True)
-
-
 #: The columns of :func:`bench.stats.aggregate` that :meth:`Run.summary` names after its metric.
 SUMMARY_STATISTICS = ("mean", "std", "ci", "ci_low", "ci_high")
 
@@ -61,14 +64,15 @@ class Run:
 
     ``path`` is the run directory; ``results`` and ``history`` are its ``results.csv`` and
     ``history.csv`` as DataFrames (read when asked, so they are always what is on disk).
-    From :func:`run`, ``cells`` are the study's cells and ``rows`` their rows in grid order;
+    From :func:`run`, ``cells`` are the study's cells and ``records`` their
+    :class:`bench.record.CellRecord` in grid order (``rows``: the same as rows of results.csv);
     with ``dry_run=True`` nothing trained and ``plan`` lists ``(state, cell)`` pairs.
     """
 
     path: Path
     study: Study | None = None
     cells: list = field(default_factory=list)
-    rows: list[dict[str, Any]] = field(default_factory=list)
+    records: list[CellRecord] = field(default_factory=list)
     plan: list[tuple[str, Any]] | None = None
     notes: list[str] = field(default_factory=list)
     #: What observers (lifecycle hooks, trackers) are told: no progress output wanted, the ``track``
@@ -82,8 +86,6 @@ class Run:
 
     @property
     def store(self):
-        from bench.store import RunStore
-
         return RunStore(self.path)
 
     @property
@@ -97,22 +99,28 @@ class Run:
         return self.store.history()
 
     @property
-    def failed(self) -> list[dict[str, Any]]:
-        return [r for r in self.rows if r.get("status") == "failed"]
+    def rows(self) -> list[dict[str, Any]]:
+        """The records' rows, as in results.csv."""
+        return [record.row() for record in self.records]
+
+    @property
+    def failed(self) -> list[CellRecord]:
+        """The records of the cells that failed."""
+        return [record for record in self.records if record.status == "failed"]
 
     def templates(self, cell_id: str):
         """``(templates, classes, kind)`` of a finished cell: a float array ``[classes, *input_shape]`` (for
         ``linear``, its weights; see the README's Reports section), the class names, and the kind."""
         from safetensors.numpy import load_file
 
-        records = {r["row"]["cell_id"]: r for r in self.store.records()}
+        records = {r.cell_id: r for r in self.store.records()}
         if cell_id not in records:
             raise BenchError(f"{self.path}: no cell {cell_id}")
-        entry = records[cell_id].get("templates") or {}
+        entry = records[cell_id].templates or {}
         if not entry.get("path"):
             raise BenchError(f"cell {cell_id} has no templates: {entry.get('error', 'it did not finish')}")
         arrays = load_file(str(self.store.path_of(entry["path"])))  # never a file outside the run
-        return arrays["templates"], records[cell_id].get("classes", []), entry.get("kind", "")
+        return arrays["templates"], records[cell_id].classes, entry.get("kind", "")
 
     def summary(self, metric: str = "test_acc"):
         """One row per configuration (a cell without its seed): ``n`` finished seeds and the metric's mean,
@@ -152,63 +160,37 @@ class Run:
                                                                     na_rep="", escape=True))
 
     def __repr__(self) -> str:
-        return f"Run({str(self.path)!r}, {len(self.rows)} cell(s))"
+        return f"Run({str(self.path)!r}, {len(self.records)} cell(s))"
 
 
 def path_argument(option: str, value: Any, optional: bool = True) -> Path | None:
     """``value`` as a :class:`~pathlib.Path` (``None`` stays None where ``optional``); anything but a str or
     path-like is an :class:`OptionError` naming ``option``."""
-    if value is None and optional:
-        return None
-    if isinstance(value, (str, os.PathLike)) and not isinstance(os.fspath(value), bytes) and os.fspath(value):
-        return Path(value)
-    raise OptionError(option, f"must be a path (a str or pathlib.Path), got {excerpt(value)}")
+    if value is None and not optional:
+        raise OptionError(option, "must be a path (a str or pathlib.Path), got None")
+    return options_mod.path(option)(value)
 
 
-def check_arguments(args: Mapping[str, Any]) -> None:
-    """The types of :func:`run`'s arguments that no later check reads as it should: a wrong one is an
-    :class:`OptionError` naming it (not a ``TypeError`` from deep inside)."""
-    from bench.host import Host
-
-    study = args["study"]
-    if study is not None and not isinstance(study, (str, os.PathLike, Mapping, Study)):
-        raise OptionError("study", f"must be a study file's path, a mapping or a bench.study.Study, got "
-                                   f"{excerpt(study)}")
-    for name in ("study", "out", "data_dir"):
-        if not isinstance(args[name], (Mapping, Study)):
-            path_argument(name, args[name])
-    for name in ("force", "dry_run", "compile", "quiet", "report", "wait"):
-        if not isinstance(args[name], bool):
-            raise OptionError(name, f"must be True or False, got {excerpt(args[name])}")
-    for name in ("device", "executor", "address", "sampler", "tune_metric", "prune"):
-        if args[name] is not None and not isinstance(args[name], str):
-            raise OptionError(name, f"must be a string, got {excerpt(args[name])}")
-    for name in ("threads", "fuse_max"):
-        if isinstance(args[name], bool) or not isinstance(args[name], int) or args[name] < 0:
-            raise OptionError(name, f"must be an integer >= 0, got {excerpt(args[name])}")
-    if args["jobs"] is not None and (isinstance(args["jobs"], bool) or not isinstance(args["jobs"], int)):
-        raise OptionError("jobs", f"must be an integer, got {excerpt(args['jobs'])}")
-    for name in ("params", "plugins", "tune"):
-        value = args[name]
-        if value is None or isinstance(value, str) or (name != "plugins" and isinstance(value, Mapping)):
-            continue
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-            what = "module names" if name == "plugins" else "strings, or a mapping"
-            raise OptionError(name, f"must be a list of {what}, got {excerpt(value)}")
-    if args["argv"] is not None and not (isinstance(args["argv"], (list, tuple))
-                                         and all(isinstance(v, str) for v in args["argv"])):
-        raise OptionError("argv", f"must be a list of strings, got {excerpt(args['argv'])}")
-    if not callable(args["echo"]):
-        raise OptionError("echo", f"must be a function taking one line of text, got {excerpt(args['echo'])}")
-    if args["host"] is not None and not isinstance(args["host"], Host):
-        raise OptionError("host", f"must be a bench.host.Host, got {excerpt(args['host'])}")
+def split_options(options: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """:func:`run`'s keywords as ``(what to train, how to run)``: the study's (its keywords, each recipe field,
+    ``repeat``) and the :class:`bench.options.RunOptions`; any other name is an :class:`OptionError`."""
+    run_names = {o.name for o in options_of(RunOptions)}
+    study_names = {*KEYWORDS, *RECIPE_FIELDS, "repeat"}
+    what, how = {}, {}
+    for name, value in options.items():
+        if name in study_names:
+            what[name] = value
+        elif name in run_names:
+            how[name] = value
+        else:
+            valid = sorted(study_names | run_names)
+            raise OptionError(name, f"is not an option of bench.run{close_match_hint(name, valid)} "
+                                    f"(valid: {', '.join(valid)})")
+    return what, how
 
 
 def load(run_dir: Path | str) -> Run:
     """Open a run directory (one that ``bench run`` wrote) as a :class:`Run`."""
-    from bench import study as study_mod
-    from bench.store import RunStore
-
     path = path_argument("run_dir", run_dir, optional=False)
     if not path.is_dir():
         raise BenchError(f"{path}: no such run directory")
@@ -216,50 +198,7 @@ def load(run_dir: Path | str) -> Run:
     store.results()  # a clear error now if it is not a run directory
     study_path = path / STUDY_FILE
     study = study_mod.load(study_path) if study_path.is_file() else None
-    rows = [record["row"] for record in store.records()]
-    return Run(path, study, rows=rows)
-
-
-def study_from_options(*, grid=None, models=None, losses=None, datasets=None, params=(), seeds=None, repeat=None,
-                       epochs=None, batch_size=None, lr=None, optimizer=None, weight_decay=None, schedule=None,
-                       limit=None, device=None, track=None, tune=None, trials=None, sampler=None,
-                       tune_metric=None, target=None, eval_every=None, prune=None, tune_seeds=None) -> Study:
-    """A :class:`Study` from ``bench.run``'s (and ``bench run``'s) options; ``None`` means not given.
-
-    Lists may be Python lists or comma-separated strings; ``params`` are ``NAME.KEY=V1,V2`` strings or
-    a ``{"NAME.KEY": [values]}`` dict.
-    """
-    from bench import study as study_mod
-
-    def names(option, value):
-        if value is None:
-            return None
-        try:
-            return study_mod._names(option, value)
-        except BenchError as exc:
-            raise OptionError(option, str(exc)[len(option):].strip()) from None
-
-    recipe = {}
-    for key, value in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr), ("optimizer", optimizer),
-                       ("weight_decay", weight_decay), ("schedule", schedule)):
-        if value is not None:
-            recipe[key] = study_mod.recipe_values(key, value)
-    if limit is not None:
-        study_mod.integer("limit", limit, 0)
-    if grid is not None and (not isinstance(grid, str) or not grid.strip()):
-        raise OptionError("grid", f"must be the name of a registered grid, got {grid!r}")
-    return Study(models=names("models", models), losses=names("losses", losses),
-                 datasets=names("datasets", datasets), grid=grid, params=study_mod.param_specs(params),
-                 recipe=recipe, seeds=study_mod.seed_values(seeds, repeat), limit=limit, device=device,
-                 track=names("track", track), tune=_tune_specs(tune), trials=trials, sampler=sampler,
-                 tune_metric=tune_metric, target=target if study_mod.parse_target(target) else None,
-                 eval_every=eval_every, prune=prune, tune_seeds=tune_seeds)
-
-
-def _tune_specs(tune) -> dict[str, Any]:
-    from bench.tune import parse_tune_options
-
-    return parse_tune_options(tune) if tune else {}
+    return Run(path, study, records=store.records())
 
 
 def study_source(study) -> str:
@@ -271,8 +210,6 @@ def resolve_study(study: Path | str | Mapping | Study | None, options: Study, ou
                   registry=None) -> Study:
     """The study to run: a file or mapping, overridden by the options that were given; with neither
     saying what to train and ``out`` an existing run directory, the study that directory keeps."""
-    from bench import study as study_mod
-
     if isinstance(study, Study):
         base = study
     elif isinstance(study, Mapping):
@@ -294,8 +231,6 @@ def resolve_study(study: Path | str | Mapping | Study | None, options: Study, ou
 def _refuse_run_without_study(out: Path) -> None:
     """A run directory that holds cells but lost its ``study.yaml``: resuming it with no grid options
     would train the default grid into it, beside cells of another study. Say so instead."""
-    from bench.store import RunStore
-
     store = RunStore(out)
     if store.is_run_dir() and (store.record_paths() or (out / "results.csv").is_file()):
         raise BenchError(f"{out} is a run directory without its {STUDY_FILE}, and no grid option says what to "
@@ -305,21 +240,15 @@ def _refuse_run_without_study(out: Path) -> None:
 
 def resolved(study: Study, registry, cells, device) -> Study:
     """The study with its defaults filled in (what ``study.yaml`` keeps): what ran, said in full."""
-    from bench.config import RECIPE_FIELDS
-
     recipe = {name: list(dict.fromkeys(getattr(c.recipe, name) for c in cells)) for name in RECIPE_FIELDS}
     recipe = {k: (v[0] if len(v) == 1 else v) for k, v in recipe.items()}
     params = {}
     for key, values in study.params.items():
         typed = list(dict.fromkeys(v for c in cells for k, v in c.params.items() if k == key))
         params[key] = typed or values
-    out = Study(models=study.models, losses=study.losses, datasets=study.datasets, grid=study.grid, params=params,
-                recipe=recipe, zip=study.zip, exclude=study.exclude,
-                seeds=list(dict.fromkeys(c.seed for c in cells)), limit=study.limit or 0,
-                device=study.device or str(device), track=study.track, tune=study.tune, trials=study.trials,
-                sampler=study.sampler, tune_metric=study.tune_metric, target=study.target,
-                eval_every=study.eval_every, executor=dict(study.executor), prune=study.prune,
-                tune_seeds=study.tune_seeds)
+    out = dataclasses.replace(study, params=params, recipe=recipe, seeds=list(dict.fromkeys(c.seed for c in cells)),
+                              limit=study.limit or 0, device=study.device or str(device),
+                              executor=dict(study.executor))
     if out.grid is None and not any((out.models, out.losses, out.datasets)):
         out.grid = registry.default("grid")
     return out
@@ -338,9 +267,7 @@ def make_executor(registry, executor: str | None = None, jobs: int | None = None
                                    f"{', '.join(component.params) or 'none'})")
     for key in options or {}:
         if key not in component.params:
-            from bench.host import close_match_hint
-
-            raise OptionError("executor_option", f"{key}: executor '{name}' has no option '{key}'"
+            raise OptionError("executor_options", f"{key}: executor '{name}' has no option '{key}'"
                                                  f"{close_match_hint(key, list(component.params))} (its options: "
                                                  f"{', '.join(component.params) or 'none'})")
     return name, component.factory(**{**component.params, **(options or {}), **given})
@@ -356,19 +283,7 @@ def make_trackers(registry, names: list[str] | None) -> dict[str, Any]:
     return trackers
 
 
-def run(study: Path | str | Mapping | Study | None = None, *,
-        grid: str | None = None, models=None, losses=None, datasets=None, params=(), seeds=None,
-        repeat: int | None = None, epochs=None, batch_size=None, lr=None, optimizer=None, weight_decay=None,
-        schedule=None, limit: int | None = None, device: str | None = None, out: Path | str | None = None,
-        data_dir: Path | str | None = None, force: bool = False, dry_run: bool = False,
-        cuda_graphs: str = "auto", compile: bool = False, threads: int = 0, quiet: bool = False,
-        report: bool = False, plugins: Iterable[str] = (), executor: str | None = None, jobs: int | None = None,
-        address: str | None = None, wait: bool = False, track=None, tune=None, trials: int | None = None,
-        sampler: str | None = None, tune_metric: str | None = None, target: str | None = None,
-        eval_every: int | None = None, prune: str | None = None, tune_seeds: int | None = None,
-        fuse: str = "auto", fuse_max: int = 0, host=None,
-        executor_options: Mapping[str, Any] | None = None, argv: list[str] | None = None,
-        echo: Callable[[str], None] = _stderr) -> Run:
+def run(study: Path | str | Mapping | Study | None = None, **options: Any) -> Run:
     """Run a study and return the :class:`Run`; the options are ``bench run``'s.
 
     ``study``: a YAML file, a mapping with the same keys, or a :class:`bench.study.Study`; the
@@ -385,60 +300,56 @@ def run(study: Path | str | Mapping | Study | None = None, *,
     ``executor`` block gives both, these override it.
     """
     from bench.device import resolve_device
-    from bench.grid import expand, triples_of
-    from bench.host import Host
     from bench.runner import DataCache, available_datasets
     from bench.step import Execution
-    from bench.store import RunStore
-    from bench.threads import set_threads
     from bench.validate import check_cells
 
-    check_arguments(locals())
-    if isinstance(plugins, str):
-        plugins = [plugins]
-    note = set_threads(threads)
+    if study is not None and not isinstance(study, (str, os.PathLike, Mapping, Study)):
+        raise OptionError("study", f"must be a study file's path, a mapping or a bench.study.Study, got "
+                                   f"{excerpt(study)}")
+    if not isinstance(study, (Mapping, Study)):
+        path_argument("study", study)
+    what, how = split_options(options)
+    opts = RunOptions.from_options(**how)
+    echo, host = opts.echo, opts.host
+    if host is not None and not isinstance(host, Host):
+        raise OptionError("host", f"must be a bench.host.Host, got {excerpt(host)}")
+    note = set_threads(opts.threads)
     if note:
         echo(f"note: threads: {note}")
     if host is None:
-        host = Host(plugins)
+        host = Host(opts.plugins)
         host.registry  # noqa: B018 -- collect now, so that plugin warnings come first
         for warning in host.warnings:
             echo(warning)
     registry = host.registry
-    out_path = Path(out) if out is not None else default_run_dir()
-    if out is None and not dry_run:  # say where it writes (quiet or not): nobody chose that folder
+    out_path = opts.out if opts.out is not None else default_run_dir()
+    if opts.out is None and not opts.dry_run:  # say where it writes (quiet or not): nobody chose that folder
         echo(f"note: no out given: writing {out_path} in the current folder ({Path.cwd()})")
-    options = study_from_options(grid=grid, models=models, losses=losses, datasets=datasets, params=params,
-                                 seeds=seeds, repeat=repeat, epochs=epochs, batch_size=batch_size, lr=lr,
-                                 optimizer=optimizer, weight_decay=weight_decay, schedule=schedule, limit=limit,
-                                 device=device, track=track, tune=tune, trials=trials, sampler=sampler,
-                                 tune_metric=tune_metric, target=target, eval_every=eval_every, prune=prune,
-                                 tune_seeds=tune_seeds)
-    the_study = resolve_study(study, options, out_path, registry)
+    the_study = resolve_study(study, Study.from_options(**what), out_path, registry)
     torch_device = resolve_device(the_study.device or "auto")
-    from bench.study import parse_target
 
-    execution = Execution(cuda_graphs=cuda_graphs, compile=compile, target=parse_target(the_study.target),
-                          eval_every=the_study.eval_every or 0, fuse=fuse, fuse_max=fuse_max)
+    execution = Execution(cuda_graphs=opts.cuda_graphs, compile=opts.compile, target=parse_target(the_study.target),
+                          eval_every=the_study.eval_every or 0, fuse=opts.fuse, fuse_max=opts.fuse_max)
     execution.step_mode(torch_device)  # cuda_graphs="on" without cuda: fail before any work
     block = dict(the_study.executor)
-    if executor is not None and executor != block.get("name"):
+    if opts.executor is not None and opts.executor != block.get("name"):
         block = {}  # the study's options are for the executor it names
-    executor = executor or block.pop("name", None)
+    executor = opts.executor or block.pop("name", None)
     block.pop("name", None)
-    given = dict(executor_options or {})
+    given = dict(opts.executor_options)
     executor_options = {**block, **given}
     try:
-        executor_name, executor_obj = make_executor(registry, executor, jobs, address, executor_options)
+        executor_name, executor_obj = make_executor(registry, executor, opts.jobs, opts.address, executor_options)
     except OptionError as exc:  # an option that only the study's executor block gave: say so
         key = exc.text.split(":", 1)[0]
-        if exc.option != "executor_option" or key in given:
+        if exc.option != "executor_options" or key in given:
             raise
         raise BenchError(f"{study_source(study)}: executor: {exc.text.split(': ', 1)[1]}") from None
     default = executor_name == registry.default("executor") and not executor_options
     the_study.executor = {} if default else {"name": executor_name, **executor_options}
     trackers = make_trackers(registry, the_study.track)
-    data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+    data_dir = opts.data_dir if opts.data_dir is not None else default_data_dir()
 
     cache = DataCache()
     notes: list[str] = []
@@ -467,37 +378,37 @@ def run(study: Path | str | Mapping | Study | None = None, *,
         cells = [c for c in cells if c.seed == seeds_used[0]]
 
     store = RunStore(out_path)
-    if dry_run:
+    if opts.dry_run:
         store.check_owned()
         lock = None
     else:  # refuse a directory that is not a run's; keep it locked until this run ends
-        lock = store.claim(wait=wait, on_wait=lambda line: echo(f"{line} ..."))
+        lock = store.claim(wait=opts.wait, on_wait=lambda line: echo(f"{line} ..."))
         lock.__enter__()
     try:
-        return _execute(**locals())
+        return _execute(opts, store, cells, the_study, registry, host, torch_device, execution,
+                        (executor_name, executor_obj, executor_options), trackers, data_dir, cache, notes, tuning,
+                        seeds_used)
     finally:
         if lock is not None:
             lock.__exit__(None, None, None)
 
 
-def _execute(*, store, cells, the_study, registry, host, torch_device, execution, executor_obj, executor_name,
-             trackers, data_dir, cache, notes, force, dry_run, quiet, report, jobs, address, argv, echo, tuning,
-             executor_options,
-             seeds_used, out_path, **_):
+def _execute(opts: RunOptions, store, cells, the_study, registry, host, torch_device, execution,
+             executor: tuple[str, Any, dict[str, Any]], trackers, data_dir, cache, notes, tuning, seeds_used) -> Run:
     """The part of :func:`run` that reads and writes the run directory (locked by the caller)."""
     from bench.env import environment, provenance
     from bench.lifecycle import Lifecycle
-    from bench.references import references_for
     from bench.runner import run_cells
-    from bench.study import dump
 
+    executor_name, executor_obj, executor_options = executor
+    force, quiet, echo = opts.force, opts.quiet, opts.echo
     finished = {} if force else store.finished()
     done = {cell.cell_id: finished[cell.cell_id] for cell in cells if cell.cell_id in finished}
     the_study = resolved(the_study, registry, cells, torch_device)
     if tuning is not None:
         the_study.seeds = seeds_used
-    if dry_run:
-        recorded = {r["row"]["cell_id"]: r["row"] for r in store.records()}
+    if opts.dry_run:
+        recorded = {r.cell_id: r.status for r in store.records()}
         if tuning is not None:
             notes.append(f"tuning {', '.join(f'{k}={s.describe()}' for k, s in tuning.spaces.items())}: "
                          f"{tuning.trials} trial(s) per configuration ({tuning.sampler} sampler, on the first "
@@ -505,12 +416,12 @@ def _execute(*, store, cells, the_study, registry, host, torch_device, execution
                          + f", by {tuning.metric}" + (f", {tuning.prune} pruner" if tuning.prune != "none" else "")
                          + f"), then the best values with seeds {seeds_used}; the configurations:")
             echo(notes[-1])
-        plan = [("done" if c.cell_id in done else "retry" if recorded.get(c.cell_id, {}).get("status") == "failed"
+        plan = [("done" if c.cell_id in done else "retry" if recorded.get(c.cell_id) == "failed"
                  else "run", c) for c in cells]
-        return Run(out_path, the_study, cells, plan=plan, notes=notes)
+        return Run(store.root, the_study, cells, plan=plan, notes=notes)
 
-    env = environment(torch_device, argv or ["bench.run"], execution) | {"cells": len(cells)} | provenance(host)
-    env["executor"] = {k: v for k, v in (("executor", executor_name), ("jobs", jobs), ("address", address))
+    env = environment(torch_device, opts.argv or ["bench.run"], execution) | {"cells": len(cells)} | provenance(host)
+    env["executor"] = {k: v for k, v in (("executor", executor_name), ("jobs", opts.jobs), ("address", opts.address))
                        if v is not None} | dict(executor_options)
     env["references"] = references_for(registry, {cell.dataset for cell in cells})  # published results, for reports
 
@@ -533,7 +444,7 @@ def _execute(*, store, cells, the_study, registry, host, torch_device, execution
         named = ": " + "; ".join(labels) if len(labels) <= 2 else " (a dry run lists them)"
         echo(f"resume: {len(done)} of {len(cells)} cell(s) already finished in {store.root} are skipped "
              f"(force reruns them){named}")
-    others = len({r["row"]["cell_id"] for r in store.records()} - {cell.cell_id for cell in cells})
+    others = len({r.cell_id for r in store.records()} - {cell.cell_id for cell in cells})
     if others and not quiet and tuning is None:
         echo(f"note: {store.root} also holds {others} cell(s) of other studies; results.csv lists them too")
 
@@ -544,11 +455,11 @@ def _execute(*, store, cells, the_study, registry, host, torch_device, execution
                   to_train=to_train, device=str(torch_device))
     events = Lifecycle(host, trackers, echo)
     events.run_start(the_run)
-    trained: dict[str, dict[str, Any]] = {}
+    trained: dict[str, CellRecord] = {}
     first_write = [write_env]
 
-    def train(batch: list) -> list[dict[str, Any]]:
-        """Train the cells of ``batch`` not finished yet (resuming); their rows, in order."""
+    def train(batch: list) -> list[CellRecord]:
+        """Train the cells of ``batch`` not finished yet (resuming); their records, in order."""
         finished_now = {} if force else store.finished()
         if force:
             finished_now = {k: v for k, v in trained.items()}
@@ -561,21 +472,19 @@ def _execute(*, store, cells, the_study, registry, host, torch_device, execution
         summary = run_cells(batch, registry, store, torch_device, data_dir, done=already, executor=executor_obj,
                             plugin_modules=tuple(host.modules), execution=execution, cache=cache,
                             on_first_record=once, events=events)
-        for row in summary.rows:
-            trained[row["cell_id"]] = row
-        return summary.rows
+        for record in summary.records:
+            trained[record.cell_id] = record
+        return summary.records
 
-    rows: list[dict[str, Any]] = []
+    records: list[CellRecord] = []
     completed = False
     try:
         if tuning is None:
-            rows = train(cells)
+            records = train(cells)
         else:
-            from bench.tune import reuse_record, run_tuning
-
             tuned = run_tuning(tuning, registry, cells, seeds_used, store.root, train,
-                               lambda: {r["row"]["cell_id"]: r for r in store.records()},
-                               batch_size=0 if tuning.sampler == "qmc" else max(1, jobs or 1),
+                               lambda: {r.cell_id: r for r in store.records()},
+                               batch_size=0 if tuning.sampler == "qmc" else max(1, opts.jobs or 1),
                                watch=lambda function: events.watch("pruning", function))
             for trial_cell, final_cell in tuned.reused:
                 reuse_record(store, trial_cell, final_cell, tuned.finals.index(final_cell))
@@ -583,22 +492,22 @@ def _execute(*, store, cells, the_study, registry, host, torch_device, execution
                 notes.append(f"error: every trial of tuned configuration {label} failed: it has no final cells "
                              "(the failed tune rows say why)")
                 echo(notes[-1])
-            final_rows = train(tuned.finals)
+            finals = train(tuned.finals)
             the_run.cells = [*the_run.cells, *tuned.finals]
-            rows = [*tuned.trial_rows, *final_rows]
+            records = [*tuned.trial_records, *finals]
         completed = True
     finally:
-        if not rows:  # interrupted: what is on disk is what finished
+        if not records:  # interrupted: what is on disk is what finished
             ids = {c.cell_id for c in cells} | set(trained)
-            rows = [record["row"] for record in store.records() if record["row"]["cell_id"] in ids]
-        the_run.rows = rows
+            records = [record for record in store.records() if record.cell_id in ids]
+        the_run.records = records
         the_run.interrupted = not completed
-        events.run_end(the_run, rows)
+        events.run_end(the_run, the_run.rows)
     if first_write:  # nothing ran (all finished before): still record this study
         write_env()
         store.rebuild_tables()
     result = the_run
-    if report:
+    if opts.report:
         result.report()
     return result
 
@@ -611,7 +520,6 @@ def make_tuning(study: Study, registry, cells):
             raise OptionError("tune", "is needed for trials, sampler, tune_metric, prune and tune_seeds (what should "
                                       "be tuned?)")
         return None
-    from bench.tune import Tuning, check_spaces, parse_space
 
     spaces = {key: parse_space(key, spec) for key, spec in study.tune.items()}
     for key in spaces:
@@ -638,3 +546,19 @@ def check_tuning(tuning, seeds: list[int], executor_name: str, executor) -> None
         raise OptionError("prune", f"needs an executor that trains in this process (executor '{executor_name}' "
                                    "trains elsewhere and reports a cell's epochs only when it has ended, too late "
                                    "to stop it): use the default executor, or prune none")
+
+
+def _run_signature() -> inspect.Signature:
+    """``bench.run``'s signature as :func:`help` and editors show it: the study, then every option by name."""
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    study_side = [*KEYWORDS.values(), *options_of(Recipe), REPEAT]
+    defaults = {f.name: f.default for f in dataclasses.fields(RunOptions)}
+    parameters = [inspect.Parameter("study", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None)]
+    parameters += [inspect.Parameter(o.name, keyword, default=None) for o in study_side]
+    parameters += [inspect.Parameter(o.name, keyword,
+                                     default=None if defaults[o.name] is dataclasses.MISSING else defaults[o.name])
+                   for o in options_of(RunOptions)]
+    return inspect.Signature(parameters, return_annotation=Run)
+
+
+run.__signature__ = _run_signature()  # type: ignore[attr-defined]

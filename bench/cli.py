@@ -3,23 +3,34 @@
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import errno
 import functools
 import gc
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 
-from bench import __version__
+from bench import __version__, api
+from bench.api import default_run_dir
+from bench.config import RECIPE_FIELDS, Recipe
 from bench.errors import BenchError, OptionError
+from bench.fuse import group_cells, group_id
 from bench.helpformat import SectionedCommand
+from bench.host import COMMAND_PLUGINS, KINDS, PLURAL, Host
+from bench.interrupt import exit_status, stop_signals
+from bench.options import OUTPUTS, SECTIONS, Option, RunOptions, options_of
 from bench.paths import default_data_dir
+from bench.record import format_value
 from bench.safe_text import printable
+from bench.store import RunLocked, RunStore, atomic_write
+from bench.study import KEYWORDS, REPEAT, STUDY_FILE_OPTION, describe, shipped
 from bench.textfit import TABLE_WIDTH, fit_tables
-
-DEFAULT_DATA_DIR = default_data_dir()
+from bench.threads import prefer_passive_openmp
+from bench.tune import DB_FILE, configuration_label
 
 
 def echo(message: object = "", err: bool = False, nl: bool = True, one_line: bool = False) -> None:
@@ -47,8 +58,6 @@ class BenchGroup(click.Group):
             echo(f"Error: {flag_message(exc)}", err=True, one_line=True)
             ctx.exit(2)
         except BenchError as exc:
-            from bench.store import RunLocked
-
             hint = ": wait for it to finish, or add --wait to wait for it" if isinstance(exc, RunLocked) else ""
             echo(f"Error: {exc}{hint}", err=True, one_line=True)
             ctx.exit(2)
@@ -72,10 +81,8 @@ class BenchGroup(click.Group):
     def plugin_commands(self, ctx) -> dict:
         root = ctx.find_root()
         if "bench.plugin_commands" not in root.meta:
-            from bench.host import Host
-
-            try:
-                host = Host(root.params.get("plugin_modules") or ())
+            try:  # of the built-ins, only those that add commands (the others would import torch for nothing)
+                host = Host(root.params.get("plugin_modules") or (), builtins=COMMAND_PLUGINS)
             except BenchError as exc:
                 raise click.UsageError(str(exc)) from None
             root.meta["bench.plugin_commands"] = host.collect_commands(self)
@@ -84,18 +91,23 @@ class BenchGroup(click.Group):
         return root.meta["bench.plugin_commands"]
 
 
-#: Library options that are not spelled ``--name-with-dashes`` on the command line.
-FLAGS = {"plugins": "-p", "compile": "--compile", "seeds": "--seeds", "params": "--param", "executor_option": "-X"}
-#: Options a study file has and the command line has not.
-STUDY_ONLY = ("zip", "exclude", "recipe")
+def run_options() -> list[Option]:
+    """Every option of ``bench run``, in the order of its ``--help``: the study file, the study's keywords,
+    the recipe's fields, ``--repeat``, then how to run (bench/options.py)."""
+    return [STUDY_FILE_OPTION, *KEYWORDS.values(), *options_of(Recipe), REPEAT,
+            *(o for o in options_of(RunOptions) if o.flag is not None)]
 
 
 def flag_message(exc: OptionError) -> str:
     """An :class:`OptionError`'s message worded with the command line's flag (``--batch-size must ...``)."""
-    if exc.option in STUDY_ONLY:
+    flags = {}
+    for o in run_options():  # by the library's name, and by the flag's own (param for --param)
+        flag = max(o.flags, key=len)
+        flags.update({o.name: flag, flag.lstrip("-").replace("-", "_"): flag})
+    option = exc.option.split(".")[0]  # tune.lr: a value of --tune
+    if option not in flags:  # a key only a study file has (zip, exclude, recipe)
         return f"study key '{exc.option}': {exc.text}"
-    flag = FLAGS.get(exc.option, "--" + exc.option.replace("_", "-"))
-    return f"{flag} {exc.text}"
+    return f"{flags[option]} {exc.text}"
 
 
 def plugin_option(f, **kwargs):
@@ -103,22 +115,6 @@ def plugin_option(f, **kwargs):
         "-p", "plugin_modules", multiple=True, metavar="MODULE",
         help="Load the plugin module MODULE (import path) for this run; -p no:NAME blocks plugin NAME.", **kwargs,
     )(f)
-
-
-def executor_options(f):
-    """``--executor``, ``--jobs``, ``--address``, ``-X``: where the cells train (see plugins/executors.py,
-    plugins/slurm.py)."""
-    f = click.option("-X", "--executor-option", "executor_option", multiple=True, metavar="KEY=VALUE",
-                     help="An option of the executor, e.g. -X partition=gpu -X time=30 for slurm (repeatable; bench "
-                          "list shows each executor's options; a study's executor block gives them too).")(f)
-    f = click.option("--address", metavar="auto|HOST:PORT",
-                     help="With --executor ray: the Ray cluster to join [default: start a local instance].")(f)
-    f = click.option("--jobs", type=int, metavar="N",
-                     help="With --executor process: worker processes [default: one per core, or per GPU].")(f)
-    return click.option("--executor", "executor", metavar="NAME",
-                        help="Where cells train: local (here, one by one; the default), process (--jobs N "
-                             "workers), ray (a Ray cluster), slurm (jobs on a SLURM cluster), or a plugin's "
-                             "executor.")(f)
 
 
 def wide_option(f):
@@ -142,8 +138,6 @@ def echo_table(text: str) -> None:
 def make_host(plugin_modules=()):
     """The plugin host for one command: built-ins, installed plugins (unless autoload is off), and
     the ``-p`` modules given before the command name and to the command itself."""
-    from bench.host import Host
-
     ctx = click.get_current_context(silent=True)
     group_modules = ctx.find_root().params.get("plugin_modules") or () if ctx else ()
     host = Host([*group_modules, *plugin_modules])
@@ -167,8 +161,6 @@ def main(plugin_modules):
       bench list                            # what can go into a grid
       bench plugins                         # loaded plugins and what each registered
     """
-    from bench.threads import prefer_passive_openmp
-
     prefer_passive_openmp()
     _freeze_objects_at_exit()
 
@@ -182,95 +174,40 @@ def _freeze_objects_at_exit() -> None:
     atexit.register(gc.freeze)
 
 
+def click_option(o: Option) -> Callable:
+    """The click option of ``o`` (named after the library's option, so that its value passes on unchanged)."""
+    kwargs = dict(o.click)
+    kind, choices = kwargs.pop("type", None), kwargs.pop("choices", None)
+    if kind is not None:
+        kwargs["type"] = {"path": click.Path(path_type=Path), "file": click.Path(path_type=Path, dir_okay=False),
+                          "int": int, "natural": click.IntRange(min=0)}[kind]
+    if choices is not None:
+        kwargs["type"] = click.Choice(choices)
+    if o.name in RUN_DEFAULTS and RUN_DEFAULTS[o.name] is not None:
+        kwargs.setdefault("default", RUN_DEFAULTS[o.name])
+    return click.option(*o.flags, o.name, metavar=o.metavar, help=o.help, **kwargs)
+
+
+#: The defaults of the run options (shown by ``--help`` where it shows one).
+RUN_DEFAULTS = {f.name: f.default for f in dataclasses.fields(RunOptions) if f.default is not dataclasses.MISSING}
+
+
+def run_command_options(f: Callable) -> Callable:
+    """Every option of :func:`run_options` on the command ``f``."""
+    for o in reversed(run_options()):
+        f = click_option(o)(f)
+    return f
+
+
 #: ``bench run --help``'s sections: every option under one heading (bench/helpformat.py).
-RUN_SECTIONS = {
-    "What to train": ["study", "grid", "models", "losses", "datasets", "params", "seeds", "repeat", "limit"],
-    "The recipe (each takes a comma list: an axis of the grid)": ["epochs", "batch_size", "lr", "optimizer",
-                                                                  "weight_decay", "schedule"],
-    "How to run": ["device_spec", "executor", "jobs", "address", "executor_option", "threads", "cuda_graphs",
-                   "compile_", "plugin_modules", "data_dir"],
-    "Outputs": ["out", "force", "wait", "dry_run", "quiet", "wide", "make_report", "track"],
-    "Tuning and time to target": ["tune", "trials", "sampler", "tune_metric", "prune", "tune_seeds", "target",
-                                   "eval_every"],
-    "Fusion": ["fuse", "fuse_max"],
-}
+RUN_SECTIONS = {section: [o.name for o in run_options() if o.section == section] + (["wide"] if section == OUTPUTS
+                                                                                   else [])
+                for section in SECTIONS}
 
 
 @main.command(cls=SectionedCommand, sections=RUN_SECTIONS)
-@click.option("--study", "study", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE.yaml|NAME",
-              help="A study file (models, losses, datasets, grid, params, recipe, zip, exclude, seeds, limit, "
-                   "device), or the name of a study that ships with gridbench, e.g. linearity (bench list shows "
-                   "them); the options below override it.")
-@click.option("--grid", "grid", metavar="NAME", help="A registered grid (bench list shows them), e.g. all (every "
-              "model x loss x available dataset) or seed (the notebook's three cells, the default unless "
-              "--models/--losses/--datasets are given).")
-@click.option("--models", metavar="A,B", help="Models to run (restricts --grid).")
-@click.option("--losses", metavar="A,B", help="Losses to run (restricts --grid).")
-@click.option("--datasets", metavar="A,B", help="Datasets to run (restricts --grid).")
-@click.option("--param", "params", multiple=True, metavar="NAME.KEY=V1,V2",
-              help="Sweep a parameter of a model, loss, dataset, optimizer or schedule, e.g. mlp.hidden=64,256 or "
-                   "sgd.momentum=0,0.9 (repeatable; crossed with the grid).")
-@click.option("--seeds", metavar="S1,S2", help="Seeds; each cell runs once per seed. [default: 0]")
-@click.option("--repeat", type=int, metavar="N", help="Run each cell with N seeds, 0..N-1 (instead of --seeds).")
-@click.option("--epochs", metavar="N[,N]", help="Epochs (a comma list is an axis of the grid). [default: 2]")
-@click.option("--batch-size", metavar="N[,N]", help="Batch size(s). [default: 256]")
-@click.option("--lr", metavar="X[,X]", help="Learning rate(s). [default: 0.001]")
-@click.option("--optimizer", metavar="NAME[,NAME]", help="Optimizer(s): bench list shows them. [default: adam]")
-@click.option("--weight-decay", metavar="X[,X]", help="Weight decay(s). [default: 0]")
-@click.option("--schedule", metavar="NAME[,NAME]", help="Learning-rate schedule(s): bench list shows them. "
-              "[default: constant]")
-@click.option("--limit", type=int, metavar="N", help="Train on the first N training samples only "
-              "(a quick smoke run); validation and test stay whole. 0: all. [default: 0]")
-@click.option("--device", "device_spec", metavar="DEVICE",
-              help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps. [default: auto]")
-@click.option("--out", type=click.Path(path_type=Path), help="Run directory [default: runs/<timestamp>]. An "
-              "existing run directory resumes: with no grid options, the study it keeps.")
-@click.option("--data-dir", type=click.Path(path_type=Path), envvar="BENCH_DATA_DIR", default=DEFAULT_DATA_DIR,
-              show_default=f"{DEFAULT_DATA_DIR}, or $BENCH_DATA_DIR", help="Cache for downloadable datasets.")
-@click.option("--force", is_flag=True, help="Rerun every cell, also those already finished in --out.")
-@click.option("--wait", is_flag=True, help="If another bench run is writing --out, wait for it to finish "
-              "[default: exit with status 2].")
-@click.option("--dry-run", is_flag=True, help="List the cells that would run and those already done; train nothing.")
-@click.option("--cuda-graphs", "cuda_graphs", type=click.Choice(["auto", "on", "off"]), default="auto",
-              show_default=True, help="Capture each training step in a CUDA graph: auto (on for cuda, eager steps "
-              "if a model cannot be captured), on (an error if it cannot), off.")
-@click.option("--compile", "compile_", is_flag=True, help="Wrap each model in torch.compile (compilation is "
-              "timed as warm-up, apart from the epochs).")
-@click.option("--fuse", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
-              help="Train cells that differ only in seed, lr, weight decay or optimizer params as one stacked model: "
-              "auto (where the model and optimizer allow; others train one by one, execution_note says why), on "
-              "(an error where they cannot), off.")
-@click.option("--fuse-max", "fuse_max", type=click.IntRange(min=0), default=0, metavar="N",
-              help="At most N cells in one fused group (0: as many as fit in the device's memory).")
-@click.option("--threads", type=click.IntRange(min=0), default=0, metavar="N",
-              help="CPU threads for torch (0: torch's default, one per core).")
-@click.option("--tune", "tune", multiple=True, metavar="KEY=LOW:HIGH[:log]",
-              help="Tune KEY (a recipe key such as lr, or a parameter NAME.KEY such as adam.beta2) per configuration "
-                   "on the validation split, then train the best value with every seed (repeatable; categorical: "
-                   "KEY=a|b|c).")
-@click.option("--trials", type=int, metavar="N", help="Tuning trials per configuration, at most 1,000 (a failed "
-              "trial counts). [default: 8]")
-@click.option("--sampler", type=click.Choice(["qmc", "tpe"]), help="Tuning sampler: quasi-random Sobol points or "
-              "TPE (Optuna), seeded by the first seed. [default: qmc]")
-@click.option("--tune-metric", type=click.Choice(["val_acc", "val_loss"]), help="What tuning optimises (val_acc is "
-              "maximised, val_loss minimised). [default: val_acc]")
-@click.option("--prune", type=click.Choice(["none", "median", "asha", "hyperband"]), help="Stop tuning trials that "
-              "fall behind, at each epoch (Optuna's pruners; needs the local executor). [default: none]")
-@click.option("--tune-seeds", "tune_seeds", type=click.IntRange(min=1), metavar="K", help="Score each tuning trial "
-              "by the mean over the first K seeds (trained together); the chosen trial's cells are its final "
-              "cells for those seeds. [default: 1]")
-@click.option("--target", metavar="val_acc=X|val_loss=X", help="Time to target: record, per cell, the first epoch, "
-              "training steps and training seconds at which the validation metric reached X.")
-@click.option("--eval-every", type=click.IntRange(min=0), metavar="STEPS", help="Also evaluate on the validation "
-              "split every STEPS training steps (a finer time to target; timed apart from training). [default: 0]")
-@click.option("--track", metavar="NAME[,NAME]", help="Log the run to experiment trackers, e.g. mlflow, tensorboard "
-              "(bench list shows them; each is an optional extra).")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
-@click.option("--report", "make_report", is_flag=True,
-              help="Then write a report into RUN_DIR/report (see bench report).")
+@run_command_options
 @wide_option
-@plugin_option
-@executor_options
 @click.pass_context
 def run(ctx, **options):
     """Run a study (a grid of experiments) and write a run directory (results.csv, history.csv, env.json,
@@ -286,9 +223,6 @@ def run(ctx, **options):
     missing ones run. Ctrl-C (or SIGTERM) stops after saving what has finished and prints the command
     to resume (exit status 130, or 143 after SIGTERM).
     """
-    from bench.api import default_run_dir
-    from bench.interrupt import exit_status, stop_signals
-
     out = options["out"] = options["out"] or default_run_dir()
     try:
         with stop_signals():
@@ -301,9 +235,6 @@ def run(ctx, **options):
 def _report_interrupt(ctx: click.Context, out: Path) -> None:
     """After Ctrl-C: bring the tables up to date with the finished cells and say how to resume."""
     import signal
-
-    from bench.store import RunStore
-    from bench.tune import DB_FILE
 
     try:  # a second Ctrl-C while saving would only print a traceback: the records are already safe
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -325,26 +256,13 @@ def _report_interrupt(ctx: click.Context, out: Path) -> None:
             signal.signal(signal.SIGINT, previous)
 
 
-def _run(ctx, *, study, grid, models, losses, datasets, params, seeds, repeat, epochs, batch_size, lr, optimizer,
-         weight_decay, schedule, limit, device_spec, out, data_dir, force, wait, dry_run, cuda_graphs, compile_,
-         threads, tune, trials, sampler, tune_metric, prune, tune_seeds, target, eval_every, track, quiet, make_report,
-         plugin_modules,
-         executor, jobs, address, executor_option, fuse, fuse_max):
-    from bench import api
-
-    host, _ = make_host(plugin_modules)
-    result = api.run(
-        study, grid=grid, models=models, losses=losses, datasets=datasets, params=list(params), seeds=seeds,
-        repeat=repeat, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, weight_decay=weight_decay,
-        schedule=schedule, limit=limit, device=device_spec, out=out, data_dir=data_dir, force=force,
-        dry_run=dry_run, wait=wait, cuda_graphs=cuda_graphs, compile=compile_, threads=threads, quiet=quiet,
-        report=False,
-        host=host, executor=executor, jobs=jobs, address=address, track=track, tune=list(tune), trials=trials,
-        sampler=sampler, tune_metric=tune_metric, prune=prune, tune_seeds=tune_seeds, target=target,
-        eval_every=eval_every, fuse=fuse,
-        fuse_max=fuse_max, executor_options=parse_executor_options(executor_option), argv=ctx.find_root().obj["argv"],
-        echo=lambda message: echo(message, err=True),
-    )
+def _run(ctx, *, study, plugins, report, **options):
+    """``bench run``'s options passed on to :func:`bench.run` as they are (each checked there, once)."""
+    host, _ = make_host(plugins)
+    given = {name: value for name, value in options.items() if value is not None}
+    result = api.run(study, **given, host=host, argv=ctx.find_root().obj["argv"],
+                     echo=lambda message: echo(message, err=True))
+    dry_run, fuse, fuse_max = options["dry_run"], options["fuse"], options["fuse_max"]
     if dry_run:
         echo(format_plan(result.plan, result.path))
         groups = format_groups([c for state, c in result.plan if state != "done"], fuse_max) if fuse != "off" else ""
@@ -352,9 +270,9 @@ def _run(ctx, *, study, grid, models, losses, datasets, params, seeds, repeat, e
             echo(groups)
         return
     echo_table(format_summary(result.rows))
-    if len({row["seed"] for row in result.rows}) > 1:
+    if len({record.seed for record in result.records}) > 1:
         echo_table("\n" + format_seed_statistics(result.rows))
-    if any(row.get("target") for row in result.rows):
+    if any(record.target for record in result.records):
         import pandas as pd
 
         from bench import stats
@@ -363,38 +281,20 @@ def _run(ctx, *, study, grid, models, losses, datasets, params, seeds, repeat, e
         echo_table("\ntime to target (training time until the validation metric first reached it; median over "
                    "the seeds that did):\n" + stats.format_time_to_target(table))
     echo(f"results: {result.path / 'results.csv'}")
-    if make_report:
+    if report:
         write_report([result.path], None)
     if result.failed:
-        from bench.tune import configuration_label
-
         echo(f"{len(result.failed)} cell(s) failed:", err=True)
-        for row in result.failed:
-            trial = f" trial={row.get('trial')}" if row.get("phase") == "tune" else ""
-            echo(f"  {row['model']}+{row['loss']} on {row['dataset']} seed={row['seed']}{trial}: {row['error']}",
+        for record in result.failed:
+            trial = f" trial={record.trial}" if record.phase == "tune" else ""
+            echo(f"  {record.model}+{record.loss} on {record.dataset} seed={record.seed}{trial}: {record.error}",
                  err=True, one_line=True)
-        with_finals = {r.get("tuning") for r in result.rows if r.get("phase") == "final"}
-        untuned = {r["tuning"]: r for r in result.failed if r.get("phase") == "tune" and r["tuning"] not in with_finals}
-        for row in untuned.values():
-            echo(f"  {configuration_label(row, row['tuning'])}: every tuning trial failed, so it has no final cells",
-                 err=True)
+        with_finals = {r.tuning for r in result.records if r.phase == "final"}
+        untuned = {r.tuning: r for r in result.failed if r.phase == "tune" and r.tuning not in with_finals}
+        for record in untuned.values():
+            echo(f"  {configuration_label(record.row(), record.tuning)}: every tuning trial failed, so it has no "
+                 "final cells", err=True)
         sys.exit(1)
-
-
-def parse_executor_options(tokens) -> dict:
-    """``-X KEY=VALUE`` options -> ``{KEY: value}``, each value read as YAML (``30`` a number, ``a,b`` a string)."""
-    import yaml
-
-    out = {}
-    for token in tokens:
-        key, eq, value = token.partition("=")
-        if not eq or not key.strip():
-            raise OptionError("executor_option", f"{token}: expected KEY=VALUE")
-        try:
-            out[key.strip()] = yaml.safe_load(value) if value.strip() else None
-        except yaml.YAMLError:
-            out[key.strip()] = value
-    return out
 
 
 def resume_command(ctx: click.Context, out: Path) -> str:
@@ -429,8 +329,6 @@ def format_plan(plan, root: Path) -> str:
 
 def format_groups(cells, fuse_max: int) -> str:
     """What ``--dry-run`` prints about fused training: the groups of the cells to run ("" when none fuse)."""
-    from bench.fuse import group_cells, group_id
-
     groups = [g for g in group_cells(cells, fuse_max or None) if len(g) > 1]
     if not groups:
         return ""
@@ -464,32 +362,14 @@ SUMMARY_COLUMNS = [("model", "model"), ("loss", "loss"), ("dataset", "dataset"),
                    ("epoch_time_s", "epoch_s"), ("samples_per_s", "samples/s")]
 
 
-def _fmt(key, value) -> str:
-    if value is None or value == "":
-        return "-"
-    if key in ("test_acc",):
-        return f"{value:.4f}"
-    if key in ("test_loss", "epoch_time_s"):
-        return f"{value:.4g}"
-    if key == "samples_per_s":
-        return f"{value:,.0f}"
-    if key == "params":
-        return "" if value == "{}" else value
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
-
-
 def format_summary(rows) -> str:
     """A plain-text table of the grid's outcome, one line per cell (recipe columns that vary included)."""
-    from bench.config import RECIPE_FIELDS
-
     varying = [(c, c) for c in (*RECIPE_FIELDS, "limit") if len({str(r.get(c)) for r in rows}) > 1]
     tuned = [("phase", "phase"), ("trial", "trial")] if any(r.get("phase") == "tune" for r in rows) else []
     columns = [*SUMMARY_COLUMNS[:4], *varying, *SUMMARY_COLUMNS[4:5], *tuned, *SUMMARY_COLUMNS[5:]]
     table = [[label for _, label in columns]]
     for row in rows:
-        table.append([printable(_fmt(key, row.get(key)), newlines=False) for key, _ in columns])
+        table.append([printable(format_value(key, row.get(key), "-"), newlines=False) for key, _ in columns])
     widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in table]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -549,8 +429,6 @@ def compare(base, new, ignore, fail_on, markdown):
     result = compare_runs(base, new, ignore=ignore, margins=fail_on)
     echo_table(result.terminal().rstrip("\n"))
     if markdown is not None:
-        from bench.store import atomic_write
-
         atomic_write(markdown, result.markdown())
     if result.failed:
         sys.exit(1)
@@ -558,15 +436,15 @@ def compare(base, new, ignore, fail_on, markdown):
 
 @main.command(name="list")
 @plugin_option
-@click.option("--data-dir", type=click.Path(path_type=Path), envvar="BENCH_DATA_DIR", default=DEFAULT_DATA_DIR,
-              show_default=f"{DEFAULT_DATA_DIR}, or $BENCH_DATA_DIR",
-              help="Cache for downloadable datasets (says which are there).")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None,
+              help="Cache for downloadable datasets (says which are there). [default: $BENCH_DATA_DIR, or the "
+                   "platform's cache folder]")
 def list_(plugin_modules, data_dir):
     """List the models, losses, datasets and grids that plugins registered, with their parameters, and
     the executors that can run a grid. A dataset that cannot load without network access here says so."""
     import textwrap
 
-    from bench.host import KINDS, PLURAL
+    data_dir = data_dir or default_data_dir()
 
     def item(name: str, *texts: str) -> None:  # name, then its texts wrapped beside it in 100 columns
         for i, text in enumerate(texts):
@@ -585,7 +463,6 @@ def list_(plugin_modules, data_dir):
     click.echo(click.style("grids:", bold=True))
     for g in registry.grids():
         item(g.name, g.description, f"plugin: {g.plugin}")
-    from bench.study import describe, shipped
 
     click.echo(click.style("studies:", bold=True) + " (bench run --study NAME)")
     for name, path in shipped().items():
@@ -609,8 +486,6 @@ def _offline(component, data_dir: Path) -> str:
 def plugins(plugin_modules):
     """List the plugins: distribution and version, where it was loaded from, its status, and (on the line
     below) what it registered."""
-    from bench.host import PLURAL
-
     host, _ = make_host(plugin_modules)
     seen = len(host.warnings)
     host.collect_commands(main)

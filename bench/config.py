@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.errors import BenchError, OptionError
+from bench.options import RECIPE, option
 
 #: The components of a cell, in the order of a grid's triples.
 COMPONENT_KINDS = ("model", "loss", "dataset")
@@ -38,12 +39,18 @@ PARAM_KINDS = ("model", "loss", "dataset", "optimizer", "schedule")
 class Recipe:
     """How a cell is trained. Each field is a grid axis (``--lr 1e-3,1e-2`` crosses two recipes)."""
 
-    optimizer: str = ""  # "": the registry's default (a plugin declares it, see Registry.default)
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    schedule: str = ""
-    batch_size: int = 256
-    epochs: int = 2
+    #: "": the registry's default (a plugin declares it, see Registry.default)
+    optimizer: str = option("", flag="--optimizer", section=RECIPE, metavar="NAME[,NAME]",
+                            help="Optimizer(s): bench list shows them. [default: adam]")
+    lr: float = option(1e-3, flag="--lr", section=RECIPE, metavar="X[,X]", help="Learning rate(s). [default: 0.001]")
+    weight_decay: float = option(0.0, flag="--weight-decay", section=RECIPE, metavar="X[,X]",
+                                 help="Weight decay(s). [default: 0]")
+    schedule: str = option("", flag="--schedule", section=RECIPE, metavar="NAME[,NAME]",
+                           help="Learning-rate schedule(s): bench list shows them. [default: constant]")
+    batch_size: int = option(256, flag="--batch-size", section=RECIPE, metavar="N[,N]",
+                             help="Batch size(s). [default: 256]")
+    epochs: int = option(2, flag="--epochs", section=RECIPE, metavar="N[,N]",
+                         help="Epochs (a comma list is an axis of the grid). [default: 2]")
 
     def __post_init__(self):
         # normalise numbers so that 1e-3 and 0.001, 0 and 0.0 are the same recipe (and the same id)

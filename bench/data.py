@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from bench.errors import BenchError
+
 if TYPE_CHECKING:
     import torch
 
@@ -45,7 +47,6 @@ class DataSplits:
         """Raise a clear error if the splits break the contract above."""
         import torch
 
-        from bench.errors import BenchError
 
         for split_name in ("train", "val", "test"):
             split = getattr(self, split_name)

@@ -17,6 +17,7 @@ import torch
 
 from bench import __version__
 from bench.device import cpu_model, device_name
+from bench.threads import openmp_choice
 
 if TYPE_CHECKING:
     from bench.host import Host
@@ -60,7 +61,7 @@ def environment(device: torch.device, argv: list[str] | None = None,
         "torch_interop_threads": torch.get_num_interop_threads(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-        "openmp_choice": os.environ.get("BENCH_OPENMP_CHOICE"),
+        "openmp_choice": openmp_choice(),
         "device": str(device),
         "device_name": device_name(device),
         "command": shlex.join(argv if argv is not None else sys.argv),

@@ -58,3 +58,15 @@ class StopCell(Exception):
     def __init__(self, status: str = "pruned", reason: str = ""):
         self.status, self.reason = status, reason
         super().__init__(reason or status)
+
+
+def one_line(value: object, limit: int | None = None, first: bool = False) -> str:
+    """``value`` as one line for a message: whitespace collapsed (``first``: only its first non-empty line),
+    an exception other than a :class:`BenchError` prefixed by its type name, cut at ``limit`` characters."""
+    text = str(value)
+    if first:
+        text = next((line for line in text.splitlines() if line.strip()), "")
+    text = " ".join(text.split())
+    if isinstance(value, BaseException) and not isinstance(value, BenchError):
+        text = f"{type(value).__name__}: {text}"
+    return text if limit is None else text[:limit]

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from bench.data import DataSplits
-from bench.errors import BenchError, DataCorrupt
+from bench.errors import BenchError, DataCorrupt, one_line
 from bench.fuse import BatchedOptimizer, even_chunks, fuse_key, group_id, member_hyperparameters
 from bench.grid import Cell
 from bench.host import BrokenPlugin
@@ -49,11 +49,6 @@ HOST_MEMORY_BUDGET = 1 << 30
 
 class Unfusable(Exception):
     """Why a group cannot train as one stacked model (its cells then train one by one)."""
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}"[:300]
 
 
 # -- the stacked step ------------------------------------------------------------------------------
@@ -79,7 +74,7 @@ class FusedStep:
         try:
             params, buffers = stack_module_state(list(models))
         except Exception as exc:  # members whose parameters differ in shape
-            raise Unfusable(f"the members' parameters cannot be stacked: {_one_line(exc)}") from exc
+            raise Unfusable(f"the members' parameters cannot be stacked: {one_line(exc, limit=300)}") from exc
         #: ``{name: [N, ...]}``: the trainable parameters (leaves that the optimizer updates), and everything
         #: else the model holds (frozen parameters, buffers)
         self.params = {k: v for k, v in params.items() if v.requires_grad}
@@ -198,7 +193,7 @@ class FusedStep:
         except Unfusable:
             raise
         except Exception as exc:
-            raise Unfusable(f"vmap cannot run this model: {_one_line(exc)}") from exc
+            raise Unfusable(f"vmap cannot run this model: {one_line(exc, limit=300)}") from exc
         self.optimizer = self._optimizer_spec.build(list(self.params.values()), self._cells,
                                                     capturable=self.mode == "graph")
         saved = _Snapshot(self)
@@ -208,7 +203,7 @@ class FusedStep:
                 for _ in range(warmup_steps):
                     self._body(length)
         except Exception as exc:
-            raise Unfusable(f"vmap cannot run this model: {_one_line(exc)}") from exc
+            raise Unfusable(f"vmap cannot run this model: {one_line(exc, limit=300)}") from exc
         finally:
             saved.restore()
             self.reset()

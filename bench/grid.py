@@ -18,7 +18,7 @@ from bench.config import COMPONENT_KINDS, PARAM_KINDS, RECIPE_FIELDS, Cell, Reci
 from bench.errors import BenchError, OptionError
 from bench.files import excerpt
 from bench.host import Registry, unknown_name_error
-from bench.study import Study
+from bench.study import Study, recipe_values, seed_values
 
 __all__ = ["Cell", "Recipe", "expand", "coerce", "restrict", "MAX_CELLS"]
 
@@ -191,8 +191,6 @@ def _check_exclude(registry: Registry, entries: list[dict[str, Any]], param_keys
     """The ``exclude`` entries with their values typed; an unknown key, an unknown name or a value of the
     wrong type is an :class:`OptionError` naming the entry (an entry that could never match would
     silently exclude nothing)."""
-    from bench.study import recipe_values, seed_values
-
     typed = []
     for entry in entries:
         shown = excerpt(entry)
@@ -236,9 +234,7 @@ def expand(registry: Registry, study: Study | None = None, device: str = "cpu", 
     ``params=["mlp.hidden=64,256"]``, ``seeds=[0, 1]``, ...), applied over ``study``.
     """
     if options:
-        from bench.api import study_from_options
-
-        study = (study or Study()).merged(study_from_options(**options))
+        study = (study or Study()).merged(Study.from_options(**options))
     study = study or Study()
     triples = triples_of(registry, study)
     seeds = study.seeds if study.seeds is not None else [0]

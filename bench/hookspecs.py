@@ -11,13 +11,42 @@ already registered for the same kind (naming both plugins), and remembers which 
 registered each component.
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
+
 import pluggy
+
+if TYPE_CHECKING:
+    import click
+
+    from bench.api import Run
+    from bench.config import Cell
+    from bench.host import Registry
+    from bench.record import CellRecord
 
 hookspec = pluggy.HookspecMarker("bench")
 
 
+class Register(Protocol):
+    """The ``register`` callback of the component hooks (models, losses, datasets, optimizers, ...)."""
+
+    def __call__(self, name: str, factory: Callable[..., Any], params: Mapping[str, Any] | None = None,
+                 description: str = "", *, default: bool = False,
+                 references: list[dict[str, Any]] | None = None) -> None: ...
+
+
+class RegisterGrid(Protocol):
+    """The ``register`` callback of :func:`bench_register_grids`."""
+
+    def __call__(self, name: str,
+                 cells: Iterable[tuple[str, str, str]] | Callable[[Registry], Iterable[tuple[str, str, str]]],
+                 description: str = "", *, default: bool = False) -> None: ...
+
+
 @hookspec
-def bench_register_models(register):
+def bench_register_models(register: Register) -> None:
     """Register model factories.
 
     Called once when components are collected. ``register(name, factory, params=None,
@@ -32,7 +61,7 @@ def bench_register_models(register):
 
 
 @hookspec
-def bench_register_losses(register):
+def bench_register_losses(register: Register) -> None:
     """Register loss factories.
 
     Called once when components are collected. ``register(name, factory, params=None,
@@ -44,7 +73,7 @@ def bench_register_losses(register):
 
 
 @hookspec
-def bench_register_datasets(register):
+def bench_register_datasets(register: Register) -> None:
     """Register dataset factories.
 
     Called once when components are collected. ``register(name, factory, params=None,
@@ -61,7 +90,7 @@ def bench_register_datasets(register):
 
 
 @hookspec
-def bench_register_grids(register):
+def bench_register_grids(register: RegisterGrid) -> None:
     """Register named grids, so that ``bench run --grid NAME`` can come from a plugin.
 
     Called once when components are collected, after the component hooks. ``register(name, cells,
@@ -74,7 +103,7 @@ def bench_register_grids(register):
 
 
 @hookspec
-def bench_cli(cli):
+def bench_cli(cli: click.Group) -> None:
     """Add commands to the ``bench`` command line.
 
     Called when ``bench`` is asked for a command it does not know, or for its command list
@@ -86,12 +115,12 @@ def bench_cli(cli):
 
 
 @hookspec
-def bench_register_executors(register):
+def bench_register_executors(register: Register) -> None:
     """Register executors: the ways a grid's cells can be run (``bench run --executor NAME``).
 
     Called once when components are collected. ``register(name, factory, params=None,
     description="")`` where ``factory(**params)`` returns an executor: an object with
-    ``run(tasks, job) -> Iterator[dict]`` (see :class:`bench.runner.Executor`). ``tasks`` is a
+    ``run(tasks, job) -> Iterator[CellRecord]`` (see :class:`bench.runner.Executor`). ``tasks`` is a
     list of ``(index, bench.grid.Cell)``; ``job`` a :class:`bench.runner.Job` (the registry, the
     device, the data directory and the picklable :class:`bench.runner.WorkSpec`). ``run`` yields
     one record per task, in any order, as each cell finishes: in-process from
@@ -107,7 +136,7 @@ def bench_register_executors(register):
 
 
 @hookspec
-def bench_register_optimizers(register):
+def bench_register_optimizers(register: Register) -> None:
     """Register optimizers (``--optimizer NAME``).
 
     Called once when components are collected. ``register(name, factory, params=None,
@@ -125,7 +154,7 @@ def bench_register_optimizers(register):
 
 
 @hookspec
-def bench_register_schedules(register):
+def bench_register_schedules(register: Register) -> None:
     """Register learning-rate schedules (``--schedule NAME``).
 
     Called once when components are collected. ``register(name, factory, params=None,
@@ -143,7 +172,7 @@ def bench_register_schedules(register):
 # -- lifecycle: observing a run (see bench/lifecycle.py) ---------------------------------------------------
 
 @hookspec
-def bench_run_start(run):
+def bench_run_start(run: Run) -> None:
     """Called when a run starts: its cells are expanded and checked, nothing has trained yet.
 
     ``run`` is the :class:`bench.Run` being written: ``path`` (the run directory), ``study`` (the
@@ -155,37 +184,38 @@ def bench_run_start(run):
 
 
 @hookspec
-def bench_cell_start(cell):
+def bench_cell_start(cell: Cell) -> None:
     """Called when a cell (a :class:`bench.config.Cell`) starts training. With an executor that trains
     elsewhere (``process``, ``ray``): when its record reaches the driver, just before ``bench_cell_end``."""
 
 
 @hookspec
-def bench_epoch_end(cell, row):
+def bench_epoch_end(cell: Cell, row: dict[str, Any]) -> None:
     """Called when an epoch of ``cell`` ended. ``row`` is its row of history.csv: ``cell_id``, ``model``,
     ``loss``, ``dataset``, ``params``, ``seed``, ``epoch``, ``train_loss``, ``train_acc``, ``val_loss``,
     ``val_acc``, ``epoch_time_s``. With ``process``/``ray``: when the cell's record arrives."""
 
 
 @hookspec
-def bench_cell_end(cell, record):
+def bench_cell_end(cell: Cell, record: CellRecord) -> None:
     """Called when a cell finished (``ok``), failed or was skipped, once its record is written to
     ``cells/ID.json``.
 
-    ``record["row"]`` is its row of results.csv (``status``, ``error``, metrics, timings);
-    ``record["history"]`` its epochs; ``record["started_at"]``/``["ended_at"]`` the attempt's wall-clock
-    times (Unix seconds)."""
+    ``record`` is its :class:`bench.record.CellRecord`: ``record.status``, ``record.error``, metrics and
+    timings as attributes (``record.row()``: its row of results.csv), ``record.history`` its epochs,
+    ``record.started_at``/``record.ended_at`` the attempt's wall-clock times (Unix seconds). The dict
+    form of earlier versions (``record["row"]["status"]``) still reads."""
 
 
 @hookspec
-def bench_run_end(run, results):
+def bench_run_end(run: Run, results: list[dict[str, Any]]) -> None:
     """Called when the run ended (also after Ctrl-C, before the exception goes on: then ``run.interrupted``
     is true). ``results`` are the rows of the study's cells (dicts, as in results.csv), those finished by
     earlier runs included."""
 
 
 @hookspec
-def bench_register_trackers(register):
+def bench_register_trackers(register: Register) -> None:
     """Register experiment trackers, chosen per run with ``bench run --track NAME,...``.
 
     Called once when components are collected. ``register(name, factory, params=None,

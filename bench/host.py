@@ -40,6 +40,9 @@ class BrokenPlugin(RuntimeError):
 BUILTIN_PLUGINS = tuple(f"bench.plugins.{name}" for name in (
     "models", "losses", "datasets", "grids", "executors", "slurm", "optimizers", "schedules", "progress", "trackers",
 ))
+#: The built-ins that add commands (``bench_cli``): all that ``bench --help`` loads of them, so that it never
+#: imports torch (a test checks this list against the modules).
+COMMAND_PLUGINS = ("bench.plugins.slurm",)
 
 PLURAL = {"model": "models", "loss": "losses", "dataset": "datasets", "executor": "executors", "grid": "grids",
           "optimizer": "optimizers", "schedule": "schedules", "tracker": "trackers",
@@ -273,7 +276,8 @@ class Host:
     ``BENCH_DISABLE_PLUGIN_AUTOLOAD`` is set.
     """
 
-    def __init__(self, modules: Iterable[str] = (), *, autoload: bool | None = None, builtins: bool = True,
+    def __init__(self, modules: Iterable[str] = (), *, autoload: bool | None = None,
+                 builtins: bool | Iterable[str] = True,
                  strict: bool | None = None):
         self.strict = _strict() if strict is None else strict
         self.pm = pluggy.PluginManager(PROJECT)
@@ -286,9 +290,8 @@ class Host:
         blocked = {m[3:] for m in modules if m.startswith("no:")}
         for name in blocked:
             self.pm.set_blocked(name)
-        if builtins:
-            for module in BUILTIN_PLUGINS:
-                self.load_module(module, source="builtin")
+        for module in BUILTIN_PLUGINS if builtins is True else builtins or ():
+            self.load_module(module, source="builtin")
         if autoload is None:
             autoload = not _autoload_disabled()
         if autoload:

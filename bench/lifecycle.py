@@ -148,7 +148,7 @@ class Lifecycle:
         """The cell's record arrived: announce its start and epochs first if nobody saw them happen."""
         if cell.cell_id not in self.started:
             self.cell_start(cell)
-            for row in record.get("history", []):
+            for row in record.history:
                 try:
                     self.epoch_end(cell, row)
                 except StopCell:  # the cell has ended already: nothing left to stop

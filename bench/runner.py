@@ -18,36 +18,29 @@ from typing import Any, Protocol
 import torch
 
 from bench.data import DataSplits
-from bench.errors import BenchError, DataCorrupt, DatasetUnavailable, IncompatibleCell, StopCell
+from bench.errors import BenchError, DataCorrupt, DatasetUnavailable, IncompatibleCell, StopCell, one_line
 from bench.grid import Cell
 from bench.host import BrokenPlugin, Registry
 from bench.recipe import recipe_factories
+from bench.record import CellRecord
 from bench.step import Execution
 from bench.store import RunStore
 from bench.templates import template_entry
 from bench.timing import Stopwatch
 from bench.trainer import train_cell
 
-#: Record keys holding tensors ({name: tensor}) that the driver writes to ``weights/`` and replaces by a path.
-TENSOR_KEYS = ("state_dict", "templates_state")
-
 
 @dataclass
 class RunSummary:
-    rows: list[dict[str, Any]] = field(default_factory=list)
+    records: list[CellRecord] = field(default_factory=list)
 
     @property
-    def failed(self) -> list[dict[str, Any]]:
-        return [r for r in self.rows if r["status"] == "failed"]
+    def failed(self) -> list[CellRecord]:
+        return [r for r in self.records if r.status == "failed"]
 
 
-def _row(cell: Cell, status: str, error: str = "") -> dict[str, Any]:
-    return cell.row(status, error)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if not isinstance(exc, BenchError) else text
+def _row(cell: Cell, status: str, error: str = "", index: int = 0) -> CellRecord:
+    return CellRecord.of(cell, status, error, index)
 
 
 def load_dataset(registry: Registry, name: str, overrides: dict, data_dir: Path) -> DataSplits:
@@ -58,7 +51,7 @@ def load_dataset(registry: Registry, name: str, overrides: dict, data_dir: Path)
     except BenchError:
         raise
     except Exception as exc:
-        raise BenchError(f"dataset '{name}' failed to load: {_one_line(exc)}") from exc
+        raise BenchError(f"dataset '{name}' failed to load: {one_line(exc)}") from exc
     if not isinstance(splits, DataSplits):
         raise BenchError(f"dataset '{name}' returned {type(splits).__name__}, not bench.DataSplits")
     splits.validate(name)
@@ -127,8 +120,17 @@ class Job:
 class Executor(Protocol):
     """Runs cells somewhere and hands their records back as they finish (see ``bench_register_executors``)."""
 
-    def run(self, tasks: list[tuple[int, Cell]], job: Job) -> Iterator[dict[str, Any]]:
-        """Yield one record per ``(index, cell)`` task, in any order, each as soon as it is done."""
+    def run(self, tasks: list[tuple[int, Cell]], job: Job) -> Iterator[CellRecord | Fatal]:
+        """Yield one record per ``(index, cell)`` task, in any order, each as soon as it is done (or a
+        :class:`Fatal` for corrupt data, which stops the run)."""
+
+
+@dataclass(frozen=True)
+class Fatal:
+    """What a worker hands back instead of a record when the data is corrupt: the driver stops the run."""
+
+    index: int
+    message: str
 
 
 class DataCache:
@@ -168,48 +170,48 @@ class DataCache:
 
 
 def train_record(index: int, cell: Cell, registry: Registry, cache: DataCache, device: torch.device,
-                 data_dir: Path, events=None, execution: Execution | None = None) -> dict[str, Any]:
+                 data_dir: Path, events=None, execution: Execution | None = None) -> CellRecord:
     """Train one cell and build its record; a failing cell becomes a ``failed`` (or ``skipped``) record.
 
-    An ``ok`` record carries the final weights under ``"state_dict"`` and the class templates under
-    ``"templates_state"`` for the driver to store.
+    An ``ok`` record carries the final weights in ``state_dict`` and the class templates in
+    ``templates_state`` for the driver to store.
     Only Ctrl-C and corrupt data (:class:`DataCorrupt`, which stops the run) propagate; a
     ``sys.exit()`` in plugin code is the cell's failure, not the end of the grid. ``started_at`` and
     ``ended_at`` are wall-clock times (Unix seconds) of the attempt, wherever it ran.
     """
-    record: dict[str, Any] = {"index": index, "started_at": time.time()}
+    started = time.time()
     try:
         data = cache.get(registry, cell, data_dir, device)
-        record.update(_train_one(cell, registry, data, device, events, execution))
-        record["row"]["data_time_s"] += cache.take_load_time()
+        record = _train_one(cell, registry, data, device, events, execution)
+        record.data_time_s = (record.data_time_s or 0.0) + cache.take_load_time()
     except (KeyboardInterrupt, DataCorrupt, BrokenPlugin):  # BrokenPlugin: an observer under BENCH_STRICT_PLUGINS
         raise
     except (Exception, SystemExit) as exc:
-        record.update(_error_record(index, cell, exc))
-    if record["row"]["status"] == "failed" and device.type == "cuda":
+        record = _error_record(index, cell, exc)
+    if record.status == "failed" and device.type == "cuda":
         torch.cuda.empty_cache()  # the failed cell's tensors are gone now; give their memory back
-    record["ended_at"] = time.time()
+    record.index, record.started_at, record.ended_at = index, started, time.time()
     return record
 
 
-def _error_record(index: int, cell: Cell, exc: BaseException) -> dict[str, Any]:
+def _error_record(index: int, cell: Cell, exc: BaseException) -> CellRecord:
     """The record of a cell that raised: ``skipped`` for an incompatible cell, else ``failed``."""
     if isinstance(exc, IncompatibleCell):
-        return {"index": index, "row": _row(cell, "skipped", str(exc))}
-    message = _one_line(exc)
+        return _row(cell, "skipped", str(exc), index)
+    message = one_line(exc)
     if isinstance(exc, SystemExit):
         message = f"SystemExit: the cell's code called sys.exit({exc.code!r})"
     if isinstance(exc, torch.cuda.OutOfMemoryError):
         message += " (out of device memory: try a smaller --batch-size or model)"
-    record = {"index": index, "row": _row(cell, "failed", message)}
+    record = _row(cell, "failed", message, index)
     if not isinstance(exc, BenchError):
-        record["traceback"] = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        record.traceback = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     return record
 
 
 def train_group_records(tasks: list[tuple[int, Cell]], registry: Registry, cache: DataCache, device: torch.device,
                         data_dir: Path, events=None, execution: Execution | None = None
-                        ) -> list[dict[str, Any]]:
+                        ) -> list[CellRecord]:
     """Train a fused group (cells of one :func:`bench.fuse.fuse_key`) as one stacked model; one record per
     member, each what :func:`train_record` would give for that cell, plus ``fused_group``/``fused_size``.
     Each member's start and epochs are announced to ``events`` as they happen."""
@@ -242,9 +244,7 @@ def train_group_records(tasks: list[tuple[int, Cell]], registry: Registry, cache
         def on_epoch(epoch, rows):
             for cell, row in zip(cells, rows):
                 if row is not None and events is not None and cell.cell_id not in stops:
-                    base = {k: v for k, v in cell.row("ok").items()
-                            if k in ("cell_id", "model", "loss", "dataset", "params", "seed")}
-                    seen[cell.cell_id].append({**base, **row})
+                    seen[cell.cell_id].append({**CellRecord.of(cell).key(), **row})
                     try:
                         events.epoch_end(cell, seen[cell.cell_id][-1])
                     except StopCell as stop:  # today's fused trainer cannot drop a member: it trains on, unseen
@@ -260,26 +260,25 @@ def train_group_records(tasks: list[tuple[int, Cell]], registry: Registry, cache
     for (index, cell), result in zip(tasks, results):
         if not isinstance(result, BaseException) and cell.cell_id in stops:
             record = stopped_record(cell, *stops[cell.cell_id], data)
-            record["row"].update({k: v for k, v in result.execution.items() if k in ("fused_group", "fused_size")})
-            records.append({"index": index, **record, "started_at": started, "ended_at": time.time()})
-            continue
-        if isinstance(result, BaseException):
-            records.append({**_error_record(index, cell, result), "started_at": started, "ended_at": time.time()})
-            continue
-        model = factory()
-        model.load_state_dict(result.state_dict)
-        records.append({"index": index, **_result_record(cell, result, data, model.to(device)),
-                        "started_at": started, "ended_at": time.time()})
-    if records and "data_time_s" in records[0]["row"]:
-        records[0]["row"]["data_time_s"] += load_time
-    if device.type == "cuda" and any(r["row"]["status"] == "failed" for r in records):
+            record.set({k: v for k, v in result.execution.items() if k in ("fused_group", "fused_size")})
+        elif isinstance(result, BaseException):
+            record = _error_record(index, cell, result)
+        else:
+            model = factory()
+            model.load_state_dict(result.state_dict)
+            record = _result_record(cell, result, data, model.to(device))
+        record.index, record.started_at, record.ended_at = index, started, time.time()
+        records.append(record)
+    if records and records[0].data_time_s is not None:
+        records[0].data_time_s += load_time
+    if device.type == "cuda" and any(r.status == "failed" for r in records):
         torch.cuda.empty_cache()
     return records
 
 
-def failed_record(index: int, cell: Cell, error: str) -> dict[str, Any]:
+def failed_record(index: int, cell: Cell, error: str) -> CellRecord:
     """The record of a cell whose worker died (or was lost) before it could report."""
-    return {"index": index, "row": _row(cell, "failed", error)}
+    return _row(cell, "failed", error, index)
 
 
 #: Per worker process: registries by plugin modules, and the resident dataset.
@@ -287,12 +286,12 @@ _WORKER_REGISTRIES: dict[tuple[str, ...], Registry] = {}
 _WORKER_DATA = DataCache()
 
 
-def execute_cell(index: int, cell: Cell, spec: WorkSpec) -> dict[str, Any]:
+def execute_cell(index: int, cell: Cell, spec: WorkSpec) -> CellRecord | Fatal:
     """Train one cell in a worker process from picklable inputs; returns a picklable record.
 
     The plugin host and the dataset are built on first use and cached for the life of the worker
-    process. The weights come back as safetensors bytes. Corrupt data comes back as
-    ``{"fatal": message}``: the driver stops the run, as it would in-process.
+    process. The weights come back as safetensors bytes. Corrupt data comes back as a :class:`Fatal`:
+    the driver stops the run, as it would in-process.
     """
     device = _worker_device(spec)
     cell = replace(cell, device=str(device))  # the row names the device that trained it; the id stays
@@ -303,11 +302,11 @@ def execute_cell(index: int, cell: Cell, spec: WorkSpec) -> dict[str, Any]:
         record = train_record(index, cell, registry, _WORKER_DATA, device, Path(spec.data_dir),
                               execution=spec.execution)
     except DataCorrupt as exc:
-        return {"index": index, "fatal": str(exc)}
+        return Fatal(index, str(exc))
     return _picklable(record)
 
 
-def execute_group(tasks: list[tuple[int, Cell]], spec: WorkSpec) -> list[dict[str, Any]]:
+def execute_group(tasks: list[tuple[int, Cell]], spec: WorkSpec) -> list[CellRecord | Fatal]:
     """:func:`execute_cell` for a fused group (cells of one :func:`bench.fuse.fuse_key`): one picklable record
     per member, in order (see :func:`train_group_records`)."""
     device = _worker_device(spec)
@@ -319,7 +318,7 @@ def execute_group(tasks: list[tuple[int, Cell]], spec: WorkSpec) -> list[dict[st
         records = train_group_records(tasks, registry, _WORKER_DATA, device, Path(spec.data_dir),
                                       execution=spec.execution)
     except DataCorrupt as exc:
-        return [{"index": index, "fatal": str(exc)} for index, _ in tasks]
+        return [Fatal(index, str(exc)) for index, _ in tasks]
     return [_picklable(record) for record in records]
 
 
@@ -339,24 +338,25 @@ def _worker_registry(spec: WorkSpec) -> tuple[Registry | None, str]:
         try:
             registry = _WORKER_REGISTRIES[spec.plugin_modules] = Host(spec.plugin_modules).registry
         except Exception as exc:  # e.g. a -p module that this worker's machine cannot import
-            return None, f"the worker could not load the plugins: {_one_line(exc)}"
+            return None, f"the worker could not load the plugins: {one_line(exc)}"
     return registry, ""
 
 
-def _picklable(record: dict[str, Any]) -> dict[str, Any]:
+def _picklable(record: CellRecord) -> CellRecord:
     """A record with its tensors as safetensors bytes."""
     from safetensors.torch import save
 
-    for key in TENSOR_KEYS:
-        if record.get(key) is not None:
-            record[key] = save(record[key])
+    if isinstance(record.state_dict, dict):
+        record.state_dict = save(record.state_dict)
+    if isinstance(record.templates_state, dict):
+        record.templates_state = save(record.templates_state)
     return record
 
 
 class LocalExecutor:
     """In the driver's process, one cell after another: the default."""
 
-    def run(self, tasks: list[tuple[int, Cell]], job: Job) -> Iterator[dict[str, Any]]:
+    def run(self, tasks: list[tuple[int, Cell]], job: Job) -> Iterator[CellRecord | Fatal]:
         cache = job.cache if job.cache is not None else DataCache()
         for group in fused_groups(tasks, job.execution, job.registry):
             yield from train_group_records(group, job.registry, cache, job.device, job.data_dir, job.events,
@@ -412,7 +412,7 @@ def run_cells(
     device: torch.device,
     data_dir: Path,
     events=None,
-    done: dict[str, dict[str, Any]] | None = None,
+    done: dict[str, CellRecord] | None = None,
     executor: Executor | None = None,
     plugin_modules: tuple[str, ...] = (),
     execution: Execution | None = None,
@@ -421,8 +421,8 @@ def run_cells(
 ) -> RunSummary:
     """Train every cell and persist each outcome as it happens; a failing cell never stops the grid.
 
-    ``done`` maps the ids of cells finished by an earlier run to their rows: those are not trained
-    again, their rows go into the summary as they are. Corrupt data (:class:`DataCorrupt`) and
+    ``done`` maps the ids of cells finished by an earlier run to their records: those are not trained
+    again, their records go into the summary as they are. Corrupt data (:class:`DataCorrupt`) and
     Ctrl-C stop the grid; everything finished before is already on disk.
 
     ``executor`` decides where cells train (default: here, one after another); whichever it is,
@@ -430,55 +430,55 @@ def run_cells(
     is called once, just before the first record is written (never, if corrupt data stops the run first).
     """
     done = done or {}
-    rows: dict[int, dict[str, Any]] = {i: done[c.cell_id] for i, c in enumerate(cells) if c.cell_id in done}
+    finished: dict[int, CellRecord] = {i: done[c.cell_id] for i, c in enumerate(cells) if c.cell_id in done}
     tasks = [(i, c) for i, c in enumerate(cells) if c.cell_id not in done]
     job = Job(registry, device, Path(data_dir), tuple(plugin_modules), events, execution, cache, store.root)
     records = (executor or LocalExecutor()).run(tasks, job)
     try:
         for record in records:
-            if "fatal" in record:
-                raise DataCorrupt(record["fatal"])
-            cell = cells[record["index"]]
+            if isinstance(record, Fatal):
+                raise DataCorrupt(record.message)
+            cell = cells[record.index]
             if on_first_record is not None:  # e.g. env.json: written once the data has loaded cleanly
                 on_first_record()
                 on_first_record = None
             _write_tensors(record, cell, store)
             store.write_cell(record)
-            rows[record["index"]] = record["row"]
+            finished[record.index] = record
             if events is not None:
                 events.cell_end(cell, record)
     finally:
         close = getattr(records, "close", None)
         if close is not None:
             close()  # stop the executor's workers, also on Ctrl-C or corrupt data
-    return RunSummary(rows=[rows[i] for i in sorted(rows)])
+    return RunSummary(records=[finished[i] for i in sorted(finished)])
 
 
-def _write_tensors(record: dict[str, Any], cell: Cell, store: RunStore) -> None:
+def _write_tensors(record: CellRecord, cell: Cell, store: RunStore) -> None:
     """Store the record's weights and templates (tensors, or safetensors bytes from a worker) as files."""
     from safetensors.torch import load
 
-    for key in TENSOR_KEYS:
-        tensors = record.pop(key, None)
-        if tensors is None:
-            continue
-        if isinstance(tensors, bytes):
-            tensors = load(tensors)
-        if key == "state_dict":
-            record["row"]["weights"] = store.write_weights(cell.cell_id, tensors)
-        else:
-            record["templates"]["path"] = store.write_weights(f"{cell.cell_id}.templates", tensors)
+    def tensors(value):
+        return load(value) if isinstance(value, bytes) else value
+
+    if record.state_dict is not None:
+        record.weights = store.write_weights(cell.cell_id, tensors(record.state_dict))
+        record.state_dict = None
+    if record.templates_state is not None:
+        path = store.write_weights(f"{cell.cell_id}.templates", tensors(record.templates_state))
+        record.templates = {**(record.templates or {}), "path": path}
+        record.templates_state = None
 
 
 def _train_one(cell: Cell, registry: Registry, data: DataSplits, device: torch.device,
-               events=None, execution: Execution | None = None) -> dict[str, Any]:
+               events=None, execution: Execution | None = None) -> CellRecord:
     model_c, loss_c = registry.get("model", cell.model), registry.get("loss", cell.loss)
     torch.manual_seed(cell.seed)
     model = model_c.factory(data.input_shape, data.num_classes, **{**model_c.params, **cell.override("model")})
     if not isinstance(model, torch.nn.Module):
         raise BenchError(f"model '{cell.model}' factory returned {type(model).__name__}, not a torch.nn.Module")
     loss_fn = loss_c.factory(**{**loss_c.params, **cell.override("loss")})
-    base = {k: v for k, v in _row(cell, "ok").items() if k in ("cell_id", "model", "loss", "dataset", "params", "seed")}
+    base = CellRecord.of(cell).key()
     if events is not None:
         events.cell_start(cell)
     seen: list[dict[str, Any]] = []  # the evaluation points so far: a stopped cell's record keeps them
@@ -497,30 +497,29 @@ def _train_one(cell: Cell, registry: Registry, data: DataSplits, device: torch.d
     return _result_record(cell, result, data, model)
 
 
-def stopped_record(cell: Cell, stop: StopCell, history: list[dict[str, Any]], data: DataSplits) -> dict[str, Any]:
+def stopped_record(cell: Cell, stop: StopCell, history: list[dict[str, Any]], data: DataSplits) -> CellRecord:
     """The record of a cell stopped at an evaluation point (:class:`StopCell`, e.g. a pruned trial): its
     status and reason, the validation metrics of its last evaluation, ``epochs`` = the epoch it reached,
     its history so far; no test metrics and no weights."""
-    row = _row(cell, stop.status, stop.reason)
-    row["data_time_s"] = 0.0
+    record = CellRecord.of(cell, stop.status, stop.reason)
+    record.data_time_s = 0.0
     if history:
         last = history[-1]
-        row.update({k: last[k] for k in ("val_acc", "val_loss") if k in last})
-        row["epochs"] = int(last.get("epoch", 0))
-        row["train_time_s"] = sum(float(h.get("epoch_time_s", 0.0)) for h in history)
-    return {"row": row, "history": history, "classes": data.classes, "input_shape": list(data.input_shape)}
+        record.set({k: last[k] for k in ("val_acc", "val_loss") if k in last})
+        record.set({"epochs": int(last.get("epoch", 0)),
+                    "train_time_s": sum(float(h.get("epoch_time_s", 0.0)) for h in history)})
+    record.history, record.classes, record.input_shape = history, data.classes, list(data.input_shape)
+    return record
 
 
-def _result_record(cell: Cell, result, data: DataSplits, model: torch.nn.Module) -> dict[str, Any]:
+def _result_record(cell: Cell, result, data: DataSplits, model: torch.nn.Module) -> CellRecord:
     """The record of a trained cell (``model`` holds its final weights, for the class templates)."""
-    row = _row(cell, "ok")
-    row.update(result.metrics)
-    row.update(result.timing)
-    row.update(result.execution)
-    row["n_params"] = result.n_params
-    row["weights"] = ""  # the driver stores the weights and fills this in
-    base = {k: row[k] for k in ("cell_id", "model", "loss", "dataset", "params", "seed")}
-    history = [{**base, **h} for h in result.history]
-    return {"row": row, "history": history, "confusion": result.confusion, "classes": data.classes,
-            "input_shape": list(data.input_shape), "state_dict": result.state_dict,
-            **template_entry(model, data)}
+    record = _row(cell, "ok")
+    record.set({**result.metrics, **result.timing, **result.execution, "n_params": result.n_params})
+    for entry in result.history:
+        record.add_epoch(entry)
+    templates = template_entry(model, data)
+    record.confusion, record.classes, record.input_shape = result.confusion, list(data.classes), list(data.input_shape)
+    record.state_dict, record.templates_state = result.state_dict, templates.get("templates_state")
+    record.templates = templates["templates"]
+    return record

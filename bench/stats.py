@@ -37,7 +37,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from bench.config import CONFIG_COLUMNS, axes, config_frame, config_label, varying_label
+from bench.config import COMPONENT_AXES, CONFIG_COLUMNS, RECIPE_AXES, axes, config_frame, config_label, varying_label
+from bench.safe_text import printable
 from bench.tune import tuned_keys
 
 #: Columns that open the comparisons table (before ``a``, ``b``): where (the dataset and its
@@ -316,8 +317,6 @@ def _groups(configs: list[dict]) -> list[tuple[str, str, str, list[dict]]]:
     Bucketed in one pass per axis (not pair by pair), so that a thousand configurations stay quick:
     ``recipe`` groups share the context and the whole recipe; an ``lr`` group shares everything but ``lr``.
     """
-    from bench.config import COMPONENT_AXES, RECIPE_AXES
-
     seen = [_untuned(c) for c in configs]
     split = [axes(c) for c in seen]
     buckets: dict[tuple, list[int]] = {}
@@ -393,8 +392,6 @@ def _per_seed(ok: pd.DataFrame, metric: str) -> dict[tuple, dict[int, float]]:
 # -- text tables for the terminal ------------------------------------------------------------------
 
 def _table(header: list[str], body: list[list[str]], right: set[int] = frozenset()) -> str:
-    from bench.safe_text import printable
-
     table = [[printable(cell, newlines=False) for cell in row] for row in (header, *body)]  # aligned as printed
     header, body = table[0], table[1:]
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]

@@ -48,24 +48,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from bench.config import IDENTITY_COLUMNS
-from bench.errors import BenchError, OptionError
+from bench.errors import BenchError, OptionError, one_line
 from bench.files import ENV_MAX, RECORD_MAX, TABLE_MAX, Refused, check_folder, excerpt, inside, read_bounded
+from bench.record import HISTORY_COLUMNS, RESULT_COLUMNS, STATUSES, CellRecord
 from bench.safe_text import csv_cell, read_csv_frame
 
-#: One row per cell: its id and identity (bench.config), then outcome, metrics, timings and how it ran.
-RESULT_COLUMNS = [
-    "cell_id", *IDENTITY_COLUMNS, "phase", "trial", "tuning", "status", "error", "test_acc", "test_loss", "val_acc",
-    "val_loss",
-    "train_time_s", "epoch_time_s", "eval_time_s", "samples_per_s", "n_params", "weights",
-    "data_time_s", "warmup_time_s", "step", "cuda_graphs", "compiled", "execution_note",
-    "target", "target_epoch", "target_steps", "target_time_s", "fused_group", "fused_size",
-]
-#: One row per cell and epoch.
-HISTORY_COLUMNS = [
-    "cell_id", "model", "loss", "dataset", "params", "seed", "epoch", "train_loss", "train_acc", "val_loss",
-    "val_acc", "epoch_time_s",
-]
+__all__ = ["HISTORY_COLUMNS", "RESULT_COLUMNS", "RunStore", "atomic_write"]
 
 #: Held (``filelock``) by the process writing the directory; its presence marks a gridbench run directory.
 LOCK_FILE = ".gridbench.lock"
@@ -164,10 +152,6 @@ def _read_table(text: str, source: Path, **kwargs):
         return pd.read_csv(io.StringIO(text), **kwargs)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as exc:
         raise BenchError(f"{source} is not a readable table ({' '.join(str(exc).split()) or 'empty'})") from None
-
-
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
 
 
 def _pid_alive(pid: int) -> bool:
@@ -363,8 +347,9 @@ class RunStore:
         except OSError as exc:
             raise BenchError(f"cannot read {path}: {exc.strerror}") from None
         except (ValueError, RecursionError) as exc:
-            raise BenchError(f"{path} is damaged (not valid JSON: {_one_line(exc)[:200]}): move it away, and the "
-                             "next bench run into this directory writes a new one") from None
+            why = one_line(str(exc), limit=200)
+            raise BenchError(f"{path} is damaged (not valid JSON: {why}): move it away, and the next bench run "
+                             "into this directory writes a new one") from None
         if not isinstance(env, dict):
             raise BenchError(f"{path} is damaged (not a JSON object): move it away, and the next bench run into "
                              "this directory writes a new one")
@@ -381,9 +366,9 @@ class RunStore:
         atomic_write(self.root / rel, save({k: v.contiguous() for k, v in tensors.items()}))
         return rel
 
-    def write_cell(self, record: dict[str, Any]) -> None:
-        """Persist one finished (or failed) cell, then the staged env.json, then rebuild the tables."""
-        atomic_write(self.folder("cells") / f"{record['row']['cell_id']}.json", json.dumps(record, sort_keys=True))
+    def write_cell(self, record: CellRecord) -> None:
+        """Persist one finished (or failed) cell, then rebuild the tables."""
+        atomic_write(self.folder("cells") / f"{record.cell_id}.json", json.dumps(record.to_json(), sort_keys=True))
         self.rebuild_tables()
 
     def record_paths(self) -> list[Path]:
@@ -392,7 +377,7 @@ class RunStore:
             return []
         return sorted(p for p in self.cells_dir.glob("*.json") if not p.name.startswith("."))
 
-    def records(self) -> list[dict[str, Any]]:
+    def records(self) -> list[CellRecord]:
         """Every cell record, in grid order. A record that cannot be read is an error naming it (with
         how many others are damaged too): never skipped, since the tables would silently lose its cell."""
         records, damaged = [], []
@@ -410,29 +395,28 @@ class RunStore:
             raise BenchError(f"{path} is damaged ({why}){more}: a cell record cannot be rebuilt from anything else; "
                              f"move it out of {self.cells_dir} (the next run of the same grid trains that cell again) "
                              "or restore it")
-        return sorted(records, key=lambda r: (r.get("index", 0), r["row"]["cell_id"]))
+        return sorted(records, key=lambda r: (r.index, r.cell_id))
 
-    def finished(self) -> dict[str, dict[str, Any]]:
-        """Rows of the cells already done (status ``ok`` with their weights on disk, ``skipped``, or
+    def finished(self) -> dict[str, CellRecord]:
+        """Records of the cells already done (status ``ok`` with their weights on disk, ``skipped``, or
         ``pruned``: a tuning trial stopped early on purpose), by cell id. Failed cells are not done: a rerun
         retries them."""
         done = {}
         for record in self.records():
-            row = record["row"]
-            if row.get("status") in ("skipped", "pruned") or (
-                    row.get("status") == "ok" and (not row.get("weights") or self.path_of(row["weights"]).is_file())):
-                done[row["cell_id"]] = row
+            if record.status in ("skipped", "pruned") or (
+                    record.status == "ok" and (not record.weights or self.path_of(record.weights).is_file())):
+                done[record.cell_id] = record
         return done
 
     def rebuild_tables(self) -> None:
         """Write ``results.csv`` and ``history.csv`` from the records (and the staged env.json first)."""
         records = self.records()
-        rows = [r["row"] for r in records]
-        history = [h for r in records for h in r.get("history", [])]
+        rows = [r.row() for r in records]
+        history = [h for r in records for h in r.history]
         atomic_write(self.root / "results.csv", _csv_text(rows, RESULT_COLUMNS, spreadsheet_safe=True))
         atomic_write(self.root / "history.csv", _csv_text(history, HISTORY_COLUMNS, spreadsheet_safe=True))
 
-    def results(self, records: list[dict[str, Any]] | None = None):
+    def results(self, records: list[CellRecord] | None = None):
         """One row per cell as a pandas DataFrame, derived from the records (``results.csv`` as it would
         be written now: a stale, cut or damaged ``results.csv`` changes nothing). Only a directory
         without ``cells/`` (a bare ``results.csv``) is read from its CSV. ``records``: those already
@@ -440,7 +424,7 @@ class RunStore:
         path = self.root / "results.csv"
         if self.cells_dir.is_dir():
             records = self.records() if records is None else records
-            text, source = _csv_text([r["row"] for r in records], RESULT_COLUMNS), self.cells_dir
+            text, source = _csv_text([r.row() for r in records], RESULT_COLUMNS), self.cells_dir
         elif path.is_file():
             text, source = _read_text(path), path
         else:
@@ -452,12 +436,12 @@ class RunStore:
             raise BenchError(f"{source} is not a gridbench results table (it has no cell_id column)")
         return frame
 
-    def history(self, records: list[dict[str, Any]] | None = None):
+    def history(self, records: list[CellRecord] | None = None):
         """One row per cell and epoch as a pandas DataFrame, derived from the records like :meth:`results`."""
         path = self.root / "history.csv"
         if self.cells_dir.is_dir():
             records = self.records() if records is None else records
-            history = [h for r in records for h in r.get("history", [])]
+            history = [h for r in records for h in r.history]
             text, source = _csv_text(history, HISTORY_COLUMNS), self.cells_dir
         elif path.is_file():
             text, source = _read_text(path), path
@@ -480,7 +464,7 @@ def _read_text(path: Path) -> str:
         raise BenchError(f"{path} is not a readable table (not text: a binary or damaged file)") from None
 
 
-def _read_record(path: Path) -> dict[str, Any]:
+def _read_record(path: Path) -> CellRecord:
     """One record file, checked (:func:`check_record`); every problem is a :class:`_Damaged` saying what."""
     try:
         data = read_bounded(path, RECORD_MAX)
@@ -493,7 +477,7 @@ def _read_record(path: Path) -> dict[str, Any]:
     try:
         record = json.loads(data)
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
-        raise _Damaged(f"not valid JSON: {_one_line(exc)[:200]}") from None
+        raise _Damaged(f"not valid JSON: {one_line(str(exc), limit=200)}") from None
     except RecursionError:
         raise _Damaged("not valid JSON: nested too deeply") from None
     if not isinstance(record, dict) or not isinstance(record.get("row"), dict):
@@ -502,11 +486,10 @@ def _read_record(path: Path) -> dict[str, Any]:
     if cell_id != path.stem:
         raise _Damaged(f"its row is for cell {excerpt(cell_id)}, not {path.stem!r}")
     check_record(record)
-    return record
+    return CellRecord.from_json(record)
 
 
 #: The record's row: columns that must be there, and the type (and range) of those that may be.
-_STATUSES = ("ok", "failed", "skipped", "pruned")
 _NAMES = ("model", "loss", "dataset")
 _TEXT = ("params", "device", "optimizer", "schedule", "phase", "tuning", "error", "weights", "step",
          "execution_note", "target", "fused_group")
@@ -568,8 +551,8 @@ def check_record(record: dict[str, Any]) -> None:
     entries, a confusion matrix of counts, paths that stay inside the run directory."""
     row = record["row"]
     status = row.get("status")
-    if status not in _STATUSES:
-        raise _Damaged(f"its row has status {excerpt(status)}, not one of {', '.join(_STATUSES)}"
+    if status not in STATUSES:
+        raise _Damaged(f"its row has status {excerpt(status)}, not one of {', '.join(STATUSES)}"
                        if status is not None else "its row has no status")
     for key in _NAMES:
         if not isinstance(row.get(key), str) or not row[key].strip():

@@ -28,18 +28,18 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.config import RECIPE_FIELDS, Recipe
+from bench.config import PARAM_KINDS, RECIPE_FIELDS, Recipe
 from bench.errors import BenchError, OptionError
 from bench.files import STUDY_MAX, STUDY_VALUES_MAX, Refused, count_values, excerpt, read_bounded
+from bench.host import close_match_hint, unknown_name_error
+from bench.options import HOW, OUTPUTS, TUNING, WHAT, Option, choice, option, options_of, text
+from bench.options import integer as whole_number
+from bench.tune import MAX_TRIALS, PRUNERS, parse_space, parse_tune_options
 
-#: The keys a study file may have.
-STUDY_KEYS = ("models", "losses", "datasets", "grid", "params", "recipe", "zip", "exclude", "seeds", "limit",
-              "device", "track", "tune", "trials", "sampler", "tune_metric", "target", "eval_every", "executor",
-              "prune", "tune_seeds")
 #: Recipe fields holding plugin names (the others are numbers).
 NAME_FIELDS = ("optimizer", "schedule")
 INT_FIELDS = ("batch_size", "epochs")
@@ -52,39 +52,87 @@ MAX_SEED = 2 ** 64 - 1
 @dataclass
 class Study:
     """What to run. ``None`` (or an empty dict/list) means "not given here": a default or another
-    source (see :meth:`merged`) decides."""
+    source (see :meth:`merged`) decides. Each field is a key of a study file and (unless ``keyword`` is
+    off) a keyword of :func:`bench.run`; its :func:`bench.options.option` says its flag, help and check."""
 
-    models: list[str] | None = None
-    losses: list[str] | None = None
-    datasets: list[str] | None = None
-    grid: str | None = None
+    models: list[str] | None = option(None, flag="--models", metavar="A,B", parse=lambda v: _name_list("models", v),
+                                      help="Models to run (restricts --grid).")
+    losses: list[str] | None = option(None, flag="--losses", metavar="A,B", parse=lambda v: _name_list("losses", v),
+                                      help="Losses to run (restricts --grid).")
+    datasets: list[str] | None = option(None, flag="--datasets", metavar="A,B",
+                                        parse=lambda v: _name_list("datasets", v),
+                                        help="Datasets to run (restricts --grid).")
+    grid: str | None = option(None, flag="--grid", metavar="NAME", parse=lambda v: _grid_name(v),
+                              help="A registered grid (bench list shows them), e.g. all (every model x loss x "
+                                   "available dataset) or seed (the notebook's three cells, the default unless "
+                                   "--models/--losses/--datasets are given).")
     #: ``{"NAME.KEY": [values]}``: values typed (from a file or Python) or strings (from the command line)
-    params: dict[str, list] = field(default_factory=dict)
-    #: ``{recipe field: [values]}``
-    recipe: dict[str, list] = field(default_factory=dict)
-    zip: list[list[str]] = field(default_factory=list)
-    exclude: list[dict[str, Any]] = field(default_factory=list)
-    seeds: list[int] | None = None
-    limit: int | None = None
-    device: str | None = None
+    params: dict[str, list] = option(default_factory=dict, flag="--param", metavar="NAME.KEY=V1,V2",
+                                     click={"multiple": True}, parse=lambda v: _params(v),
+                                     help="Sweep a parameter of a model, loss, dataset, optimizer or schedule, e.g. "
+                                          "mlp.hidden=64,256 or sgd.momentum=0,0.9 (repeatable; crossed with the "
+                                          "grid).")
+    #: ``{recipe field: [values]}`` (``bench.run`` and the command line take each field as its own option)
+    recipe: dict[str, list] = option(default_factory=dict, keyword=False, parse=lambda v: _recipe_block(v))
+    zip: list[list[str]] = option(default_factory=list, keyword=False, parse=lambda v: _zip_block(v))
+    exclude: list[dict[str, Any]] = option(default_factory=list, keyword=False, parse=lambda v: _exclude_block(v))
+    seeds: list[int] | None = option(None, flag="--seeds", metavar="S1,S2", parse=lambda v: seed_values(v),
+                                     help="Seeds; each cell runs once per seed. [default: 0]")
+    limit: int | None = option(None, flag="--limit", metavar="N", click={"type": "int"},
+                               parse=lambda v: integer("limit", v, 0),
+                               help="Train on the first N training samples only (a quick smoke run); validation and "
+                                    "test stay whole. 0: all. [default: 0]")
+    device: str | None = option(None, flag="--device", section=HOW, metavar="DEVICE", what=False,
+                                parse=text("device"),
+                                help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps. [default: auto]")
     #: Experiment trackers to log to (not part of any cell's configuration).
-    track: list[str] | None = None
+    track: list[str] | None = option(None, flag="--track", section=OUTPUTS, metavar="NAME[,NAME]",
+                                     what=False, parse=lambda v: _name_list("track", v),
+                                     help="Log the run to experiment trackers, e.g. mlflow, tensorboard (bench list "
+                                          "shows them; each is an optional extra).")
     #: Tuning (bench/tune.py): ``{key: "LOW:HIGH[:log]" | [choices] | {low, high, log}}``, the trial budget
     #: per configuration, the sampler (qmc, tpe) and the validation metric (val_acc, val_loss).
-    tune: dict[str, Any] = field(default_factory=dict)
-    trials: int | None = None
-    sampler: str | None = None
-    tune_metric: str | None = None
-    #: Tuning's pruner (none, median, asha, hyperband) and how many of the first seeds score a trial.
-    prune: str | None = None
-    tune_seeds: int | None = None
+    tune: dict[str, Any] = option(default_factory=dict, flag="--tune", section=TUNING, metavar="KEY=LOW:HIGH[:log]",
+                                  click={"multiple": True}, parse=lambda v: _tune_block(v),
+                                  help="Tune KEY (a recipe key such as lr, or a parameter NAME.KEY such as adam.beta2) "
+                                       "per configuration on the validation split, then train the best value with "
+                                       "every seed (repeatable; categorical: KEY=a|b|c).")
+    trials: int | None = option(None, flag="--trials", section=TUNING, metavar="N", click={"type": "int"},
+                                what=False, parse=lambda v: _trials(v),
+                                help="Tuning trials per configuration, at most 1,000 (a failed trial counts). "
+                                     "[default: 8]")
+    sampler: str | None = option(None, flag="--sampler", section=TUNING, click={"choices": ("qmc", "tpe")},
+                                 what=False, parse=text("sampler"),
+                                 help="Tuning sampler: quasi-random Sobol points or TPE (Optuna), seeded by the first "
+                                      "seed. [default: qmc]")
+    tune_metric: str | None = option(None, flag="--tune-metric", section=TUNING,
+                                     click={"choices": ("val_acc", "val_loss")}, what=False, parse=text("tune_metric"),
+                                     help="What tuning optimises (val_acc is maximised, val_loss minimised). "
+                                          "[default: val_acc]")
+    #: Tuning's pruner, and how many of the first seeds score a trial (bench/tune.py).
+    prune: str | None = option(None, flag="--prune", section=TUNING, click={"choices": PRUNERS}, what=False,
+                               parse=choice("prune", PRUNERS),
+                               help="Stop tuning trials that fall behind, at each epoch (Optuna's pruners; needs the "
+                                    "local executor). [default: none]")
+    tune_seeds: int | None = option(None, flag="--tune-seeds", section=TUNING, metavar="K", click={"type": "int"},
+                                    what=False, parse=whole_number("tune_seeds", 1, optional=True),
+                                    help="Score each tuning trial by the mean over the first K seeds (trained "
+                                         "together); the chosen trial's cells are its final cells for those seeds. "
+                                         "[default: 1]")
     #: Time to target (not part of any cell's configuration): ``"val_acc=0.97"``, and how often (in
     #: training steps) to evaluate on the validation split besides each epoch's end.
-    target: str | None = None
-    eval_every: int | None = None
+    target: str | None = option(None, flag="--target", section=TUNING, metavar="val_acc=X|val_loss=X",
+                                what=False, parse=lambda v: _target(v),
+                                help="Time to target: record, per cell, the first epoch, training steps and training "
+                                     "seconds at which the validation metric reached X.")
+    eval_every: int | None = option(None, flag="--eval-every", section=TUNING, metavar="STEPS",
+                                    click={"type": "natural"}, what=False, parse=lambda v: integer("eval_every", v, 0),
+                                    help="Also evaluate on the validation split every STEPS training steps (a finer "
+                                         "time to target; timed apart from training). [default: 0]")
     #: Where the cells train (not part of any cell's configuration): ``{"name": "slurm", OPTION: value, ...}``;
     #: the command line's ``--executor`` and ``-X KEY=VALUE`` override it.
-    executor: dict[str, Any] = field(default_factory=dict)
+    executor: dict[str, Any] = option(default_factory=dict, keyword=False, what=False,
+                                      parse=lambda v: executor_block(v))
 
     def merged(self, override: Study) -> Study:
         """This study with every key that ``override`` sets replaced (recipe and params key by key)."""
@@ -99,10 +147,8 @@ class Study:
         return out
 
     def sets_grid(self) -> bool:
-        """Does it say what to train (anything but seeds-independent settings)?"""
-        return any(getattr(self, k) not in (None, [], {}) for k in STUDY_KEYS
-                   if k not in ("device", "track", "trials", "sampler", "tune_metric", "target", "eval_every",
-                                 "executor", "prune", "tune_seeds"))
+        """Does it say what to train (any key but the settings: device, trackers, tuning budget, ...)?"""
+        return any(getattr(self, o.name) not in (None, [], {}) for o in options_of(Study) if o.what)
 
     def to_dict(self) -> dict[str, Any]:
         """The study as a plain mapping, for ``study.yaml`` (keys that are not set are left out)."""
@@ -112,6 +158,40 @@ class Study:
             if value not in (None, [], {}):
                 out[key] = value
         return out
+
+    @classmethod
+    def from_options(cls, **given: Any) -> Study:
+        """A study from :func:`bench.run`'s (and ``bench run``'s) keywords: the study's own (:data:`KEYWORDS`),
+        each recipe field (``lr``, ``epochs``, ...) and ``repeat``; ``None`` means not given. Lists may be
+        Python lists or comma-separated strings; ``params`` are ``NAME.KEY=V1,V2`` strings or a
+        ``{"NAME.KEY": [values]}`` dict."""
+        study = cls()
+        seeds, repeat = given.pop("seeds", None), given.pop("repeat", None)
+        study.seeds = seed_values(seeds, repeat)
+        for key, value in given.items():
+            if value is None or (key in ("params", "tune") and not value):
+                continue
+            if key in RECIPE_FIELDS:
+                study.recipe[key] = recipe_values(key, value)
+            elif key in KEYWORDS:
+                setattr(study, key, KEYWORDS[key].check(value))
+            else:
+                raise OptionError(key, "is not an option of a study")
+        return study
+
+
+#: The keys a study file may have (every field of :class:`Study`).
+STUDY_KEYS = tuple(o.name for o in options_of(Study))
+#: The study's options that are keywords of ``bench.run`` and options of ``bench run`` (by name).
+KEYWORDS = {o.name: o for o in options_of(Study) if o.keyword}
+#: The study itself: a file, or the name of a shipped study (``bench.run``'s first argument).
+STUDY_FILE_OPTION = Option("study", "--study", "A study file (models, losses, datasets, grid, params, recipe, zip, "
+                           "exclude, seeds, limit, device), or the name of a study that ships with gridbench, e.g. "
+                           "linearity (bench list shows them); the options below override it.", WHAT, "FILE.yaml|NAME",
+                           {"type": "file"})
+#: ``repeat``: another way to give seeds (never kept in a study: it becomes ``seeds``).
+REPEAT = Option("repeat", "--repeat", "Run each cell with N seeds, 0..N-1 (instead of --seeds).", WHAT, "N",
+                {"type": "int"})
 
 
 # -- reading -------------------------------------------------------------------------------------------
@@ -256,10 +336,86 @@ def _check_param_key(token: str, key: Any) -> None:
         raise OptionError("param", f"{token}: expected NAME.KEY=V1,V2")
 
 
+def _name_list(option: str, value: Any) -> list[str]:
+    try:
+        return _names(option, value)
+    except BenchError as exc:
+        raise OptionError(option, str(exc)[len(option):].strip()) from None
+
+
+def _params(value: Any) -> dict[str, list]:
+    if not isinstance(value, (Mapping, str, list, tuple)):
+        raise OptionError("params", f"must be a list of strings NAME.KEY=V1,V2, or a mapping, got {excerpt(value)}")
+    return param_specs(value)
+
+
+def _trials(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_TRIALS:
+        raise OptionError("trials", f"must be an integer from 1 to {MAX_TRIALS}, got {excerpt(value)}")
+    return value
+
+
+def _grid_name(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise OptionError("grid", f"must be the name of a registered grid, got {excerpt(value)}")
+    return value.strip()
+
+
+def _recipe_block(value: Any) -> dict[str, list]:
+    if not isinstance(value, Mapping):
+        raise OptionError("recipe", f"must be a mapping ({', '.join(RECIPE_FIELDS)}), got {excerpt(value)}")
+    out = {}
+    for key, values in value.items():
+        if key not in RECIPE_FIELDS:
+            raise OptionError("recipe", f"unknown key {excerpt(key)}; valid: {', '.join(RECIPE_FIELDS)}")
+        try:
+            out[key] = recipe_values(key, values)
+        except OptionError as exc:
+            raise OptionError(f"recipe.{key}", exc.text) from None
+    return out
+
+
+def _zip_block(groups: Any) -> list[list[str]]:
+    if not (isinstance(groups, list) and all(isinstance(g, list) and all(isinstance(a, str) for a in g)
+                                             for g in groups)):
+        raise OptionError("zip", "must be a list of lists of axis names, e.g. [[optimizer, lr]], "
+                                 f"got {excerpt(groups)}")
+    return [list(g) for g in groups]
+
+
+def _exclude_block(entries: Any) -> list[dict[str, Any]]:
+    if not (isinstance(entries, list) and all(isinstance(e, Mapping) and e for e in entries)):
+        raise OptionError("exclude", f"must be a list of partial cells, e.g. [{{model: cnn, loss: mse}}], "
+                                     f"got {excerpt(entries)}")
+    return [dict(e) for e in entries]
+
+
+def _tune_block(value: Any) -> dict[str, Any]:
+    """``{KEY: spec}`` from a mapping (a study file, Python) or ``KEY=SPEC`` strings (the command line)."""
+    if not isinstance(value, (Mapping, str, list, tuple)):
+        raise OptionError("tune", f"must be a list of strings KEY=LOW:HIGH[:log], or a mapping KEY: LOW:HIGH[:log], "
+                                  f"got {excerpt(value)}")
+    specs = parse_tune_options(value)
+    for key, spec in specs.items():
+        try:
+            parse_space(str(key), spec)
+        except OptionError as exc:
+            raise OptionError(f"tune.{key}", exc.text if exc.option in (key, "tune") else str(exc)) from None
+    return {str(k): v for k, v in specs.items()}
+
+
+def _target(value: Any) -> str:
+    if isinstance(value, Mapping) and len(value) == 1:
+        value = "=".join(map(str, next(iter(value.items()))))
+    parse_target(value)
+    return str(value)
+
+
 def from_mapping(data: Any, source: str = "study") -> Study:
     """A :class:`Study` from a mapping (a parsed YAML file, or a dict given to ``bench.run(study=...)``).
 
-    Errors name ``source`` and the key: an unknown key, a value of the wrong type, a bad number.
+    Each key is checked by its option's check (:class:`Study`'s fields); errors name ``source`` and the key:
+    an unknown key, a value of the wrong type, a bad number.
     """
     if data is None:
         data = {}
@@ -268,105 +424,32 @@ def from_mapping(data: Any, source: str = "study") -> Study:
                          f"got {type(data).__name__}")
     for key in data:
         if key not in STUDY_KEYS:
-            from bench.host import close_match_hint
-
             raise BenchError(f"{source}: unknown key {excerpt(key)}{close_match_hint(str(key)[:100], STUDY_KEYS)}; "
                              f"valid: {', '.join(STUDY_KEYS)}")
-
-    def at(key: str, fn, *args):
+    options = {o.name: o for o in options_of(Study)}
+    study = Study()
+    for key, value in data.items():
+        if value is None:
+            continue
         try:
-            return fn(*args)
+            setattr(study, key, options[key].check(value))
         except OptionError as exc:
-            raise BenchError(f"{source}: {key}: {exc.text if exc.option in (key, key.split('.')[-1]) else exc}") \
-                from None
+            where = exc.option if exc.option.startswith(f"{key}.") else key
+            raise BenchError(f"{source}: {where}: {exc.text if exc.option in (key, where) else exc}") from None
         except BenchError as exc:
             raise BenchError(f"{source}: {key}: {exc}") from None
-
-    study = Study()
-    for key in ("models", "losses", "datasets"):
-        if data.get(key) is not None:
-            setattr(study, key, at(key, _names, key, data[key]))
-    if data.get("grid") is not None:
-        if not isinstance(data["grid"], str) or not data["grid"].strip():
-            raise BenchError(f"{source}: grid: must be the name of a registered grid, got {excerpt(data['grid'])}")
-        study.grid = data["grid"].strip()
-    if data.get("params") is not None:
-        if not isinstance(data["params"], Mapping):
-            raise BenchError(f"{source}: params: must be a mapping NAME.KEY: [values], got {excerpt(data['params'])}")
-        for key, value in data["params"].items():
-            study.params.update(at(f"params.{key}", param_specs, {key: value}))
-    if data.get("recipe") is not None:
-        if not isinstance(data["recipe"], Mapping):
-            raise BenchError(f"{source}: recipe: must be a mapping ({', '.join(RECIPE_FIELDS)}), "
-                             f"got {excerpt(data['recipe'])}")
-        for key, value in data["recipe"].items():
-            if key not in RECIPE_FIELDS:
-                raise BenchError(f"{source}: recipe: unknown key {excerpt(key)}; valid: {', '.join(RECIPE_FIELDS)}")
-            study.recipe[key] = at(f"recipe.{key}", recipe_values, key, value)
-    if data.get("zip") is not None:
-        groups = data["zip"]
-        if not (isinstance(groups, list) and all(isinstance(g, list) and all(isinstance(a, str) for a in g)
-                                                 for g in groups)):
-            raise BenchError(f"{source}: zip: must be a list of lists of axis names, e.g. [[optimizer, lr]], "
-                             f"got {excerpt(groups)}")
-        study.zip = [list(g) for g in groups]
-    if data.get("exclude") is not None:
-        ex = data["exclude"]
-        if not (isinstance(ex, list) and all(isinstance(e, Mapping) and e for e in ex)):
-            raise BenchError(f"{source}: exclude: must be a list of partial cells, e.g. "
-                             f"[{{model: cnn, loss: mse}}], got {excerpt(ex)}")
-        study.exclude = [dict(e) for e in ex]
-    if data.get("seeds") is not None:
-        study.seeds = at("seeds", seed_values, data["seeds"])
-    if data.get("limit") is not None:
-        study.limit = at("limit", integer, "limit", data["limit"], 0)
-    if data.get("tune") is not None:
-        if not isinstance(data["tune"], Mapping):
-            raise BenchError(f"{source}: tune: must be a mapping KEY: LOW:HIGH[:log] (or a list of choices), "
-                             f"got {excerpt(data['tune'])}")
-        from bench.tune import parse_space
-
-        for key, spec in data["tune"].items():
-            at(f"tune.{key}", parse_space, str(key), spec)
-        study.tune = {str(k): v for k, v in data["tune"].items()}
-    if data.get("trials") is not None:
-        study.trials = at("trials", integer, "trials", data["trials"], 1)
-    if data.get("tune_seeds") is not None:
-        study.tune_seeds = at("tune_seeds", integer, "tune_seeds", data["tune_seeds"], 1)
-    for key in ("sampler", "tune_metric", "prune"):
-        if data.get(key) is not None:
-            if not isinstance(data[key], str):
-                raise BenchError(f"{source}: {key}: must be a string, got {data[key]!r}")
-            setattr(study, key, data[key])
-    if data.get("target") is not None:
-        target = data["target"]
-        if isinstance(target, Mapping) and len(target) == 1:
-            target = "=".join(map(str, next(iter(target.items()))))
-        study.target = str(at("target", parse_target, target) and target)
-    if data.get("eval_every") is not None:
-        study.eval_every = at("eval_every", integer, "eval_every", data["eval_every"], 0)
-    if data.get("track") is not None:
-        study.track = at("track", _names, "track", data["track"])
-    if data.get("executor") is not None:
-        study.executor = executor_block(data["executor"], source)
-    if data.get("device") is not None:
-        if not isinstance(data["device"], str):
-            raise BenchError(f"{source}: device: must be a string (auto, cpu, cuda, cuda:N, mps), "
-                             f"got {excerpt(data['device'])}")
-        study.device = data["device"]
     return study
 
 
-def executor_block(value: Any, source: str = "study") -> dict[str, Any]:
+def executor_block(value: Any) -> dict[str, Any]:
     """A study's ``executor``: a name, or a mapping with ``name`` and the executor's options."""
     if isinstance(value, str) and value.strip():
         return {"name": value.strip()}
     if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
-        raise BenchError(f"{source}: executor: must be a name or a mapping {{name: NAME, OPTION: value, ...}}, "
-                         f"got {value!r}")
+        raise OptionError("executor", f"must be a name or a mapping {{name: NAME, OPTION: value, ...}}, got {value!r}")
     name = value.get("name")
     if not isinstance(name, str) or not name.strip():
-        raise BenchError(f"{source}: executor: needs a name (e.g. name: slurm), got {value!r}")
+        raise OptionError("executor", f"needs a name (e.g. name: slurm), got {value!r}")
     return {**value, "name": name.strip()}
 
 
@@ -464,8 +547,6 @@ def parse_target(spec: Any) -> tuple[str, float] | None:
 
 def check_names(study: Study, registry, source: str) -> None:
     """Every plugin name a study (file) uses is registered; an error names ``source`` and the key."""
-    from bench.config import PARAM_KINDS
-
     def check(key: str, fn) -> None:
         try:
             fn()
@@ -486,6 +567,4 @@ def check_names(study: Study, registry, source: str) -> None:
     for key in study.params:
         name = key.split(".", 1)[0]
         if name not in every:
-            from bench.host import unknown_name_error
-
             raise BenchError(f"{source}: params.{key}: {unknown_name_error('component', name, every)}")

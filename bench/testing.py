@@ -25,6 +25,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bench.api import run
 from bench.host import Host
 
 if TYPE_CHECKING:
@@ -77,8 +78,6 @@ def run_grid(
     with pandas: one row per cell. ``out`` keeps the run directory (otherwise a temporary one is
     removed); ``check`` raises ``AssertionError`` naming every cell whose status is ``failed``.
     """
-    from bench.api import run
-
     with tempfile.TemporaryDirectory(prefix="gridbench-test-") as tmp:
         root = Path(out) if out is not None else Path(tmp) / "run"
         data = Path(data_dir) if data_dir is not None else Path(tmp) / "data"
@@ -88,7 +87,7 @@ def run_grid(
                      **options)
         table = result.results
     if check and result.failed:
-        lines = [f"{r['model']}+{r['loss']} on {r['dataset']} seed={r['seed']}: {r['error']}" for r in result.failed]
+        lines = [f"{r.model}+{r.loss} on {r.dataset} seed={r.seed}: {r.error}" for r in result.failed]
         raise AssertionError(f"{len(lines)} cell(s) failed:\n" + "\n".join(lines))
     return table
 

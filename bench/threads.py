@@ -19,8 +19,13 @@ import sys
 USER_CHOICES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
 
 
-#: Where the command line records what it chose and why (copied into env.json).
-CHOICE_VARIABLE = "BENCH_OPENMP_CHOICE"
+#: What this process chose and why (:func:`prefer_passive_openmp`; ``None``: it was not asked to choose).
+_choice: str | None = None
+
+
+def openmp_choice() -> str | None:
+    """What :func:`prefer_passive_openmp` chose in this process and why (``env.json``'s ``openmp_choice``)."""
+    return _choice
 
 
 def choose_passive(load: float, cores: int) -> bool:
@@ -32,8 +37,9 @@ def prefer_passive_openmp() -> bool:
     """Set ``OMP_WAIT_POLICY=PASSIVE`` if torch is not loaded yet, the user set no policy and the
     machine is oversubscribed; returns whether it did. Once torch (and so OpenMP) is loaded the
     setting would have no effect."""
+    global _choice
     if "torch" in sys.modules or any(name in os.environ for name in USER_CHOICES):
-        os.environ.setdefault(CHOICE_VARIABLE, "as set by the user or the environment")
+        _choice = _choice or "as set by the user or the environment"
         return False
     try:
         load = os.getloadavg()[0]
@@ -41,8 +47,8 @@ def prefer_passive_openmp() -> bool:
         return False
     cores = os.cpu_count() or 1
     passive = choose_passive(load, cores)
-    os.environ[CHOICE_VARIABLE] = (f"{'passive' if passive else 'default'} waiting: load average {load:.2f} "
-                                   f"{'>' if passive else '<='} {cores} cores at start")
+    _choice = (f"{'passive' if passive else 'default'} waiting: load average {load:.2f} "
+               f"{'>' if passive else '<='} {cores} cores at start")
     if passive:
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     return passive

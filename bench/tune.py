@@ -34,6 +34,7 @@ from typing import Any
 from bench.config import PARAM_KINDS, RECIPE_FIELDS, Cell, _params_dict, config_label
 from bench.errors import BenchError, OptionError, StopCell
 from bench.files import excerpt
+from bench.record import CellRecord
 
 SAMPLERS = ("qmc", "tpe")
 #: ``--prune``: none, or Optuna's MedianPruner, SuccessiveHalvingPruner (asynchronous successive halving) or
@@ -358,12 +359,12 @@ class PruneWatch:
         self.values: dict[str, list[float]] = {}  # cell id -> its metric at each evaluation point so far
         self.pruned: dict[int, str] = {}  # trial id -> why
 
-    def watch(self, study, trial_id: int, number: int, cells: list[Cell], recorded: dict[str, dict]) -> None:
+    def watch(self, study, trial_id: int, number: int, cells: list[Cell], recorded: dict[str, CellRecord]) -> None:
         ids = [c.cell_id for c in cells]
         for cell_id in ids:
             self.member[cell_id] = (study, trial_id, number, ids)
-            history = recorded.get(cell_id, {}).get("history")
-            self.values[cell_id] = [float(h.get(self.tuning.metric, math.nan)) for h in history or []]
+            history = recorded[cell_id].history if cell_id in recorded else []
+            self.values[cell_id] = [float(h.get(self.tuning.metric, math.nan)) for h in history]
 
     def epoch_end(self, cell, row: dict[str, Any]) -> None:
         entry = self.member.get(cell.cell_id)
@@ -401,8 +402,8 @@ class Tuned:
 
     finals: list[Cell]
     failed: list[str]
-    #: The rows of the trials that count (finished, pruned or failed), by configuration and trial number.
-    trial_rows: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    #: The records of the trials that count (finished, pruned or failed), by configuration and trial number.
+    trial_records: list[CellRecord] = dataclasses.field(default_factory=list)
     #: ``(trial cell, final cell)``: final cells whose record is the best trial's own (its first seeds,
     #: ``--tune-seeds``), to be copied rather than trained again.
     reused: list[tuple[Cell, Cell]] = dataclasses.field(default_factory=list)
@@ -432,10 +433,10 @@ def _study_attrs(tuning: Tuning, cell: Cell, group: str, seeds: list[int]) -> di
 
 
 def run_tuning(tuning: Tuning, registry, base_cells: list[Cell], seeds: list[int], root: Path,
-               train: Callable[[list[Cell]], list[dict[str, Any]]], records: Callable[[], dict[str, dict]],
+               train: Callable[[list[Cell]], list[CellRecord]], records: Callable[[], dict[str, CellRecord]],
                batch_size: int = 0, watch: Callable[[Callable], None] | None = None) -> Tuned:
     """Tune every configuration of ``base_cells`` (one cell each, on the first seed), then return the final
-    cells (the best values, every seed). ``train(cells)`` trains cells (resuming) and returns their rows;
+    cells (the best values, every seed). ``train(cells)`` trains cells (resuming) and returns their records;
     ``records()`` gives the records already in the run directory by cell id. ``batch_size``: trials asked per
     configuration before they train (0: up to :data:`ROUND`). ``watch(function)``: have ``function(cell,
     row)`` called at each evaluation point of a training cell, in this process (pruning; it raises
@@ -474,33 +475,33 @@ def run_tuning(tuning: Tuning, registry, base_cells: list[Cell], seeds: list[int
         """The cells of a trial that was asked (``trial``: an Optuna Trial), suggesting what it lacks."""
         return cells_of(group, trial.number, {key: tuning.spaces[key].suggest(trial) for key in keys})
 
-    def value_of(row: dict[str, Any]) -> float | None:
+    def value_of(record: CellRecord) -> float | None:
         try:
-            value = float(row.get(tuning.metric))
+            value = float(getattr(record, tuning.metric))
         except (TypeError, ValueError):
             return None
-        return value if row.get("status") == "ok" and math.isfinite(value) else None
+        return value if record.status == "ok" and math.isfinite(value) else None
 
-    def tell(study, trial_id: int, number: int, rows: list[dict[str, Any]]) -> None:
-        """Tell a trial's outcome from its cells' rows (their attributes first: a finished trial takes none)."""
+    def tell(study, trial_id: int, number: int, records: list[CellRecord]) -> None:
+        """Tell a trial's outcome from its cells' records (their attributes first: a finished trial takes none)."""
         if study._storage.get_trial(trial_id).state != states.RUNNING:
             return
-        ids = [str(r.get("cell_id", "")) for r in rows]
+        ids = [r.cell_id for r in records]
         study._storage.set_trial_user_attr(trial_id, "cell_id", ids[0] if len(ids) == 1 else ids)
-        values = [value_of(r) for r in rows]
-        failed = [r for r, v in zip(rows, values) if v is None and r.get("status") != "pruned"]
+        values = [value_of(r) for r in records]
+        failed = [r for r, v in zip(records, values) if v is None and r.status != "pruned"]
         if failed:
             study._storage.set_trial_user_attr(trial_id, "status", "failed")
             study._storage.set_trial_user_attr(trial_id, "cell_failed",
-                                               str(failed[0].get("error") or failed[0].get("status") or "failed"))
+                                               str(failed[0].error or failed[0].status or "failed"))
             study.tell(number, state=states.FAIL, skip_if_finished=True)
         elif any(v is None for v in values):
-            reason = next(str(r.get("error") or "pruned") for r in rows if r.get("status") == "pruned")
+            reason = next(str(r.error or "pruned") for r in records if r.status == "pruned")
             study._storage.set_trial_user_attr(trial_id, "status", "pruned")
             study._storage.set_trial_user_attr(trial_id, "pruned", reason)
             study.tell(number, state=states.PRUNED, skip_if_finished=True)
         else:
-            tests = [float(r.get("test_acc", math.nan)) for r in rows]
+            tests = [math.nan if r.test_acc is None else float(r.test_acc) for r in records]
             study._storage.set_trial_user_attr(trial_id, "status", "ok")
             study._storage.set_trial_user_attr(trial_id, "test_acc", sum(tests) / len(tests))
             study.tell(number, sum(values) / len(values), skip_if_finished=True)
@@ -511,18 +512,18 @@ def run_tuning(tuning: Tuning, registry, base_cells: list[Cell], seeds: list[int
                                                                   and "cell_failed" in t.user_attrs)
                    for t in study.get_trials(deepcopy=False))
 
-    def rows_of(recorded: dict[str, dict], cells: list[Cell]) -> list[dict[str, Any]] | None:
-        rows = [recorded.get(c.cell_id, {}).get("row") for c in cells]
-        return rows if all(r is not None and r.get("status") in ("ok", "failed", "pruned") for r in rows) else None
+    def records_of(recorded: dict[str, CellRecord], cells: list[Cell]) -> list[CellRecord] | None:
+        found = [recorded.get(c.cell_id) for c in cells]
+        return found if all(r is not None and r.status in ("ok", "failed", "pruned") for r in found) else None
 
     # A run killed mid-way leaves trials RUNNING: tell those whose cells finished; the others train again
     # (below) under their own numbers, before any new trial is asked, so that the history is the same.
     recorded = records()
     for group, study in studies.items():
         for t in study.get_trials(deepcopy=False, states=(states.RUNNING,)):
-            rows = rows_of(recorded, trial_cells(group, optuna.trial.Trial(study, t._trial_id)))
-            if rows is not None:
-                tell(study, t._trial_id, t.number, rows)
+            done = records_of(recorded, trial_cells(group, optuna.trial.Trial(study, t._trial_id)))
+            if done is not None:
+                tell(study, t._trial_id, t.number, done)
 
     while True:
         batch: list[tuple[str, int, int, list[Cell]]] = []
@@ -538,18 +539,18 @@ def run_tuning(tuning: Tuning, registry, base_cells: list[Cell], seeds: list[int
         recorded = records()
         for group, trial_id, number, cells in batch:
             watcher.watch(studies[group], trial_id, number, cells, recorded)
-        rows = {row["cell_id"]: row for row in train([cell for *_, cells in batch for cell in cells])}
+        trained = {record.cell_id: record for record in train([cell for *_, cells in batch for cell in cells])}
         for group, trial_id, number, cells in batch:
             tell(studies[group], trial_id, number,
-                 [rows.get(c.cell_id, {"cell_id": c.cell_id, "status": "failed", "error": "no row"}) for c in cells])
+                 [trained.get(c.cell_id) or CellRecord.of(c, "failed", "no record") for c in cells])
 
-    finals, failed, trial_rows, reused = [], [], [], []
+    finals, failed, trial_records, reused = [], [], [], []
     recorded = records()
     for group, study in studies.items():
         for t in study.get_trials(deepcopy=False, states=(states.COMPLETE, states.PRUNED, states.FAIL)):
             if t.state == states.FAIL and "cell_failed" not in t.user_attrs:
                 continue
-            trial_rows += [recorded[c.cell_id]["row"] for c in cells_of(group, t.number, t.params)
+            trial_records += [recorded[c.cell_id] for c in cells_of(group, t.number, t.params)
                            if c.cell_id in recorded]
         if not any(t.state == states.COMPLETE for t in study.get_trials(deepcopy=False)):
             failed.append(configuration_label(groups[group].config(), group))
@@ -562,7 +563,7 @@ def run_tuning(tuning: Tuning, registry, base_cells: list[Cell], seeds: list[int
             if seed in tried:
                 reused.append((tried[seed], final))
             finals.append(final)
-    return Tuned(finals, failed, trial_rows, reused)
+    return Tuned(finals, failed, trial_records, reused)
 
 
 def reuse_record(store, trial: Cell, final: Cell, index: int) -> None:
@@ -572,10 +573,8 @@ def reuse_record(store, trial: Cell, final: Cell, index: int) -> None:
     finished = store.finished()
     if final.cell_id in finished or trial.cell_id not in finished:
         return
-    path = store.cells_dir / f"{trial.cell_id}.json"
-    record = json.loads(path.read_text())
-    same = {k: v for k, v in final.row("ok").items() if k in ("cell_id", "phase", "trial", "tuning")}
-    record["row"].update(same)
-    record["history"] = [{**h, "cell_id": final.cell_id} for h in record.get("history", [])]
-    record["reused_from"], record["index"] = trial.cell_id, index
+    record = dataclasses.replace(finished[trial.cell_id], cell_id=final.cell_id, phase=final.phase,
+                                 trial=final.trial, tuning=final.tuning, index=index)
+    record.history = [{**h, "cell_id": final.cell_id} for h in record.history]
+    record.other = {**record.other, "reused_from": trial.cell_id}
     store.write_cell(record)

@@ -28,9 +28,10 @@ from typing import Any
 import torch
 
 from bench import hookimpl
-from bench.errors import BenchError
+from bench.errors import BenchError, one_line
 from bench.grid import Cell
-from bench.runner import Job, LocalExecutor, WorkSpec, execute_group, failed_record, fused_groups
+from bench.record import CellRecord
+from bench.runner import Fatal, Job, LocalExecutor, WorkSpec, execute_group, failed_record, fused_groups
 
 RAY_INSTALL_HINT = "pip install 'gridbench[ray]'"
 
@@ -138,7 +139,7 @@ class ProcessExecutor:
         jobs = self.jobs or cores
         return [(str(device), max(1, cores // jobs))] * jobs
 
-    def run(self, tasks: list[tuple[int, Cell]], job: Job) -> Iterator[dict[str, Any]]:
+    def run(self, tasks: list[tuple[int, Cell]], job: Job) -> Iterator[CellRecord | Fatal]:
         if not tasks:
             return
         groups = fused_groups(tasks, job.execution, job.registry)  # a group of one is one cell
@@ -198,15 +199,10 @@ class ProcessExecutor:
 # -- ray -------------------------------------------------------------------------------------------
 
 
-def _ray_group(group: list[tuple[int, Cell]], spec: WorkSpec, threads: int) -> list[dict[str, Any]]:
+def _ray_group(group: list[tuple[int, Cell]], spec: WorkSpec, threads: int) -> list[CellRecord | Fatal]:
     """The body of one Ray task: one cell, or a fused group (a plain function, so Ray ships it by reference)."""
     torch.set_num_threads(threads)
     return execute_group(group, spec)
-
-
-def _one_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return f"{type(exc).__name__}: {lines[0] if lines else ''}"
 
 
 class RayExecutor:
@@ -237,10 +233,10 @@ class RayExecutor:
                 ray.init(**options)
         except Exception as exc:  # no cluster there, a version mismatch, ...
             where = f" at --address {self.address}" if self.address else ""
-            raise BenchError(f"--executor ray: cannot start or join Ray{where}: {_one_line(exc)}") from None
+            raise BenchError(f"--executor ray: cannot start or join Ray{where}: {one_line(exc, first=True)}") from None
         return True
 
-    def run(self, tasks: list[tuple[int, Cell]], job: Job) -> Iterator[dict[str, Any]]:
+    def run(self, tasks: list[tuple[int, Cell]], job: Job) -> Iterator[CellRecord | Fatal]:
         if not tasks:
             return
         import ray
@@ -262,7 +258,7 @@ class RayExecutor:
                         records = ray.get(ref)
                     except ray.exceptions.RayError as exc:  # the worker died, the node was lost, ...
                         records = [failed_record(index, cell, f"Ray task failed while training this cell: "
-                                                              f"{_one_line(exc)}") for index, cell in group]
+                                                              f"{one_line(exc, first=True)}") for index, cell in group]
                     yield from records
         finally:
             for ref in pending:

@@ -31,14 +31,15 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from bench import hookimpl
 from bench.errors import BenchError
 from bench.grid import Cell
-from bench.runner import Job, WorkSpec, execute_group, failed_record, fused_groups
+from bench.record import CellRecord
+
+if TYPE_CHECKING:  # torch and the runner load when cells train, not when bench --help lists `bench cancel`
+    from bench.runner import Fatal, Job, WorkSpec
 
 SLURM_INSTALL_HINT = "pip install -e '.[slurm]'"
 #: The run directory's folder that jobs write (submitit's scripts, logs and results; each job's finished groups).
@@ -131,6 +132,10 @@ class SlurmTask:
         self.groups, self.spec, self.spool, self.threads = groups, spec, spool, threads
 
     def __call__(self) -> int:
+        import torch
+
+        from bench.runner import execute_group
+
         torch.set_num_threads(self.threads)
         spool = Path(self.spool)
         spool.mkdir(parents=True, exist_ok=True)
@@ -260,7 +265,7 @@ class SlurmExecutor:
 
     # -- running ----------------------------------------------------------------------------------
 
-    def run(self, tasks: list[tuple[int, Cell]], job: Job) -> Iterator[dict[str, Any]]:
+    def run(self, tasks: list[tuple[int, Cell]], job: Job) -> Iterator[CellRecord | Fatal]:
         if not tasks:
             return
         if job.run_dir is None:
@@ -320,6 +325,8 @@ class SlurmExecutor:
                                 if not t.pending:
                                     break
                         why = _why(t, state, reason, spool)
+                        from bench.runner import failed_record
+
                         for cid in sorted(t.pending, key=lambda c: by_id[c][0]):
                             index, cell = by_id[cid]
                             yield failed_record(index, cell, why)
@@ -334,8 +341,10 @@ class SlurmExecutor:
                 print(f"slurm: {len(left)} job(s) still queued or running ({', '.join(str(t.job_id) for t in left)});"
                       f" the same command collects them, bench cancel {run_dir} cancels them", file=sys.stderr)
 
-    def _collect(self, t: _Tracked, spool: Path, by_id: dict[str, tuple[int, Cell]]) -> Iterator[dict[str, Any]]:
+    def _collect(self, t: _Tracked, spool: Path, by_id: dict[str, tuple[int, Cell]]) -> Iterator[CellRecord | Fatal]:
         """The records of the groups that ``t`` finished since the last look."""
+        from bench.runner import Fatal
+
         folder = spool / "parts" / t.token
         for k in range(len(t.groups)):
             if k in t.seen or not (folder / f"{k}.pkl").exists():
@@ -344,17 +353,18 @@ class SlurmExecutor:
                 records = pickle.load(f)
             t.seen.add(k)
             for record in records:
-                if "fatal" in record:
+                if isinstance(record, Fatal):
                     yield record
                     continue
-                cid = record["row"]["cell_id"]
-                if cid in t.pending:
-                    t.pending.discard(cid)
-                    record["index"] = by_id[cid][0]
+                if record.cell_id in t.pending:
+                    t.pending.discard(record.cell_id)
+                    record.index = by_id[record.cell_id][0]
                     yield record
 
     def _submit(self, tasks: list[tuple[int, Cell]], job: Job, spool: Path, jobs: _JobsFile) -> list[_Tracked]:
         import submitit
+
+        from bench.runner import fused_groups
 
         groups = fused_groups(tasks, job.execution, job.registry)
         packs = self.pack(groups)

@@ -73,7 +73,7 @@ def epoch_metrics(row: dict[str, Any]) -> dict[str, float]:
 def final_metrics(record: dict[str, Any]) -> dict[str, float]:
     """The cell's results, results.csv's numbers, as ``final/NAME`` (``final/median_epoch_time_s`` for its
     ``epoch_time_s``): apart from the per-epoch curves, whose names are history.csv's."""
-    return {FINAL + _FINAL_NAMES.get(key, key): float(value) for key, value in record["row"].items()
+    return {FINAL + _FINAL_NAMES.get(key, key): float(value) for key, value in record.row().items()
             if key not in _NOT_METRICS and _is_number(value)}
 
 
@@ -106,16 +106,16 @@ def _will_train(run) -> set[str]:
 def _finished_records(run) -> list[dict[str, Any]]:
     """The records of the run directory's finished cells (ok or skipped) that this run does not retrain."""
     finished, training = run.store.finished(), _will_train(run)
-    return [r for r in run.store.records() if r["row"]["cell_id"] in finished
-            and r["row"]["cell_id"] not in training]
+    return [r for r in run.store.records() if r.cell_id in finished
+            and r.cell_id not in training]
 
 
 def _cell_times(record: dict[str, Any], seen: float | None = None) -> tuple[float, float]:
     """(start, end) of a cell's attempt in Unix seconds: from its record, else from what was timed."""
-    end = record.get("ended_at") or time.time()
-    row = record["row"]
+    end = record.ended_at or time.time()
+    row = record.row()
     spent = sum(float(row.get(k) or 0) for k in ("data_time_s", "warmup_time_s", "train_time_s", "eval_time_s"))
-    start = record.get("started_at") or seen or end - spent
+    start = record.started_at or seen or end - spent
     return float(start), float(end)
 
 
@@ -200,7 +200,7 @@ class MlflowTracker:
             elif child.info.status == "FINISHED":
                 self.logged.setdefault(cell_id, []).append(child.info.run_id)
         for record in _finished_records(run):  # finished in the directory, missed by MLflow
-            if not self.logged.get(record["row"]["cell_id"]):
+            if not self.logged.get(record.cell_id):
                 self._log_record(record)
 
     def _search(self, filter_string: str, view) -> list:
@@ -235,8 +235,8 @@ class MlflowTracker:
     def _close(self, run_id: str, record: dict[str, Any], end: float) -> None:
         from mlflow.entities import Metric, RunTag
 
-        row = record["row"]
-        history = record.get("history") or []
+        row = record.row()
+        history = record.history
         step = int(history[-1]["epoch"]) if history else 0
         metrics = [Metric(k, v, int(end * 1000), step) for k, v in final_metrics(record).items()]
         self._batch(run_id, metrics=metrics, tags=[RunTag(k, v[:5000]) for k, v in result_tags(row).items()])
@@ -261,8 +261,8 @@ class MlflowTracker:
         """Log a whole cell from its record: with the times its epochs were seen ending, if they were (here),
         else as its record tells them."""
         start, end = _cell_times(record, seen)
-        run_id = self._open(record["row"], start)
-        history = record.get("history") or []
+        run_id = self._open(record.row(), start)
+        history = record.history
         if len(stamps) != len(history):
             stamps = _epoch_stamps(history, start, end)
         self._log_epochs(run_id, history, list(stamps))
@@ -288,13 +288,14 @@ class MlflowTracker:
     @hookimpl(trylast=True)
     def bench_cell_end(self, cell, record) -> None:
         state = self.cells.pop(cell.cell_id, None)
-        if state and state["run_id"] is not None and state["seen"] > record.get("ended_at", state["seen"]):
+        ended = record.ended_at if record.ended_at is not None else state["seen"] if state else 0.0
+        if state and state["run_id"] is not None and state["seen"] > ended:
             # opened while a cell that had ended elsewhere was replayed (slowly): its times were not the cell's
             self.client.delete_run(state["run_id"])
             state = None
         if state is None or state["run_id"] is None:
             stamps = [stamp for _, stamp in state["epochs"]] if state else []
-            if record.get("ended_at") is None or any(t > record["ended_at"] for t in stamps):
+            if record.ended_at is None or any(t > record.ended_at for t in stamps):
                 stamps = []  # events replayed after the record came back from a worker: not when they happened
             self._log_record(record, state["seen"] if state else None, stamps)
         else:
@@ -382,7 +383,7 @@ class TensorBoardTracker:
     def bench_run_start(self, run) -> None:
         self.root = Path(run.path) / "tensorboard"
         for record in _finished_records(run):  # finished in the directory, not (or not wholly) written here
-            if not (self.root / _tb_folder(record["row"]) / TB_DONE).is_file():
+            if not (self.root / _tb_folder(record.row()) / TB_DONE).is_file():
                 self._write_record(record)
 
     def _writer(self, name: str):
@@ -395,19 +396,19 @@ class TensorBoardTracker:
         return SummaryWriter(log_dir=str(folder))
 
     def _write_record(self, record: dict[str, Any]) -> None:
-        writer = self._writer(_tb_folder(record["row"]))
+        writer = self._writer(_tb_folder(record.row()))
         start, end = _cell_times(record)
-        history = record.get("history") or []
+        history = record.history
         for row, stamp in zip(history, _epoch_stamps(history, start, end)):
             _scalars(writer, row, stamp)
         self._finish(writer, record, start, end)
 
     def _finish(self, writer, record: dict[str, Any], start: float, end: float) -> None:
-        history = record.get("history") or []
+        history = record.history
         step = int(history[-1]["epoch"]) if history else 0
         for name, value in final_metrics(record).items():
             writer.add_scalar(name, value, step, walltime=end)
-        for summary in _hparams(record["row"], start, end):
+        for summary in _hparams(record.row(), start, end):
             writer.file_writer.add_summary(summary, walltime=end)
         writer.close()
         (Path(writer.log_dir) / TB_DONE).write_text("")

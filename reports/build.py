@@ -204,15 +204,15 @@ def _figures_html(runs: Runs, cells: pd.DataFrame, what: str) -> tuple[str, list
     templates, kinds, confusions, classes, why = [], set(), [], [], ""
     for _, row in ok.iterrows():
         record = runs.record(row["run"], row["cell_id"])
-        classes = classes or [str(c) for c in record.get("classes", [])]
+        classes = classes or [str(c) for c in (record.classes if record is not None else [])]
         values, kind, reason = runs.templates(row["run"], row["cell_id"])
         if values is not None and (not templates or values.shape == templates[0].shape):
             templates.append(values.astype(np.float64))
             kinds.add(kind)
         else:
             why = why or reason or "templates of another shape"
-        if record.get("confusion"):
-            confusions.append(np.asarray(record["confusion"], dtype=np.int64))
+        if record is not None and record.confusion:
+            confusions.append(np.asarray(record.confusion, dtype=np.int64))
     several = len(ok) > 1
     if templates:
         note = f"; mean over {len(templates)} {what}" if len(templates) > 1 else ""

@@ -32,10 +32,12 @@ from scipy.special import stdtrit
 
 from bench.config import CONFIG_COLUMNS, config_frame, varying_label
 from bench.errors import BenchError
+from bench.files import TABLE_MAX, read_bounded
 from bench.reports.html import markdown_table
 from bench.reports.load import REPORT_MARKER, is_report_dir
 from bench.safe_text import printable, read_csv_frame
 from bench.stats import corrected_frame, interval_text, metric_range, results_only
+from bench.store import RunStore
 from bench.tune import tuned_keys
 
 #: What a margin of ``fail_on`` may name.
@@ -79,9 +81,6 @@ def load_cells(path: Path | str) -> pd.DataFrame:
     """One row per cell of a run directory (from its records, ``cells/*.json``; a damaged one is an error
     naming it) or a report folder (its ``cells.csv``). ``results.csv`` is read only in a folder without
     records (a table kept on its own)."""
-    from bench.files import TABLE_MAX, read_bounded
-    from bench.store import RunStore
-
     root = Path(path)
     if not root.is_dir():
         raise BenchError(f"{root}: no such run directory or report folder")

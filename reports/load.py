@@ -13,24 +13,26 @@ import pandas as pd
 
 from bench.config import PARAM_KINDS, RECIPE_FIELDS, config_frame, config_keys, row_config, varying_label
 from bench.errors import BenchError
+from bench.files import enclosing
+from bench.record import CellRecord
 from bench.store import RunStore, atomic_write
 
 
 @dataclass
-class Run:
+class ReportedRun:
     """One run directory: its label in the report, its environment and its cell records."""
 
     label: str
     root: Path
     env: dict[str, Any]
-    records: dict[str, dict[str, Any]] = field(repr=False)  # cell_id -> record
+    records: dict[str, CellRecord] = field(repr=False)  # cell_id -> record
 
 
 @dataclass
 class Runs:
     """Several runs read together; ``results`` and ``history`` carry ``run`` and label columns."""
 
-    runs: list[Run]
+    runs: list[ReportedRun]
     results: pd.DataFrame
     history: pd.DataFrame
     #: The recipe columns (and ``limit``) whose value differs between configurations, in RECIPE order.
@@ -42,15 +44,16 @@ class Runs:
     def several(self) -> bool:
         return len(self.runs) > 1
 
-    def run(self, label: str) -> Run:
+    def run(self, label: str) -> ReportedRun:
         return next(r for r in self.runs if r.label == label)
 
-    def record(self, run: str, cell_id: str) -> dict[str, Any]:
-        return self.run(run).records.get(cell_id, {})
+    def record(self, run: str, cell_id: str) -> CellRecord | None:
+        return self.run(run).records.get(cell_id)
 
     def templates(self, run: str, cell_id: str) -> tuple[np.ndarray | None, str, str]:
         """``(templates [C, *input_shape] or None, kind, why not)`` of one cell."""
-        entry = self.record(run, cell_id).get("templates") or {}
+        record = self.record(run, cell_id)
+        entry = (record.templates if record is not None else None) or {}
         if "path" not in entry:
             return None, "", entry.get("error", "no templates were recorded for this cell")
         root = next(r for r in self.runs if r.label == run).root
@@ -125,8 +128,6 @@ def is_report_dir(root: Path) -> bool:
 def _run_dir_above(path: Path) -> Path | None:
     """The run directory (resolved) that ``path`` is in or is, if any: an existing folder at or above it
     that ``bench run`` wrote."""
-    from bench.files import enclosing
-
     return enclosing(path, lambda folder: RunStore(folder).is_run_dir())
 
 
@@ -219,8 +220,8 @@ def read_runs(paths: list[Path | str]) -> Runs:
         store = RunStore(root)  # rows and history come from the cell records (results.csv may be stale or cut)
         cell_records = store.records()
         frame = store.results(cell_records)
-        records = {r["row"]["cell_id"]: r for r in cell_records}
-        runs.append(Run(label, root, store.read_env(), records))
+        records = {r.cell_id: r for r in cell_records}
+        runs.append(ReportedRun(label, root, store.read_env(), records))
         results.append(frame.assign(run=label))
         hist = store.history(cell_records)
         if "cell_id" in hist.columns and len(hist):

@@ -11,6 +11,7 @@ import pandas as pd
 
 from bench import stats
 from bench.config import CONFIG_COLUMNS, config_label
+from bench.record import format_value
 from bench.tune import tuned_keys
 
 
@@ -34,8 +35,8 @@ def tuning_table(results: pd.DataFrame) -> pd.DataFrame:
         rows.append({"configuration": _configuration(trials.iloc[0] if len(trials) else group.iloc[0], keys),
                      "tuned": ", ".join(keys),
                      "trials": f"{n_ok}/{len(per_trial)} ok" + (f", {n_pruned} pruned" if n_pruned else ""),
-                     "best val_acc": _fmt(pd.to_numeric(ok["val_acc"]).max() if len(ok) else math.nan),
-                     "best val_loss": _fmt(pd.to_numeric(ok["val_loss"]).min() if len(ok) else math.nan),
+                     "best val_acc": format_value("val_acc", best(ok, "val_acc", "max")),
+                     "best val_loss": format_value("val_loss", best(ok, "val_loss", "min")),
                      "chosen": values, "final seeds": ",".join(str(int(s)) for s in final["seed"])})
     return pd.DataFrame(rows, columns=columns)
 
@@ -58,8 +59,9 @@ def _values(row, keys: list[str]) -> str:
     return ", ".join(shown)
 
 
-def _fmt(value: float) -> str:
-    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
+def best(ok: pd.DataFrame, column: str, which: str) -> float:
+    """The best value of ``column`` over the finished trials ``ok`` (``which``: "max" or "min"), NaN for none."""
+    return float(getattr(pd.to_numeric(ok[column]), which)()) if len(ok) else math.nan
 
 
 def sensitivity_figure(results: pd.DataFrame, path: Path) -> Path | None:

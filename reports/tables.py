@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from bench.config import CONFIG_COLUMNS, row_config
+from bench.record import format_value
 from bench.references import differences, far_below, matching, not_comparable
 from bench.reports.load import LABELLED, Runs
 from bench.safe_text import csv_text, printable
@@ -52,14 +53,14 @@ class Tables:
         names += ["seed", "device"] if "seed" in frame else ["device", "seeds"]
         for name in names:
             column = frame[LABEL_OF.get(name, name)]
-            out[name] = ([_fmt(name, v) for v in column], list(column) if _numeric(column) else None)
+            out[name] = ([format_value(name, v) for v in column], list(column) if _numeric(column) else None)
         if "seed" in frame:
             out["status"] = ([str(v) for v in frame["status"]], None)
         if "test_acc_ci95" in frame:
             out["test_acc (mean ± 95% CI)"] = ([_acc(m, h) for m, h in zip(frame["test_acc"], frame["test_acc_ci95"])],
                                                 list(frame["test_acc"]))
         else:
-            out["test_acc"] = ([_fmt("test_acc", v) for v in frame["test_acc"]], list(frame["test_acc"]))
+            out["test_acc"] = ([format_value("test_acc", v) for v in frame["test_acc"]], list(frame["test_acc"]))
         if "reference" in frame and frame["reference"].astype(bool).any():
             out["reference (test error)"] = ([_reference(r, e) for r, e in zip(frame["reference"],
                                                                                frame["reference_test_error"])],
@@ -68,11 +69,11 @@ class Tables:
                                                                           frame["not_comparable"])],
                                        list(frame["reference_gap"]))
         for name in ("test_loss", "epoch_time_s", "samples_per_s", "n_params"):
-            out[name] = ([_fmt(name, v) for v in frame[name]], list(frame[name]))
+            out[name] = ([format_value(name, v) for v in frame[name]], list(frame[name]))
         if "seed" not in frame:
             out["status"] = ([str(v) for v in frame["status"]], None)
         if frame["error"].astype(bool).any():
-            out["error"] = ([_fmt("error", v) for v in frame["error"]], None)
+            out["error"] = ([format_value("error", v) for v in frame["error"]], None)
         if "cell_id" in frame:
             out["cell"] = ([str(v) for v in frame["cell_id"]], None)
         return out
@@ -108,23 +109,6 @@ def _gap(gap, flagged, why="") -> str:
 
 def _numeric(column: pd.Series) -> bool:
     return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in column if not _missing(v))
-
-
-def _fmt(col: str, value) -> str:
-    """A metric with its own precision; any other number as an integer where it is one, else as ``%g``."""
-    if _missing(value):
-        return ""
-    if col in ("test_acc", "val_acc"):
-        return f"{value:.4f}"
-    if col in ("test_loss", "val_loss", "epoch_time_s", "train_time_s"):
-        return f"{value:.4g}"
-    if col == "samples_per_s":
-        return f"{value:,.0f}"
-    if col == "n_params":
-        return f"{int(value):,}" if float(value).is_integer() else f"{value:,}"
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return str(value)
-    return str(int(value)) if float(value).is_integer() and abs(value) >= 1 or value == 0 else f"{value:g}"
 
 
 def _reference_of(runs: Runs, run: str, config: dict) -> dict:

@@ -15,7 +15,8 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"
 
 
 def hookspec_signatures() -> dict[str, str]:
-    return {name: f"{name}{inspect.signature(fn)}" for name, fn in vars(hookspecs).items()
+    """Each hook's signature as written in the docs: its annotations as the hookspecs spell them."""
+    return {name: f"{name}{inspect.signature(fn)}".replace("'", "") for name, fn in vars(hookspecs).items()
             if callable(fn) and hasattr(fn, "bench_spec")}
 
 

@@ -263,9 +263,9 @@ def test_a_worker_trains_a_fused_group_into_picklable_records():
     cells = [Cell("linear", "crossentropy", "mnist", seed, "cpu", Recipe(epochs=1), 1000) for seed in (0, 1)]
     spec = WorkSpec((), "unused", "cpu", Execution(fuse="on"))
     records = pickle.loads(pickle.dumps(execute_group([(3, cells[0]), (5, cells[1])], spec)))
-    assert [r["index"] for r in records] == [3, 5]
-    assert [r["row"]["status"] for r in records] == ["ok", "ok"] and records[0]["row"]["fused_size"] == 2
-    assert all(isinstance(r["state_dict"], bytes) and len(r["history"]) == 1 for r in records)
+    assert [r.index for r in records] == [3, 5]
+    assert [r.status for r in records] == ["ok", "ok"] and records[0].fused_size == 2
+    assert all(isinstance(r.state_dict, bytes) and len(r.history) == 1 for r in records)
 
 
 # -- bench run --------------------------------------------------------------------------------------

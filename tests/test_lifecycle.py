@@ -64,7 +64,7 @@ RECORDER = textwrap.dedent('''
     @hookimpl
     def bench_cell_end(cell, record):
         on_disk = json.loads((RUN["path"] / "cells" / f"{cell.cell_id}.json").read_text())
-        write("cell_end", cell=cell.cell_id, record=json.loads(json.dumps(record, sort_keys=True)), on_disk=on_disk)
+        write("cell_end", cell=cell.cell_id, record=json.loads(json.dumps(record.to_json())), on_disk=on_disk)
 
 
     @hookimpl

@@ -239,7 +239,7 @@ def test_an_error_quotes_a_short_excerpt_of_a_bad_value(tmp_path):
     study = tmp_path / "study.yaml"
     study.write_text("models: " + json.dumps([list(range(10_000))]) + "\n")
     line = error_line(bench("run", "--study", study, *QUICK, "--dry-run", "--out", tmp_path / "run"))
-    assert line.startswith(f"Error: study {study}: models: models must be a list of names")
+    assert line.startswith(f"Error: study {study}: models: must be a list of names")
     assert len(line) < 400, len(line)
 
 

@@ -161,9 +161,9 @@ def test_a_plugin_schedule_and_its_param_run_through_the_runner(tmp_path, regist
     store = RunStore(tmp_path / "run")
     store.create()
     summary = run_cells(cells, registry, store, torch.device("cpu"), tmp_path / "data")
-    assert [r["status"] for r in summary.rows] == ["ok", "ok"], summary.rows
-    assert all(r["schedule"] == "halving" for r in summary.rows)
-    assert summary.rows[0]["test_acc"] != summary.rows[1]["test_acc"]
+    assert [r.status for r in summary.records] == ["ok", "ok"], summary.records
+    assert all(r.config["schedule"] == "halving" for r in summary.records)
+    assert summary.records[0].test_acc != summary.records[1].test_acc
     trained = [h for h in Halving.instances if h.total_steps == 8]  # 2000 samples at batch 256: 8 steps
     assert [(h.at, h.calls) for h in trained] == [(2, 8), (4, 8)]
 

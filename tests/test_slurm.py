@@ -106,7 +106,7 @@ def trained(out):
     counts = {}
     for part in (out / "slurm" / "parts").glob("*/*.pkl"):
         for record in pickle.loads(part.read_bytes()):
-            counts[record["row"]["cell_id"]] = counts.get(record["row"]["cell_id"], 0) + 1
+            counts[record.cell_id] = counts.get(record.cell_id, 0) + 1
     return counts
 
 

@@ -155,7 +155,7 @@ def test_command_line_options_override_the_study_file(tmp_path):
 
 BAD_STUDIES = {
     "unknown key": ({"modles": ["linear"]}, "unknown key 'modles' (did you mean 'models'?)"),
-    "wrong type": ({"models": 3}, "models must be a list of names"),
+    "wrong type": ({"models": 3}, "models: must be a list of names"),
     "recipe key": ({"recipe": {"learning_rate": 0.1}}, "recipe: unknown key 'learning_rate'"),
     "bad number": ({"recipe": {"lr": "fast"}}, "recipe.lr: needs numbers, got 'fast'"),
     "non-finite lr": ({"recipe": {"lr": float("inf")}}, "recipe.lr: must be a finite number > 0"),
