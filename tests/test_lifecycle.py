@@ -23,6 +23,7 @@ from bench.config import Cell
 from bench.errors import StopCell
 from bench.host import BrokenPlugin
 from bench.lifecycle import Lifecycle
+from bench.record import CellRecord
 from bench.testing import make_host
 from tests.conftest import REPO, bench_env, bench_on_a_terminal, run_bench
 
@@ -347,7 +348,7 @@ def test_stop_cell_from_an_observer_reaches_the_caller_after_every_observer_had_
     assert sorted(seen) == [(name, "epoch", 1) for name in ("first", "last", "plain", "pruner")]
     seen.clear()
     events.epoch_end(cell, {"epoch": 2})  # the pruner still gets events: stopping a cell is no failure
-    events.cell_end(cell, {"row": {"status": "pruned"}, "history": []})
+    events.cell_end(cell, CellRecord.of(cell, "pruned"))
     assert sorted(seen) == sorted([(name, "epoch", 2) for name in ("first", "last", "plain", "pruner")]
                                   + [(name, "cell_end", cell.cell_id) for name in ("first", "last", "plain", "pruner")])
     events.run_end(None, [])
@@ -384,7 +385,7 @@ def test_a_raising_tracker_is_named_as_a_tracker():
     cell = Cell("linear", "mse", "mnist", 0, "cpu")
     for epoch in (1, 2):
         events.epoch_end(cell, {"epoch": epoch})
-    events.cell_end(cell, {"row": {"status": "ok"}, "history": []})
+    events.cell_end(cell, CellRecord.of(cell))
     assert warnings == ["warning: tracker 'remote' failed in bench_epoch_end and gets no more events in this run: "
                         "RuntimeError: no server"]
     assert seen == [("plugin", "epoch", 1), ("plugin", "epoch", 2), ("plugin", "cell_end", cell.cell_id)]

@@ -160,7 +160,7 @@ BAD = {
     "prune without tune": (["--prune", "asha"], "--tune is needed for trials, sampler, tune_metric, prune"),
     "more tune seeds than seeds": (["--tune", "lr=1e-4:1e-1", "--tune-seeds", "3", "--seeds", "0,1"],
                                    "--tune-seeds is 3 but the run has 2 seed(s) (0, 1)"),
-    "zero tune seeds": (["--tune", "lr=1e-4:1e-1", "--tune-seeds", "0"], "Invalid value for '--tune-seeds'"),
+    "zero tune seeds": (["--tune", "lr=1e-4:1e-1", "--tune-seeds", "0"], "--tune-seeds must be an integer >= 1, got 0"),
     "prune elsewhere": (["--tune", "lr=1e-4:1e-1", "--prune", "asha", "--executor", "process"],
                         "--prune needs an executor that trains in this process (executor 'process'"),
 }
@@ -186,7 +186,7 @@ def test_a_study_file_prunes_and_names_a_bad_pruner(tmp_path):
     study.write_text("models: [linear]\ntune: {lr: '1e-3:1e-1:log'}\nprune: quick\n")
     result = invoke("run", "--study", study, "--out", tmp_path / "r2", "-q")
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
-    assert "prune must be one of none, median, asha, hyperband, got 'quick'" in result.output
+    assert "prune: must be one of none, median, asha, hyperband, got 'quick'" in result.output
 
 
 @pytest.mark.slow
