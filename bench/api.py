@@ -375,10 +375,10 @@ def run(study: Path | str | Mapping | Study | None = None, *,
     ``executor`` block gives both, these override it.
     """
     from bench.device import resolve_device
+    from bench.engine import Execution
     from bench.grid import expand, triples_of
     from bench.host import Host
     from bench.runner import DataCache, available_datasets
-    from bench.step import Execution
     from bench.store import RunStore
     from bench.threads import set_threads
     from bench.validate import check_cells

@@ -19,8 +19,8 @@ from bench import __version__
 from bench.device import cpu_model, device_name
 
 if TYPE_CHECKING:
+    from bench.engine import Execution
     from bench.host import Host
-    from bench.step import Execution
 
 #: How long one ``git`` command may take before the commit is left out (a huge or networked checkout).
 GIT_TIMEOUT_S = 5.0

@@ -58,7 +58,7 @@ RESULT_COLUMNS = [
     "cell_id", *IDENTITY_COLUMNS, "phase", "trial", "tuning", "status", "error", "test_acc", "test_loss", "val_acc",
     "val_loss",
     "train_time_s", "epoch_time_s", "eval_time_s", "samples_per_s", "n_params", "weights",
-    "data_time_s", "warmup_time_s", "step", "cuda_graphs", "compiled", "execution_note",
+    "data_time_s", "warmup_time_s", "setup_time_s", "step", "cuda_graphs", "compiled", "execution_note",
     "target", "target_epoch", "target_steps", "target_time_s", "fused_group", "fused_size",
 ]
 #: One row per cell and epoch.

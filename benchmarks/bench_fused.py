@@ -21,8 +21,8 @@ training time), medians and ratio. The load average before and after says how bu
                                                             # go to extra_info
 
 ``--epochs MODEL:N,...`` compares the steps alone, in this process: one epoch of a cell's own step
-(``bench.step.Step``, as the unfused trainer builds it for cpu) against one epoch of N members'
-fused step (``bench.fused_trainer.FusedStep``), alternating, ``--rounds`` times (default 5); it prints
+(``bench.engine.steps.ModelStep``, a group of one on cpu) against one epoch of N members'
+stacked step (``bench.engine.steps.StackedStep``), alternating, ``--rounds`` times (default 5); it prints
 the minimum and median seconds per epoch of a cell and per member, and their ratios. Start-up,
 evaluation and records are left out, so this is the part of "training time per cell" that fusing
 changes, with less of the noise that whole processes carry.
@@ -165,11 +165,10 @@ def compare_epochs(model: str, members: int, rounds: int) -> dict:
     import torch
 
     from bench.config import Cell, Recipe
+    from bench.engine.steps import ModelStep, StackedStep
     from bench.fuse import batched_optimizer_for
-    from bench.fused_trainer import FusedStep
     from bench.host import Host
     from bench.recipe import recipe_factories
-    from bench.step import Step
 
     registry = Host().registry
     data = registry.get("dataset", "mnist").factory(Path(tempfile.gettempdir()))
@@ -194,11 +193,11 @@ def compare_epochs(model: str, members: int, rounds: int) -> dict:
     own, fused, floors = [], [], []
     for _ in range(rounds):
         make_optimizer, _ = recipe_factories(registry, cells[0])
-        step = Step(build(0), loss_fn, x, y, make_optimizer)
+        step = ModelStep("plain", build(0), loss_fn, x, y, make_optimizer)
         step.prepare(lengths)
-        own.append(epoch(step, torch.randperm(len(x))))
-        stacked = FusedStep([build(c.seed) for c in cells], loss_fn, x, y, batched_optimizer_for(registry, "adam"),
-                            cells)
+        own.append(epoch(step, torch.randperm(len(x))[None]))
+        stacked = StackedStep("static", [build(c.seed) for c in cells], loss_fn, x, y, list(range(members)),
+                              batched_optimizer_for(registry, "adam"), cells)
         stacked.prepare(lengths)
         fused.append(epoch(stacked, torch.stack([torch.randperm(len(x)) for _ in cells])) / members)
         if floor is not None:

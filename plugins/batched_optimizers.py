@@ -37,6 +37,12 @@ import torch
 
 from bench.errors import BenchError
 
+
+def _lr_tensor(lr: float, device: torch.device) -> torch.Tensor:
+    # as the unfused optimizers keep it (plugins/optimizers.py): float32 on cuda, the exact double elsewhere
+    return torch.tensor(float(lr), dtype=torch.float32 if device.type == "cuda" else torch.float64, device=device)
+
+
 #: Devices where torch has fused (one-kernel) Adam/AdamW, used there as ``torch.optim.Adam(fused=True)``.
 FUSED_DEVICES = ("cpu", "cuda")
 
@@ -48,7 +54,7 @@ class _Batched:
     HYPER: dict[str, float] = {}
 
     def __init__(self, params: Sequence[torch.Tensor], members: Sequence[Mapping[str, Any]], *,
-                 capturable: bool = False, **defaults: Any):
+                 capturable: bool = False, partitions: Sequence[Any] = (), **defaults: Any):
         self.params = list(params)
         if not self.params:
             raise BenchError("the model has no trainable parameters")
@@ -60,14 +66,21 @@ class _Batched:
                              f"{sorted({p.shape[0] if p.dim() else 0 for p in self.params})} deep")
         self.capturable = capturable
         values = [self._values({**defaults, **member}) for member in members]
+        keys = list(partitions) or [None] * len(values)
         #: ``{name: [N] float64 tensor}``: each member's hyperparameters.
         self.hyper = {name: torch.tensor([v[name] for v in values], dtype=torch.float64) for name in self.HYPER}
-        #: ``(hyperparameters, runs)``: members with equal values, as runs ``(first, end)`` of adjacent members;
-        #: each partition steps in one call
+        device = self.params[0].device
+        #: One param group per member, torch's interface for its learning rate: a schedule built on member
+        #: ``i``'s group sets ``param_groups[i]["lr"]`` (a device tensor, updated in place, when capturable),
+        #: which the member's partition reads at every step.
+        self.param_groups = [{"lr": _lr_tensor(v["lr"], device) if capturable else v["lr"]} for v in values]
+        #: ``(hyperparameters, runs)``: members with equal values (and equal ``partitions`` keys), as runs
+        #: ``(first, end)`` of adjacent members; each partition steps in one call
         self.partitions: list[tuple[dict[str, float], list[tuple[int, int]]]] = []
+        seen: list[Any] = []
         for index, value in enumerate(values):
-            for hyper, runs in self.partitions:
-                if hyper == value:
+            for (hyper, runs), key in zip(self.partitions, seen):
+                if hyper == value and key == keys[index]:
                     if runs[-1][1] == index:
                         runs[-1] = (runs[-1][0], index + 1)
                     else:
@@ -75,6 +88,7 @@ class _Batched:
                     break
             else:
                 self.partitions.append((value, [(index, index + 1)]))
+                seen.append(keys[index])
         for p in self.params:
             if not _member_major(p):
                 raise BenchError(f"a stacked parameter of shape {tuple(p.shape)} and strides {p.stride()} is not "
@@ -98,6 +112,10 @@ class _Batched:
                 raise BenchError(f"{cls.__name__}: {name} must be a number, got {value!r}")
             values[name] = float(value)
         return values
+
+    def _lr(self, runs: list[tuple[int, int]]):
+        """A partition's learning rate now: its first member's (all its members share their schedule)."""
+        return self.param_groups[runs[0][0]]["lr"]
 
     def _segments(self, tensors: Sequence[torch.Tensor], runs: list[tuple[int, int]]) -> list[torch.Tensor]:
         """The memory of members ``first..end-1`` of each stacked tensor, as flat 1-D views, per run."""
@@ -158,8 +176,9 @@ class BatchedAdam(_Batched):
     #: torch.optim.AdamW's decoupled weight decay instead of Adam's L2 term.
     decoupled = False
 
-    def __init__(self, params, members, *, capturable: bool = False, fused: bool | None = None, **defaults):
-        super().__init__(params, members, capturable=capturable, **defaults)
+    def __init__(self, params, members, *, capturable: bool = False, partitions=(), fused: bool | None = None,
+                 **defaults):
+        super().__init__(params, members, capturable=capturable, partitions=partitions, **defaults)
         device = self.params[0].device
         if fused is None:
             fused = device.type in FUSED_DEVICES and hasattr(torch, "_fused_adam_")
@@ -185,13 +204,14 @@ class BatchedAdam(_Batched):
                 params = self._segments(self.params, runs)
                 kernel(params, self._segments(grads, runs), self._segments(self.exp_avg, runs),
                        self._segments(self.exp_avg_sq, runs), [], [self.step_t] * len(params), amsgrad=False,
-                       lr=hyper["lr"], beta1=hyper["beta1"], beta2=hyper["beta2"],
+                       lr=self._lr(runs), beta1=hyper["beta1"], beta2=hyper["beta2"],
                        weight_decay=hyper["weight_decay"], eps=hyper["eps"], maximize=False)
             return
         self.steps += 1
         for hyper, runs in self.partitions:
-            self._foreach_step(hyper, self._segments(self.params, runs), self._segments(grads, runs),
-                               self._segments(self.exp_avg, runs), self._segments(self.exp_avg_sq, runs))
+            self._foreach_step({**hyper, "lr": self._lr(runs)}, self._segments(self.params, runs),
+                               self._segments(grads, runs), self._segments(self.exp_avg, runs),
+                               self._segments(self.exp_avg_sq, runs))
 
     def _foreach_step(self, hyper, params, grads, exp_avg, exp_avg_sq) -> None:
         """``torch.optim.Adam(foreach=True)``'s arithmetic (host step count, not capturable)."""
@@ -229,8 +249,8 @@ class BatchedSGD(_Batched):
 
     HYPER = {"lr": 1e-3, "momentum": 0.0, "weight_decay": 0.0}
 
-    def __init__(self, params, members, *, capturable: bool = False, **defaults):
-        super().__init__(params, members, capturable=capturable, **defaults)
+    def __init__(self, params, members, *, capturable: bool = False, partitions=(), **defaults):
+        super().__init__(params, members, capturable=capturable, partitions=partitions, **defaults)
         momentum = any(hyper["momentum"] != 0 for hyper, _ in self.partitions)
         self.buffers = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params] if momentum \
             else []
@@ -250,4 +270,8 @@ class BatchedSGD(_Batched):
                 torch._foreach_mul_(bufs, hyper["momentum"])
                 torch._foreach_add_(bufs, member_grads, alpha=1.0)
                 member_grads = bufs
-            torch._foreach_add_(params, member_grads, alpha=-hyper["lr"])
+            lr = self._lr(runs)
+            if isinstance(lr, torch.Tensor):  # capturable: the device tensor a schedule updates in place
+                torch._foreach_add_(params, torch._foreach_mul(member_grads, lr), alpha=-1.0)
+            else:
+                torch._foreach_add_(params, member_grads, alpha=-lr)
