@@ -20,6 +20,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from bench.errors import StopCell
+
 EVENTS = ("bench_run_start", "bench_cell_start", "bench_epoch_end", "bench_cell_end", "bench_run_end")
 
 
@@ -54,6 +56,8 @@ class Lifecycle:
                 continue
             try:
                 function(*args)
+            except StopCell:  # how a watcher of a cell's evaluation points stops that cell: the engine's to handle
+                raise
             except Exception as exc:  # an observer never takes the run down
                 self.broken.add(who)
                 text = " ".join(str(exc).split())
