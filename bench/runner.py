@@ -296,9 +296,9 @@ def train_group_records(tasks: list[tuple[int, Cell]], registry: Registry, cache
 
 def _chunks(cells: list[Cell], factories, data: DataSplits, device: torch.device,
             execution: Execution) -> list[list[Cell]]:
-    """The group in training order (members of one seed adjacent, so that they share their batch; then equal
-    hyperparameters adjacent, so that the batched optimizer steps them in one call), split by memory unless
-    ``fuse_max`` already bounds it."""
+    """The group in training order (members of one seed adjacent, so that they share their batch: see
+    :class:`bench.engine.steps.StackedStep`; within a seed equal hyperparameters in one order, so that the
+    batched optimizer steps runs of them in one call), split by memory unless ``fuse_max`` already bounds it."""
     from bench.engine.group import train_split
     from bench.engine.plan import fitting_size, member_bytes, memory_budget
     from bench.fuse import even_chunks, member_hyperparameters
@@ -316,7 +316,6 @@ def _chunks(cells: list[Cell], factories, data: DataSplits, device: torch.device
     size = fitting_size(per_member, memory_budget(device))
     if size >= len(ordered):
         return [ordered]
-    # whole seeds per chunk where possible, so that a chunk's members still share their batches
     return even_chunks(ordered, size)
 
 

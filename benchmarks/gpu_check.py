@@ -22,19 +22,29 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
+from bench.engine import Execution, Factories, train_group  # noqa: E402
 from bench.errors import BenchError  # noqa: E402
 from bench.grid import Cell, Recipe  # noqa: E402
 from bench.host import Host  # noqa: E402
 from bench.plugins.datasets import load_mnist  # noqa: E402
 from bench.recipe import recipe_factories  # noqa: E402
-from bench.step import Execution  # noqa: E402
-from bench.trainer import train_cell  # noqa: E402
 
 CELLS = [("linear", "mse"), ("linear", "crossentropy"), ("mlp", "crossentropy"), ("deep-linear", "crossentropy"),
          ("cnn", "crossentropy")]
 #: the core issue's accuracy floors after 2 epochs, for the notebook's three cells
 FLOORS = {("linear", "mse"): 0.90, ("linear", "crossentropy"): 0.91, ("mlp", "crossentropy"): 0.96}
 FAILURES: list[str] = []
+
+
+def train_cell(cell, net, loss_fn, data, device, execution=None, make_optimizer=None, make_schedule=None):
+    """One cell through the engine (a group of one), on ``net``; raises what failed it."""
+    if make_optimizer is None:
+        make_optimizer, make_schedule = recipe_factories(Host().registry, cell)
+    factories = Factories(lambda: net, loss_fn, lambda c: (make_optimizer, make_schedule))
+    result = train_group([cell], factories, data, device, execution or Execution())[0]
+    if isinstance(result, BaseException):
+        raise result
+    return result
 
 
 def check(ok: bool, what: str) -> None:
@@ -139,7 +149,6 @@ def fused_check(registry, data, device, execution, cells: int, epochs: int, limi
     ``execution`` says) and unfused, cell by cell: every member within 0.002 test accuracy and 1e-3 relative
     validation loss of its unfused run, and the training time per cell of each way. Returns table lines."""
     from bench.fuse import batched_optimizer_for
-    from bench.fused_trainer import train_group
 
     lines = []
     for model in FUSED_TARGETS:
@@ -152,7 +161,9 @@ def fused_check(registry, data, device, execution, cells: int, epochs: int, limi
         group = [Cell(model, "crossentropy", "mnist", seed, str(device), Recipe(epochs=epochs, batch_size=256, lr=1e-3),
                       limit) for seed in range(cells)]
         start = time.perf_counter()
-        fused = train_group(group, factory, loss_fn, data, device, execution, batched_optimizer_for(registry, "adam"))
+        factories = Factories(factory, loss_fn, lambda c: recipe_factories(registry, c),
+                              batched_optimizer_for(registry, "adam"))
+        fused = train_group(group, factories, data, device, execution, fused_group="check")
         fused_wall = time.perf_counter() - start
         failed = [f"{c.seed}: {r}" for c, r in zip(group, fused) if isinstance(r, Exception)]
         check(not failed, f"fused {model}: every member trained ({failed[:3]})")

@@ -347,11 +347,13 @@ class StackedStep(Step):
 
         size, n_streams = self.size, self.n_streams
         per_stream = size // n_streams
-        # members of a stream adjacent and equally many per stream: run each stream's members on its batch as one
-        # unbatched input (a wide product per linear layer); otherwise each member its own copy of its batch
-        nested = n_streams < size and self.streams == [i // per_stream for i in range(size)]
+        # Each stream's members run on its batch as one unbatched input (a wide product per linear layer) where
+        # every stream feeds equally many adjacent members (streams 0,0,1,1); otherwise each member gets its own
+        # copy of its stream's batch. (Members of one hyperparameter adjacent instead, 0,1,0,1, would suit the
+        # batched optimizer, but reading the parameters in stream order then copies them every step: measured
+        # slower, docs/benchmarks.md.)
         member_of = torch.tensor(self.streams, device=self.device)
-        if nested:
+        if n_streams < size and self.streams == [i // per_stream for i in range(size)]:
             inner = vmap(forward, in_dims=(0, 0, None))
             outer = vmap(inner)
 
