@@ -119,21 +119,32 @@ def test_one_seed_for_every_member_as_a_tuning_run_has(registry, small):
     assert acc <= 0.002 and loss <= 1e-3 and len({r.metrics["test_loss"] for r in fused}) == 4
 
 
-def test_a_stopped_member_keeps_its_history_and_the_others_go_on(registry, small):
+def test_a_stopped_member_leaves_the_stack_and_the_others_go_on_exactly(registry, small):
+    """A member stopped after epoch 1 is dropped from the stack (it costs no more compute); the others carry their
+    weights, optimizer state and schedule over and end as they would alone."""
     factory, loss_fn = factory_for(registry, small, "linear"), loss_for(registry)
-    cells = [Cell("linear", "crossentropy", "mnist", seed, "cpu", Recipe(epochs=3), 1000) for seed in (0, 1, 2)]
+    cells = [Cell("linear", "crossentropy", "mnist", seed, "cpu", Recipe(lr=lr, epochs=3, schedule="cosine"), 1000)
+             for seed, lr in [(0, 1e-3), (0, 3e-3), (1, 1e-3), (2, 2e-3)]]
+    seen = []
 
     def watcher(i, row):
+        seen.append((i, row["epoch"]))
         if i == 1 and row["epoch"] == 1:
             raise StopCell("pruned", "pruned at epoch 1")
 
     fused = train_stacked(cells, factory, loss_fn, small, CPU, batched_optimizer_for(registry, "adam"),
                           on_epoch=watcher)
-    assert [len(r.history) for r in fused] == [3, 1, 3]
-    assert fused[1].stopped.status == "pruned" and fused[0].stopped is None
-    torch.manual_seed(2)
-    alone = train_cell(cells[2], factory(), loss_fn, small, CPU)
-    assert abs(fused[2].metrics["test_acc"] - alone.metrics["test_acc"]) <= 0.002
+    assert [len(r.history) for r in fused] == [3, 1, 3, 3] and (1, 2) not in seen
+    assert fused[1].stopped.status == "pruned" and fused[0].stopped is None and fused[1].metrics["test_acc"] is None
+    torch.manual_seed(1)
+    stopped_alone = train_cell(cells[1], factory(), loss_fn, small, CPU)
+    assert fused[1].history[0]["val_loss"] == pytest.approx(stopped_alone.history[0]["val_loss"], rel=1e-3)
+    for i in (0, 2, 3):
+        torch.manual_seed(cells[i].seed)
+        alone = train_cell(cells[i], factory(), loss_fn, small, CPU)
+        assert abs(fused[i].metrics["test_acc"] - alone.metrics["test_acc"]) <= 0.002
+        for ours, theirs in zip(fused[i].history, alone.history, strict=True):
+            assert ours["val_loss"] == pytest.approx(theirs["val_loss"], rel=1e-3)
 
 
 # -- through the runner ---------------------------------------------------------------------------------

@@ -219,25 +219,35 @@ def train_group(
     with watch.phase("warmup"):
         step, models = build_step(cells, factories, data, device, execution, lengths, total_steps)
     streams = streams_of(cells)
-    generators = [torch.Generator().manual_seed(cells[streams.index(s)].seed) for s in range(step.n_streams)]
+    generators = [torch.Generator().manual_seed(cells[streams.index(s)].seed) for s in range(max(streams) + 1)]
     outcome: list[BaseException | None] = [None] * size
     histories: list[list[dict[str, float]]] = [[] for _ in cells]
     targets = [_Target(execution.target) for _ in cells]
+    states: list[dict[str, torch.Tensor] | None] = [None] * size
+    #: the member that each of the step's positions trains (members that stop or diverge are dropped from a stack)
+    slots = list(range(size))
     steps_done = 0
 
-    def fail(i: int, problem: BaseException | None) -> None:
-        if problem is not None and outcome[i] is None:
-            outcome[i] = problem
+    def fail(p: int, problem: BaseException | None) -> None:
+        if problem is not None and outcome[slots[p]] is None:
+            outcome[slots[p]] = problem
 
     def alive() -> list[int]:
-        return [i for i in range(size) if outcome[i] is None]
+        """The step's positions whose members still train."""
+        return [p for p in range(len(slots)) if outcome[slots[p]] is None]
 
     for epoch in range(1, cfg.epochs + 1):
         if not alive():
             break
+        if len(alive()) < len(slots) and isinstance(step, StackedStep):  # the others go on without them
+            with watch.phase("warmup"):
+                step = step.without([p for p in range(len(slots)) if p not in alive()], lengths)
+            slots = [slots[p] for p in alive()]
         step.train_mode(True)
         with watch.phase("data"):
-            perm = torch.stack([torch.randperm(n, generator=g) for g in generators]).to(device)
+            perms = [torch.randperm(n, generator=g) for g in generators]
+            rows = list(dict.fromkeys(streams[i] for i in slots))  # the step's streams, as original streams
+            perm = torch.stack([perms[s] for s in rows]).to(device)
         step.reset()
         epoch_time = 0.0
         starts = list(range(0, n, cfg.batch_size))
@@ -248,46 +258,51 @@ def train_group(
                     step(perm[:, start:start + cfg.batch_size])
                     if batch % FINITE_CHECK_EVERY == 0:
                         sums = step.loss_sum.tolist()
-                        for i in alive():
-                            fail(i, _finite(sums[i], "the training loss", epoch, batch))
+                        for p in alive():
+                            fail(p, _finite(sums[p], "the training loss", epoch, batch))
             epoch_time += watch.last
             steps_done += len(starts[first:first + chunk])
             if first + chunk < len(starts) and alive():
                 with watch.phase("eval"):
                     mid_loss, mid_acc, _ = step.evaluate(*data.val)
                 step.train_mode(True)
-                for i in alive():
-                    targets[i].check(mid_loss[i], mid_acc[i], epoch, steps_done, watch.totals["train"] / size)
+                for p in alive():
+                    targets[slots[p]].check(mid_loss[p], mid_acc[p], epoch, steps_done, watch.totals["train"] / size)
             if not alive():
                 break
         sums, hits = step.loss_sum.tolist(), step.correct.tolist()
-        for i in alive():
-            fail(i, _finite(sums[i] / n, "the training loss", epoch))
+        for p in alive():
+            fail(p, _finite(sums[p] / n, "the training loss", epoch))
         if not alive():
             break
         with watch.phase("eval"):
             val_loss, val_acc, _ = step.evaluate(*data.val)
-        for i in alive():
-            fail(i, _finite(val_loss[i], "the validation loss", epoch))
-        for i in alive():
-            targets[i].check(val_loss[i], val_acc[i], epoch, steps_done, watch.totals["train"] / size)
-            row = {"epoch": epoch, "train_loss": sums[i] / n, "train_acc": hits[i] / n, "val_loss": val_loss[i],
-                   "val_acc": val_acc[i], "epoch_time_s": epoch_time / size}
+        for p in alive():
+            fail(p, _finite(val_loss[p], "the validation loss", epoch))
+        for p in alive():
+            i = slots[p]
+            targets[i].check(val_loss[p], val_acc[p], epoch, steps_done, watch.totals["train"] / size)
+            row = {"epoch": epoch, "train_loss": sums[p] / n, "train_acc": hits[p] / n, "val_loss": val_loss[p],
+                   "val_acc": val_acc[p], "epoch_time_s": epoch_time / size}
             histories[i].append(row)
             if on_epoch is not None:
                 try:
                     on_epoch(i, row)
-                except StopCell as stop:  # this member stops here; the others go on
+                except StopCell as stop:  # this member stops here, with its weights as they are; the others go on
                     outcome[i] = stop
+                    with watch.phase("setup"):
+                        states[i] = step.state_dicts()[p]
 
-    finished = [i for i in range(size) if outcome[i] is None or isinstance(outcome[i], StopCell)]
+    finished = [p for p in range(len(slots)) if outcome[slots[p]] is None]
     test: tuple[list, list, list] = ([], [], [])
-    states: list[dict[str, torch.Tensor]] = []
     if finished:
         with watch.phase("eval"):
             test = step.evaluate(*data.test, num_classes=data.num_classes)
         with watch.phase("setup"):
-            states = step.state_dicts()
+            for p, state in enumerate(step.state_dicts()):
+                if outcome[slots[p]] is None:
+                    states[slots[p]] = state
+    scores = {slots[p]: (test[0][p], test[1][p], test[2][p]) for p in finished}
     train_time = watch.totals.get("train", 0.0)
     timing = {  # each member's share of the group's time
         "train_time_s": train_time / size,
@@ -309,11 +324,12 @@ def train_group(
             results.append(problem)  # type: ignore[arg-type]
             continue
         history = histories[i]
-        metrics = {"test_acc": test[1][i], "test_loss": test[0][i],
+        test_loss, test_acc, confusion = scores.get(i, (None, None, []))  # a stopped member: no test evaluation
+        metrics = {"test_acc": test_acc, "test_loss": test_loss,
                    "val_acc": history[-1]["val_acc"] if history else float("nan"),
                    "val_loss": history[-1]["val_loss"] if history else float("nan")}
         member_timing = {**timing, "epoch_time_s": median([h["epoch_time_s"] for h in history]),
                          **targets[i].columns()}
-        results.append(CellResult(metrics, history, member_timing, n_params, states[i], test[2][i], dict(how),
+        results.append(CellResult(metrics, history, member_timing, n_params, states[i], confusion, dict(how),
                                   stopped=problem if isinstance(problem, StopCell) else None))
     return results

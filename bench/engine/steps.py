@@ -338,6 +338,9 @@ class StackedStep(Step):
         slots = _Slots(self.base, [*self.params, *self.rest])
         self._optimizer_spec, self._cells = optimizer, list(cells)
         self._make_schedules, self._partitions = list(make_schedules), list(partitions)
+        self._loss_fn, self._template = loss_fn, copy.deepcopy(models[0])
+        #: each member's schedule (``None``: none), in member order
+        self.member_schedules: list[Any] = [None] * self.size
         own_stacked = getattr(loss_fn, "stacked", None)
         stacked_loss = own_stacked or vmap(loss_fn)
         self._loss_name = "the loss's stacked form" if own_stacked else "the loss"
@@ -431,9 +434,8 @@ class StackedStep(Step):
             if groups is None or len(groups) != self.size:
                 raise Unfusable(f"the batched form of '{self._optimizer_spec.name}' has no per-member learning "
                                 "rates (param_groups), which a schedule needs")
-            schedule = make(_MemberOptimizer(groups[i]))
-            if schedule is not None:
-                self.schedules.append(schedule)
+            self.member_schedules[i] = make(_MemberOptimizer(groups[i]))
+        self.schedules = [schedule for schedule in self.member_schedules if schedule is not None]
 
     def prepare(self, lengths: Iterable[int]) -> None:
         lengths = sorted(set(lengths))
@@ -497,6 +499,42 @@ class StackedStep(Step):
                     state[name] = source[i].detach().to("cpu").contiguous()
             out.append(state)
         return out
+
+
+    def without(self, drop: Iterable[int], lengths: Iterable[int]) -> StackedStep:
+        """A prepared step of the members not in ``drop``, each where it is now: its weights, buffers, optimizer
+        state and schedule carry over, so the rest train on exactly as they would have (dropped members then
+        cost no more compute). Call between epochs."""
+        keep = [i for i in range(self.size) if i not in set(drop)]
+        index = torch.tensor(keep, device=self.device)
+        models = []
+        with torch.no_grad():
+            for i in keep:
+                member = copy.deepcopy(self._template)
+                for name, tensor in (*member.named_parameters(), *member.named_buffers()):
+                    source = self.params.get(name, self.rest.get(name))
+                    if source is not None:
+                        tensor.copy_(source[i])
+                models.append(member)
+        order = list(dict.fromkeys(self.streams[i] for i in keep))
+        streams = [order.index(self.streams[i]) for i in keep]
+        step = StackedStep(self.mode, models, self._loss_fn, self.x, self.y, streams, self._optimizer_spec,
+                           [self._cells[i] for i in keep],
+                           partitions=[self._partitions[i] for i in keep] if self._partitions else ())
+        step.note = self.note
+        step.build(lengths)
+        with torch.no_grad():
+            for new, old in zip(step.optimizer.state_tensors(), self.optimizer.state_tensors()):
+                new.copy_(old.index_select(0, index) if old.dim() and old.shape[0] == self.size else old)
+        if getattr(self.optimizer, "steps", None) is not None:
+            step.optimizer.steps = self.optimizer.steps
+        groups = getattr(self.optimizer, "param_groups", None)
+        if groups is not None and len(groups) == self.size:  # the members' learning rates as they are now
+            step.optimizer.param_groups[:] = [groups[i] for i in keep]
+        step.member_schedules = [self.member_schedules[i] for i in keep]
+        step.schedules = [schedule for schedule in step.member_schedules if schedule is not None]
+        step.prepare(lengths)
+        return step
 
 
 class _MemberOptimizer:
