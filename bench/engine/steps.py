@@ -361,6 +361,8 @@ class StackedStep(Step):
             outer = vmap(inner)
 
             def train_forward(params, rest, xs):
+                if n_streams == 1:  # one stream (a tuning run's trials): its members on its batch, no outer level
+                    return inner(params, rest, xs[0])
                 split = {k: v.unflatten(0, (n_streams, per_stream)) for k, v in params.items()}
                 split_rest = {k: v.unflatten(0, (n_streams, per_stream)) for k, v in rest.items()}
                 return outer(split, split_rest, xs).flatten(0, 1)
