@@ -20,6 +20,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT)]
+
+from bench.threads import prefer_passive_openmp  # noqa: E402
+
+prefer_passive_openmp()  # the wait policy that `bench` itself would choose
 BATCH = 256
 
 
@@ -30,6 +34,7 @@ def old_step_module(ref: str):
     path.write_text(source)
     spec = importlib.util.spec_from_file_location("old_step", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules["old_step"] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 
@@ -59,9 +64,10 @@ def compare(ref: str, model_name: str, rounds: int) -> tuple[float, float]:
     theirs = old.Step(model(), loss_fn, x, y, optimizer_factory(registry, "adam", 1e-3, 0.0))
     theirs.prepare([BATCH, n % BATCH])
     times: dict[str, list[float]] = {"engine": [], ref: []}
-    for _ in range(rounds):
+    for round_ in range(rounds):
         perm = torch.randperm(n)
-        for name, step, indices in (("engine", ours, perm[None]), (ref, theirs, perm)):
+        pair = [("engine", ours, perm[None]), (ref, theirs, perm)]
+        for name, step, indices in pair if round_ % 2 == 0 else pair[::-1]:  # ABBA: load drift favours neither
             start = time.perf_counter()
             for first in range(0, n, BATCH):
                 step(indices[..., first:first + BATCH])

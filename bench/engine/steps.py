@@ -77,7 +77,8 @@ class Step:
 
     # -- what a body provides ------------------------------------------------------------------------
 
-    def _train(self, xs: torch.Tensor, ys: torch.Tensor) -> None:
+    def _train(self, xb: torch.Tensor, yb: torch.Tensor, length: int) -> None:
+        """One step on the gathered rows ``xb`` ``[R * length, ...]`` and targets ``yb`` ``[R * length]``."""
         raise NotImplementedError
 
     def snapshot_tensors(self) -> list[torch.Tensor]:
@@ -102,22 +103,19 @@ class Step:
             self._buffers[length] = (idx, xb, yb)
         return self._buffers[length]
 
-    def _shaped(self, xb: torch.Tensor, yb: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return xb.view(self.n_streams, length, *self.x.shape[1:]), yb.view(self.n_streams, length)
-
     def _body(self, length: int) -> None:
         idx, xb, yb = self.buffers(length)
         # one gather of every stream's rows
         torch.index_select(self._rows, 0, idx.view(-1), out=xb)
         torch.index_select(self.y, 0, idx.view(-1), out=yb)
-        self._train(*self._shaped(xb, yb, length))
+        self._train(xb, yb, length)
 
     def run(self, idx: torch.Tensor) -> None:
         """One training step on ``idx`` (``[R, length]``), without the schedules."""
         length = idx.shape[1]
         if self.mode == "plain":
             flat = idx.reshape(-1)
-            self._train(*self._shaped(self._rows.index_select(0, flat), self.y.index_select(0, flat), length))
+            self._train(self._rows.index_select(0, flat), self.y.index_select(0, flat), length)
             return
         self.buffers(length)[0].copy_(idx)
         if self.mode == "graph":
@@ -265,9 +263,8 @@ class ModelStep(Step):
         self.schedules = [schedule] if schedule is not None else []
         self.forward = torch.compile(model) if compile else model
 
-    def _train(self, xs: torch.Tensor, ys: torch.Tensor) -> None:
-        xb, yb = xs[0], ys[0]
-        logits = self.forward(xb)
+    def _train(self, xb: torch.Tensor, yb: torch.Tensor, length: int) -> None:
+        logits = self.forward(xb.view(length, *self.x.shape[1:]))
         loss = self.loss_fn(logits, yb)
         loss.backward()
         self.optimizer.step()
@@ -451,8 +448,8 @@ class StackedStep(Step):
         except Exception as exc:
             raise Unfusable(f"vmap cannot run this model: {one_line(exc)}") from exc
 
-    def _train(self, xs: torch.Tensor, ys: torch.Tensor) -> None:
-        length = ys.shape[1]
+    def _train(self, xb: torch.Tensor, yb: torch.Tensor, length: int) -> None:
+        xs, ys = xb.view(self.n_streams, length, *self.x.shape[1:]), yb.view(self.n_streams, length)
         losses, logits, targets = self._train_fn(self.params, self.rest, xs, ys)
         losses.sum().backward()  # d(sum)/d(loss_i) = 1: each member gets exactly its own loss's gradient
         self.optimizer.step()
