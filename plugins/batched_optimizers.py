@@ -1,6 +1,6 @@
 """Batched Adam, AdamW and SGD: one optimizer over the stacked parameters of N models of one shape.
 
-Fused training (``bench/fused_trainer.py``) stacks the parameters of a group's N members along a
+Fused training (``bench/engine/steps.py``) stacks the parameters of a group's N members along a
 new first dimension (``torch.func.stack_module_state``): each parameter is one ``[N, ...]`` tensor and
 member ``i`` owns the slice ``[i]``. These optimizers update such tensors with per-member
 hyperparameters, held as ``[N]`` tensors (``optimizer.hyper["lr"]`` etc.), so that members may differ
