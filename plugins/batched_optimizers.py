@@ -43,6 +43,9 @@ def _lr_tensor(lr: float, device: torch.device) -> torch.Tensor:
     return torch.tensor(float(lr), dtype=torch.float32 if device.type == "cuda" else torch.float64, device=device)
 
 
+#: Elements per run of adjacent members below which a cpu step with runs split apart uses one thread.
+SMALL_RUN = 1 << 17
+
 #: Devices where torch has fused (one-kernel) Adam/AdamW, used there as ``torch.optim.Adam(fused=True)``.
 FUSED_DEVICES = ("cpu", "cuda")
 
@@ -89,6 +92,10 @@ class _Batched:
             else:
                 self.partitions.append((value, [(index, index + 1)]))
                 seen.append(keys[index])
+        runs = sum(len(r) for _, r in self.partitions)
+        per_run = sum(p.numel() for p in self.params) // max(runs, 1)
+        #: many small runs on a cpu: step on one thread (see :meth:`step`)
+        self._one_thread = device.type == "cpu" and runs > len(self.partitions) and per_run < SMALL_RUN
         for p in self.params:
             if not _member_major(p):
                 raise BenchError(f"a stacked parameter of shape {tuple(p.shape)} and strides {p.stride()} is not "
@@ -145,6 +152,20 @@ class _Batched:
         raise NotImplementedError
 
     def step(self) -> None:
+        """Update every member. On a cpu, where a partition's members are not adjacent (members of one seed are
+        kept adjacent instead, so that they share their batch) the kernels get many small runs of memory, and
+        torch parallelises each: one thread then steps them ~4x faster (docs/benchmarks.md)."""
+        if self._one_thread:
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                self._step()
+            finally:
+                torch.set_num_threads(threads)
+        else:
+            self._step()
+
+    def _step(self) -> None:
         raise NotImplementedError
 
 
@@ -195,7 +216,7 @@ class BatchedAdam(_Batched):
         return [*self.exp_avg, *self.exp_avg_sq, self.step_t]
 
     @torch.no_grad()
-    def step(self) -> None:
+    def _step(self) -> None:
         grads = self._grads()
         if self.fused:
             self.step_t.add_(1)
@@ -259,7 +280,7 @@ class BatchedSGD(_Batched):
         return list(self.buffers)
 
     @torch.no_grad()
-    def step(self) -> None:
+    def _step(self) -> None:
         grads = self._grads()
         for hyper, runs in self.partitions:
             params, member_grads = self._segments(self.params, runs), self._segments(grads, runs)
