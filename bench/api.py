@@ -300,8 +300,8 @@ def run(study: Path | str | Mapping | Study | None = None, **options: Any) -> Ru
     ``executor`` block gives both, these override it.
     """
     from bench.device import resolve_device
+    from bench.engine import Execution
     from bench.runner import DataCache, available_datasets
-    from bench.step import Execution
     from bench.validate import check_cells
 
     if study is not None and not isinstance(study, (str, os.PathLike, Mapping, Study)):

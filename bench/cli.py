@@ -18,7 +18,7 @@ from bench import __version__, api
 from bench.api import default_run_dir
 from bench.config import RECIPE_FIELDS, Recipe
 from bench.errors import BenchError, OptionError
-from bench.fuse import group_cells, group_id
+from bench.fuse import group_id
 from bench.helpformat import SectionedCommand
 from bench.host import COMMAND_PLUGINS, KINDS, PLURAL, Host
 from bench.interrupt import exit_status, stop_signals
@@ -264,8 +264,12 @@ def _run(ctx, *, study, plugins, report, **options):
                      echo=lambda message: echo(message, err=True))
     dry_run, fuse, fuse_max = options["dry_run"], options["fuse"], options["fuse_max"]
     if dry_run:
+        from bench.engine import Execution
+
         echo(format_plan(result.plan, result.path))
-        groups = format_groups([c for state, c in result.plan if state != "done"], fuse_max) if fuse != "off" else ""
+        groups = format_groups([c for state, c in result.plan if state != "done"], host.registry,
+                               Execution(compile=options["compile"], fuse=fuse, fuse_max=fuse_max),
+                               options["data_dir"] or default_data_dir()) if fuse != "off" else ""
         if groups:
             echo(groups)
         return
@@ -327,16 +331,31 @@ def format_plan(plan, root: Path) -> str:
     return "\n".join(lines)
 
 
-def format_groups(cells, fuse_max: int) -> str:
-    """What ``--dry-run`` prints about fused training: the groups of the cells to run ("" when none fuse)."""
-    groups = [g for g in group_cells(cells, fuse_max or None) if len(g) > 1]
-    if not groups:
-        return ""
-    lines = [f"fused groups: {len(groups)}, holding {sum(map(len, groups))} of the {len(cells)} cell(s) to run"
-             + (" (split further by memory when they run)" if not fuse_max else "")]
-    for group in groups:
+def format_groups(cells, registry, execution, data_dir: Path) -> str:
+    """What ``--dry-run`` prints about fused training ("" when no cells share a fuse key): the groups that will
+    train stacked, and those whose cells will train one at a time (failed rows under ``--fuse on``) and why,
+    decided as the run decides it (:func:`bench.runner.plan_groups`, the model probed on its dataset)."""
+    import torch
+
+    from bench.runner import DataCache, plan_groups
+
+    cache = DataCache()
+    planned = plan_groups(list(enumerate(cells)), execution, registry,
+                          lambda cell: cache.get(registry, cell, data_dir, torch.device(cell.device)))
+    fused = [[c for _, c in g] for g, reason in planned if len(g) > 1 and not reason]
+    apart = [([c for _, c in g], reason) for g, reason in planned if len(g) > 1 and reason]
+    lines = []
+    if fused:
+        lines.append(f"fused groups: {len(fused)}, holding {sum(map(len, fused))} of the {len(cells)} cell(s) to run"
+                     + (" (split further by memory when they run)" if not execution.fuse_max else ""))
+    for group in fused:
         lines.append(f"  {group_id(group)}  {len(group):>3} cells  {group[0].label.rsplit(' seed=', 1)[0]}  seeds "
                      f"{','.join(str(c.seed) for c in group)}")
+    if apart:
+        what = "fail (--fuse on)" if execution.fuse == "on" else "train one at a time"
+        lines.append(f"not fused: {sum(len(g) for g, _ in apart)} cell(s) will {what}")
+    for group, reason in apart:
+        lines.append(f"  {len(group):>3} cells  {group[0].label.rsplit(' seed=', 1)[0]}: {reason}")
     return "\n".join(lines)
 
 

@@ -20,8 +20,8 @@ from bench.device import cpu_model, device_name
 from bench.threads import openmp_choice
 
 if TYPE_CHECKING:
+    from bench.engine import Execution
     from bench.host import Host
-    from bench.step import Execution
 
 #: How long one ``git`` command may take before the commit is left out (a huge or networked checkout).
 GIT_TIMEOUT_S = 5.0

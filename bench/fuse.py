@@ -85,9 +85,15 @@ class BatchedOptimizer:
     factory: Callable[..., Any]
     defaults: Mapping[str, Any] = field(default_factory=dict)
 
-    def build(self, params: Sequence, cells: Sequence[Cell], capturable: bool = False):
+    def build(self, params: Sequence, cells: Sequence[Cell], capturable: bool = False, partitions: Sequence = ()):
+        """The optimizer over ``params`` for ``cells``' members. ``partitions``: one hashable per member; members
+        with different values never share a learning rate (their schedules differ), passed to a batched form
+        that names the keyword."""
+        from bench.optim import accepts_keyword
+
+        extra = {"partitions": list(partitions)} if partitions and accepts_keyword(self.factory, "partitions") else {}
         return self.factory(params, [member_hyperparameters(cell) for cell in cells], capturable=capturable,
-                            **self.defaults)
+                            **extra, **self.defaults)
 
 
 def batched_optimizer_for(registry, name: str) -> BatchedOptimizer | None:

@@ -8,7 +8,6 @@ check of a configuration before any training.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -119,12 +118,3 @@ def check_recipe(registry: Registry, recipe: Recipe, overrides: Mapping[str, Map
             schedule.step()
         except Exception as exc:
             raise _failed("schedule", recipe.schedule, registry.get("schedule", recipe.schedule).plugin, exc) from exc
-
-
-@functools.lru_cache(maxsize=1)
-def builtin_registry() -> Registry:
-    """The built-in plugins' components only (no installed plugins): what a bare :func:`bench.trainer.train_cell`
-    call without factories trains with."""
-    from bench.host import Host
-
-    return Host(autoload=False).registry

@@ -69,6 +69,7 @@ class CellRecord:
     weights: str = column("")
     data_time_s: float | None = column()
     warmup_time_s: float | None = column()
+    setup_time_s: float | None = column()
     step: str | None = column()
     cuda_graphs: bool | None = column()
     compiled: bool | None = column()

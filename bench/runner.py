@@ -18,16 +18,14 @@ from typing import Any, Protocol
 import torch
 
 from bench.data import DataSplits
-from bench.errors import BenchError, DataCorrupt, DatasetUnavailable, IncompatibleCell, StopCell, one_line
+from bench.engine import Execution
+from bench.errors import BenchError, DataCorrupt, DatasetUnavailable, IncompatibleCell, one_line
 from bench.grid import Cell
 from bench.host import BrokenPlugin, Registry
-from bench.recipe import recipe_factories
 from bench.record import CellRecord
-from bench.step import Execution
 from bench.store import RunStore
 from bench.templates import template_entry
 from bench.timing import Stopwatch
-from bench.trainer import train_cell
 
 
 @dataclass
@@ -171,27 +169,17 @@ class DataCache:
 
 def train_record(index: int, cell: Cell, registry: Registry, cache: DataCache, device: torch.device,
                  data_dir: Path, events=None, execution: Execution | None = None) -> CellRecord:
-    """Train one cell and build its record; a failing cell becomes a ``failed`` (or ``skipped``) record.
+    """Train one cell (a group of one) and build its record; a failing cell becomes a ``failed`` (or ``skipped``)
+    record, one stopped by a watcher of its evaluation points (:class:`~bench.errors.StopCell`) a record with
+    that status.
 
-    An ``ok`` record carries the final weights in ``state_dict`` and the class templates in
-    ``templates_state`` for the driver to store.
+    An ``ok`` record carries the final weights under ``"state_dict"`` and the class templates under
+    ``"templates_state"`` for the driver to store.
     Only Ctrl-C and corrupt data (:class:`DataCorrupt`, which stops the run) propagate; a
     ``sys.exit()`` in plugin code is the cell's failure, not the end of the grid. ``started_at`` and
     ``ended_at`` are wall-clock times (Unix seconds) of the attempt, wherever it ran.
     """
-    started = time.time()
-    try:
-        data = cache.get(registry, cell, data_dir, device)
-        record = _train_one(cell, registry, data, device, events, execution)
-        record.data_time_s = (record.data_time_s or 0.0) + cache.take_load_time()
-    except (KeyboardInterrupt, DataCorrupt, BrokenPlugin):  # BrokenPlugin: an observer under BENCH_STRICT_PLUGINS
-        raise
-    except (Exception, SystemExit) as exc:
-        record = _error_record(index, cell, exc)
-    if record.status == "failed" and device.type == "cuda":
-        torch.cuda.empty_cache()  # the failed cell's tensors are gone now; give their memory back
-    record.index, record.started_at, record.ended_at = index, started, time.time()
-    return record
+    return train_group_records([(index, cell)], registry, cache, device, data_dir, events, execution)[0]
 
 
 def _error_record(index: int, cell: Cell, exc: BaseException) -> CellRecord:
@@ -212,68 +200,124 @@ def _error_record(index: int, cell: Cell, exc: BaseException) -> CellRecord:
 def train_group_records(tasks: list[tuple[int, Cell]], registry: Registry, cache: DataCache, device: torch.device,
                         data_dir: Path, events=None, execution: Execution | None = None
                         ) -> list[CellRecord]:
-    """Train a fused group (cells of one :func:`bench.fuse.fuse_key`) as one stacked model; one record per
-    member, each what :func:`train_record` would give for that cell, plus ``fused_group``/``fused_size``.
-    Each member's start and epochs are announced to ``events`` as they happen."""
-    from bench.fuse import batched_optimizer_for
-    from bench.fused_trainer import train_group
+    """Train a group (cells of one :func:`bench.fuse.fuse_key`; one cell is a group of one) through the engine;
+    one record per member, each with ``fused_group``/``fused_size`` where it trained stacked.
 
-    if len(tasks) == 1:
-        return [train_record(*tasks[0], registry, cache, device, data_dir, events, execution)]
+    Whether the group trains stacked was decided by :func:`fused_groups` (:func:`bench.engine.plan.unfusable`,
+    asked again here with the same answer): cells that cannot fuse train one at a time with ``not fused:
+    REASON`` in their ``execution_note``, or are failed records under ``--fuse on``. A group larger than fits in
+    memory trains in chunks. Each member's start and epochs are announced to ``events`` as they happen; a
+    :class:`~bench.errors.StopCell` raised by an epoch's announcement stops that member only.
+    """
+    from bench.engine import Factories, Unfusable, train_group
+    from bench.engine.plan import unfusable
+    from bench.fuse import group_id
+
+    execution = execution or Execution()
     cells = [cell for _, cell in tasks]
     first = cells[0]
     started = time.time()
+    watch = Stopwatch(device)
     load_time = 0.0
-    stops: dict[str, tuple[StopCell, list]] = {}
+    results: list[Any] = []
     try:
         data = cache.get(registry, first, data_dir, device)
         load_time = cache.take_load_time()
-        model_c, loss_c = registry.get("model", first.model), registry.get("loss", first.loss)
-        model_params = {**model_c.params, **first.override("model")}
-
-        def factory():
-            return model_c.factory(data.input_shape, data.num_classes, **model_params)
-
-        loss_fn = loss_c.factory(**{**loss_c.params, **first.override("loss")})
+        with watch.phase("setup"):
+            factories = Factories.from_registry(registry, first, data)
+            reason = unfusable(first, execution, registry, data) if len(cells) > 1 and execution.fuse != "off" else ""
+        if reason and execution.fuse == "on":
+            raise BenchError(f"{len(cells)} {first.model} cells cannot be fused: {reason}")
         if events is not None:
             for cell in cells:
                 events.cell_start(cell)
 
-        seen: dict[str, list] = {cell.cell_id: [] for cell in cells}
+        def announce(members):
+            def on_epoch(i, row):
+                if events is not None:
+                    cell = members[i]
+                    events.epoch_end(cell, {**CellRecord.of(cell).key(), **row})
+            return on_epoch
 
-        def on_epoch(epoch, rows):
-            for cell, row in zip(cells, rows):
-                if row is not None and events is not None and cell.cell_id not in stops:
-                    seen[cell.cell_id].append({**CellRecord.of(cell).key(), **row})
-                    try:
-                        events.epoch_end(cell, seen[cell.cell_id][-1])
-                    except StopCell as stop:  # today's fused trainer cannot drop a member: it trains on, unseen
-                        stops[cell.cell_id] = (stop, list(seen[cell.cell_id]))
+        by_cell: dict[str, Any] = {}
 
-        results = train_group(cells, factory, loss_fn, data, device, execution,
-                              batched_optimizer_for(registry, first.recipe.optimizer), on_epoch=on_epoch)
+        def one_at_a_time(members, note):
+            for cell in members:
+                try:
+                    result = train_group([cell], factories, data, device, execution, announce([cell]))[0]
+                except (KeyboardInterrupt, DataCorrupt, BrokenPlugin):
+                    raise
+                except (Exception, SystemExit) as exc:
+                    result = exc
+                if note and not isinstance(result, BaseException):
+                    result.execution["execution_note"] = "; ".join(filter(None, [f"not fused: {note}",
+                                                                                 result.execution["execution_note"]]))
+                by_cell[cell.cell_id] = result
+
+        if len(cells) == 1 or reason:
+            one_at_a_time(cells, reason)
+        else:
+            for chunk in _chunks(cells, factories, data, device, execution):
+                try:
+                    for cell, result in zip(chunk, train_group(chunk, factories, data, device, execution,
+                                                               announce(chunk), fused_group=group_id(chunk))):
+                        by_cell[cell.cell_id] = result
+                except Unfusable as exc:  # what the plan's probe could not see (e.g. a failure in the optimizer step)
+                    if execution.fuse == "on":
+                        raise BenchError(f"{len(chunk)} {first.model} cells cannot be fused: {exc}") from exc
+                    one_at_a_time(chunk, str(exc))
+        results = [by_cell[cell.cell_id] for cell in cells]
     except (KeyboardInterrupt, DataCorrupt, BrokenPlugin):
         raise
     except (Exception, SystemExit) as exc:  # what fails the whole group (e.g. the factory) fails each member alike
         results = [exc] * len(cells)
     records = []
     for (index, cell), result in zip(tasks, results):
-        if not isinstance(result, BaseException) and cell.cell_id in stops:
-            record = stopped_record(cell, *stops[cell.cell_id], data)
-            record.set({k: v for k, v in result.execution.items() if k in ("fused_group", "fused_size")})
-        elif isinstance(result, BaseException):
+        if isinstance(result, BaseException):
             record = _error_record(index, cell, result)
         else:
-            model = factory()
-            model.load_state_dict(result.state_dict)
-            record = _result_record(cell, result, data, model.to(device))
+            with watch.phase("record"):
+                model = factories.model()
+                model.load_state_dict(result.state_dict)
+                record = _result_record(cell, result, data, model.to(device))
+            if result.stopped is not None:
+                record.status, record.error = result.stopped.status, result.stopped.reason
         record.index, record.started_at, record.ended_at = index, started, time.time()
         records.append(record)
+    # what the group spent outside its members' phases: loading the data, building and writing records
+    for record in records:
+        if record.setup_time_s is not None:
+            record.setup_time_s += (watch.totals.get("setup", 0.0) + watch.totals.get("record", 0.0)) / len(records)
     if records and records[0].data_time_s is not None:
         records[0].data_time_s += load_time
     if device.type == "cuda" and any(r.status == "failed" for r in records):
         torch.cuda.empty_cache()
     return records
+
+
+def _chunks(cells: list[Cell], factories, data: DataSplits, device: torch.device,
+            execution: Execution) -> list[list[Cell]]:
+    """The group in training order (members of one seed adjacent, so that they share their batch: see
+    :class:`bench.engine.steps.StackedStep`; within a seed equal hyperparameters in one order, so that the
+    batched optimizer steps runs of them in one call), split by memory unless ``fuse_max`` already bounds it."""
+    from bench.engine.group import train_split
+    from bench.engine.plan import fitting_size, member_bytes, memory_budget
+    from bench.fuse import even_chunks, member_hyperparameters
+
+    seeds = list(dict.fromkeys(cell.seed for cell in cells))
+    ordered = sorted(cells, key=lambda c: (seeds.index(c.seed),
+                                           json.dumps(member_hyperparameters(c), sort_keys=True, default=str)))
+    if execution.fuse_max:
+        return [ordered]
+    torch.manual_seed(ordered[0].seed)
+    model = factories.model().to(device)
+    x, y = train_split(ordered[0], data)
+    per_member = member_bytes(model, factories.loss, x, y, min(ordered[0].recipe.batch_size, len(x)))
+    del model
+    size = fitting_size(per_member, memory_budget(device))
+    if size >= len(ordered):
+        return [ordered]
+    return even_chunks(ordered, size)
 
 
 def failed_record(index: int, cell: Cell, error: str) -> CellRecord:
@@ -365,44 +409,40 @@ class LocalExecutor:
 
 def fused_groups(tasks: list[tuple[int, Cell]], execution: Execution | None,
                  registry: Registry | None = None) -> list[list[tuple[int, Cell]]]:
-    """The tasks grouped for fused training (bench/fuse.py), or one group per task with ``fuse`` off.
+    """The tasks grouped by :func:`bench.fuse.fuse_key` (at most ``fuse_max`` a group), or one group per task
+    with ``fuse`` off; decided before anything trains, the same for every executor and for ``--dry-run``.
 
-    Cells with a learning-rate schedule or an optimizer without a batched form, and runs that measure
-    time to target (``target``, ``eval_every``), are not fused: the fused engine implements none of those,
-    so those cells train one by one.
+    A group whose cells cannot fuse (:func:`plan_groups` says why) stays one group, whose cells the engine
+    trains one at a time, each with the reason in its ``execution_note`` (under ``--fuse on``: failed records).
     """
     from bench.fuse import fuse_key, group_cells
 
     execution = execution or Execution()
-    if execution.fuse == "off" or execution.target is not None or execution.eval_every:
+    if execution.fuse == "off":
         return [[task] for task in tasks]
-    def fusable(cell: Cell) -> bool:  # a schedule, or an optimizer without a batched form: one at a time
-        from bench.fuse import batched_optimizer_for
-
-        return registry is None or (not has_schedule(registry, cell)
-                                    and batched_optimizer_for(registry, cell.recipe.optimizer) is not None)
-
-    alone = [[t] for t in tasks if not fusable(t[1])]
-    together = [t for t in tasks if fusable(t[1])]
-    return [*group_cells(together, execution.fuse_max or None, key=lambda task: fuse_key(task[1])), *alone]
+    return group_cells(tasks, execution.fuse_max or None, key=lambda task: fuse_key(task[1]))
 
 
-def has_schedule(registry: Registry, cell: Cell) -> bool:
-    """Whether the cell's schedule does anything (its factory returns a scheduler rather than ``None``)."""
-    from bench.recipe import recipe_factories
+def plan_groups(tasks: list[tuple[int, Cell]], execution: Execution | None, registry: Registry,
+                data_for: Callable[[Cell], DataSplits | None] = lambda cell: None
+                ) -> list[tuple[list[tuple[int, Cell]], str]]:
+    """:func:`fused_groups` with each group's verdict: ``""`` (it trains stacked, or is one cell) or why its cells
+    train one at a time. ``data_for(cell)`` gives the dataset the model is probed on (``None``: not probed)."""
+    from bench.engine.plan import unfusable
 
-    key = (cell.recipe.schedule, json.dumps(cell.override("schedule"), sort_keys=True, default=str))
-    if key not in _SCHEDULED:
-        try:
-            make_optimizer, make_schedule = recipe_factories(registry, cell)
-            optimizer = make_optimizer([torch.zeros(1, requires_grad=True)], False)
-            _SCHEDULED[key] = make_schedule is not None and make_schedule(optimizer, 10) is not None
-        except Exception:  # the cell will fail on its own, unfused, with the message
-            _SCHEDULED[key] = True
-    return _SCHEDULED[key]
-
-
-_SCHEDULED: dict[tuple[str, str], bool] = {}
+    execution = execution or Execution()
+    planned = []
+    for group in fused_groups(tasks, execution, registry):
+        cell = group[0][1]
+        reason = ""
+        if len(group) > 1:
+            try:
+                data = data_for(cell)
+            except BenchError:
+                data = None
+            reason = unfusable(cell, execution, registry, data)
+        planned.append((group, reason))
+    return planned
 
 
 def run_cells(
@@ -468,48 +508,6 @@ def _write_tensors(record: CellRecord, cell: Cell, store: RunStore) -> None:
         path = store.write_weights(f"{cell.cell_id}.templates", tensors(record.templates_state))
         record.templates = {**(record.templates or {}), "path": path}
         record.templates_state = None
-
-
-def _train_one(cell: Cell, registry: Registry, data: DataSplits, device: torch.device,
-               events=None, execution: Execution | None = None) -> CellRecord:
-    model_c, loss_c = registry.get("model", cell.model), registry.get("loss", cell.loss)
-    torch.manual_seed(cell.seed)
-    model = model_c.factory(data.input_shape, data.num_classes, **{**model_c.params, **cell.override("model")})
-    if not isinstance(model, torch.nn.Module):
-        raise BenchError(f"model '{cell.model}' factory returned {type(model).__name__}, not a torch.nn.Module")
-    loss_fn = loss_c.factory(**{**loss_c.params, **cell.override("loss")})
-    base = CellRecord.of(cell).key()
-    if events is not None:
-        events.cell_start(cell)
-    seen: list[dict[str, Any]] = []  # the evaluation points so far: a stopped cell's record keeps them
-
-    def on_epoch(h):  # observers get each epoch's row exactly as the record's history will hold it
-        seen.append({**base, **h})
-        if events is not None:
-            events.epoch_end(cell, seen[-1])
-
-    make_optimizer, make_schedule = recipe_factories(registry, cell)
-    try:
-        result = train_cell(cell, model, loss_fn, data, device, on_epoch=on_epoch, execution=execution,
-                            make_optimizer=make_optimizer, make_schedule=make_schedule)
-    except StopCell as stop:
-        return stopped_record(cell, stop, seen, data)
-    return _result_record(cell, result, data, model)
-
-
-def stopped_record(cell: Cell, stop: StopCell, history: list[dict[str, Any]], data: DataSplits) -> CellRecord:
-    """The record of a cell stopped at an evaluation point (:class:`StopCell`, e.g. a pruned trial): its
-    status and reason, the validation metrics of its last evaluation, ``epochs`` = the epoch it reached,
-    its history so far; no test metrics and no weights."""
-    record = CellRecord.of(cell, stop.status, stop.reason)
-    record.data_time_s = 0.0
-    if history:
-        last = history[-1]
-        record.set({k: last[k] for k in ("val_acc", "val_loss") if k in last})
-        record.set({"epochs": int(last.get("epoch", 0)),
-                    "train_time_s": sum(float(h.get("epoch_time_s", 0.0)) for h in history)})
-    record.history, record.classes, record.input_shape = history, data.classes, list(data.input_shape)
-    return record
 
 
 def _result_record(cell: Cell, result, data: DataSplits, model: torch.nn.Module) -> CellRecord:

@@ -1,4 +1,4 @@
-"""A faster form of ``nn.Linear`` for a fused group's stacked step (bench/fused_trainer.py).
+"""A faster form of ``nn.Linear`` for a fused group's stacked step (bench/engine/steps.py, StackedStep).
 
 Under ``torch.func.vmap`` an ``nn.Linear`` of N stacked members becomes ``bmm(x, w.transpose(1, 2))``
 and its weight gradient ``bmm(x.transpose(1, 2), grad)``. On a CPU both are the slow orientation for the

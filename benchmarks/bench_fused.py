@@ -1,10 +1,14 @@
 """Fused against unfused training, as whole ``bench run`` processes on cpu, alternating (issue 14).
 
-Cases (full MNIST, crossentropy, Adam, batch 256, 2 epochs, ``--device cpu``):
+Cases (full MNIST, crossentropy, Adam, batch 256, 2 epochs, ``--device cpu``) and their targets:
 
-- ``linear40``: 40 linear cells (``--seeds 0..19 --lr 1e-3,3e-3``, as issue 14 names them). Target:
-  fused at least 2x faster as whole processes and at least 2.5x in training time per cell.
-- ``mlp20``: 20 mlp cells (``--seeds 0..9 --lr 1e-3,3e-3``). Target: fused no slower.
+- ``linear40``: 40 linear cells (``--seeds 0..19 --lr 1e-3,3e-3``): fused at least 2x faster as whole
+  processes and at least 4x in training time per cell;
+- ``linear40-cosine``: the same with ``--schedule cosine``: its ratios within 10% of ``linear40``'s;
+- ``linear16-one-seed``: 16 linear cells on one seed (16 learning rates): 5x training time per cell;
+- ``linear-tune16``: ``--tune lr=1e-4:1e-1:log --trials 16`` (the trials fused, all on the first seed):
+  5x training time per trial;
+- ``mlp20``: 20 mlp cells (``--seeds 0..9 --lr 1e-3,3e-3``): 2x training time per cell.
 
 Each pair runs the same grid with ``--fuse off`` and ``--fuse on``, in ABBA order (off-on, on-off, ...)
 so that a drift in the machine's load favours neither; both get the OpenMP wait policy that ``bench``
@@ -21,8 +25,8 @@ training time), medians and ratio. The load average before and after says how bu
                                                             # go to extra_info
 
 ``--epochs MODEL:N,...`` compares the steps alone, in this process: one epoch of a cell's own step
-(``bench.step.Step``, as the unfused trainer builds it for cpu) against one epoch of N members'
-fused step (``bench.fused_trainer.FusedStep``), alternating, ``--rounds`` times (default 5); it prints
+(``bench.engine.steps.ModelStep``, a group of one on cpu) against one epoch of N members'
+stacked step (``bench.engine.steps.StackedStep``), alternating, ``--rounds`` times (default 5); it prints
 the minimum and median seconds per epoch of a cell and per member, and their ratios. Start-up,
 evaluation and records are left out, so this is the part of "training time per cell" that fusing
 changes, with less of the noise that whole processes carry.
@@ -51,22 +55,35 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 from process import measure, shared_openmp_env  # noqa: E402
 
-#: name -> (model, seeds, learning rates, epochs): seeds x learning rates cells, one fused group
-CASES = {"linear40": ("linear", 20, "1e-3,3e-3", 2), "mlp20": ("mlp", 10, "1e-3,3e-3", 2)}
-#: name -> (least whole-process ratio, least training-time-per-cell ratio) that issue 14 asks for
-TARGETS = {"linear40": (2.0, 2.5), "mlp20": (1.0, 1.0)}
+
+def _seeds(n: int) -> str:
+    return ",".join(map(str, range(n)))
+
+
+#: name -> (rows, the largest fused group, the grid's ``bench run`` arguments); a tuning run's rows are its trials
+#: (one fused group under ``--fuse on``: qmc asks them all at once) and the final cell with the best value
+CASES = {
+    "linear40": (40, 40, ["--models", "linear", "--seeds", _seeds(20), "--lr", "1e-3,3e-3"]),
+    "linear40-cosine": (40, 40, ["--models", "linear", "--seeds", _seeds(20), "--lr", "1e-3,3e-3",
+                                 "--schedule", "cosine"]),
+    "linear16-one-seed": (16, 16, ["--models", "linear", "--seeds", "0",
+                               "--lr", ",".join(f"{10 ** (-4 + 3 * i / 15):.3g}" for i in range(16))]),
+    "linear-tune16": (17, 16, ["--models", "linear", "--tune", "lr=1e-4:1e-1:log", "--trials", "16"]),
+    "mlp20": (20, 20, ["--models", "mlp", "--seeds", _seeds(10), "--lr", "1e-3,3e-3"]),
+}
+#: name -> (least whole-process ratio, least training-time-per-cell ratio) asked for (0: none); the cosine
+#: grid's ratio is to stay within 10% of the constant one's (compared by hand: see docs/benchmarks.md)
+TARGETS = {"linear40": (2.0, 4.0), "linear40-cosine": (0.0, 0.0), "linear16-one-seed": (0.0, 5.0),
+           "linear-tune16": (0.0, 5.0), "mlp20": (0.0, 2.0)}
 
 
 def cell_count(case: str) -> int:
-    _, seeds, lrs, _ = CASES[case]
-    return seeds * len(lrs.split(","))
+    return CASES[case][0]
 
 
 def command(case: str, fuse: str, out: Path) -> list[str]:
-    model, seeds, lrs, epochs = CASES[case]
-    return [sys.executable, "-m", "bench", "run", "--models", model, "--losses", "crossentropy",
-            "--seeds", ",".join(map(str, range(seeds))), "--lr", lrs, "--epochs", str(epochs), "--device", "cpu", "-q",
-            "--fuse", fuse, "--out", str(out)]
+    return [sys.executable, "-m", "bench", "run", *CASES[case][2], "--losses", "crossentropy", "--epochs", "2",
+            "--device", "cpu", "-q", "--fuse", fuse, "--out", str(out)]
 
 
 @dataclass
@@ -88,7 +105,9 @@ def run_once(case: str, fuse: str, tmp: Path, runs: Runs, env: dict[str, str]) -
     if len(rows) != cell_count(case) or any(r["status"] != "ok" for r in rows):
         raise RuntimeError(f"{out}: expected {cell_count(case)} ok rows, got {[r['status'] for r in rows]}")
     runs.wall_s.append(run.wall_s)
-    runs.train_per_cell_s.append(sum(float(r["train_time_s"]) for r in rows) / len(rows))
+    # training time per trained cell; a tuning run's final cell trains alone either way and is left out
+    trained = [r for r in rows if r.get("phase") != "final"] if "--tune" in CASES[case][2] else rows
+    runs.train_per_cell_s.append(sum(float(r["train_time_s"]) for r in trained) / len(trained))
     runs.fused_sizes |= {r["fused_size"] for r in rows}
 
 
@@ -155,7 +174,7 @@ if pytest is not None:
         result = summary(case, off, on, (before, os.getloadavg()[0]))
         benchmark.extra_info.update(result)
         print("\n" + format_summary(result))
-        assert on.fused_sizes == {str(cell_count(case))}  # one group: the fused runs really fused
+        assert str(CASES[case][1]) in on.fused_sizes  # the fused runs really fused
 
 
 def compare_epochs(model: str, members: int, rounds: int) -> dict:
@@ -165,11 +184,10 @@ def compare_epochs(model: str, members: int, rounds: int) -> dict:
     import torch
 
     from bench.config import Cell, Recipe
+    from bench.engine.steps import ModelStep, StackedStep
     from bench.fuse import batched_optimizer_for
-    from bench.fused_trainer import FusedStep
     from bench.host import Host
     from bench.recipe import recipe_factories
-    from bench.step import Step
 
     registry = Host().registry
     data = registry.get("dataset", "mnist").factory(Path(tempfile.gettempdir()))
@@ -194,11 +212,11 @@ def compare_epochs(model: str, members: int, rounds: int) -> dict:
     own, fused, floors = [], [], []
     for _ in range(rounds):
         make_optimizer, _ = recipe_factories(registry, cells[0])
-        step = Step(build(0), loss_fn, x, y, make_optimizer)
+        step = ModelStep("plain", build(0), loss_fn, x, y, make_optimizer)
         step.prepare(lengths)
-        own.append(epoch(step, torch.randperm(len(x))))
-        stacked = FusedStep([build(c.seed) for c in cells], loss_fn, x, y, batched_optimizer_for(registry, "adam"),
-                            cells)
+        own.append(epoch(step, torch.randperm(len(x))[None]))
+        stacked = StackedStep("static", [build(c.seed) for c in cells], loss_fn, x, y, list(range(members)),
+                              batched_optimizer_for(registry, "adam"), cells)
         stacked.prepare(lengths)
         fused.append(epoch(stacked, torch.stack([torch.randperm(len(x)) for _ in cells])) / members)
         if floor is not None:

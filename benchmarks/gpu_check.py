@@ -22,19 +22,29 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
+from bench.engine import Execution, Factories, train_group  # noqa: E402
 from bench.errors import BenchError  # noqa: E402
 from bench.grid import Cell, Recipe  # noqa: E402
 from bench.host import Host  # noqa: E402
 from bench.plugins.datasets import load_mnist  # noqa: E402
 from bench.recipe import recipe_factories  # noqa: E402
-from bench.step import Execution  # noqa: E402
-from bench.trainer import train_cell  # noqa: E402
 
 CELLS = [("linear", "mse"), ("linear", "crossentropy"), ("mlp", "crossentropy"), ("deep-linear", "crossentropy"),
          ("cnn", "crossentropy")]
 #: the core issue's accuracy floors after 2 epochs, for the notebook's three cells
 FLOORS = {("linear", "mse"): 0.90, ("linear", "crossentropy"): 0.91, ("mlp", "crossentropy"): 0.96}
 FAILURES: list[str] = []
+
+
+def train_cell(cell, net, loss_fn, data, device, execution=None, make_optimizer=None, make_schedule=None):
+    """One cell through the engine (a group of one), on ``net``; raises what failed it."""
+    if make_optimizer is None:
+        make_optimizer, make_schedule = recipe_factories(Host().registry, cell)
+    factories = Factories(lambda: net, loss_fn, lambda c: (make_optimizer, make_schedule))
+    result = train_group([cell], factories, data, device, execution or Execution())[0]
+    if isinstance(result, BaseException):
+        raise result
+    return result
 
 
 def check(ok: bool, what: str) -> None:
@@ -134,25 +144,29 @@ def check_schedule(registry, data, device, eager, graphs, epochs, limit) -> None
 FUSED_TARGETS = {"linear": 10.0, "mlp": 5.0}
 
 
-def fused_check(registry, data, device, execution, cells: int, epochs: int, limit: int = 0) -> list[str]:
-    """``cells`` seeds of linear and of mlp trained fused (one stacked model per model, CUDA graphs as
-    ``execution`` says) and unfused, cell by cell: every member within 0.002 test accuracy and 1e-3 relative
-    validation loss of its unfused run, and the training time per cell of each way. Returns table lines."""
+def fused_check(registry, data, device, execution, cells: int, epochs: int, limit: int = 0,
+                schedule: str = "constant", models=tuple(FUSED_TARGETS)) -> list[str]:
+    """``cells`` linear and mlp cells (half as many seeds, each with learning rates 1e-3 and 2e-3: members of
+    one seed share their batch) trained fused (one stacked model per model, CUDA graphs as ``execution``
+    says) and unfused, cell by cell: every member within 0.002 test accuracy and 1e-3 relative validation
+    loss of its unfused run, and the training time per cell of each way. Returns table lines."""
     from bench.fuse import batched_optimizer_for
-    from bench.fused_trainer import train_group
 
     lines = []
-    for model in FUSED_TARGETS:
+    for model in models:
         model_c, loss_c = registry.get("model", model), registry.get("loss", "crossentropy")
 
         def factory(model_c=model_c):
             return model_c.factory(data.input_shape, data.num_classes, **model_c.params)
 
         loss_fn = loss_c.factory(**loss_c.params)
-        group = [Cell(model, "crossentropy", "mnist", seed, str(device), Recipe(epochs=epochs, batch_size=256, lr=1e-3),
-                      limit) for seed in range(cells)]
+        group = [Cell(model, "crossentropy", "mnist", seed, str(device),
+                      Recipe(epochs=epochs, batch_size=256, lr=lr, schedule=schedule), limit)
+                 for seed in range(max(1, cells // 2)) for lr in (1e-3, 2e-3)][:cells]
         start = time.perf_counter()
-        fused = train_group(group, factory, loss_fn, data, device, execution, batched_optimizer_for(registry, "adam"))
+        factories = Factories(factory, loss_fn, lambda c: recipe_factories(registry, c),
+                              batched_optimizer_for(registry, "adam"))
+        fused = train_group(group, factories, data, device, execution, fused_group="check")
         fused_wall = time.perf_counter() - start
         failed = [f"{c.seed}: {r}" for c, r in zip(group, fused) if isinstance(r, Exception)]
         check(not failed, f"fused {model}: every member trained ({failed[:3]})")
@@ -182,7 +196,8 @@ def fused_check(registry, data, device, execution, cells: int, epochs: int, limi
             check(ratio >= FUSED_TARGETS[model], what)
         else:
             print(f"  {what}", flush=True)
-        lines.append(f"{model:<8}{cells:>6}{per_cell_off:>14.4f}{per_cell_on:>12.4f}{ratio:>8.1f}x"
+        label = model if schedule == "constant" else f"{model}+{schedule}"
+        lines.append(f"{label:<14}{cells:>6}{per_cell_off:>14.4f}{per_cell_on:>12.4f}{ratio:>8.1f}x"
                      f"{alone_wall:>13.1f}{fused_wall:>11.1f}{alone_wall / fused_wall:>7.1f}x"
                      f"{fused[0].execution['fused_size']:>7}")
     return lines
@@ -314,6 +329,9 @@ def main(argv=None) -> int:
               f"each, against the same cells one by one ({on_name})", flush=True)
         fused_lines = fused_check(registry, data, device, variants[on_name], args.fused_cells, args.fused_epochs,
                                   args.limit)
+        print(f"\n5b. fused training with a cosine schedule: {args.fused_cells} linear cells ({on_name})", flush=True)
+        fused_lines += fused_check(registry, data, device, variants[on_name], args.fused_cells, args.fused_epochs,
+                                   args.limit, schedule="cosine", models=("linear",))
 
     print(f"\nper-epoch train time (median of {args.epochs} epochs, warm-up/capture excluded), device {name}")
     header = f"{'model':<26}" + "".join(f"{label + ' s':>18}" for label in variants) + f"{'notebook s':>12}" \
@@ -331,7 +349,7 @@ def main(argv=None) -> int:
     if fused_lines:
         print(f"\nfused training, {args.fused_epochs} epochs ({on_name}; training time per cell: the sum of "
               "train_time_s over the cells / cells; wall: train_group against the cells one after another)")
-        print(f"{'model':<8}{'cells':>6}{'unfused s':>14}{'fused s':>12}{'ratio':>9}{'unfused wall':>13}"
+        print(f"{'model':<14}{'cells':>6}{'unfused s':>14}{'fused s':>12}{'ratio':>9}{'unfused wall':>13}"
               f"{'fused wall':>11}{'ratio':>8}{'group':>7}")
         for line in fused_lines:
             print(line)

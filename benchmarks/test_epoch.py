@@ -12,9 +12,9 @@ BATCH = 256
 
 @pytest.mark.parametrize("model_name", ["linear", "mlp", "deep-linear", "cnn"])
 def test_gridbench_epoch(benchmark, mnist_cpu, model_name):
+    from bench.engine.steps import ModelStep
     from bench.host import Host
     from bench.recipe import optimizer_factory
-    from bench.step import Execution, build_step
 
     registry = Host().registry
     model_c, loss_c = registry.get("model", model_name), registry.get("loss", "crossentropy")
@@ -22,16 +22,17 @@ def test_gridbench_epoch(benchmark, mnist_cpu, model_name):
     model = model_c.factory(mnist_cpu.input_shape, mnist_cpu.num_classes, **model_c.params)
     x, y = mnist_cpu.train
     n = len(x)
-    step = build_step(Execution(), model, loss_c.factory(**loss_c.params), x, y, [BATCH, n % BATCH],
-                      optimizer_factory(registry, "adam", 1e-3, 0.0))  # warm-up here, outside the timed epochs
+    step = ModelStep("plain", model, loss_c.factory(**loss_c.params), x, y,
+                     optimizer_factory(registry, "adam", 1e-3, 0.0))
+    step.prepare([BATCH, n % BATCH])  # warm-up here, outside the timed epochs
     generator = torch.Generator().manual_seed(0)
 
     def epoch():
-        perm = torch.randperm(n, generator=generator)
+        perm = torch.randperm(n, generator=generator)[None]  # one index stream: a group of one
         step.reset()
         for start in range(0, n, BATCH):
-            step(perm[start:start + BATCH])
-        return float(step.loss_sum) / n
+            step(perm[:, start:start + BATCH])
+        return float(step.loss_sum[0]) / n
 
     loss = benchmark.pedantic(epoch, rounds=2 if model_name == "cnn" else 3, iterations=1)
     assert loss < 1.0  # it trained

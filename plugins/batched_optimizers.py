@@ -1,6 +1,6 @@
 """Batched Adam, AdamW and SGD: one optimizer over the stacked parameters of N models of one shape.
 
-Fused training (``bench/fused_trainer.py``) stacks the parameters of a group's N members along a
+Fused training (``bench/engine/steps.py``) stacks the parameters of a group's N members along a
 new first dimension (``torch.func.stack_module_state``): each parameter is one ``[N, ...]`` tensor and
 member ``i`` owns the slice ``[i]``. These optimizers update such tensors with per-member
 hyperparameters, held as ``[N]`` tensors (``optimizer.hyper["lr"]`` etc.), so that members may differ
@@ -37,6 +37,15 @@ import torch
 
 from bench.errors import BenchError
 
+
+def _lr_tensor(lr: float, device: torch.device) -> torch.Tensor:
+    # as the unfused optimizers keep it (plugins/optimizers.py): float32 on cuda, the exact double elsewhere
+    return torch.tensor(float(lr), dtype=torch.float32 if device.type == "cuda" else torch.float64, device=device)
+
+
+#: Elements per run of adjacent members below which a cpu step with runs split apart uses one thread.
+SMALL_RUN = 1 << 17
+
 #: Devices where torch has fused (one-kernel) Adam/AdamW, used there as ``torch.optim.Adam(fused=True)``.
 FUSED_DEVICES = ("cpu", "cuda")
 
@@ -48,7 +57,7 @@ class _Batched:
     HYPER: dict[str, float] = {}
 
     def __init__(self, params: Sequence[torch.Tensor], members: Sequence[Mapping[str, Any]], *,
-                 capturable: bool = False, **defaults: Any):
+                 capturable: bool = False, partitions: Sequence[Any] = (), **defaults: Any):
         self.params = list(params)
         if not self.params:
             raise BenchError("the model has no trainable parameters")
@@ -60,14 +69,21 @@ class _Batched:
                              f"{sorted({p.shape[0] if p.dim() else 0 for p in self.params})} deep")
         self.capturable = capturable
         values = [self._values({**defaults, **member}) for member in members]
+        keys = list(partitions) or [None] * len(values)
         #: ``{name: [N] float64 tensor}``: each member's hyperparameters.
         self.hyper = {name: torch.tensor([v[name] for v in values], dtype=torch.float64) for name in self.HYPER}
-        #: ``(hyperparameters, runs)``: members with equal values, as runs ``(first, end)`` of adjacent members;
-        #: each partition steps in one call
+        device = self.params[0].device
+        #: One param group per member, torch's interface for its learning rate: a schedule built on member
+        #: ``i``'s group sets ``param_groups[i]["lr"]`` (a device tensor, updated in place, when capturable),
+        #: which the member's partition reads at every step.
+        self.param_groups = [{"lr": _lr_tensor(v["lr"], device) if capturable else v["lr"]} for v in values]
+        #: ``(hyperparameters, runs)``: members with equal values (and equal ``partitions`` keys), as runs
+        #: ``(first, end)`` of adjacent members; each partition steps in one call
         self.partitions: list[tuple[dict[str, float], list[tuple[int, int]]]] = []
+        seen: list[Any] = []
         for index, value in enumerate(values):
-            for hyper, runs in self.partitions:
-                if hyper == value:
+            for (hyper, runs), key in zip(self.partitions, seen):
+                if hyper == value and key == keys[index]:
                     if runs[-1][1] == index:
                         runs[-1] = (runs[-1][0], index + 1)
                     else:
@@ -75,6 +91,11 @@ class _Batched:
                     break
             else:
                 self.partitions.append((value, [(index, index + 1)]))
+                seen.append(keys[index])
+        runs = sum(len(r) for _, r in self.partitions)
+        per_run = sum(p.numel() for p in self.params) // max(runs, 1)
+        #: many small runs on a cpu: step on one thread (see :meth:`step`)
+        self._one_thread = device.type == "cpu" and runs > len(self.partitions) and per_run < SMALL_RUN
         for p in self.params:
             if not _member_major(p):
                 raise BenchError(f"a stacked parameter of shape {tuple(p.shape)} and strides {p.stride()} is not "
@@ -98,6 +119,10 @@ class _Batched:
                 raise BenchError(f"{cls.__name__}: {name} must be a number, got {value!r}")
             values[name] = float(value)
         return values
+
+    def _lr(self, runs: list[tuple[int, int]]):
+        """A partition's learning rate now: its first member's (all its members share their schedule)."""
+        return self.param_groups[runs[0][0]]["lr"]
 
     def _segments(self, tensors: Sequence[torch.Tensor], runs: list[tuple[int, int]]) -> list[torch.Tensor]:
         """The memory of members ``first..end-1`` of each stacked tensor, as flat 1-D views, per run."""
@@ -127,6 +152,20 @@ class _Batched:
         raise NotImplementedError
 
     def step(self) -> None:
+        """Update every member. On a cpu, where a partition's members are not adjacent (members of one seed are
+        kept adjacent instead, so that they share their batch) the kernels get many small runs of memory, and
+        torch parallelises each: one thread then steps them ~4x faster (docs/benchmarks.md)."""
+        if self._one_thread:
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                self._step()
+            finally:
+                torch.set_num_threads(threads)
+        else:
+            self._step()
+
+    def _step(self) -> None:
         raise NotImplementedError
 
 
@@ -158,8 +197,9 @@ class BatchedAdam(_Batched):
     #: torch.optim.AdamW's decoupled weight decay instead of Adam's L2 term.
     decoupled = False
 
-    def __init__(self, params, members, *, capturable: bool = False, fused: bool | None = None, **defaults):
-        super().__init__(params, members, capturable=capturable, **defaults)
+    def __init__(self, params, members, *, capturable: bool = False, partitions=(), fused: bool | None = None,
+                 **defaults):
+        super().__init__(params, members, capturable=capturable, partitions=partitions, **defaults)
         device = self.params[0].device
         if fused is None:
             fused = device.type in FUSED_DEVICES and hasattr(torch, "_fused_adam_")
@@ -176,7 +216,7 @@ class BatchedAdam(_Batched):
         return [*self.exp_avg, *self.exp_avg_sq, self.step_t]
 
     @torch.no_grad()
-    def step(self) -> None:
+    def _step(self) -> None:
         grads = self._grads()
         if self.fused:
             self.step_t.add_(1)
@@ -185,13 +225,14 @@ class BatchedAdam(_Batched):
                 params = self._segments(self.params, runs)
                 kernel(params, self._segments(grads, runs), self._segments(self.exp_avg, runs),
                        self._segments(self.exp_avg_sq, runs), [], [self.step_t] * len(params), amsgrad=False,
-                       lr=hyper["lr"], beta1=hyper["beta1"], beta2=hyper["beta2"],
+                       lr=self._lr(runs), beta1=hyper["beta1"], beta2=hyper["beta2"],
                        weight_decay=hyper["weight_decay"], eps=hyper["eps"], maximize=False)
             return
         self.steps += 1
         for hyper, runs in self.partitions:
-            self._foreach_step(hyper, self._segments(self.params, runs), self._segments(grads, runs),
-                               self._segments(self.exp_avg, runs), self._segments(self.exp_avg_sq, runs))
+            self._foreach_step({**hyper, "lr": self._lr(runs)}, self._segments(self.params, runs),
+                               self._segments(grads, runs), self._segments(self.exp_avg, runs),
+                               self._segments(self.exp_avg_sq, runs))
 
     def _foreach_step(self, hyper, params, grads, exp_avg, exp_avg_sq) -> None:
         """``torch.optim.Adam(foreach=True)``'s arithmetic (host step count, not capturable)."""
@@ -229,8 +270,8 @@ class BatchedSGD(_Batched):
 
     HYPER = {"lr": 1e-3, "momentum": 0.0, "weight_decay": 0.0}
 
-    def __init__(self, params, members, *, capturable: bool = False, **defaults):
-        super().__init__(params, members, capturable=capturable, **defaults)
+    def __init__(self, params, members, *, capturable: bool = False, partitions=(), **defaults):
+        super().__init__(params, members, capturable=capturable, partitions=partitions, **defaults)
         momentum = any(hyper["momentum"] != 0 for hyper, _ in self.partitions)
         self.buffers = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params] if momentum \
             else []
@@ -239,7 +280,7 @@ class BatchedSGD(_Batched):
         return list(self.buffers)
 
     @torch.no_grad()
-    def step(self) -> None:
+    def _step(self) -> None:
         grads = self._grads()
         for hyper, runs in self.partitions:
             params, member_grads = self._segments(self.params, runs), self._segments(grads, runs)
@@ -250,4 +291,8 @@ class BatchedSGD(_Batched):
                 torch._foreach_mul_(bufs, hyper["momentum"])
                 torch._foreach_add_(bufs, member_grads, alpha=1.0)
                 member_grads = bufs
-            torch._foreach_add_(params, member_grads, alpha=-hyper["lr"])
+            lr = self._lr(runs)
+            if isinstance(lr, torch.Tensor):  # capturable: the device tensor a schedule updates in place
+                torch._foreach_add_(params, torch._foreach_mul(member_grads, lr), alpha=-1.0)
+            else:
+                torch._foreach_add_(params, member_grads, alpha=-lr)

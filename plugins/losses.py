@@ -1,7 +1,7 @@
 """Built-in losses: mse on softmax (as in the notebook), cross-entropy and multi-class hinge.
 
 Each loss function also offers its stacked form as ``loss.stacked(logits, targets)``: ``logits [N, B, C]``
-and ``targets [N, B]`` of N members of a fused group (bench/fused_trainer.py) -> ``[N]``, member ``i``'s
+and ``targets [N, B]`` of N members of a fused group (bench/engine/steps.py) -> ``[N]``, member ``i``'s
 ``loss(logits[i], targets[i])``, computed over all members at once instead of per member through
 ``vmap``, which is several times slower for these losses (docs/benchmarks.md; ``multi_margin_loss`` has
 no batching rule). Each is the same formula per sample, averaged per member, so it differs from the loss

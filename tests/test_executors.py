@@ -23,7 +23,8 @@ import pytest
 
 from tests.conftest import REPO, run_bench
 
-TIMING = ["train_time_s", "epoch_time_s", "eval_time_s", "samples_per_s", "data_time_s", "warmup_time_s"]
+TIMING = ["train_time_s", "epoch_time_s", "eval_time_s", "samples_per_s", "data_time_s", "warmup_time_s",
+          "setup_time_s"]
 
 #: A model that is linear, except that the first process to build it while MARKER exists kills itself.
 BOMB_PLUGIN = textwrap.dedent('''

@@ -10,8 +10,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from bench import trainer
 from bench.cli import main
+from bench.engine import group as trainer
 
 PLUGIN = textwrap.dedent('''
     """Test plugin: models that fail in the ways real cells fail."""

@@ -16,13 +16,13 @@ import torch
 
 from bench.config import Cell, Recipe
 from bench.data import DataSplits
+from bench.engine import Execution, NonFiniteLoss, Unfusable
+from bench.engine.plan import unfusable
 from bench.errors import BenchError
 from bench.fuse import batched_optimizer_for, fuse_key, group_cells
-from bench.fused_trainer import train_group
 from bench.host import Host
 from bench.plugins.batched_optimizers import BatchedAdam, BatchedAdamW, BatchedSGD
-from bench.step import Execution
-from bench.trainer import NonFiniteLoss, train_cell
+from tests.engine_helpers import train_cell, train_stacked
 
 CPU = torch.device("cpu")
 #: The largest differences measured by the equivalence tests (printed at the end of the module with -s).
@@ -147,8 +147,7 @@ def test_each_member_trains_as_it_would_alone(model, limit, registry, small):
     factory, loss_fn = factory_for(registry, small, model), loss_for(registry)
     cells = [Cell(model, "crossentropy", "mnist", seed, "cpu", Recipe(lr=lr, epochs=2), limit)
              for seed, lr in [(0, 1e-3), (1, 2e-3), (2, 1e-3)]]
-    fused = train_group(cells, factory, loss_fn, small, CPU, Execution(fuse="on"),
-                        batched_optimizer_for(registry, "adam"))
+    fused = train_stacked(cells, factory, loss_fn, small, CPU, batched_optimizer_for(registry, "adam"))
     acc_diff = loss_diff = 0.0
     for cell, result in zip(cells, fused):
         reference = alone(cell, factory, loss_fn, small)
@@ -174,7 +173,7 @@ def test_a_diverging_member_fails_alone_and_the_others_go_on(registry, small):
     cells = [Cell("deep-linear", "crossentropy", "mnist", seed, "cpu", Recipe(optimizer="sgd", lr=lr, epochs=2), 4000)
              for seed, lr in [(0, 0.01), (1, 10.0), (2, 0.02)]]
     sgd = batched_optimizer_for(registry, "sgd")
-    fused = train_group(cells, factory, loss_fn, small, CPU, Execution(fuse="on"), sgd)
+    fused = train_stacked(cells, factory, loss_fn, small, CPU, sgd)
     with pytest.raises(NonFiniteLoss) as unfused_error:
         alone(cells[1], factory, loss_fn, small)
     assert isinstance(fused[1], NonFiniteLoss) and str(fused[1]) == str(unfused_error.value)
@@ -197,61 +196,42 @@ class ItemInForward(torch.nn.Module):
         return out * 0 if out.abs().max().item() > 1e9 else out
 
 
-def test_a_model_vmap_cannot_run_trains_unfused_and_says_why(registry, small):
+def test_a_model_vmap_cannot_run_is_unfusable_and_says_why(registry, small):
     loss_fn = loss_for(registry)
     cells = [Cell("item", "crossentropy", "mnist", seed, "cpu", Recipe(epochs=1), 2000) for seed in (0, 1)]
-    adam = batched_optimizer_for(registry, "adam")
-    results = train_group(cells, ItemInForward, loss_fn, small, CPU, Execution(), adam)
-    for cell, result in zip(cells, results):
-        assert result.execution["execution_note"].startswith("not fused: vmap cannot run this model: RuntimeError")
-        assert ".item()" in result.execution["execution_note"] and "fused_size" not in result.execution
-        assert result.metrics == alone(cell, ItemInForward, loss_fn, small).metrics  # the unfused path itself
-    with pytest.raises(BenchError, match=r"^2 item cells cannot be fused: vmap cannot run this model"):
-        train_group(cells, ItemInForward, loss_fn, small, CPU, Execution(fuse="on"),
-                    batched_optimizer_for(registry, "adam"))
+    with pytest.raises(Unfusable, match=r"^vmap cannot run this model: RuntimeError.*\.item\(\)"):
+        train_stacked(cells, ItemInForward, loss_fn, small, CPU, batched_optimizer_for(registry, "adam"))
 
 
-def test_auto_keeps_cells_apart_where_the_stacked_step_measures_slower(registry, small):
-    """On a cpu a convolution through vmap runs ~2x slower than the cells' own steps (measured): auto trains
-    cnn cells one at a time, by that rule rather than a timing taken at run time (which could differ)."""
-    factory, loss_fn = factory_for(registry, small, "cnn"), loss_for(registry)
-    cells = [Cell("cnn", "crossentropy", "mnist", seed, "cpu", Recipe(epochs=1), 512) for seed in (0, 1)]
-    results = train_group(cells, factory, loss_fn, small, CPU, Execution(), batched_optimizer_for(registry, "adam"))
-    for cell, result in zip(cells, results):
-        assert result.execution["execution_note"].startswith("not fused: convolutions through vmap are slower")
-        assert result.metrics == alone(cell, factory, loss_fn, small).metrics
+def test_the_plan_says_before_training_which_cells_train_one_at_a_time(registry, small):
+    """Decided before anything trains, from the cell, the options and a probe of the model on two rows."""
+    def cell(model="linear", **overrides):
+        return Cell(model, "crossentropy", "mnist", 0, "cpu", Recipe(epochs=1), 512, overrides)
+
+    assert unfusable(cell(), Execution(), registry, small) == ""
+    assert unfusable(cell("cnn"), Execution(), registry, small).startswith("convolutions through vmap are slower")
+    assert unfusable(cell("cnn"), Execution(fuse="on"), registry, small) == ""
+    assert unfusable(cell(), Execution(compile=True), registry, small) == "compiled steps train one cell at a time"
+    assert "amsgrad" in unfusable(cell(optimizer={"amsgrad": True}), Execution(), registry, small)
+    plugin = Host(["tests.optimizer_test_plugin"]).registry
+    signsgd = dataclasses.replace(cell(), recipe=Recipe(epochs=1, optimizer="signsgd-test"))
+    assert unfusable(signsgd, Execution(), plugin, small) == "optimizer 'signsgd-test' has no batched form"
 
 
-def test_an_optimizer_without_a_batched_form_trains_unfused(registry, small):
-    factory, loss_fn = factory_for(registry, small, "linear"), loss_for(registry)
-    cells = [Cell("linear", "crossentropy", "mnist", seed, "cpu", Recipe(epochs=1, optimizer="adam"), 1000)
-             for seed in (0, 1)]
-    results = train_group(cells, factory, loss_fn, small, CPU, Execution(), batched_optimizer=None)
-    assert [r.execution["execution_note"] for r in results] == ["not fused: optimizer 'adam' has no batched form"] * 2
-
-
-def test_an_optimizer_parameter_without_a_batched_form_trains_unfused(registry, small):
-    factory, loss_fn = factory_for(registry, small, "linear"), loss_for(registry)
-    cells = [Cell("linear", "crossentropy", "mnist", seed, "cpu", Recipe(epochs=1), 1000,
-                  {"optimizer": {"amsgrad": True}}) for seed in (0, 1)]
-    adam = batched_optimizer_for(registry, "adam")
-    results = train_group(cells, factory, loss_fn, small, CPU, Execution(), adam)
-    # the group falls back to one cell at a time, where the optimizer itself judges the parameter
-    assert all(isinstance(r, Exception) and "amsgrad" in str(r) for r in results), results
-
-
-def test_a_group_larger_than_its_memory_budget_trains_in_chunks(registry, small, monkeypatch):
-    from bench import fused_trainer
+def test_a_group_larger_than_its_memory_budget_trains_in_chunks(registry, small, monkeypatch, tmp_path):
+    from bench.engine import plan
+    from bench.runner import DataCache, train_group_records
 
     factory, loss_fn = factory_for(registry, small, "linear"), loss_for(registry)
     cells = [Cell("linear", "crossentropy", "mnist", seed, "cpu", Recipe(epochs=1), 1000) for seed in range(5)]
-    per_member = fused_trainer.member_bytes(factory(), loss_fn, *small.train, 256)
+    per_member = plan.member_bytes(factory(), loss_fn, *small.train, 256)
     assert 256 * 784 * 4 < per_member < 20 * 2**20  # at least its gathered batch, far less than a model's worth
-    monkeypatch.setattr(fused_trainer, "HOST_MEMORY_BUDGET", 2 * per_member)
-    results = train_group(cells, factory, loss_fn, small, CPU, Execution(fuse="on"),
-                          batched_optimizer_for(registry, "adam"))
-    assert [r.execution["fused_size"] for r in results] == [2, 2, 2, 2, 1]
-    assert len({r.execution["fused_group"] for r in results}) == 3
+    monkeypatch.setattr(plan, "HOST_MEMORY_BUDGET", 2 * per_member)
+    records = train_group_records(list(enumerate(cells)), registry, DataCache(), CPU, tmp_path,
+                                  execution=Execution(fuse="on"))
+    # the last chunk is a group of one: the same engine, without a stack
+    assert [r["row"].get("fused_size") for r in records] == [2, 2, 2, 2, None]
+    assert len({r["row"]["fused_group"] for r in records[:4]}) == 2 and records[4]["row"]["status"] == "ok"
 
 
 def test_a_worker_trains_a_fused_group_into_picklable_records():

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.config import Cell, Recipe
+from bench.engine import Execution
 from bench.errors import BenchError
 from bench.grid import expand
 from bench.host import Host
@@ -17,9 +18,8 @@ from bench.plugins.optimizers import SGD, Adam
 from bench.plugins.schedules import cosine_factor
 from bench.recipe import check_recipe, recipe_factories
 from bench.runner import run_cells
-from bench.step import Execution
 from bench.store import RunStore
-from bench.trainer import train_cell
+from tests.engine_helpers import train_cell
 
 PLUGIN = "tests.optimizer_test_plugin"
 

@@ -15,13 +15,12 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from bench.config import Cell, Recipe
+from bench.engine import Unfusable
 from bench.fuse import batched_optimizer_for
-from bench.fused_trainer import train_group
 from bench.host import Host
 from bench.plugins.losses import make_crossentropy, make_hinge, make_mse
 from bench.stacked import stacked_layers
-from bench.step import Execution
-from bench.trainer import train_cell
+from tests.engine_helpers import train_cell, train_stacked
 
 N, B = 4, 6
 CPU = torch.device("cpu")
@@ -149,7 +148,7 @@ def test_a_loss_without_a_stacked_form_trains_fused_through_vmap(registry, linea
 def _each_member_as_alone(registry, cells, make, loss_fn, data, val_rtol=1e-3) -> list:
     """Train ``cells`` as one fused group and each alone: every member's test accuracy within 0.002 of its
     cell's and its validation loss within ``val_rtol`` (relative). Returns the fused results."""
-    fused = train_group(cells, make, loss_fn, data, CPU, Execution(fuse="on"), batched_optimizer_for(registry, "adam"))
+    fused = train_stacked(cells, make, loss_fn, data, CPU, batched_optimizer_for(registry, "adam"))
     for cell, result in zip(cells, fused):
         torch.manual_seed(cell.seed)
         alone = train_cell(cell, make(), loss_fn, data, CPU)
@@ -159,19 +158,15 @@ def _each_member_as_alone(registry, cells, make, loss_fn, data, val_rtol=1e-3) -
     return fused
 
 
-def test_a_stacked_form_that_returns_the_wrong_shape_trains_unfused_and_says_so(registry, linear, mnist):
+def test_a_stacked_form_that_returns_the_wrong_shape_is_unfusable_and_says_why(registry, linear, mnist):
 
     def loss(logits, targets):
         return F.cross_entropy(logits, targets)
 
     loss.stacked = lambda logits, targets: F.cross_entropy(logits.transpose(1, 2), targets)  # one mean, not [N]
     cells = [Cell("linear", "bad-stacked", "mnist", seed, "cpu", Recipe(epochs=1), 1000) for seed in (0, 1)]
-    results = train_group(cells, linear, loss, mnist, CPU, Execution(), batched_optimizer_for(registry, "adam"))
-    assert [r.execution["execution_note"] for r in results] == [
-        "not fused: the loss's stacked form returned shape [], not one loss per member [2]"] * 2
-    for cell, result in zip(cells, results):  # each exactly as the unfused runner trains it
-        torch.manual_seed(cell.seed)
-        assert result.metrics == train_cell(cell, linear(), loss, mnist, CPU).metrics
+    with pytest.raises(Unfusable, match=r"^the loss's stacked form returned shape \[\], not one loss per member \[2\]"):
+        train_stacked(cells, linear, loss, mnist, CPU, batched_optimizer_for(registry, "adam"))
 
 
 class _TiedWithBuffer(nn.Module):

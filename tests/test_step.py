@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 
 from bench.cli import main
+from bench.engine import Execution
 from bench.errors import BenchError
 from bench.grid import Cell, Recipe
 from bench.host import Host
@@ -17,8 +18,7 @@ from bench.plugins.datasets import load_mnist
 from bench.plugins.losses import make_crossentropy, make_mse
 from bench.plugins.models import make_cnn, make_linear, make_mlp
 from bench.recipe import recipe_factories
-from bench.step import Execution
-from bench.trainer import train_cell
+from tests.engine_helpers import train_cell
 
 MODELS = {"linear": make_linear, "mlp": lambda s, c: make_mlp(s, c, hidden=64), "cnn": make_cnn}
 LOSSES = {"mse": make_mse, "crossentropy": make_crossentropy}

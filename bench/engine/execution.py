@@ -1,0 +1,69 @@
+"""How training steps run: chosen on the command line, not part of a cell's identity."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from bench.errors import BenchError, OptionError
+
+GRAPH_CHOICES = ("auto", "on", "off")
+#: What a target can be set on: validation accuracy (reached from below) or loss (from above).
+TARGET_METRICS = ("val_acc", "val_loss")
+FUSE_CHOICES = ("auto", "on", "off")
+MODES = ("plain", "static", "graph")
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How training steps run; chosen on the command line, not part of a cell's identity.
+
+    ``cuda_graphs``: ``auto`` (graphs on cuda, falling back to eager steps with a note if the model
+    cannot be captured), ``on`` (graphs on cuda, an error elsewhere or if capture fails), ``off``.
+    ``compile``: wrap the model in ``torch.compile``. ``mode`` forces a step kind (tests use it).
+    ``fuse``: train groups of cells of one shape as one stacked model (see bench/fuse.py): ``auto``
+    (where the model and optimizer allow, else one by one with a note), ``on`` (an error where they do
+    not), ``off``. ``fuse_max``: the most cells in one fused group (0: as many as fit in memory).
+    """
+
+    cuda_graphs: str = "auto"
+    compile: bool = False
+    mode: str | None = None
+    #: Time to target: ``("val_acc", 0.97)`` records when the validation metric first reaches the value
+    #: (``val_loss``: falls to it); ``eval_every`` evaluates the validation split every N training steps
+    #: as well as at each epoch's end (the evaluations are timed apart from training).
+    target: tuple[str, float] | None = None
+    eval_every: int = 0
+    fuse: str = "auto"
+    fuse_max: int = 0
+
+    def __post_init__(self):
+        if self.target is not None:
+            metric, value = self.target
+            if metric not in TARGET_METRICS or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise OptionError("target", f"must be {' or '.join(TARGET_METRICS)}=VALUE with a finite value, "
+                                            f"got {metric}={value}")
+        if isinstance(self.eval_every, bool) or not isinstance(self.eval_every, int) or self.eval_every < 0:
+            raise OptionError("eval_every", f"must be an integer >= 0, got {self.eval_every!r}")
+        if self.cuda_graphs not in GRAPH_CHOICES:
+            raise OptionError("cuda_graphs", f"must be one of {', '.join(GRAPH_CHOICES)}, got '{self.cuda_graphs}'")
+        if self.mode is not None and self.mode not in MODES:
+            raise BenchError(f"step mode must be one of {', '.join(MODES)}, got '{self.mode}'")
+        if self.fuse not in FUSE_CHOICES:
+            raise OptionError("fuse", f"must be one of {', '.join(FUSE_CHOICES)}, got '{self.fuse}'")
+        if isinstance(self.fuse_max, bool) or not isinstance(self.fuse_max, int) or self.fuse_max < 0:
+            raise OptionError("fuse_max", f"must be an integer >= 0 (0: as many as fit), got {self.fuse_max!r}")
+
+    def step_mode(self, device: torch.device) -> str:
+        """The step kind used on ``device``."""
+        if self.mode is not None:
+            if self.mode == "graph" and device.type != "cuda":
+                raise BenchError(f"CUDA graphs need a CUDA device, not {device}")
+            return self.mode
+        if device.type == "cuda" and self.cuda_graphs in ("auto", "on"):
+            return "graph"
+        if self.cuda_graphs == "on":
+            raise OptionError("cuda_graphs", f"on needs a CUDA device, not {device} (use auto or off)")
+        return "plain"
