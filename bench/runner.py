@@ -280,8 +280,11 @@ def train_group_records(tasks: list[tuple[int, Cell]], registry: Registry, cache
                 model = factories.model()
                 model.load_state_dict(result.state_dict)
                 record = _result_record(cell, result, data, model.to(device))
-            if result.stopped is not None:
+            if result.stopped is not None:  # e.g. a pruned trial: what it reached, no weights kept
                 record.status, record.error = result.stopped.status, result.stopped.reason
+                if record.history:
+                    record.set({"epochs": int(record.history[-1].get("epoch", 0))})
+                record.state_dict = record.templates_state = record.templates = None
         record.index, record.started_at, record.ended_at = index, started, time.time()
         records.append(record)
     # what the group spent outside its members' phases: loading the data, building and writing records
