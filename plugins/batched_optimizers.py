@@ -95,7 +95,7 @@ class _Batched:
         runs = sum(len(r) for _, r in self.partitions)
         per_run = sum(p.numel() for p in self.params) // max(runs, 1)
         #: many small runs on a cpu: step on one thread (see :meth:`step`)
-        self._one_thread = device.type == "cpu" and runs > len(self.partitions) and per_run < SMALL_RUN
+        self._one_thread = device.type == "cpu" and runs > 2 and per_run < SMALL_RUN
         for p in self.params:
             if not _member_major(p):
                 raise BenchError(f"a stacked parameter of shape {tuple(p.shape)} and strides {p.stride()} is not "
@@ -152,9 +152,10 @@ class _Batched:
         raise NotImplementedError
 
     def step(self) -> None:
-        """Update every member. On a cpu, where a partition's members are not adjacent (members of one seed are
-        kept adjacent instead, so that they share their batch) the kernels get many small runs of memory, and
-        torch parallelises each: one thread then steps them ~4x faster (docs/benchmarks.md)."""
+        """Update every member. On a cpu, where the members form many small runs of memory (a partition's members
+        not adjacent: members of one seed are kept adjacent instead, so that they share their batch; or many
+        partitions: a tuning run's learning rates) torch parallelises each run: one thread then steps them
+        1.3-4x faster (docs/benchmarks.md)."""
         if self._one_thread:
             threads = torch.get_num_threads()
             torch.set_num_threads(1)
