@@ -285,9 +285,9 @@ def test_6_resume_command_keeps_the_root_plugin_option(tmp_path):
     env = plugin_env(tmp_path)
     first = subprocess.run([sys.executable, "-m", "bench", "-p", "hostile_interrupting", "run", "--models",
                             "interrupted", "--seeds", "0,1,2", "--fuse", "off", *QUICK, "--out", str(out)], cwd=REPO,
-                           # 2: the model is built once on the meta device when the grid is checked, then per cell
-                           # (one cell at a time: a fused group would build its members together)
-                           env={**bench_env(), **env, "BENCH_TEST_INTERRUPT_AFTER": "2"}, capture_output=True,
+                           # 3: the model is built once on the meta device when the grid is checked, then twice per
+                           # cell (to train, and to hold the final weights for the class templates); one cell at a time
+                           env={**bench_env(), **env, "BENCH_TEST_INTERRUPT_AFTER": "3"}, capture_output=True,
                            text=True, timeout=300)
     assert first.returncode == 130, first.stderr
     lines = first.stderr.splitlines()

@@ -33,10 +33,10 @@ def test_a_record_written_before_reads_and_writes_back_the_same():
 
 def test_a_column_this_version_does_not_know_is_kept():
     record = CellRecord.of(Cell("linear", "mse", "mnist", 3, "cpu", Recipe(lr=0.01)))
-    record.set({"test_acc": 0.5, "setup_time_s": 1.25})
-    assert record.extra == {"setup_time_s": 1.25} and record.row()["setup_time_s"] == 1.25
+    record.set({"test_acc": 0.5, "cooldown_s": 1.25})
+    assert record.extra == {"cooldown_s": 1.25} and record.row()["cooldown_s"] == 1.25
     again = CellRecord.from_json(json.loads(json.dumps(record.to_json())))
-    assert again.extra == {"setup_time_s": 1.25} and again.config["lr"] == 0.01 and again.seed == 3
+    assert again.extra == {"cooldown_s": 1.25} and again.config["lr"] == 0.01 and again.seed == 3
     assert list(record.key()) == list(KEY_COLUMNS)
     assert record["row"]["test_acc"] == record["test_acc"] == 0.5  # the dict form plugins of earlier versions read
 
