@@ -17,7 +17,6 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from bench import BenchError, DataCorrupt, DataSplits, DatasetUnavailable, hookimpl
 
@@ -114,6 +113,8 @@ def make_splits(arrays, mean: float, std: float, classes: list[str], val_size: i
     The validation set is ``val_size`` images (at most a twelfth of train, at least one), drawn with
     a fixed generator so that every run sees the same split.
     """
+    import torch  # here, not at the top: listing the plugins must not import torch
+
     train_x, train_y, test_x, test_y = arrays
     if val_size < 1:
         raise ValueError("val_size must be >= 1")

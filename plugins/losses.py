@@ -12,14 +12,20 @@ mse reduce along dim 1 of the ``[N, C, B]`` view, the contiguous way.
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING
 
 from bench import hookimpl
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported by each factory, not here: listing the plugins (``bench plugins``) must not import it
 
 
 def make_mse():
     """Mean squared error between softmax(logits) and one-hot targets, as the notebook does."""
+    import torch
+    import torch.nn.functional as F
 
     def mse(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         one_hot = F.one_hot(targets, logits.shape[1]).to(logits.dtype)
@@ -36,6 +42,7 @@ def make_mse():
 def make_crossentropy(label_smoothing=0.0):
     if not 0.0 <= label_smoothing < 1.0:
         raise ValueError("label_smoothing must be in [0, 1)")
+    import torch.nn.functional as F
 
     def crossentropy(logits, targets):
         return F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
@@ -51,6 +58,7 @@ def make_crossentropy(label_smoothing=0.0):
 def make_hinge(margin=1.0):
     if margin <= 0:
         raise ValueError("margin must be > 0")
+    import torch.nn.functional as F
 
     def hinge(logits, targets):
         return F.multi_margin_loss(logits, targets, margin=margin)

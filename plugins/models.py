@@ -1,77 +1,25 @@
-"""Built-in models: linear, deep-linear, mlp and a small LeNet-style cnn."""
+"""Built-in models: linear, deep-linear, mlp and a small LeNet-style cnn.
+
+The networks live in plugins/networks.py, imported (with torch) by the factories when a model is built.
+"""
 
 from __future__ import annotations
 
 import math
 
-import torch
-from torch import nn
-
 from bench import IncompatibleCell, hookimpl
 
-ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "sigmoid": nn.Sigmoid, "identity": nn.Identity}
+#: The activations of ``mlp`` (plugins/networks.py ``ACTIVATIONS`` maps each to its nn.Module).
+ACTIVATION_NAMES = ("relu", "tanh", "gelu", "sigmoid", "identity")
 
 
-class Linear(nn.Module):
-    """One affine map on the flattened input; ``fc.weight`` rows are the class templates."""
+def __getattr__(name: str):
+    """The networks (``Linear``, ``MLP``, ``LeNet``, ``ACTIVATIONS``) by their former names here: imports torch."""
+    if name in ("Linear", "MLP", "LeNet", "ACTIVATIONS"):
+        from bench.plugins import networks
 
-    def __init__(self, in_features: int, num_classes: int):
-        super().__init__()
-        self.fc = nn.Linear(in_features, num_classes)
-
-    def forward(self, x):
-        return self.fc(x.flatten(1))
-
-    def effective_weight(self) -> torch.Tensor:
-        """The ``[num_classes, in_features]`` matrix of the linear map."""
-        return self.fc.weight.detach()
-
-
-class MLP(nn.Module):
-    """``depth`` hidden layers of width ``hidden`` with an activation, then a linear read-out."""
-
-    def __init__(self, in_features: int, num_classes: int, hidden: int, depth: int, activation: str):
-        super().__init__()
-        layers: list[nn.Module] = []
-        width = in_features
-        for _ in range(depth):
-            layers += [nn.Linear(width, hidden), ACTIVATIONS[activation]()]
-            width = hidden
-        layers.append(nn.Linear(width, num_classes))
-        self.net = nn.Sequential(*layers)
-        self.is_linear = activation == "identity"
-
-    def forward(self, x):
-        return self.net(x.flatten(1))
-
-    def effective_weight(self) -> torch.Tensor:
-        """The product of the weight matrices: the whole network's linear map (deep-linear only)."""
-        if not self.is_linear:
-            raise TypeError("only a network without activations is a linear map")
-        weight = None
-        for layer in self.net:
-            if isinstance(layer, nn.Linear):
-                w = layer.weight.detach()
-                weight = w if weight is None else w @ weight
-        return weight
-
-
-class LeNet(nn.Module):
-    """Two conv(5x5)+ReLU+maxpool blocks and two fully connected layers (LeNet-5 sizes)."""
-
-    def __init__(self, input_shape, num_classes: int, c1: int, c2: int, fc: int):
-        super().__init__()
-        channels, height, width = input_shape
-        self.features = nn.Sequential(
-            nn.Conv2d(channels, c1, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(c1, c2, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-        )
-        self.head = nn.Sequential(
-            nn.Flatten(), nn.Linear(c2 * (height // 4) * (width // 4), fc), nn.ReLU(), nn.Linear(fc, num_classes)
-        )
-
-    def forward(self, x):
-        return self.head(self.features(x))
+        return getattr(networks, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _features(input_shape) -> int:
@@ -79,26 +27,34 @@ def _features(input_shape) -> int:
 
 
 def make_linear(input_shape, num_classes):
+    from bench.plugins.networks import Linear
+
     return Linear(_features(input_shape), num_classes)
 
 
 def make_mlp(input_shape, num_classes, hidden=256, depth=1, activation="relu"):
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, not '{activation}'")
+    if activation not in ACTIVATION_NAMES:
+        raise ValueError(f"activation must be one of {', '.join(ACTIVATION_NAMES)}, not '{activation}'")
     if hidden < 1 or depth < 0:
         raise ValueError("hidden must be >= 1 and depth >= 0")
+    from bench.plugins.networks import MLP
+
     return MLP(_features(input_shape), num_classes, hidden, depth, activation)
 
 
 def make_deep_linear(input_shape, num_classes, hidden=256, depth=1):
     if hidden < 1 or depth < 0:
         raise ValueError("hidden must be >= 1 and depth >= 0")
+    from bench.plugins.networks import MLP
+
     return MLP(_features(input_shape), num_classes, hidden, depth, "identity")
 
 
 def make_cnn(input_shape, num_classes, c1=6, c2=16, fc=120):
     if len(input_shape) != 3 or min(input_shape[1:]) < 4:
         raise IncompatibleCell(f"cnn needs image input (channels, height>=4, width>=4), got shape {tuple(input_shape)}")
+    from bench.plugins.networks import LeNet
+
     return LeNet(tuple(input_shape), num_classes, c1, c2, fc)
 
 

@@ -8,9 +8,12 @@ graph sees them). ``constant`` returns no scheduler at all: nothing is stepped.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 from bench import hookimpl
-from bench.optim import FactorSchedule
+
+if TYPE_CHECKING:
+    from bench.optim import FactorSchedule  # imported by the factories: bench.optim imports torch
 
 
 def cosine_factor(t: int, total_steps: int) -> float:
@@ -46,6 +49,8 @@ def make_constant(optimizer, total_steps: int):
 
 
 def make_cosine(optimizer, total_steps: int) -> FactorSchedule:
+    from bench.optim import FactorSchedule
+
     _check_total(total_steps)
     return FactorSchedule(optimizer, lambda t: cosine_factor(t, total_steps))
 
@@ -54,6 +59,8 @@ def make_warmup_cosine(optimizer, total_steps: int, warmup: float = 0.05) -> Fac
     _check_total(total_steps)
     if not (isinstance(warmup, (int, float)) and 0 <= warmup < 1):
         raise ValueError(f"warmup must be a fraction of the steps in [0, 1), got {warmup!r}")
+    from bench.optim import FactorSchedule
+
     return FactorSchedule(optimizer, lambda t: warmup_cosine_factor(t, total_steps, float(warmup)))
 
 

@@ -102,3 +102,48 @@ def test_the_command_plugins_are_exactly_the_built_ins_that_add_commands():
                      if any(isinstance(node, ast.FunctionDef) and node.name == "bench_cli"
                             for node in ast.walk(ast.parse((plugins / f"{m.rsplit('.', 1)[1]}.py").read_text())))}
     assert with_commands == set(COMMAND_PLUGINS)
+
+
+def _run_cli_in_a_fresh_process(args: list[str]) -> tuple[str, bool]:
+    """``bench ARGS``'s output, and whether torch was imported by then."""
+    code = ("import sys\nfrom bench.cli import main\n"
+            f"try:\n    main({args!r})\nexcept SystemExit:\n    pass\n"
+            "print('TORCH' if 'torch' in sys.modules else 'NO TORCH', file=sys.stderr)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=bench_env(), capture_output=True, text=True,
+                          timeout=120)
+    return proc.stdout, proc.stderr.strip().splitlines()[-1] == "TORCH"
+
+
+def test_listing_the_plugins_does_not_import_torch_and_shows_what_each_registered():
+    listing, imported_torch = _run_cli_in_a_fresh_process(["plugins"])
+    assert not imported_torch
+    for registered in ("models: cnn, deep-linear, linear, mlp", "losses: crossentropy, hinge, mse",
+                       "datasets: fashion-mnist, kmnist, mnist", "executors: local, process, ray",
+                       "optimizers: adam, adamw, sgd", "schedules: constant, cosine, warmup-cosine"):
+        assert f"registered {registered}\n" in listing
+    assert listing.count("builtin      ok\n") == len(BUILTIN_PLUGINS)
+
+
+def test_listing_the_components_does_not_import_torch_and_shows_their_params():
+    listing, imported_torch = _run_cli_in_a_fresh_process(["list"])
+    assert not imported_torch
+    assert "params: hidden=256, depth=1, activation='relu'   plugin: bench.plugins.models" in listing
+    assert "params: beta1=0.9, beta2=0.999, eps=1e-08   plugin: bench.plugins.optimizers" in listing
+    assert "params: jobs=None   plugin: bench.plugins.executors" in listing
+
+
+def test_a_lazily_registered_factory_is_the_class_it_names_once_used():
+    """The built-in optimizers and executors are registered by name; used, they are the classes themselves."""
+    import torch
+
+    from bench.host import Host
+    from bench.optim import accepts_keyword
+    from bench.plugins.batched_optimizers import BatchedAdamW
+    from bench.plugins.optimizer_classes import AdamW
+    from bench.runner import LocalExecutor
+
+    registry = Host(autoload=False).registry
+    factory = registry.get("optimizer", "adamw").factory
+    assert factory.batched is BatchedAdamW and accepts_keyword(factory, "capturable")
+    assert type(factory([torch.zeros(3, requires_grad=True)], lr=0.1)) is AdamW
+    assert type(registry.get("executor", "local").factory()) is LocalExecutor

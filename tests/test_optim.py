@@ -1,4 +1,4 @@
-"""The built-in optimizers (plugins/optimizers.py): torch.optim's arithmetic step by step, weight decay
+"""The built-in optimizers (plugins/optimizer_classes.py): torch.optim's arithmetic step by step, weight decay
 included, a learning rate read at every step, state that restores in place, and no torch._dynamo."""
 
 import copy
