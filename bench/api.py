@@ -329,8 +329,7 @@ def run(study: Path | str | Mapping | Study | None = None, **options: Any) -> Ru
     the_study = resolve_study(study, Study.from_options(**what), out_path, registry)
     torch_device = resolve_device(the_study.device or "auto")
 
-    execution = Execution(cuda_graphs=opts.cuda_graphs, compile=opts.compile, target=parse_target(the_study.target),
-                          eval_every=the_study.eval_every or 0, fuse=opts.fuse, fuse_max=opts.fuse_max)
+    execution = Execution.of(opts, parse_target(the_study.target), the_study.eval_every or 0)
     execution.step_mode(torch_device)  # cuda_graphs="on" without cuda: fail before any work
     block = dict(the_study.executor)
     if opts.executor is not None and opts.executor != block.get("name"):

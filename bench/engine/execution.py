@@ -8,12 +8,13 @@ from dataclasses import dataclass
 import torch
 
 from bench.errors import BenchError, OptionError
+from bench.options import RunOptions, integer, options_of
 
-GRAPH_CHOICES = ("auto", "on", "off")
 #: What a target can be set on: validation accuracy (reached from below) or loss (from above).
 TARGET_METRICS = ("val_acc", "val_loss")
-FUSE_CHOICES = ("auto", "on", "off")
 MODES = ("plain", "static", "graph")
+#: The run options this record carries, checked by their one declaration (bench.options.RunOptions).
+_RUN_OPTIONS = [o for o in options_of(RunOptions) if o.name in ("cuda_graphs", "compile", "fuse", "fuse_max")]
 
 
 @dataclass(frozen=True)
@@ -45,16 +46,17 @@ class Execution:
             if metric not in TARGET_METRICS or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise OptionError("target", f"must be {' or '.join(TARGET_METRICS)}=VALUE with a finite value, "
                                             f"got {metric}={value}")
-        if isinstance(self.eval_every, bool) or not isinstance(self.eval_every, int) or self.eval_every < 0:
-            raise OptionError("eval_every", f"must be an integer >= 0, got {self.eval_every!r}")
-        if self.cuda_graphs not in GRAPH_CHOICES:
-            raise OptionError("cuda_graphs", f"must be one of {', '.join(GRAPH_CHOICES)}, got '{self.cuda_graphs}'")
+        integer("eval_every")(self.eval_every)
+        for option in _RUN_OPTIONS:
+            option.check(getattr(self, option.name))
         if self.mode is not None and self.mode not in MODES:
             raise BenchError(f"step mode must be one of {', '.join(MODES)}, got '{self.mode}'")
-        if self.fuse not in FUSE_CHOICES:
-            raise OptionError("fuse", f"must be one of {', '.join(FUSE_CHOICES)}, got '{self.fuse}'")
-        if isinstance(self.fuse_max, bool) or not isinstance(self.fuse_max, int) or self.fuse_max < 0:
-            raise OptionError("fuse_max", f"must be an integer >= 0 (0: as many as fit), got {self.fuse_max!r}")
+
+    @classmethod
+    def of(cls, options: RunOptions, target: tuple[str, float] | None = None, eval_every: int = 0) -> Execution:
+        """The engine's view of a run: its run options (each declared once, in :class:`RunOptions`) and the
+        study's time to target (:attr:`bench.study.Study.target`, parsed, and ``eval_every``)."""
+        return cls(target=target, eval_every=eval_every, **{o.name: getattr(options, o.name) for o in _RUN_OPTIONS})
 
     def step_mode(self, device: torch.device) -> str:
         """The step kind used on ``device``."""
