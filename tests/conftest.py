@@ -80,3 +80,20 @@ def bench_on_a_terminal(*args, cwd, stream: str = "stdout", columns: int = 120) 
         chunks.append(chunk)
     os.close(leader)
     return proc.wait(), b"".join(chunks).decode(errors="replace").replace("\r\n", "\n")
+
+
+@pytest.fixture(scope="module")
+def registry():
+    """The built-in plugins' registry (a module may define its own)."""
+    from bench.host import Host
+
+    return Host().registry
+
+
+@pytest.fixture(scope="module")
+def small(mnist):
+    """MNIST with 2000 validation and 2000 test images (the training set is cut by each cell's limit)."""
+    from bench.data import DataSplits
+
+    (xv, yv), (xt, yt) = mnist.val, mnist.test
+    return DataSplits(mnist.train, (xv[:2000], yv[:2000]), (xt[:2000], yt[:2000]), mnist.classes)

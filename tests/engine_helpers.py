@@ -31,3 +31,9 @@ def train_stacked(cells, model_factory, loss_fn, data, device, batched, executio
     """``cells`` trained as one stacked group; one result or exception per member."""
     factories = Factories(model_factory, loss_fn, lambda c: recipe_factories(builtin_registry(), c), batched)
     return train_group(cells, factories, data, device, execution or Execution(fuse="on"), on_epoch, fused_group="g")
+
+
+def factory_for(registry, data, model):
+    """The factory of a built-in ``model`` on ``data``, with its default parameters."""
+    component = registry.get("model", model)
+    return lambda: component.factory(data.input_shape, data.num_classes, **component.params)

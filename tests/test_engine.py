@@ -15,31 +15,13 @@ import pytest
 import torch
 
 from bench.config import Cell, Recipe
-from bench.data import DataSplits
 from bench.engine import Execution
 from bench.engine.steps import StackedStep
 from bench.errors import StopCell
 from bench.fuse import batched_optimizer_for
-from bench.host import Host
-from tests.engine_helpers import train_cell, train_stacked
+from tests.engine_helpers import factory_for, train_cell, train_stacked
 
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(scope="module")
-def registry():
-    return Host().registry
-
-
-@pytest.fixture(scope="module")
-def small(mnist):
-    (xv, yv), (xt, yt) = mnist.val, mnist.test
-    return DataSplits(mnist.train, (xv[:2000], yv[:2000]), (xt[:2000], yt[:2000]), mnist.classes)
-
-
-def factory_for(registry, data, model):
-    component = registry.get("model", model)
-    return lambda: component.factory(data.input_shape, data.num_classes, **component.params)
 
 
 def loss_for(registry):

@@ -15,35 +15,17 @@ import pytest
 import torch
 
 from bench.config import Cell, Recipe
-from bench.data import DataSplits
 from bench.engine import Execution, NonFiniteLoss, Unfusable
 from bench.engine.plan import unfusable
 from bench.errors import BenchError
 from bench.fuse import batched_optimizer_for, fuse_key, group_cells
 from bench.host import Host
 from bench.plugins.batched_optimizers import BatchedAdam, BatchedAdamW, BatchedSGD
-from tests.engine_helpers import train_cell, train_stacked
+from tests.engine_helpers import factory_for, train_cell, train_stacked
 
 CPU = torch.device("cpu")
 #: The largest differences measured by the equivalence tests (printed at the end of the module with -s).
 MEASURED: dict[str, tuple[float, float]] = {}
-
-
-@pytest.fixture(scope="module")
-def registry():
-    return Host().registry
-
-
-@pytest.fixture(scope="module")
-def small(mnist):
-    """MNIST with 2000 validation and 2000 test images (the training set is cut by each cell's limit)."""
-    (xv, yv), (xt, yt) = mnist.val, mnist.test
-    return DataSplits(mnist.train, (xv[:2000], yv[:2000]), (xt[:2000], yt[:2000]), mnist.classes)
-
-
-def factory_for(registry, data, model):
-    component = registry.get("model", model)
-    return lambda: component.factory(data.input_shape, data.num_classes, **component.params)
 
 
 def loss_for(registry, loss="crossentropy"):
