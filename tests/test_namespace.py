@@ -99,3 +99,22 @@ def test_top_level_plugins_and_reports_installed_beside_a_wheel_neither_shadow_n
                   if f.endswith(".py"))
     assert left == ours  # uninstalling the other distribution deleted none of gridbench's files
     commands_work(lambda args: bench(args, venv, home, env), home / "runs" / "after")
+
+
+def test_every_package_of_the_tree_is_one_the_wheel_installs():
+    """setup.cfg lists its packages (bench.plugins and bench.reports live outside bench/): a new subpackage of
+    bench/ missing from that list would be absent from the wheel while editable installs and this checkout
+    still import it."""
+    import configparser
+
+    config = configparser.ConfigParser()
+    config.read(REPO / "setup.cfg")
+    listed = {name.strip() for name in config["options"]["packages"].split(",")}
+    mapped = {name.strip(): folder.strip() for name, _, folder in
+              (line.partition("=") for line in config["options"]["package_dir"].strip().splitlines())}
+    tree = set()
+    for package, folder in mapped.items():
+        for init in (REPO / folder).rglob("__init__.py"):
+            relative = init.parent.relative_to(REPO / folder).parts
+            tree.add(".".join((package, *relative)))
+    assert tree == listed

@@ -191,14 +191,15 @@ def test_a_study_file_prunes_and_names_a_bad_pruner(tmp_path):
 
 @pytest.mark.slow
 def test_kill_9_at_random_moments_of_a_pruned_multi_seed_tuning_run_loses_and_repeats_no_trial(tmp_path):
+    # long enough for five kills at 2-6 s apart (each restart also imports torch again)
     args = ["run", "--models", "linear", "--losses", "mse,crossentropy", "--tune", "lr=1e-4:1e0:log", "--trials",
-            "6", "--epochs", "3", "--prune", "asha", "--tune-seeds", "2", "--seeds", "0,1,2", "--fuse", "off",
-            "--device", "cpu", "--limit", "2000", "-q"]
+            "16", "--epochs", "3", "--prune", "asha", "--tune-seeds", "2", "--seeds", "0,1,2", "--fuse", "off",
+            "--device", "cpu", "--limit", "4000", "-q"]
     out = tmp_path / "run"
     rng = random.Random(7)
     kills = 0
     finished_before: dict[str, float] = {}
-    for _ in range(12):
+    for _ in range(16):
         proc = subprocess.Popen([sys.executable, "-m", "bench", *args, "--out", str(out)], cwd=REPO, env=bench_env(),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         try:
@@ -218,7 +219,7 @@ def test_kill_9_at_random_moments_of_a_pruned_multi_seed_tuning_run_loses_and_re
     assert kills >= 5, f"only {kills} kills: the run finished too early"
     last = run_bench(*args, "--out", out, timeout=600)
     assert last.returncode == 0, last.stderr
-    table = check_agree(out, trials=6, tune_seeds=2)
+    table = check_agree(out, trials=16, tune_seeds=2)
     assert (table["status"] == "pruned").any()
     final = table[table["phase"] == "final"]
     assert final.groupby("loss").size().to_dict() == {"crossentropy": 3, "mse": 3}
