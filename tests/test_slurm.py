@@ -227,7 +227,7 @@ def test_a_requeued_job_resumes_at_its_first_unfinished_cell(slurm, tmp_path, pr
     (["-X", "partition=nope"], "Error: --executor slurm: unknown partition 'nope'; the cluster has: debug"),
     (["-X", "time=-5"], "Error: --executor slurm: time (minutes) must be a whole number >= 1, got -5"),
     (["-X", "time=100000"], "Error: --executor slurm: time 100000 min is more than partition 'debug' allows"),
-    (["-X", "colour=red"], "Error: -X colour: executor 'slurm' has no option 'colour'"),
+    (["-X", "colour=red"], "Error: --executor-option colour: executor 'slurm' has no option 'colour'"),
     (["-X", "sbatch=-x"], "Error: --executor slurm: sbatch arguments must be long options"),
 ])
 def test_bad_slurm_options_exit_2_before_anything_is_submitted(slurm, tmp_path, option, message):
