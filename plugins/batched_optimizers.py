@@ -50,6 +50,21 @@ SMALL_RUN = 1 << 17
 FUSED_DEVICES = ("cpu", "cuda")
 
 
+def adam_moments(params, grads, exp_avg, exp_avg_sq, lr, weight_decay: float, beta1: float, beta2: float,
+                 decoupled: bool) -> None:
+    """Adam's weight decay (decoupled: AdamW's shrink of the parameters; else L2, added to the gradient) and
+    its moment updates, in ``torch.optim.Adam(foreach=True)``'s order: shared by the per-cell
+    :class:`bench.plugins.optimizer_classes.Adam` and :class:`BatchedAdam`, whose steps must stay equal."""
+    if weight_decay != 0:
+        if decoupled:
+            torch._foreach_mul_(params, 1 - lr * weight_decay)
+        else:
+            grads = torch._foreach_add(grads, params, alpha=weight_decay)
+    torch._foreach_lerp_(exp_avg, grads, 1 - beta1)
+    torch._foreach_mul_(exp_avg_sq, beta2)
+    torch._foreach_addcmul_(exp_avg_sq, grads, grads, 1 - beta2)
+
+
 class _Batched:
     """Per-member hyperparameters over stacked ``[N, ...]`` parameters; members with equal values step together."""
 
@@ -237,15 +252,8 @@ class BatchedAdam(_Batched):
 
     def _foreach_step(self, hyper, params, grads, exp_avg, exp_avg_sq) -> None:
         """``torch.optim.Adam(foreach=True)``'s arithmetic (host step count, not capturable)."""
-        lr, beta1, beta2, wd = hyper["lr"], hyper["beta1"], hyper["beta2"], hyper["weight_decay"]
-        if wd != 0:
-            if self.decoupled:
-                torch._foreach_mul_(params, 1 - lr * wd)
-            else:
-                grads = torch._foreach_add(grads, params, alpha=wd)
-        torch._foreach_lerp_(exp_avg, grads, 1 - beta1)
-        torch._foreach_mul_(exp_avg_sq, beta2)
-        torch._foreach_addcmul_(exp_avg_sq, grads, grads, 1 - beta2)
+        lr, beta1, beta2 = hyper["lr"], hyper["beta1"], hyper["beta2"]
+        adam_moments(params, grads, exp_avg, exp_avg_sq, lr, hyper["weight_decay"], beta1, beta2, self.decoupled)
         t = float(self.steps)
         step_size = (lr / (1 - beta1 ** t)) * -1
         bias2_sqrt = (1 - beta2 ** t) ** 0.5

@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 
+from bench.plugins.batched_optimizers import adam_moments
+
 #: Devices where torch has fused (one-kernel) Adam and AdamW: used there by default.
 FUSED_DEVICES = ("cpu", "cuda")
 
@@ -167,14 +169,7 @@ class Adam(_Optimizer):
             return
         if not self.capturable and isinstance(lr, torch.Tensor):
             lr = float(lr.item())
-        if weight_decay != 0:
-            if self.decoupled:
-                torch._foreach_mul_(params, 1 - lr * weight_decay)
-            else:
-                grads = torch._foreach_add(grads, params, alpha=weight_decay)
-        torch._foreach_lerp_(exp_avg, grads, 1 - beta1)
-        torch._foreach_mul_(exp_avg_sq, beta2)
-        torch._foreach_addcmul_(exp_avg_sq, grads, grads, 1 - beta2)
+        adam_moments(params, grads, exp_avg, exp_avg_sq, lr, weight_decay, beta1, beta2, self.decoupled)
         denom = torch._foreach_sqrt(exp_avg_sq)
         if self.capturable:
             self._device_bias_corrected_update(params, exp_avg, denom, which, lr)
