@@ -216,16 +216,20 @@ def train_group(
     total_steps = cfg.epochs * math.ceil(n / cfg.batch_size)
     lengths = [min(cfg.batch_size, n)] + ([n % cfg.batch_size] if n > cfg.batch_size and n % cfg.batch_size else [])
     watch = Stopwatch(device)
-    with watch.phase("warmup"):
-        step, models = build_step(cells, factories, data, device, execution, lengths, total_steps)
     streams = streams_of(cells)
+    # the step trains the members of one index stream side by side (they share one gathered batch and, for a
+    # first linear layer, one wide product), whatever order the grid gave them in
+    order = sorted(range(size), key=streams.__getitem__)
+    with watch.phase("warmup"):
+        step, models = build_step([cells[i] for i in order], factories, data, device, execution, lengths,
+                                  total_steps)
     generators = [torch.Generator().manual_seed(cells[streams.index(s)].seed) for s in range(max(streams) + 1)]
     outcome: list[BaseException | None] = [None] * size
     histories: list[list[dict[str, float]]] = [[] for _ in cells]
     targets = [_Target(execution.target) for _ in cells]
     states: list[dict[str, torch.Tensor] | None] = [None] * size
     #: the member that each of the step's positions trains (members that stop or diverge are dropped from a stack)
-    slots = list(range(size))
+    slots = order
     steps_done = 0
 
     def fail(p: int, problem: BaseException | None) -> None:
@@ -279,7 +283,7 @@ def train_group(
             val_loss, val_acc, _ = step.evaluate(*data.val)
         for p in alive():
             fail(p, _finite(val_loss[p], "the validation loss", epoch))
-        for p in alive():
+        for p in sorted(alive(), key=slots.__getitem__):  # in the members' order, as watchers expect them
             i = slots[p]
             targets[i].check(val_loss[p], val_acc[p], epoch, steps_done, watch.totals["train"] / size)
             row = {"epoch": epoch, "train_loss": sums[p] / n, "train_acc": hits[p] / n, "val_loss": val_loss[p],
