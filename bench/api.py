@@ -39,7 +39,7 @@ from bench.references import references_for
 from bench.store import RunStore
 from bench.study import KEYWORDS, REPEAT, Study, dump, parse_target
 from bench.threads import set_threads
-from bench.tune import Tuning, check_spaces, parse_space, reuse_record, run_tuning
+from bench.tune import PRUNE_POINTS, Tuning, check_spaces, parse_space, reuse_record, run_tuning
 
 #: The file in a run directory that keeps the resolved study.
 STUDY_FILE = "study.yaml"
@@ -457,7 +457,7 @@ def _execute(opts: RunOptions, store, cells, the_study, registry, host, torch_de
     trained: dict[str, CellRecord] = {}
     first_write = [write_env]
 
-    def train(batch: list) -> list[CellRecord]:
+    def train(batch: list, execution: Execution = execution) -> list[CellRecord]:
         """Train the cells of ``batch`` not finished yet (resuming); their records, in order."""
         finished_now = {} if force else store.finished()
         if force:
@@ -481,10 +481,14 @@ def _execute(opts: RunOptions, store, cells, the_study, registry, host, torch_de
         if tuning is None:
             records = train(cells)
         else:
-            tuned = run_tuning(tuning, registry, cells, seeds_used, store.root, train,
+            # a pruner needs evaluation points inside an epoch too, to stop a hopeless trial early in a short study
+            points = PRUNE_POINTS if tuning.prune != "none" and not execution.eval_every else None
+            trial_execution = dataclasses.replace(execution, eval_points=points or 0)
+            tuned = run_tuning(tuning, registry, cells, seeds_used, store.root,
+                               lambda batch: train(batch, trial_execution),
                                lambda: {r.cell_id: r for r in store.records()},
                                batch_size=0 if tuning.sampler == "qmc" else max(1, opts.jobs or 1),
-                               watch=lambda function: events.watch("pruning", function))
+                               watch=lambda function: events.watch("pruning", function), points_per_epoch=points)
             for trial_cell, final_cell in tuned.reused:
                 reuse_record(store, trial_cell, final_cell, tuned.finals.index(final_cell))
             for label in tuned.failed:

@@ -75,12 +75,28 @@ class Lifecycle:
         self.who[id(plugin)] = who
 
     def watch(self, name: str, epoch_end: Callable[[Any, dict[str, Any]], None]) -> None:
-        """Have ``epoch_end(cell, row)`` called at every evaluation point of this run, as a plugin registered for
-        the run (e.g. tuning's pruner, which raises :class:`bench.errors.StopCell` to stop a trial)."""
+        """Have ``epoch_end(cell, row)`` called at every evaluation point of this run: each epoch's end, as a
+        plugin registered for the run, and each evaluation inside an epoch (:meth:`evaluation`). E.g. tuning's
+        pruner, which raises :class:`bench.errors.StopCell` to stop a trial."""
         plugin = _EpochWatcher(epoch_end)
         self.pm.register(plugin, name=f"watch:{name}")
         self.added.append(plugin)
         self.who[id(plugin)] = f"'{name}'"
+
+    def evaluation(self, cell, point: dict[str, Any]) -> None:
+        """An evaluation inside an epoch (``epoch``, ``step``, ``val_loss``, ``val_acc``), for the run's watchers
+        only: it is no history row. May raise :class:`bench.errors.StopCell`, after every watcher had it."""
+        stop: StopCell | None = None
+        for plugin in [p for p in self.added if isinstance(p, _EpochWatcher) and p not in self.broken]:
+            try:
+                plugin.epoch_end(cell, point)
+            except StopCell as exc:
+                stop = stop or exc
+            except Exception as exc:
+                self.broken.add(plugin)
+                self._report(self.who[id(plugin)], "an evaluation", exc)
+        if stop is not None:
+            raise stop
 
     def close(self) -> None:
         """Unregister the run's trackers (the host's plugins stay)."""

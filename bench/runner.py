@@ -232,19 +232,25 @@ def train_group_records(tasks: list[tuple[int, Cell]], registry: Registry, cache
             for cell in cells:
                 events.cell_start(cell)
 
-        def announce(members):
+        def announce(members) -> dict[str, Any]:
+            """The group's observers: each epoch's row to every observer, each evaluation inside an epoch to
+            the run's watchers (:meth:`~bench.lifecycle.Lifecycle.evaluation`)."""
             def on_epoch(i, row):
                 if events is not None:
                     cell = members[i]
                     events.epoch_end(cell, {**CellRecord.of(cell).key(), **row})
-            return on_epoch
+
+            def on_eval(i, point):
+                if events is not None:
+                    events.evaluation(members[i], point)
+            return {"on_epoch": on_epoch, "on_eval": on_eval}
 
         by_cell: dict[str, Any] = {}
 
         def one_at_a_time(members, note):
             for cell in members:
                 try:
-                    result = train_group([cell], factories, data, device, execution, announce([cell]))[0]
+                    result = train_group([cell], factories, data, device, execution, **announce([cell]))[0]
                 except (KeyboardInterrupt, DataCorrupt, BrokenPlugin):
                     raise
                 except (Exception, SystemExit) as exc:
@@ -260,7 +266,7 @@ def train_group_records(tasks: list[tuple[int, Cell]], registry: Registry, cache
             for chunk in _chunks(cells, factories, data, device, execution):
                 try:
                     for cell, result in zip(chunk, train_group(chunk, factories, data, device, execution,
-                                                               announce(chunk), fused_group=group_id(chunk))):
+                                                               fused_group=group_id(chunk), **announce(chunk))):
                         by_cell[cell.cell_id] = result
                 except Unfusable as exc:  # what the plan's probe could not see (e.g. a failure in the optimizer step)
                     if execution.fuse == "on":
@@ -282,8 +288,7 @@ def train_group_records(tasks: list[tuple[int, Cell]], registry: Registry, cache
                 record = _result_record(cell, result, data, model.to(device))
             if result.stopped is not None:  # e.g. a pruned trial: what it reached, no weights kept
                 record.status, record.error = result.stopped.status, result.stopped.reason
-                if record.history:
-                    record.set({"epochs": int(record.history[-1].get("epoch", 0))})
+                record.set({"epochs": result.reached})  # the epoch it was stopped in
                 record.state_dict = record.templates_state = record.templates = None
         record.index, record.started_at, record.ended_at = index, started, time.time()
         records.append(record)

@@ -112,8 +112,8 @@ class Study:
     #: Tuning's pruner, and how many of the first seeds score a trial (bench/tune.py).
     prune: str | None = option(None, flag="--prune", section=TUNING, click={"choices": PRUNERS}, what=False,
                                parse=choice("prune", PRUNERS),
-                               help="Stop tuning trials that fall behind, at each epoch (Optuna's pruners; needs the "
-                                    "local executor). [default: none]")
+                               help="Stop tuning trials that fall behind, at four evaluations an epoch or every "
+                                    "--eval-every steps (Optuna's pruners; needs the local executor). [default: none]")
     tune_seeds: int | None = option(None, flag="--tune-seeds", section=TUNING, metavar="K", click={"type": "int"},
                                     what=False, parse=whole_number("tune_seeds", 1, optional=True),
                                     help="Score each tuning trial by the mean over the first K seeds (trained "

@@ -325,13 +325,20 @@ def trial_sampler(tuning: Tuning, seed: int):
     return TrialSampler()
 
 
-def make_pruner(name: str, epochs: int | None = None):
-    """Optuna's pruner for ``--prune NAME``; steps are a trial's evaluation points (1, 2, ...: its epochs).
+#: Evaluations per epoch of a pruned tuning run's trials (without ``--eval-every``): the points at which the
+#: pruner may stop a trial, so that even a study of one or two epochs can stop hopeless trials early.
+PRUNE_POINTS = 4
+
+
+def make_pruner(name: str, points: int | None = None):
+    """Optuna's pruner for ``--prune NAME``; steps are a trial's evaluation points (1, 2, ...: :data:`PRUNE_POINTS`
+    an epoch, or every ``--eval-every`` steps, and each epoch's end).
 
     ``median``: stop a trial whose value is worse than the median of the finished trials' at the same
     step (after 5 finished trials). ``asha``: successive halving, reduction factor 3 from the first step
     (a trial goes on from a rung while it is in the best third of the trials that reached it). ``hyperband``:
-    several halving brackets up to ``epochs`` steps (Optuna's ``auto`` when the trials differ in epochs).
+    several halving brackets up to ``points`` evaluation points (``None``: Optuna's ``auto``, from the first
+    finished trial, when the trials differ in epochs or evaluate every ``--eval-every`` steps).
     """
     optuna = _optuna()
     if name == "median":
@@ -339,7 +346,8 @@ def make_pruner(name: str, epochs: int | None = None):
     if name == "asha":
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
     if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs or "auto", reduction_factor=3)
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=points or "auto",
+                                              reduction_factor=3)
     return optuna.pruners.NopPruner()
 
 
@@ -389,8 +397,9 @@ class PruneWatch:
             return
         storage.set_trial_intermediate_value(trial_id, step, mean)
         if study.pruner.prune(study, storage.get_trial(trial_id)):
-            where = f"epoch {row['epoch']}" if "epoch" in row else f"evaluation {step}"
-            self.pruned[trial_id] = (f"pruned by the {self.tuning.prune} pruner at {where} "
+            where = (f"in epoch {row['epoch']}, after {row['step']} training steps," if "step" in row
+                     else f"at epoch {row['epoch']}" if "epoch" in row else f"at evaluation {step}")
+            self.pruned[trial_id] = (f"pruned by the {self.tuning.prune} pruner {where} "
                                      f"({self.tuning.metric} {mean:.4g})")
             raise StopCell("pruned", self.pruned[trial_id])
 
@@ -434,13 +443,15 @@ def _study_attrs(tuning: Tuning, cell: Cell, group: str, seeds: list[int]) -> di
 
 def run_tuning(tuning: Tuning, registry, base_cells: list[Cell], seeds: list[int], root: Path,
                train: Callable[[list[Cell]], list[CellRecord]], records: Callable[[], dict[str, CellRecord]],
-               batch_size: int = 0, watch: Callable[[Callable], None] | None = None) -> Tuned:
+               batch_size: int = 0, watch: Callable[[Callable], None] | None = None,
+               points_per_epoch: int | None = PRUNE_POINTS) -> Tuned:
     """Tune every configuration of ``base_cells`` (one cell each, on the first seed), then return the final
     cells (the best values, every seed). ``train(cells)`` trains cells (resuming) and returns their records;
     ``records()`` gives the records already in the run directory by cell id. ``batch_size``: trials asked per
     configuration before they train (0: up to :data:`ROUND`). ``watch(function)``: have ``function(cell,
     row)`` called at each evaluation point of a training cell, in this process (pruning; it raises
-    :class:`bench.errors.StopCell`)."""
+    :class:`bench.errors.StopCell`); ``points_per_epoch``: the trials' evaluations an epoch (``None``: every
+    ``--eval-every`` steps)."""
     optuna = _optuna()
     keys = list(tuning.spaces)
     k_seeds = seeds[:tuning.tune_seeds]
@@ -452,9 +463,9 @@ def run_tuning(tuning: Tuning, registry, base_cells: list[Cell], seeds: list[int
     names = study_names(storage, groups)
     studies = {}
     for group, cell in groups.items():
-        epochs = None if "epochs" in keys else cell.recipe.epochs
+        points = None if "epochs" in keys or not points_per_epoch else cell.recipe.epochs * points_per_epoch
         study = optuna.create_study(study_name=names[group], storage=storage, direction=direction,
-                                    sampler=trial_sampler(tuning, seeds[0]), pruner=make_pruner(tuning.prune, epochs),
+                                    sampler=trial_sampler(tuning, seeds[0]), pruner=make_pruner(tuning.prune, points),
                                     load_if_exists=True)
         if not study.user_attrs:
             for key, value in _study_attrs(tuning, cell, group, seeds).items():

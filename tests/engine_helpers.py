@@ -27,10 +27,11 @@ def train_cell(cell, model, loss_fn, data, device, execution=None, make_optimize
     return result
 
 
-def train_stacked(cells, model_factory, loss_fn, data, device, batched, execution=None, on_epoch=None):
+def train_stacked(cells, model_factory, loss_fn, data, device, batched, execution=None, on_epoch=None, on_eval=None):
     """``cells`` trained as one stacked group; one result or exception per member."""
     factories = Factories(model_factory, loss_fn, lambda c: recipe_factories(builtin_registry(), c), batched)
-    return train_group(cells, factories, data, device, execution or Execution(fuse="on"), on_epoch, fused_group="g")
+    return train_group(cells, factories, data, device, execution or Execution(fuse="on"), on_epoch, fused_group="g",
+                       on_eval=on_eval)
 
 
 def factory_for(registry, data, model):

@@ -129,6 +129,46 @@ def test_a_stopped_member_leaves_the_stack_and_the_others_go_on_exactly(registry
             assert ours["val_loss"] == pytest.approx(theirs["val_loss"], rel=1e-3)
 
 
+def test_a_member_stopped_inside_an_epoch_leaves_the_stack_there_and_the_others_train_as_before(registry, small,
+                                                                                              monkeypatch):
+    """Four evaluations an epoch (what a pruned tuning run asks): a member stopped at the first leaves the stack at
+    once, in the middle of the epoch, and reports that evaluation; the others end exactly as with no stop."""
+    factory, loss_fn = factory_for(registry, small, "linear"), loss_for(registry)
+    cells = [Cell("linear", "crossentropy", "mnist", seed, "cpu", Recipe(lr=lr, epochs=2), 2000)
+             for seed, lr in [(0, 1e-3), (1, 3e-3), (0, 3e-3), (2, 2e-3)]]
+    execution = Execution(fuse="on", eval_points=4)
+    adam = batched_optimizer_for(registry, "adam")
+    points = []
+
+    def watcher(i, point):
+        points.append((i, point["epoch"], point["step"]))
+        if i == 1:
+            raise StopCell("pruned", f"pruned at step {point['step']}")
+
+    sizes = []
+    without = StackedStep.without
+
+    def recorded_without(self, drop, lengths):  # the real method, with the sizes it went from and to
+        smaller = without(self, drop, lengths)
+        sizes.append((self.size, smaller.size))
+        return smaller
+
+    monkeypatch.setattr(StackedStep, "without", recorded_without)
+    stopped = train_stacked(cells, factory, loss_fn, small, CPU, adam, execution, on_eval=watcher)
+    steps = -(-2000 // cells[0].recipe.batch_size)  # 8 steps an epoch: evaluations after steps 2, 4 and 6
+    assert [p for p in points if p[0] == 1] == [(1, 1, 2)] and sizes == [(4, 3)]
+    assert sorted({step for _, _, step in points}) == [2, 4, 6, steps + 2, steps + 4, steps + 6]
+    assert stopped[1].stopped.reason == "pruned at step 2" and stopped[1].history == [] and stopped[1].reached == 1
+    assert stopped[1].metrics["val_acc"] > 0.1 and stopped[1].metrics["test_acc"] is None
+    monkeypatch.setattr(StackedStep, "without", without)
+    free = train_stacked(cells, factory, loss_fn, small, CPU, adam, execution)
+    for i in (0, 2, 3):
+        assert stopped[i].stopped is None and stopped[i].metrics["test_acc"] == free[i].metrics["test_acc"]
+        for ours, theirs in zip(stopped[i].history, free[i].history, strict=True):
+            assert ours["val_loss"] == pytest.approx(theirs["val_loss"], rel=1e-6)
+            assert ours["train_loss"] == pytest.approx(theirs["train_loss"], rel=1e-6)
+
+
 # -- through the runner ---------------------------------------------------------------------------------
 
 

@@ -37,6 +37,9 @@ class Execution:
     #: as well as at each epoch's end (the evaluations are timed apart from training).
     target: tuple[str, float] | None = None
     eval_every: int = 0
+    #: Without ``eval_every``: evaluate this many times an epoch, evenly spaced (0 or 1: at its end only), for
+    #: the run's watchers (tuning's pruner asks it of its trials, bench/tune.py).
+    eval_points: int = 0
     fuse: str = "auto"
     fuse_max: int = 0
 
@@ -47,6 +50,7 @@ class Execution:
                 raise OptionError("target", f"must be {' or '.join(TARGET_METRICS)}=VALUE with a finite value, "
                                             f"got {metric}={value}")
         integer("eval_every")(self.eval_every)
+        integer("eval_points")(self.eval_points)
         for option in _RUN_OPTIONS:
             option.check(getattr(self, option.name))
         if self.mode is not None and self.mode not in MODES:

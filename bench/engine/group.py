@@ -88,6 +88,8 @@ class CellResult:
     execution: dict[str, Any] = field(default_factory=dict)
     #: Set when a watcher of the member's evaluation points stopped it early (e.g. a pruned tuning trial).
     stopped: StopCell | None = None
+    #: The epoch of the member's latest evaluation (for a stopped member: the epoch it was stopped in).
+    reached: int = 0
 
 
 class _Target:
@@ -195,6 +197,7 @@ def train_group(
     execution: Execution | None = None,
     on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
     fused_group: str = "",
+    on_eval: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> list[CellResult | Exception]:
     """Train ``cells`` (one fuse key; a group of one is one cell) together; one entry per member, in order.
 
@@ -203,7 +206,9 @@ def train_group(
     are each member's share of the group's: the group's time divided by its size. ``on_epoch(i, row)`` is
     called at each epoch's end with member ``i``'s history row; a :class:`~bench.errors.StopCell` it raises
     stops that member (the others go on; its result keeps its history so far and carries ``stopped``).
-    ``fused_group`` is written as the members' ``fused_group`` column when the group has more than one.
+    ``on_eval(i, point)`` is called likewise at each evaluation inside an epoch (``eval_every``,
+    ``eval_points``) with ``epoch``, ``step`` (training steps so far), ``val_loss`` and ``val_acc``; a member
+    it stops leaves a stacked group's step at once. ``fused_group`` is written as the members' ``fused_group`` column when the group has more than one.
 
     What fails every member alike (the model factory, a vmap failure, corrupt data, Ctrl-C) raises.
     """
@@ -217,6 +222,10 @@ def train_group(
     lengths = [min(cfg.batch_size, n)] + ([n % cfg.batch_size] if n > cfg.batch_size and n % cfg.batch_size else [])
     watch = Stopwatch(device)
     streams = streams_of(cells)
+    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    #: training steps between evaluations inside an epoch (an epoch's length: none)
+    chunk = execution.eval_every or (math.ceil(steps_per_epoch / execution.eval_points) if execution.eval_points
+                                     else steps_per_epoch)
     # the step trains the members of one index stream side by side (they share one gathered batch and, for a
     # first linear layer, one wide product), whatever order the grid gave them in
     order = sorted(range(size), key=streams.__getitem__)
@@ -228,6 +237,8 @@ def train_group(
     histories: list[list[dict[str, float]]] = [[] for _ in cells]
     targets = [_Target(execution.target) for _ in cells]
     states: list[dict[str, torch.Tensor] | None] = [None] * size
+    #: each member's latest validation loss, accuracy and epoch (what a member stopped early reports)
+    last: list[tuple[float, float, int] | None] = [None] * size
     #: the member that each of the step's positions trains (members that stop or diverge are dropped from a stack)
     slots = order
     steps_done = 0
@@ -240,23 +251,46 @@ def train_group(
         """The step's positions whose members still train."""
         return [p for p in range(len(slots)) if outcome[slots[p]] is None]
 
+    def stop(p: int, stopped: StopCell) -> None:
+        """Member ``slots[p]`` stops here, with its weights as they are; the others go on."""
+        outcome[slots[p]] = stopped
+        with watch.phase("setup"):
+            states[slots[p]] = step.state_dicts()[p]
+
+    def drop_stopped() -> bool:
+        """A stacked step without the members that stopped or failed (their slices would cost compute for
+        nothing), each kept member as it is, its running loss and hit sums too; whether it changed."""
+        nonlocal step, slots
+        keep = alive()
+        if not keep or len(keep) == len(slots) or not isinstance(step, StackedStep):
+            return False
+        index = torch.tensor(keep, device=device)
+        with watch.phase("warmup"):
+            smaller = step.without([p for p in range(len(slots)) if p not in keep], lengths)
+            smaller.loss_sum.copy_(step.loss_sum.index_select(0, index))
+            smaller.correct.copy_(step.correct.index_select(0, index))
+        step, slots = smaller, [slots[p] for p in keep]
+        step.train_mode(True)
+        return True
+
+    def step_perm(perms: list[torch.Tensor]) -> torch.Tensor:
+        """The epoch's permutations of the step's index streams (as original streams, in the step's order)."""
+        with watch.phase("data"):
+            rows = list(dict.fromkeys(streams[i] for i in slots))
+            return torch.stack([perms[s] for s in rows]).to(device)
+
     for epoch in range(1, cfg.epochs + 1):
         if not alive():
             break
-        if len(alive()) < len(slots) and isinstance(step, StackedStep):  # the others go on without them
-            with watch.phase("warmup"):
-                step = step.without([p for p in range(len(slots)) if p not in alive()], lengths)
-            slots = [slots[p] for p in alive()]
+        drop_stopped()
         step.train_mode(True)
         with watch.phase("data"):
             perms = [torch.randperm(n, generator=g) for g in generators]
-            rows = list(dict.fromkeys(streams[i] for i in slots))  # the step's streams, as original streams
-            perm = torch.stack([perms[s] for s in rows]).to(device)
+        perm = step_perm(perms)
         step.reset()
         epoch_time = 0.0
         starts = list(range(0, n, cfg.batch_size))
-        chunk = execution.eval_every or len(starts)
-        for first in range(0, len(starts), chunk):  # training steps, with validation every eval_every steps
+        for first in range(0, len(starts), chunk):  # training steps, with validation every chunk steps
             with watch.phase("train"):
                 for batch, start in enumerate(starts[first:first + chunk], first + 1):
                     step(perm[:, start:start + cfg.batch_size])
@@ -270,8 +304,18 @@ def train_group(
                 with watch.phase("eval"):
                     mid_loss, mid_acc, _ = step.evaluate(*data.val)
                 step.train_mode(True)
-                for p in alive():
-                    targets[slots[p]].check(mid_loss[p], mid_acc[p], epoch, steps_done, watch.totals["train"] / size)
+                for p in sorted(alive(), key=slots.__getitem__):  # in the members' order, as watchers expect them
+                    i = slots[p]
+                    targets[i].check(mid_loss[p], mid_acc[p], epoch, steps_done, watch.totals["train"] / size)
+                    last[i] = (mid_loss[p], mid_acc[p], epoch)
+                    if on_eval is not None:
+                        try:
+                            on_eval(i, {"epoch": epoch, "step": steps_done, "val_loss": mid_loss[p],
+                                        "val_acc": mid_acc[p]})
+                        except StopCell as stopped:
+                            stop(p, stopped)
+                if alive() and drop_stopped():
+                    perm = step_perm(perms)
             if not alive():
                 break
         sums, hits = step.loss_sum.tolist(), step.correct.tolist()
@@ -289,13 +333,12 @@ def train_group(
             row = {"epoch": epoch, "train_loss": sums[p] / n, "train_acc": hits[p] / n, "val_loss": val_loss[p],
                    "val_acc": val_acc[p], "epoch_time_s": epoch_time / size}
             histories[i].append(row)
+            last[i] = (val_loss[p], val_acc[p], epoch)
             if on_epoch is not None:
                 try:
                     on_epoch(i, row)
-                except StopCell as stop:  # this member stops here, with its weights as they are; the others go on
-                    outcome[i] = stop
-                    with watch.phase("setup"):
-                        states[i] = step.state_dicts()[p]
+                except StopCell as stopped:
+                    stop(p, stopped)
 
     finished = [p for p in range(len(slots)) if outcome[slots[p]] is None]
     test: tuple[list, list, list] = ([], [], [])
@@ -329,11 +372,11 @@ def train_group(
             continue
         history = histories[i]
         test_loss, test_acc, confusion = scores.get(i, (None, None, []))  # a stopped member: no test evaluation
-        metrics = {"test_acc": test_acc, "test_loss": test_loss,
-                   "val_acc": history[-1]["val_acc"] if history else float("nan"),
-                   "val_loss": history[-1]["val_loss"] if history else float("nan")}
-        member_timing = {**timing, "epoch_time_s": median([h["epoch_time_s"] for h in history]),
+        val_loss, val_acc, reached = last[i] or (float("nan"), float("nan"), 0)
+        metrics = {"test_acc": test_acc, "test_loss": test_loss, "val_acc": val_acc, "val_loss": val_loss}
+        member_timing = {**timing,  # a member stopped inside its first epoch has no epoch's time: blank
+                         "epoch_time_s": median([h["epoch_time_s"] for h in history]) if history else None,
                          **targets[i].columns()}
         results.append(CellResult(metrics, history, member_timing, n_params, states[i], confusion, dict(how),
-                                  stopped=problem if isinstance(problem, StopCell) else None))
+                                  stopped=problem if isinstance(problem, StopCell) else None, reached=reached))
     return results
