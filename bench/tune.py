@@ -397,7 +397,7 @@ class PruneWatch:
             return
         storage.set_trial_intermediate_value(trial_id, step, mean)
         if study.pruner.prune(study, storage.get_trial(trial_id)):
-            where = (f"in epoch {row['epoch']}, after {row['step']} training steps," if "step" in row
+            where = (f"in epoch {row['epoch']} after {row['step']} training steps" if "step" in row
                      else f"at epoch {row['epoch']}" if "epoch" in row else f"at evaluation {step}")
             self.pruned[trial_id] = (f"pruned by the {self.tuning.prune} pruner {where} "
                                      f"({self.tuning.metric} {mean:.4g})")
