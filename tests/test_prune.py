@@ -116,6 +116,20 @@ def test_pruning_in_a_fused_group_gives_the_same_kind_of_rows(tmp_path):
     assert (table.loc[table["phase"] == "tune", "fused_size"] == 8).all()
 
 
+def test_the_pruner_sees_every_eval_every_point_and_the_final_cells_only_their_epochs(tmp_path):
+    out = tmp_path / "run"  # 2000 images, batch 256: 8 steps an epoch, evaluated after steps 3 and 6 and at the end
+    result = invoke(*PRUNED, "--prune", "asha", "--eval-every", "3", "--out", out)
+    assert result.exit_code == 0, result.output
+    table = check_agree(out, trials=8)
+    [study] = studies(out)
+    unpruned = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert unpruned and all(sorted(t.intermediate_values) == list(range(1, 10)) for t in unpruned)  # 3 epochs x 3
+    inside = table[table["error"].fillna("").str.contains("training steps")]
+    assert len(inside) and set(inside["error"].str.extract(r"after (\d+) training steps")[0]) <= {"3", "6", "11", "14"}
+    final = table[table["phase"] == "final"]  # the final cells: one history row an epoch, as always
+    assert all(len(records(out)[cell]["history"]) == 3 for cell in final["cell_id"])
+
+
 def test_a_trial_over_seeds_is_scored_by_their_mean_and_its_cells_are_the_final_cells(tmp_path):
     out = tmp_path / "run"
     result = invoke("run", "--models", "linear", "--losses", "crossentropy", "--tune", "lr=1e-4:1e0:log",
