@@ -457,7 +457,7 @@ def _execute(opts: RunOptions, store, cells, the_study, registry, host, torch_de
     trained: dict[str, CellRecord] = {}
     first_write = [write_env]
 
-    def train(batch: list, execution: Execution = execution) -> list[CellRecord]:
+    def train(batch: list, execution=execution) -> list[CellRecord]:
         """Train the cells of ``batch`` not finished yet (resuming); their records, in order."""
         finished_now = {} if force else store.finished()
         if force:

@@ -208,7 +208,8 @@ def train_group(
     stops that member (the others go on; its result keeps its history so far and carries ``stopped``).
     ``on_eval(i, point)`` is called likewise at each evaluation inside an epoch (``eval_every``,
     ``eval_points``) with ``epoch``, ``step`` (training steps so far), ``val_loss`` and ``val_acc``; a member
-    it stops leaves a stacked group's step at once. ``fused_group`` is written as the members' ``fused_group`` column when the group has more than one.
+    it stops leaves a stacked group's step at once. ``fused_group`` is written as the members' ``fused_group``
+    column when the group has more than one.
 
     What fails every member alike (the model factory, a vmap failure, corrupt data, Ctrl-C) raises.
     """
