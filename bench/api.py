@@ -83,6 +83,8 @@ class Run:
     device: str = ""
     #: Set when the run ended: True if it stopped early (Ctrl-C, corrupt data) rather than ran every cell.
     interrupted: bool = False
+    #: How the run's steps train (:class:`bench.engine.Execution`), as :func:`run` decided it.
+    execution: Any = None
 
     @property
     def store(self):
@@ -417,7 +419,7 @@ def _execute(opts: RunOptions, store, cells, the_study, registry, host, torch_de
             echo(notes[-1])
         plan = [("done" if c.cell_id in done else "retry" if recorded.get(c.cell_id) == "failed"
                  else "run", c) for c in cells]
-        return Run(store.root, the_study, cells, plan=plan, notes=notes)
+        return Run(store.root, the_study, cells, plan=plan, notes=notes, execution=execution)
 
     env = environment(torch_device, opts.argv or ["bench.run"], execution) | {"cells": len(cells)} | provenance(host)
     env["executor"] = {k: v for k, v in (("executor", executor_name), ("jobs", opts.jobs), ("address", opts.address))
@@ -451,7 +453,7 @@ def _execute(opts: RunOptions, store, cells, the_study, registry, host, torch_de
                 if tuning is not None
                 else len(cells) - len(done))
     the_run = Run(store.root, the_study, list(cells), notes=notes, quiet=quiet, tracked=tuple(trackers),
-                  to_train=to_train, device=str(torch_device))
+                  to_train=to_train, device=str(torch_device), execution=execution)
     events = Lifecycle(host, trackers, echo)
     events.run_start(the_run)
     trained: dict[str, CellRecord] = {}

@@ -262,14 +262,10 @@ def _run(ctx, *, study, plugins, report, **options):
     given = {name: value for name, value in options.items() if value is not None}
     result = api.run(study, **given, host=host, argv=ctx.find_root().obj["argv"],
                      echo=lambda message: echo(message, err=True))
-    dry_run, fuse, fuse_max = options["dry_run"], options["fuse"], options["fuse_max"]
-    if dry_run:
-        from bench.engine import Execution
-
+    if options["dry_run"]:  # the groups as the run would train them, from the run's own execution options
         echo(format_plan(result.plan, result.path))
-        groups = format_groups([c for state, c in result.plan if state != "done"], host.registry,
-                               Execution(compile=options["compile"], fuse=fuse, fuse_max=fuse_max),
-                               options["data_dir"] or default_data_dir()) if fuse != "off" else ""
+        groups = format_groups([c for state, c in result.plan if state != "done"], host.registry, result.execution,
+                               options["data_dir"] or default_data_dir()) if result.execution.fuse != "off" else ""
         if groups:
             echo(groups)
         return
