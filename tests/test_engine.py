@@ -92,6 +92,26 @@ def test_members_sharing_a_seed_share_one_gathered_batch(registry, small):
     assert acc <= 0.002 and loss <= 1e-3
 
 
+def test_members_of_a_seed_train_side_by_side_whatever_their_order(registry, small, monkeypatch):
+    """A trial over two seeds after another (seeds 0, 1, 0, 1, as ``--tune-seeds 2`` orders them): the step still
+    gathers one batch per seed, and each result is its own member's, in the order given."""
+    factory, loss_fn = factory_for(registry, small, "linear"), loss_for(registry)
+    cells = [Cell("linear", "crossentropy", "mnist", seed, "cpu", Recipe(lr=lr), 1000)
+             for seed, lr in [(0, 1e-3), (1, 1e-3), (0, 3e-3), (1, 3e-3)]]
+    built = []
+    init = StackedStep.__init__
+
+    def recorded_init(self, mode, models, loss_fn, x, y, streams, *args, **kwargs):  # the real one, its streams kept
+        built.append(list(streams))
+        init(self, mode, models, loss_fn, x, y, streams, *args, **kwargs)
+
+    monkeypatch.setattr(StackedStep, "__init__", recorded_init)
+    fused, acc, loss = compare(cells, factory, loss_fn, small, Execution(fuse="on"),
+                               batched_optimizer_for(registry, "adam"))
+    assert built == [[0, 0, 1, 1]]  # members of one seed adjacent: two gathers a step, each seed's two side by side
+    assert acc <= 0.002 and loss <= 1e-3 and len({r.metrics["test_loss"] for r in fused}) == 4
+
+
 def test_one_seed_for_every_member_as_a_tuning_run_has(registry, small):
     factory, loss_fn = factory_for(registry, small, "mlp"), loss_for(registry)
     cells = [Cell("mlp", "crossentropy", "mnist", 0, "cpu", Recipe(lr=lr, epochs=1), 2000)
