@@ -372,6 +372,38 @@ def test_a_raising_observer_object_is_set_aside_and_the_others_still_get_that_ev
     events.run_end(None, [])
 
 
+def test_evaluations_inside_an_epoch_reach_the_watchers_only_and_a_raising_one_is_set_aside():
+    """What a pruner watches between epochs: no history row, so no observer or tracker gets it; a watcher's StopCell
+    reaches the caller after the others had the point, a watcher that breaks is reported once and left out."""
+    seen: list = []
+    host = make_host(Watcher("observer", seen), strict=False)
+    warnings: list[str] = []
+    events = Lifecycle(host, {"plain": PlainTracker(seen)}, warnings.append)
+    cell = Cell("linear", "mse", "mnist", 0, "cpu")
+
+    def broken(cell, point):
+        seen.append(("broken", point["step"]))
+        raise KeyError("gone")
+
+    def pruner(cell, point):
+        seen.append(("pruner", str(point.get("step", "end"))))
+        if point.get("step") == 20:
+            raise StopCell(reason="pruned after 20 training steps")
+
+    events.watch("broken", broken)
+    events.watch("pruning", pruner)
+    events.evaluation(cell, {"epoch": 1, "step": 10, "val_loss": 0.5, "val_acc": 0.8})
+    with pytest.raises(StopCell, match="after 20 training steps"):
+        events.evaluation(cell, {"epoch": 1, "step": 20, "val_loss": 0.4, "val_acc": 0.85})
+    assert seen == [("broken", 10), ("pruner", "10"), ("pruner", "20")]
+    assert warnings == ["warning: 'broken' failed in an evaluation and gets no more events in this run: "
+                        "KeyError: 'gone'"]
+    seen.clear()
+    events.epoch_end(cell, {"epoch": 1})  # an epoch's end: everyone but the broken watcher
+    assert sorted(seen) == [("observer", "epoch", 1), ("plain", "epoch", 1), ("pruner", "end")]
+    events.run_end(None, [])
+
+
 def test_a_raising_tracker_is_named_as_a_tracker():
     seen: list = []
 
