@@ -325,8 +325,9 @@ def trial_sampler(tuning: Tuning, seed: int):
     return TrialSampler()
 
 
-#: Evaluations per epoch of a pruned tuning run's trials (without ``--eval-every``): the points at which the
-#: pruner may stop a trial, so that even a study of one or two epochs can stop hopeless trials early.
+#: Evaluations per epoch of a pruned tuning run's trials (without ``--eval-every``; at least 20 training steps
+#: apart): the points at which the pruner may stop a trial, so that even a study of one or two epochs can stop
+#: hopeless trials early.
 PRUNE_POINTS = 4
 
 

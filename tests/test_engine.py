@@ -154,7 +154,7 @@ def test_a_member_stopped_inside_an_epoch_leaves_the_stack_there_and_the_others_
     """Four evaluations an epoch (what a pruned tuning run asks): a member stopped at the first leaves the stack at
     once, in the middle of the epoch, and reports that evaluation; the others end exactly as with no stop."""
     factory, loss_fn = factory_for(registry, small, "linear"), loss_for(registry)
-    cells = [Cell("linear", "crossentropy", "mnist", seed, "cpu", Recipe(lr=lr, epochs=2), 2000)
+    cells = [Cell("linear", "crossentropy", "mnist", seed, "cpu", Recipe(lr=lr, epochs=2), 80 * 256)
              for seed, lr in [(0, 1e-3), (1, 3e-3), (0, 3e-3), (2, 2e-3)]]
     execution = Execution(fuse="on", eval_points=4)
     adam = batched_optimizer_for(registry, "adam")
@@ -175,10 +175,10 @@ def test_a_member_stopped_inside_an_epoch_leaves_the_stack_there_and_the_others_
 
     monkeypatch.setattr(StackedStep, "without", recorded_without)
     stopped = train_stacked(cells, factory, loss_fn, small, CPU, adam, execution, on_eval=watcher)
-    steps = -(-2000 // cells[0].recipe.batch_size)  # 8 steps an epoch: evaluations after steps 2, 4 and 6
-    assert [p for p in points if p[0] == 1] == [(1, 1, 2)] and sizes == [(4, 3)]
-    assert sorted({step for _, _, step in points}) == [2, 4, 6, steps + 2, steps + 4, steps + 6]
-    assert stopped[1].stopped.reason == "pruned at step 2" and stopped[1].history == [] and stopped[1].reached == 1
+    # 80 steps an epoch: evaluations after steps 20, 40 and 60 (and at the end)
+    assert [p for p in points if p[0] == 1] == [(1, 1, 20)] and sizes == [(4, 3)]
+    assert sorted({step for _, _, step in points}) == [20, 40, 60, 100, 120, 140]
+    assert stopped[1].stopped.reason == "pruned at step 20" and stopped[1].history == [] and stopped[1].reached == 1
     assert stopped[1].metrics["val_acc"] > 0.1 and stopped[1].metrics["test_acc"] is None
     monkeypatch.setattr(StackedStep, "without", without)
     free = train_stacked(cells, factory, loss_fn, small, CPU, adam, execution)

@@ -79,9 +79,8 @@ def test_a_pruned_trial_stops_early_and_is_a_pruned_row_that_optuna_counts(tmp_p
     pruned = tune[tune["status"] == "pruned"]
     assert 3 <= len(pruned) <= 7  # asha, reduction factor 3: most trials stop early
     assert set(tune.loc[tune["status"] == "ok", "epochs"]) == {3}
-    # four evaluations an epoch: a trial can stop inside its first epoch, even in a study of one or two epochs
-    inside = pruned[pruned["error"].str.contains("training steps")]
-    assert len(inside) >= 1 and set(inside["epochs"]) == {1}
+    # 8 steps an epoch: too few for evaluations inside it (at least 20 steps apart), so trials stop at epoch ends
+    assert not pruned["error"].str.contains("training steps").any()
     assert all(re.fullmatch(r"pruned by the asha pruner (in epoch \d after \d+ training steps|at epoch \d) "
                             r"\(val_acc [0-9.]+\)", e) for e in pruned["error"]), list(pruned["error"])
     assert pruned["test_acc"].isna().all()  # a pruned trial never sees the test split
@@ -108,11 +107,17 @@ def test_a_pruned_trial_stops_early_and_is_a_pruned_row_that_optuna_counts(tmp_p
 
 def test_pruning_in_a_fused_group_gives_the_same_kind_of_rows(tmp_path):
     out = tmp_path / "run"
-    result = invoke(*PRUNED, "--prune", "asha", "--out", out)  # the trials train together, as one fused group
+    # the trials train together, as one fused group; 40 steps an epoch: evaluated after 20 steps and at the end
+    result = invoke(*PRUNED, "--prune", "asha", "--limit", 40 * 256, "--out", out)
     assert result.exit_code == 0, result.output
     table = check_agree(out, trials=8)
     pruned = table[table["status"] == "pruned"]
     assert len(pruned) >= 3 and all("asha pruner" in e for e in pruned["error"])
+    # asha's rungs are the first and third evaluations: after 20 and 60 training steps, inside epochs 1 and 2
+    assert set(pruned["error"].str.extract(r"(in epoch \d after \d+ training steps)")[0]) <= {
+        "in epoch 1 after 20 training steps", "in epoch 2 after 60 training steps"}
+    for _, row in pruned.iterrows():
+        assert len(records(out)[row["cell_id"]]["history"]) == row["epochs"] - 1  # stopped inside that epoch
     assert (table.loc[table["phase"] == "tune", "fused_size"] == 8).all()
 
 

@@ -37,8 +37,9 @@ class Execution:
     #: as well as at each epoch's end (the evaluations are timed apart from training).
     target: tuple[str, float] | None = None
     eval_every: int = 0
-    #: Without ``eval_every``: evaluate this many times an epoch, evenly spaced (0 or 1: at its end only), for
-    #: the run's watchers (tuning's pruner asks it of its trials, bench/tune.py).
+    #: Without ``eval_every``: evaluate this many times an epoch, evenly spaced (0 or 1: at its end only), at
+    #: least ``bench.engine.group.MIN_POINT_STEPS`` training steps apart, for the run's watchers (tuning's
+    #: pruner asks it of its trials, bench/tune.py).
     eval_points: int = 0
     fuse: str = "auto"
     fuse_max: int = 0

@@ -28,6 +28,11 @@ from bench.errors import BenchError, StopCell
 from bench.grid import Cell
 from bench.timing import Stopwatch, median
 
+#: Evaluations asked per epoch (``Execution.eval_points``) are at least this many training steps apart (an epoch
+#: shorter than that is evaluated at its end only): judged after a handful of steps, members differ in how fast
+#: they start rather than in where they are going.
+MIN_POINT_STEPS = 20
+
 #: Read the running training loss every this many steps to stop a diverged member early. Reading it
 #: synchronises the device, so it is not done every step; NaN/inf propagate through the running sum.
 FINITE_CHECK_EVERY = 32
@@ -225,8 +230,8 @@ def train_group(
     streams = streams_of(cells)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     #: training steps between evaluations inside an epoch (an epoch's length: none)
-    chunk = execution.eval_every or (math.ceil(steps_per_epoch / execution.eval_points) if execution.eval_points
-                                     else steps_per_epoch)
+    chunk = execution.eval_every or (max(math.ceil(steps_per_epoch / execution.eval_points), MIN_POINT_STEPS)
+                                     if execution.eval_points else steps_per_epoch)
     # the step trains the members of one index stream side by side (they share one gathered batch and, for a
     # first linear layer, one wide product), whatever order the grid gave them in
     order = sorted(range(size), key=streams.__getitem__)
