@@ -73,6 +73,10 @@ class _Optimizer:
             elif p.grad is not None:
                 p.grad.zero_()
 
+    def _zeros(self) -> list[torch.Tensor]:
+        """One zero tensor per parameter, in its layout: a fresh per-parameter state list."""
+        return [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]
+
     def _grads(self) -> tuple[list[torch.Tensor], list[torch.Tensor], range | list[int]]:
         """Parameters that have a gradient, their gradients and indices (torch.optim skips the others)."""
         params = [p for p in self.params if p.grad is not None]
@@ -142,8 +146,7 @@ class Adam(_Optimizer):
             fused = self.device.type in FUSED_DEVICES and hasattr(torch, kernel)
         self.fused = fused
         self._kernel = getattr(torch, kernel) if fused else None
-        self.exp_avg = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]
-        self.exp_avg_sq = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]
+        self.exp_avg, self.exp_avg_sq = self._zeros(), self._zeros()
         #: host step counts (neither fused nor capturable)
         self.steps: list[float] = [0] * len(self.params)
         # capturable: float64 step counts on the device, so that the bias corrections round as the host's do
@@ -242,9 +245,6 @@ class SGD(_Optimizer):
         momentum = _check("momentum", momentum, momentum >= 0, ">= 0")
         super().__init__(params, lr, weight_decay, capturable, momentum=momentum)
         self.buffers = self._zeros() if momentum else []
-
-    def _zeros(self) -> list[torch.Tensor]:
-        return [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]
 
     def _state(self) -> dict[str, list]:
         return {"momentum_buffer": self.buffers} if self.buffers else {}
