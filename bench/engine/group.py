@@ -261,7 +261,7 @@ def train_group(
         """Member ``slots[p]`` stops here, with its weights as they are; the others go on."""
         outcome[slots[p]] = stopped
         with watch.phase("setup"):
-            states[slots[p]] = step.state_dicts()[p]
+            states[slots[p]] = step.state_dicts([p])[0]
 
     def drop_stopped() -> bool:
         """A stacked step without the members that stopped or failed (their slices would cost compute for

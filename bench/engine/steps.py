@@ -89,6 +89,15 @@ class Step:
 
     # -- the step ------------------------------------------------------------------------------------
 
+    def _update(self, loss: torch.Tensor, count: int, hits: torch.Tensor) -> None:
+        """After the backward: the optimizer's step, then the running sums (``loss`` per member, on ``count``
+        samples each; ``hits``: correct predictions per member)."""
+        self.optimizer.step()
+        self.optimizer.zero_grad()
+        with torch.no_grad():
+            self.loss_sum.add_(loss.detach().float(), alpha=count)
+            self.correct.add_(hits)
+
     def reset(self) -> None:
         """Zero the loss and accuracy sums (at the start of an epoch)."""
         self.loss_sum.zero_()
@@ -267,11 +276,7 @@ class ModelStep(Step):
         logits = self.forward(xb.view(length, *self.x.shape[1:]))
         loss = self.loss_fn(logits, yb)
         loss.backward()
-        self.optimizer.step()
-        self.optimizer.zero_grad()
-        with torch.no_grad():
-            self.loss_sum.add_(loss.detach().float(), alpha=len(yb))
-            self.correct.add_((logits.detach().argmax(1) == yb).sum())
+        self._update(loss, len(yb), (logits.detach().argmax(1) == yb).sum())
 
     def snapshot_tensors(self) -> list[torch.Tensor]:
         return [*self.model.parameters(), *self.model.buffers()]
@@ -298,7 +303,8 @@ class ModelStep(Step):
         n = max(len(x), 1)
         return [float(loss_sum) / n], [float(correct) / n], [confusion.cpu().tolist()]
 
-    def state_dicts(self) -> list[dict[str, torch.Tensor]]:
+    def state_dicts(self, positions: Iterable[int] | None = None) -> list[dict[str, torch.Tensor]]:
+        """The one member's weights (its only position is 0)."""
         return [{k: v.detach().to("cpu").contiguous() for k, v in self.model.state_dict().items()}]
 
 
@@ -452,11 +458,7 @@ class StackedStep(Step):
         xs, ys = xb.view(self.n_streams, length, *self.x.shape[1:]), yb.view(self.n_streams, length)
         losses, logits, targets = self._train_fn(self.params, self.rest, xs, ys)
         losses.sum().backward()  # d(sum)/d(loss_i) = 1: each member gets exactly its own loss's gradient
-        self.optimizer.step()
-        self.optimizer.zero_grad()
-        with torch.no_grad():
-            self.loss_sum.add_(losses.detach().float(), alpha=length)
-            self.correct.add_((_predictions(logits.detach()) == targets).sum(1))
+        self._update(losses, length, (_predictions(logits.detach()) == targets).sum(1))
 
     def snapshot_tensors(self) -> list[torch.Tensor]:
         return [*self.params.values(), *self.rest.values()]
@@ -486,11 +488,11 @@ class StackedStep(Step):
         return ([v / n for v in loss_sum.tolist()], [v / n for v in correct.tolist()],
                 confusion.view(n_members, classes, classes).cpu().tolist())
 
-    def state_dicts(self) -> list[dict[str, torch.Tensor]]:
-        """Each member's weights, named as its own module names them."""
+    def state_dicts(self, positions: Iterable[int] | None = None) -> list[dict[str, torch.Tensor]]:
+        """Each member's weights (those at ``positions`` only, when given), named as its own module names them."""
         names = [*self.base.state_dict().keys()]
         out = []
-        for i in range(self.size):
+        for i in range(self.size) if positions is None else positions:
             state = {}
             for name in names:
                 source = self.params.get(name, self.rest.get(name))
