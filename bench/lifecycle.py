@@ -86,17 +86,8 @@ class Lifecycle:
     def evaluation(self, cell, point: dict[str, Any]) -> None:
         """An evaluation inside an epoch (``epoch``, ``step``, ``val_loss``, ``val_acc``), for the run's watchers
         only: it is no history row. May raise :class:`bench.errors.StopCell`, after every watcher had it."""
-        stop: StopCell | None = None
-        for plugin in [p for p in self.added if isinstance(p, _EpochWatcher) and p not in self.broken]:
-            try:
-                plugin.epoch_end(cell, point)
-            except StopCell as exc:
-                stop = stop or exc
-            except Exception as exc:
-                self.broken.add(plugin)
-                self._report(self.who[id(plugin)], "an evaluation", exc)
-        if stop is not None:
-            raise stop
+        watchers = {plugin for plugin in self.added if isinstance(plugin, _EpochWatcher)}
+        self._call("bench_epoch_end", only=watchers, what="an evaluation", cell=cell, row=point)
 
     def close(self) -> None:
         """Unregister the run's trackers (the host's plugins stay)."""
@@ -105,9 +96,12 @@ class Lifecycle:
 
     # -- calling a hook --------------------------------------------------------------------------------
 
-    def _call(self, event: str, **kwargs: Any) -> None:
-        """One hook call to every working observer; a raising one is set aside and the rest still called."""
+    def _call(self, event: str, only: set | None = None, what: str = "", **kwargs: Any) -> None:
+        """One hook call to every working observer (of ``only``, when given); a raising one is set aside, reported
+        as failing in ``what`` (default: the event), and the rest still called."""
         done = set(self.broken)  # not (or no more) to be called in this event
+        if only is not None:
+            done.update(plugin for plugin in self.pm.get_plugins() if plugin not in only)
         stop: StopCell | None = None
         while True:
             caller = self.pm.subset_hook_caller(event, done)
@@ -126,7 +120,7 @@ class Lifecycle:
                     stop = stop or exc
                     continue
                 self.broken.add(culprit.plugin)
-                self._report(self._who(culprit), event, exc)
+                self._report(self._who(culprit), what or event, exc)
         if stop is not None:
             raise stop
 
