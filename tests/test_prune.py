@@ -218,7 +218,7 @@ def test_kill_9_at_random_moments_of_a_pruned_multi_seed_tuning_run_loses_and_re
     # long enough for five kills at 2-6 s apart (each restart also imports torch again)
     args = ["run", "--models", "linear", "--losses", "mse,crossentropy", "--tune", "lr=1e-4:1e0:log", "--trials",
             "16", "--epochs", "3", "--prune", "asha", "--tune-seeds", "2", "--seeds", "0,1,2", "--fuse", "off",
-            "--device", "cpu", "--limit", "4000", "-q"]
+            "--device", "cpu", "--limit", "4000", "--eval-every", "5", "-q"]  # 16 steps an epoch: stops inside it
     out = tmp_path / "run"
     rng = random.Random(7)
     kills = 0
@@ -245,6 +245,7 @@ def test_kill_9_at_random_moments_of_a_pruned_multi_seed_tuning_run_loses_and_re
     assert last.returncode == 0, last.stderr
     table = check_agree(out, trials=16, tune_seeds=2)
     assert (table["status"] == "pruned").any()
+    assert table["error"].fillna("").str.contains("training steps").any()  # some stopped inside an epoch
     final = table[table["phase"] == "final"]
     assert final.groupby("loss").size().to_dict() == {"crossentropy": 3, "mse": 3}
 
