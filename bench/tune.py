@@ -468,9 +468,11 @@ def run_tuning(tuning: Tuning, registry, base_cells: list[Cell], seeds: list[int
         study = optuna.create_study(study_name=names[group], storage=storage, direction=direction,
                                     sampler=trial_sampler(tuning, seeds[0]), pruner=make_pruner(tuning.prune, points),
                                     load_if_exists=True)
-        if not study.user_attrs:
-            for key, value in _study_attrs(tuning, cell, group, seeds).items():
+        # what a killed run had not written yet (a kill -9 can land between two attributes): written now
+        for key, value in _study_attrs(tuning, cell, group, seeds).items():
+            if key not in study.user_attrs:
                 study.set_user_attr(key, value)
+        if study.metric_names is None:
             study.set_metric_names([tuning.metric])
         studies[group] = study
     states = optuna.trial.TrialState
