@@ -490,7 +490,7 @@ def _execute(opts: RunOptions, store, cells, the_study, registry, host, torch_de
                                lambda batch: train(batch, trial_execution),
                                lambda: {r.cell_id: r for r in store.records()},
                                batch_size=0 if tuning.sampler == "qmc" else max(1, opts.jobs or 1),
-                               watch=lambda function: events.watch("pruning", function), points_per_epoch=points)
+                               watch=lambda *functions: events.watch("pruning", *functions), points_per_epoch=points)
             for trial_cell, final_cell in tuned.reused:
                 reuse_record(store, trial_cell, final_cell, tuned.finals.index(final_cell))
             for label in tuned.failed:

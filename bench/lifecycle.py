@@ -74,11 +74,13 @@ class Lifecycle:
             self._report(who, "registration", exc)
         self.who[id(plugin)] = who
 
-    def watch(self, name: str, epoch_end: Callable[[Any, dict[str, Any]], None]) -> None:
+    def watch(self, name: str, epoch_end: Callable[[Any, dict[str, Any]], None],
+              point_end: Callable[[list], dict[str, StopCell]] | None = None) -> None:
         """Have ``epoch_end(cell, row)`` called at every evaluation point of this run: each epoch's end, as a
-        plugin registered for the run, and each evaluation inside an epoch (:meth:`evaluation`). E.g. tuning's
-        pruner, which raises :class:`bench.errors.StopCell` to stop a trial."""
-        plugin = _EpochWatcher(epoch_end)
+        plugin registered for the run, and each evaluation inside an epoch (:meth:`evaluation`); and
+        ``point_end(cells)`` once the cells that reached a point together had theirs (:meth:`point_end`).
+        E.g. tuning's pruner, which stops a trial by raising :class:`bench.errors.StopCell` or returning it."""
+        plugin = _EpochWatcher(epoch_end, point_end)
         self.pm.register(plugin, name=f"watch:{name}")
         self.added.append(plugin)
         self.who[id(plugin)] = f"'{name}'"
@@ -88,6 +90,15 @@ class Lifecycle:
         only: it is no history row. May raise :class:`bench.errors.StopCell`, after every watcher had it."""
         watchers = {plugin for plugin in self.added if isinstance(plugin, _EpochWatcher)}
         self._call("bench_epoch_end", only=watchers, what="an evaluation", cell=cell, row=point)
+
+    def point_end(self, cells: list) -> dict[str, StopCell]:
+        """The end of an evaluation point that ``cells`` (a group's members) reached together, after each one's
+        ``epoch_end``: the cells the run's watchers stop there, by cell id, with why."""
+        stops: dict[str, StopCell] = {}
+        for plugin in self.added:
+            if isinstance(plugin, _EpochWatcher) and plugin.point_end is not None:
+                stops.update(plugin.point_end(cells))
+        return stops
 
     def close(self) -> None:
         """Unregister the run's trackers (the host's plugins stay)."""
@@ -227,8 +238,10 @@ class MethodTracker:
 class _EpochWatcher:
     """One function called at every evaluation point (:meth:`Lifecycle.watch`)."""
 
-    def __init__(self, epoch_end: Callable[[Any, dict[str, Any]], None]):
+    def __init__(self, epoch_end: Callable[[Any, dict[str, Any]], None],
+                 point_end: Callable[[list], dict[str, StopCell]] | None = None):
         self.epoch_end = epoch_end
+        self.point_end = point_end
 
     @hookimpl(trylast=True)
     def bench_epoch_end(self, cell, row):

@@ -37,7 +37,7 @@ from bench.files import excerpt
 from bench.record import CellRecord
 
 SAMPLERS = ("qmc", "tpe")
-#: ``--prune``: none, or Optuna's MedianPruner, SuccessiveHalvingPruner (asynchronous successive halving) or
+#: ``--prune``: none, or Optuna's MedianPruner, successive halving (:func:`halving_pruner`) or Optuna's
 #: HyperbandPruner, on the validation metric at each evaluation point of a trial.
 PRUNERS = ("none", "median", "asha", "hyperband")
 METRICS = {"val_acc": "maximize", "val_loss": "minimize"}
@@ -336,8 +336,9 @@ def make_pruner(name: str, points: int | None = None):
     an epoch, or every ``--eval-every`` steps, and each epoch's end).
 
     ``median``: stop a trial whose value is worse than the median of the finished trials' at the same
-    step (after 5 finished trials). ``asha``: successive halving, reduction factor 3 from the first step
-    (a trial goes on from a rung while it is in the best third of the trials that reached it). ``hyperband``:
+    step (after 5 finished trials). ``asha``: successive halving, reduction factor 2 from the first step
+    (a trial goes on from a rung while it is in the best half of the trials that reached it:
+    :func:`halving_pruner`). A trial's last evaluation point is never judged (:class:`PruneWatch`). ``hyperband``:
     several halving brackets up to ``points`` evaluation points (``None``: Optuna's ``auto``, from the first
     finished trial, when the trials differ in epochs or evaluate every ``--eval-every`` steps).
     """
@@ -345,11 +346,43 @@ def make_pruner(name: str, points: int | None = None):
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)
     if name == "asha":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+        return halving_pruner(reduction_factor=2)
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=points or "auto",
                                               reduction_factor=3)
     return optuna.pruners.NopPruner()
+
+
+def halving_pruner(reduction_factor: int):
+    """Asynchronous successive halving as Optuna's SuccessiveHalvingPruner does it (rungs at evaluation points
+    1, r, r², ...; a trial goes on from a rung while its value is among the best ``max(1, n // r)`` of the ``n``
+    trials that reached it), with the trials that reached a rung read from their reported values. Optuna's
+    counts only the trials it judged before: the trials of a fused group reach each point together and all
+    report before any is judged (:meth:`PruneWatch.point_end`), and there the first ones judged went on
+    against few, the last against all; here each is judged against all of them."""
+    optuna = _optuna()
+    maximize = optuna.study.StudyDirection.MAXIMIZE
+
+    class SuccessiveHalving(optuna.pruners.BasePruner):
+        def prune(self, study, trial) -> bool:
+            step = trial.last_step
+            if step is None:
+                return False
+            value = trial.intermediate_values[step]
+            if math.isnan(value):
+                return True
+            rung = 1
+            while rung < step:
+                rung *= reduction_factor
+            if rung != step:
+                return False  # not a rung: a trial is judged there only
+            reached = [t.intermediate_values[step] for t in study.get_trials(deepcopy=False)
+                       if step in t.intermediate_values and t._trial_id != trial._trial_id]
+            ranked = sorted([v for v in reached if not math.isnan(v)] + [value], reverse=study.direction == maximize)
+            last_kept = ranked[max(1, len(ranked) // reduction_factor) - 1]
+            return value < last_kept if study.direction == maximize else value > last_kept
+
+    return SuccessiveHalving()
 
 
 class PruneWatch:
@@ -367,6 +400,7 @@ class PruneWatch:
         self.member: dict[str, tuple[Any, int, int, list[str]]] = {}  # cell id -> (study, trial id, number, cells)
         self.values: dict[str, list[float]] = {}  # cell id -> its metric at each evaluation point so far
         self.pruned: dict[int, str] = {}  # trial id -> why
+        self.reported: list[tuple[Any, int, str]] = []  # (study, trial id, where) reported since the last point
 
     def watch(self, study, trial_id: int, number: int, cells: list[Cell], recorded: dict[str, CellRecord]) -> None:
         ids = [c.cell_id for c in cells]
@@ -397,12 +431,22 @@ class PruneWatch:
         if storage.get_trial(trial_id).state != _optuna().trial.TrialState.RUNNING:
             return
         storage.set_trial_intermediate_value(trial_id, step, mean)
-        if study.pruner.prune(study, storage.get_trial(trial_id)):
-            where = (f"in epoch {row['epoch']} after {row['step']} training steps" if "step" in row
-                     else f"at epoch {row['epoch']}" if "epoch" in row else f"at evaluation {step}")
-            self.pruned[trial_id] = (f"pruned by the {self.tuning.prune} pruner {where} "
-                                     f"({self.tuning.metric} {mean:.4g})")
-            raise StopCell("pruned", self.pruned[trial_id])
+        if "step" not in row and row.get("epoch") == cell.recipe.epochs:
+            return  # its training is over: pruning it now would save nothing
+        where = (f"in epoch {row['epoch']} after {row['step']} training steps" if "step" in row
+                 else f"at epoch {row['epoch']}" if "epoch" in row else f"at evaluation {step}")
+        self.reported.append((study, trial_id, f"{where} ({self.tuning.metric} {mean:.4g})"))
+
+    def point_end(self, cells: list[Cell]) -> dict[str, StopCell]:
+        """Judge the trials that reported at the point ``cells`` just reached, all their values stored before
+        the pruner sees any (the trials of a fused group reach each point together, and are judged against
+        each other); the cells of a trial pruned now or before stop here."""
+        reported, self.reported = self.reported, []
+        for study, trial_id, where in reported:
+            if trial_id not in self.pruned and study.pruner.prune(study, study._storage.get_trial(trial_id)):
+                self.pruned[trial_id] = f"pruned by the {self.tuning.prune} pruner {where}"
+        trials = {cell.cell_id: self.member[cell.cell_id][1] for cell in cells if cell.cell_id in self.member}
+        return {cell_id: StopCell("pruned", self.pruned[t]) for cell_id, t in trials.items() if t in self.pruned}
 
 
 @dataclass
@@ -444,13 +488,14 @@ def _study_attrs(tuning: Tuning, cell: Cell, group: str, seeds: list[int]) -> di
 
 def run_tuning(tuning: Tuning, registry, base_cells: list[Cell], seeds: list[int], root: Path,
                train: Callable[[list[Cell]], list[CellRecord]], records: Callable[[], dict[str, CellRecord]],
-               batch_size: int = 0, watch: Callable[[Callable], None] | None = None,
+               batch_size: int = 0, watch: Callable[[Callable, Callable], None] | None = None,
                points_per_epoch: int | None = PRUNE_POINTS) -> Tuned:
     """Tune every configuration of ``base_cells`` (one cell each, on the first seed), then return the final
     cells (the best values, every seed). ``train(cells)`` trains cells (resuming) and returns their records;
     ``records()`` gives the records already in the run directory by cell id. ``batch_size``: trials asked per
-    configuration before they train (0: up to :data:`ROUND`). ``watch(function)``: have ``function(cell,
-    row)`` called at each evaluation point of a training cell, in this process (pruning; it raises
+    configuration before they train (0: up to :data:`ROUND`). ``watch(epoch_end, point_end)``: have
+    ``epoch_end(cell, row)`` called at each evaluation point of a training cell, in this process, and
+    ``point_end(cells)`` once the cells that reached it together had theirs (pruning; they stop a cell with
     :class:`bench.errors.StopCell`); ``points_per_epoch``: the trials' evaluations an epoch (``None``: every
     ``--eval-every`` steps)."""
     optuna = _optuna()
@@ -478,7 +523,7 @@ def run_tuning(tuning: Tuning, registry, base_cells: list[Cell], seeds: list[int
     states = optuna.trial.TrialState
     watcher = PruneWatch(tuning)
     if watch is not None and tuning.prune != "none":
-        watch(watcher.epoch_end)
+        watch(watcher.epoch_end, watcher.point_end)
 
     def cells_of(group: str, number: int, params: dict[str, Any]) -> list[Cell]:
         """A trial's cells: its values on each of the first ``tune_seeds`` seeds."""

@@ -203,6 +203,7 @@ def train_group(
     on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
     fused_group: str = "",
     on_eval: Callable[[int, dict[str, Any]], None] | None = None,
+    on_point: Callable[[list[int]], dict[int, StopCell]] | None = None,
 ) -> list[CellResult | Exception]:
     """Train ``cells`` (one fuse key; a group of one is one cell) together; one entry per member, in order.
 
@@ -213,8 +214,10 @@ def train_group(
     stops that member (the others go on; its result keeps its history so far and carries ``stopped``).
     ``on_eval(i, point)`` is called likewise at each evaluation inside an epoch (``eval_every``,
     ``eval_points``) with ``epoch``, ``step`` (training steps so far), ``val_loss`` and ``val_acc``; a member
-    it stops leaves a stacked group's step at once. ``fused_group`` is written as the members' ``fused_group``
-    column when the group has more than one.
+    it stops leaves a stacked group's step at once. ``on_point(members)`` is called after each evaluation
+    point's calls, with the members that reached it (in order), and returns those to stop there with why
+    (e.g. a pruner that judges the members of a group together). ``fused_group`` is written as the members'
+    ``fused_group`` column when the group has more than one.
 
     What fails every member alike (the model factory, a vmap failure, corrupt data, Ctrl-C) raises.
     """
@@ -279,6 +282,15 @@ def train_group(
         step.train_mode(True)
         return True
 
+    def point_end() -> None:
+        """The members that ``on_point`` stops at the point all of them just reached."""
+        if on_point is None:
+            return
+        members = {slots[p]: p for p in sorted(alive(), key=slots.__getitem__)}
+        for i, stopped in on_point(list(members)).items():
+            if i in members:
+                stop(members[i], stopped)
+
     def step_perm(perms: list[torch.Tensor]) -> torch.Tensor:
         """The epoch's permutations of the step's index streams (as original streams, in the step's order)."""
         with watch.phase("data"):
@@ -320,6 +332,7 @@ def train_group(
                                         "val_acc": mid_acc[p]})
                         except StopCell as stopped:
                             stop(p, stopped)
+                point_end()
                 if alive() and drop_stopped():
                     perm = step_perm(perms)
             if not alive():
@@ -345,6 +358,7 @@ def train_group(
                     on_epoch(i, row)
                 except StopCell as stopped:
                     stop(p, stopped)
+        point_end()
 
     finished = [p for p in range(len(slots)) if outcome[slots[p]] is None]
     test: tuple[list, list, list] = ([], [], [])
