@@ -9,7 +9,7 @@ per configuration, with the ratios.
 seeds (``--seeds S,S+1,S+2``): the wall time of the tuning phase, and the spread of the chosen value across
 the repetitions (the standard deviation of log10 of the chosen learning rate), each way.
 
-    python benchmarks/bench_tuning.py prune --limit 10000 [--epochs 2] [--prune asha] [--pairs 1]
+    python benchmarks/bench_tuning.py prune --limit 10000 [--epochs 2] [--prune asha] [--pairs 1] [--tune-seeds 1]
     python benchmarks/bench_tuning.py seeds --limit 5000 [--k 3] [--starts 0,10,20] [--fuse auto]
 """
 
@@ -62,7 +62,8 @@ def load() -> str:
 
 def prune(args) -> None:
     extra = ["--limit", str(args.limit)] if args.limit else []
-    extra += ["--epochs", str(args.epochs), "--seeds", "0,1,2", "--fuse", args.fuse]
+    extra += ["--epochs", str(args.epochs), "--seeds", "0,1,2", "--fuse", args.fuse,
+              "--tune-seeds", str(args.tune_seeds)]
     sides = {"none": [], args.prune: ["--prune", args.prune]}
     results = {side: [] for side in sides}
     with tempfile.TemporaryDirectory() as tmp:
@@ -135,6 +136,7 @@ def main() -> None:
     p.add_argument("--prune", default="asha")
     p.add_argument("--pairs", type=int, default=1)
     p.add_argument("--fuse", default="off")
+    p.add_argument("--tune-seeds", type=int, default=1)
     s = sub.add_parser("seeds")
     s.add_argument("--limit", type=int, default=0)
     s.add_argument("--epochs", type=int, default=2)
