@@ -338,9 +338,10 @@ def make_pruner(name: str, points: int | None = None):
     ``median``: stop a trial whose value is worse than the median of the finished trials' at the same
     step (after 5 finished trials). ``asha``: successive halving, reduction factor 2 from the first step
     (a trial goes on from a rung while it is in the best half of the trials that reached it:
-    :func:`halving_pruner`). A trial's last evaluation point is never judged (:class:`PruneWatch`). ``hyperband``:
-    several halving brackets up to ``points`` evaluation points (``None``: Optuna's ``auto``, from the first
-    finished trial, when the trials differ in epochs or evaluate every ``--eval-every`` steps).
+    :func:`halving_pruner`). ``hyperband``: Optuna's brackets of halving (reduction factor 3) up to ``points``
+    evaluation points (``None``: Optuna's ``auto``, from the first finished trial, when the trials differ in
+    epochs or evaluate every ``--eval-every`` steps), each judging as ``asha`` does. A trial's last
+    evaluation point is never judged (:class:`PruneWatch`).
     """
     optuna = _optuna()
     if name == "median":
@@ -348,15 +349,24 @@ def make_pruner(name: str, points: int | None = None):
     if name == "asha":
         return halving_pruner(reduction_factor=2)
     if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=points or "auto",
-                                              reduction_factor=3)
+        class Hyperband(optuna.pruners.HyperbandPruner):
+            """Optuna's Hyperband (its brackets, and its trials' allocation to them), each bracket's successive
+            halving judging as :func:`halving_pruner` does."""
+
+            def _try_initialization(self, study) -> None:
+                super()._try_initialization(study)
+                self._pruners = [halving_pruner(self._reduction_factor, bracket)
+                                 for bracket in range(len(self._pruners))]
+
+        return Hyperband(min_resource=1, max_resource=points or "auto", reduction_factor=3)
     return optuna.pruners.NopPruner()
 
 
-def halving_pruner(reduction_factor: int):
+def halving_pruner(reduction_factor: int, min_early_stopping_rate: int = 0):
     """Asynchronous successive halving as Optuna's SuccessiveHalvingPruner does it (rungs at evaluation points
-    1, r, r², ...; a trial goes on from a rung while its value is among the best ``max(1, n // r)`` of the ``n``
-    trials that reached it), with the trials that reached a rung read from their reported values. Optuna's
+    r^e, r^(e+1), ... for ``min_early_stopping_rate`` e; a trial goes on from a rung while its value is among
+    the best ``max(1, n // r)`` of the ``n`` trials that reached it), with the trials that reached a rung
+    read from their reported values. Optuna's
     counts only the trials it judged before: the trials of a fused group reach each point together and all
     report before any is judged (:meth:`PruneWatch.point_end`), and there the first ones judged went on
     against few, the last against all; here each is judged against all of them."""
@@ -371,7 +381,7 @@ def halving_pruner(reduction_factor: int):
             value = trial.intermediate_values[step]
             if math.isnan(value):
                 return True
-            rung = 1
+            rung = reduction_factor ** min_early_stopping_rate
             while rung < step:
                 rung *= reduction_factor
             if rung != step:

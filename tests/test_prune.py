@@ -105,30 +105,50 @@ def test_a_pruned_trial_stops_early_and_is_a_pruned_row_that_optuna_counts(tmp_p
     assert [t.state for t in studies(out)[0].trials] == [t.state for t in study.trials]
 
 
-def test_a_fused_groups_trials_are_judged_together_each_against_all_that_reached_the_rung(tmp_path):
+def where(point: int) -> str:
+    """Where a trial of 40 steps an epoch, evaluated after 20 steps and at the end, was stopped at ``point``."""
+    epoch = (point + 1) // 2
+    return f"in epoch {epoch} after {40 * epoch - 20} training steps" if point % 2 else f"at epoch {epoch}"
+
+
+@pytest.mark.parametrize("pruner", ["asha", "hyperband"])
+def test_a_fused_groups_trials_are_judged_together_each_against_all_that_reached_the_rung(tmp_path, pruner):
     out = tmp_path / "run"
     # the trials train together, as one fused group; 40 steps an epoch: evaluated after 20 steps and at the end
-    result = invoke(*PRUNED, "--prune", "asha", "--limit", 40 * 256, "--out", out)
+    result = invoke(*PRUNED, "--prune", pruner, "--limit", 40 * 256, "--out", out)
     assert result.exit_code == 0, result.output
     table = check_agree(out, trials=8)
     assert (table.loc[table["phase"] == "tune", "fused_size"] == 8).all()
     pruned = table[table["status"] == "pruned"].set_index("trial")
     [study] = studies(out)
-    # asha's rungs are points 1, 2 and 4 (20 steps, epoch 1's end, epoch 2's end; 6 is the last, never judged):
-    # of the trials that reached a rung, the best half (at least one) go on, whatever their order in the group
-    reached = study.trials
-    for point, where in ((1, "in epoch 1 after 20 training steps"), (2, "at epoch 1"), (4, "at epoch 2")):
-        values = {t.number: t.intermediate_values[point] for t in reached}
-        last_kept = sorted(values.values(), reverse=True)[max(1, len(values) // 2) - 1]
-        kept = {n for n, v in values.items() if v >= last_kept}
-        assert kept and len(kept) < len(values)
-        for number in set(values) - kept:
-            assert number in pruned.index, f"trial {number} went on from point {point} out of the best half"
-            assert pruned.loc[number, "error"] == f"pruned by the asha pruner {where} (val_acc {values[number]:.4g})"
-        reached = [t for t in reached if t.number in kept]
-        assert all(point + 1 in t.intermediate_values for t in reached)  # and they went on
-    assert len(pruned) == 8 - len(reached) and {t.state.name for t in reached} == {"COMPLETE"}
-    for _, row in pruned.iterrows():  # stopped inside epoch 1, or at an epoch's end: its history so far
+    if pruner == "asha":  # halving from point 1; all trials in one bracket
+        factor, bracket_of = 2, {t.number: 0 for t in study.trials}
+    else:  # thirds, in Optuna's Hyperband brackets: bracket b's first rung is point 3**b
+        from bench.tune import make_pruner
+
+        hyperband = make_pruner("hyperband", 3 * 4)
+        hyperband._try_initialization(study)
+        factor, bracket_of = 3, {t.number: hyperband._get_bracket_id(study, t) for t in study.trials}
+    # of the trials (of one bracket) that reached a rung, the best max(1, n // factor) go on, whatever their order
+    # in the group; point 6 (epoch 3's end) is the last, never judged
+    went_on = set()
+    for bracket in set(bracket_of.values()):
+        reached = [t for t in study.trials if bracket_of[t.number] == bracket]
+        point = factor ** bracket
+        while point < 6:
+            values = {t.number: t.intermediate_values[point] for t in reached}
+            last_kept = sorted(values.values(), reverse=True)[max(1, len(values) // factor) - 1]
+            kept = {n for n, v in values.items() if v >= last_kept}
+            for number in set(values) - kept:
+                assert number in pruned.index, f"trial {number} went on from point {point} out of the best"
+                assert pruned.loc[number, "error"] == (f"pruned by the {pruner} pruner {where(point)} "
+                                                       f"(val_acc {values[number]:.4g})")
+            reached = [t for t in reached if t.number in kept]
+            point *= factor
+        went_on |= {t.number for t in reached}
+    assert 0 < len(pruned) == 8 - len(went_on)
+    assert {t.state.name for t in study.trials if t.number in went_on} == {"COMPLETE"}
+    for _, row in pruned.iterrows():  # stopped inside an epoch, or at an epoch's end: its history so far
         assert len(records(out)[row["cell_id"]]["history"]) == row["epochs"] - ("training steps" in row["error"])
 
 
