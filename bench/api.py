@@ -484,13 +484,15 @@ def _execute(opts: RunOptions, store, cells, the_study, registry, host, torch_de
             records = train(cells)
         else:
             # a pruner needs evaluation points inside an epoch too, to stop a hopeless trial early in a short study
-            points = PRUNE_POINTS if tuning.prune != "none" and not execution.eval_every else None
-            trial_execution = dataclasses.replace(execution, eval_points=points or 0)
+            points = PRUNE_POINTS if tuning.prune != "none" and not execution.eval_every else 0
+            trial_execution = dataclasses.replace(execution, eval_points=points)
             tuned = run_tuning(tuning, registry, cells, seeds_used, store.root,
                                lambda batch: train(batch, trial_execution),
                                lambda: {r.cell_id: r for r in store.records()},
                                batch_size=0 if tuning.sampler == "qmc" else max(1, opts.jobs or 1),
-                               watch=lambda *functions: events.watch("pruning", *functions), points_per_epoch=points)
+                               watch=lambda *functions: events.watch("pruning", *functions),
+                               points_of=lambda cell: cell_points(cell, registry, cache, data_dir, torch_device,
+                                                                  trial_execution))
             for trial_cell, final_cell in tuned.reused:
                 reuse_record(store, trial_cell, final_cell, tuned.finals.index(final_cell))
             for label in tuned.failed:
@@ -515,6 +517,18 @@ def _execute(opts: RunOptions, store, cells, the_study, registry, host, torch_de
     if opts.report:
         result.report()
     return result
+
+
+def cell_points(cell, registry, cache, data_dir: Path, device, execution) -> int | None:
+    """A cell's evaluation points over its whole training (what a pruner's rungs count), from its dataset's
+    size; ``None`` where the dataset does not load (its cells then fail on their own, with the message)."""
+    from bench.engine.group import evaluation_points, train_split
+
+    try:
+        rows = len(train_split(cell, cache.get(registry, cell, data_dir, device))[0])
+    except BenchError:
+        return None
+    return cell.recipe.epochs * evaluation_points(rows, cell.recipe.batch_size, execution)
 
 
 def make_tuning(study: Study, registry, cells):

@@ -339,8 +339,8 @@ def make_pruner(name: str, points: int | None = None):
     step (after 5 finished trials). ``asha``: successive halving, reduction factor 2 from the first step
     (a trial goes on from a rung while it is in the best half of the trials that reached it:
     :func:`halving_pruner`). ``hyperband``: Optuna's brackets of halving (reduction factor 3) up to ``points``
-    evaluation points (``None``: Optuna's ``auto``, from the first finished trial, when the trials differ in
-    epochs or evaluate every ``--eval-every`` steps), each judging as ``asha`` does. A trial's last
+    evaluation points (``None``: Optuna's ``auto``, from the first finished trial, where the trials differ in
+    epochs or batch size), each judging as ``asha`` does. A trial's last
     evaluation point is never judged (:class:`PruneWatch`).
     """
     optuna = _optuna()
@@ -499,15 +499,15 @@ def _study_attrs(tuning: Tuning, cell: Cell, group: str, seeds: list[int]) -> di
 def run_tuning(tuning: Tuning, registry, base_cells: list[Cell], seeds: list[int], root: Path,
                train: Callable[[list[Cell]], list[CellRecord]], records: Callable[[], dict[str, CellRecord]],
                batch_size: int = 0, watch: Callable[[Callable, Callable], None] | None = None,
-               points_per_epoch: int | None = PRUNE_POINTS) -> Tuned:
+               points_of: Callable[[Cell], int | None] | None = None) -> Tuned:
     """Tune every configuration of ``base_cells`` (one cell each, on the first seed), then return the final
     cells (the best values, every seed). ``train(cells)`` trains cells (resuming) and returns their records;
     ``records()`` gives the records already in the run directory by cell id. ``batch_size``: trials asked per
     configuration before they train (0: up to :data:`ROUND`). ``watch(epoch_end, point_end)``: have
     ``epoch_end(cell, row)`` called at each evaluation point of a training cell, in this process, and
     ``point_end(cells)`` once the cells that reached it together had theirs (pruning; they stop a cell with
-    :class:`bench.errors.StopCell`); ``points_per_epoch``: the trials' evaluations an epoch (``None``: every
-    ``--eval-every`` steps)."""
+    :class:`bench.errors.StopCell`); ``points_of(cell)``: a trial cell's evaluation points over its training
+    (``hyperband``'s largest resource; ``None``: not known before the first trial finishes)."""
     optuna = _optuna()
     keys = list(tuning.spaces)
     k_seeds = seeds[:tuning.tune_seeds]
@@ -519,7 +519,8 @@ def run_tuning(tuning: Tuning, registry, base_cells: list[Cell], seeds: list[int
     names = study_names(storage, groups)
     studies = {}
     for group, cell in groups.items():
-        points = None if "epochs" in keys or not points_per_epoch else cell.recipe.epochs * points_per_epoch
+        same = points_of is not None and tuning.prune == "hyperband" and not {"epochs", "batch_size"} & set(keys)
+        points = points_of(cell) if same else None  # (tuned epochs or batch sizes: the trials' differ)
         study = optuna.create_study(study_name=names[group], storage=storage, direction=direction,
                                     sampler=trial_sampler(tuning, seeds[0]), pruner=make_pruner(tuning.prune, points),
                                     load_if_exists=True)

@@ -126,7 +126,7 @@ def test_a_fused_groups_trials_are_judged_together_each_against_all_that_reached
     else:  # thirds, in Optuna's Hyperband brackets: bracket b's first rung is point 3**b
         from bench.tune import make_pruner
 
-        hyperband = make_pruner("hyperband", 3 * 4)
+        hyperband = make_pruner("hyperband", 3 * 2)  # its largest resource: 6 points
         hyperband._try_initialization(study)
         factor, bracket_of = 3, {t.number: hyperband._get_bracket_id(study, t) for t in study.trials}
     # of the trials (of one bracket) that reached a rung, the best max(1, n // factor) go on, whatever their order

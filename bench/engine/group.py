@@ -138,6 +138,22 @@ def streams_of(cells: Sequence[Cell]) -> list[int]:
     return [seen.setdefault(cell.seed, len(seen)) for cell in cells]
 
 
+def point_steps(steps_per_epoch: int, execution: Execution) -> int:
+    """Training steps between evaluations inside an epoch (an epoch's length: none); each epoch starts anew and
+    ends with an evaluation."""
+    if execution.eval_every:
+        return execution.eval_every
+    if execution.eval_points:
+        return max(math.ceil(steps_per_epoch / execution.eval_points), MIN_POINT_STEPS)
+    return steps_per_epoch
+
+
+def evaluation_points(rows: int, batch_size: int, execution: Execution) -> int:
+    """A cell's evaluation points an epoch, on ``rows`` training rows (each epoch's end counts)."""
+    steps = max(1, math.ceil(rows / batch_size))
+    return math.ceil(steps / point_steps(steps, execution))
+
+
 def build_step(cells: Sequence[Cell], factories: Factories, data: DataSplits, device: torch.device,
                execution: Execution, lengths: list[int], total_steps: int) -> tuple[Step, list[nn.Module]]:
     """The prepared (warmed-up, on cuda captured) step of ``cells`` and their freshly built models.
@@ -232,9 +248,7 @@ def train_group(
     watch = Stopwatch(device)
     streams = streams_of(cells)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
-    #: training steps between evaluations inside an epoch (an epoch's length: none)
-    chunk = execution.eval_every or (max(math.ceil(steps_per_epoch / execution.eval_points), MIN_POINT_STEPS)
-                                     if execution.eval_points else steps_per_epoch)
+    chunk = point_steps(steps_per_epoch, execution)
     # the step trains the members of one index stream side by side (they share one gathered batch and, for a
     # first linear layer, one wide product), whatever order the grid gave them in
     order = sorted(range(size), key=streams.__getitem__)
