@@ -340,8 +340,8 @@ def make_pruner(name: str, points: int | None = None):
     (a trial goes on from a rung while it is in the best half of the trials that reached it:
     :func:`halving_pruner`). ``hyperband``: Optuna's brackets of halving (reduction factor 3) up to ``points``
     evaluation points (``None``: Optuna's ``auto``, from the first finished trial, where the trials differ in
-    epochs or batch size), each judging as ``asha`` does. A trial's last
-    evaluation point is never judged (:class:`PruneWatch`).
+    epochs or batch size), each judging as ``asha`` does. A trial's last evaluation point is never judged
+    (:class:`PruneWatch`).
     """
     optuna = _optuna()
     if name == "median":
@@ -366,10 +366,10 @@ def halving_pruner(reduction_factor: int, min_early_stopping_rate: int = 0):
     """Asynchronous successive halving as Optuna's SuccessiveHalvingPruner does it (rungs at evaluation points
     r^e, r^(e+1), ... for ``min_early_stopping_rate`` e; a trial goes on from a rung while its value is among
     the best ``max(1, n // r)`` of the ``n`` trials that reached it), with the trials that reached a rung
-    read from their reported values. Optuna's
-    counts only the trials it judged before: the trials of a fused group reach each point together and all
-    report before any is judged (:meth:`PruneWatch.point_end`), and there the first ones judged went on
-    against few, the last against all; here each is judged against all of them."""
+    read from their reported values. Optuna's counts only the trials it judged before: the trials of a
+    fused group reach each point together and all report before any is judged (:meth:`PruneWatch.point_end`),
+    and there the first ones judged went on against few, the last against all; here each is judged against
+    all of them."""
     optuna = _optuna()
     maximize = optuna.study.StudyDirection.MAXIMIZE
 
@@ -399,10 +399,12 @@ class PruneWatch:
     """Watches the evaluation points of the trials' cells (``bench_epoch_end``, in the driver, where the
     Optuna storage is) and stops a trial that the pruner gives up on: :class:`bench.errors.StopCell`.
 
-    A trial trained over K seeds (``--tune-seeds``) is reported to Optuna at a step once all K of its cells
-    have reached it, as their mean; when the pruner says so every one of its cells stops at its next
-    evaluation point (the one reporting now at once). Cells recorded earlier (a resumed run) count with
-    their history.
+    A trial reports its value at each point (``epoch_end``); the trials that reached a point are judged once
+    every cell that reached it together has reported (``point_end``), and a pruned trial's cells stop there.
+    A trial trained over K seeds (``--tune-seeds``) reports at a point once all K of its cells have reached
+    it, their mean; a cell of it that trains elsewhere stops at its next point. Cells recorded earlier (a
+    resumed run) count with their history. A trial's last point is not judged: stopping it there saves
+    nothing.
     """
 
     def __init__(self, tuning: Tuning):
