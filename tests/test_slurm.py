@@ -196,8 +196,9 @@ def test_a_cancelled_job_fails_its_cells_and_a_rerun_trains_only_those(slurm, re
 ])
 def test_a_requeued_job_resumes_at_its_first_unfinished_cell(slurm, tmp_path, preempt):
     out = tmp_path / "s"
-    # one job, one cell after another (no fusing), slow enough to be caught between two cells
-    extra = ["--fuse", "off", "--epochs", "3", "--seeds", "0", "-X", "cells_per_job=4"]
+    # one job, one cell after another (no fusing), slow enough to be caught between two cells (a second or two
+    # each: on 2000 images the last three could end before the requeue reached the job)
+    extra = ["--fuse", "off", "--epochs", "3", "--limit", "8000", "--seeds", "0", "-X", "cells_per_job=4"]
     driver = slurm_run(out, *extra, wait=False)
     [job] = wait_for(lambda: (lambda i: i if i and all(i) else None)(job_ids(out)))
     parts = out / "slurm" / "parts"
@@ -207,7 +208,9 @@ def test_a_requeued_job_resumes_at_its_first_unfinished_cell(slurm, tmp_path, pr
     subprocess.run([*preempt, job], check=True)
     _, stderr = driver.communicate(timeout=300)
     assert driver.returncode == 0, stderr
-    wait_for(lambda: state(job) == "COMPLETED", timeout=60)  # its records are in; SLURM may still be closing it
+    # its records are in; SLURM may still be closing it, or (had the job ended its cells before the requeue
+    # reached it) holding its requeued copy for a minute before it starts, finds nothing to do and ends
+    wait_for(lambda: state(job) == "COMPLETED", timeout=180)
     assert job_info(job)["Restarts"] == "1"
     assert first.stat().st_mtime_ns == written  # the first cell was not trained again
     log = (out / "slurm" / "jobs" / f"{job}_0_log.out").read_text()
