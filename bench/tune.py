@@ -345,7 +345,7 @@ def make_pruner(name: str, points: int | None = None):
     """
     optuna = _optuna()
     if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)
+        return median_pruner(points)
     if name == "asha":
         return halving_pruner(reduction_factor=2)
     if name == "hyperband":
@@ -360,6 +360,38 @@ def make_pruner(name: str, points: int | None = None):
 
         return Hyperband(min_resource=1, max_resource=points or "auto", reduction_factor=3)
     return optuna.pruners.NopPruner()
+
+
+def median_pruner(points: int | None):
+    """Optuna's MedianPruner (after 5 finished trials, from the first point), with a trial that reached its last
+    evaluation point (``points``; ``None``: unknown) counted as finished. Optuna hears of a trial's end only when
+    its round of trials (up to :data:`ROUND`) has trained, so its own pruner found no finished trial in the
+    first round and pruned nothing there. The trials of a fused group reach their last point together, after
+    every judgement, so there it still prunes nothing before the group's round ends."""
+    optuna = _optuna()
+    running, complete = optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.COMPLETE
+
+    class Finished:
+        """The study as the pruner reads it: its trials that reached their last point count as finished."""
+
+        def __init__(self, study):
+            self.study = study
+
+        def __getattr__(self, name):
+            return getattr(self.study, name)
+
+        def get_trials(self, deepcopy: bool = True, states=None):
+            trials = self.study.get_trials(deepcopy=deepcopy)
+            if states is None:
+                return trials
+            done = [t for t in trials if t.state == running and points in t.intermediate_values]
+            return [t for t in trials if t.state in states] + (done if complete in states else [])
+
+    class Median(optuna.pruners.MedianPruner):
+        def prune(self, study, trial) -> bool:
+            return super().prune(Finished(study) if points else study, trial)
+
+    return Median(n_startup_trials=5, n_warmup_steps=0)
 
 
 def halving_pruner(reduction_factor: int, min_early_stopping_rate: int = 0):
@@ -521,7 +553,8 @@ def run_tuning(tuning: Tuning, registry, base_cells: list[Cell], seeds: list[int
     names = study_names(storage, groups)
     studies = {}
     for group, cell in groups.items():
-        same = points_of is not None and tuning.prune == "hyperband" and not {"epochs", "batch_size"} & set(keys)
+        same = (points_of is not None and tuning.prune in ("median", "hyperband")
+                and not {"epochs", "batch_size"} & set(keys))
         points = points_of(cell) if same else None  # (tuned epochs or batch sizes: the trials' differ)
         study = optuna.create_study(study_name=names[group], storage=storage, direction=direction,
                                     sampler=trial_sampler(tuning, seeds[0]), pruner=make_pruner(tuning.prune, points),

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
@@ -150,6 +151,27 @@ def test_a_fused_groups_trials_are_judged_together_each_against_all_that_reached
     assert {t.state.name for t in study.trials if t.number in went_on} == {"COMPLETE"}
     for _, row in pruned.iterrows():  # stopped inside an epoch, or at an epoch's end: its history so far
         assert len(records(out)[row["cell_id"]]["history"]) == row["epochs"] - ("training steps" in row["error"])
+
+
+def test_median_counts_a_trial_that_reached_its_last_point_as_finished(tmp_path):
+    out = tmp_path / "run"
+    # one trial after another, all 12 in one round (Optuna hears of their ends only after it); 8 steps an epoch:
+    # one point an epoch, the third the last
+    args = ["--models", "linear", "--losses", "crossentropy", "--tune", "lr=1e-4:1e0:log", "--trials", "12",
+            "--epochs", "3", "--seeds", "0"]
+    result = invoke("run", *args, *QUICK, "--prune", "median", "--fuse", "off", "--out", out)
+    assert result.exit_code == 0, result.output
+    table = check_agree(out, trials=12).set_index("trial")
+    [study] = studies(out)
+    for trial in study.trials:  # judged at points 1 and 2 as Optuna's MedianPruner judges, the trials before
+        finished = [t for t in study.trials if t.number < trial.number and 3 in t.intermediate_values]
+        stop = next((point for point in (1, 2) if len(finished) >= 5 and max(
+            trial.intermediate_values[p] for p in range(1, point + 1)) < np.percentile(
+            [t.intermediate_values[point] for t in finished], 50)), None)
+        assert (trial.state.name == "PRUNED") == (stop is not None), (trial.number, stop)
+        if stop is not None:
+            assert table.loc[trial.number, "error"].startswith(f"pruned by the median pruner at epoch {stop} ")
+    assert (table["status"] == "pruned").sum() >= 3
 
 
 def test_the_pruner_sees_every_eval_every_point_and_the_final_cells_only_their_epochs(tmp_path):
