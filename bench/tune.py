@@ -37,8 +37,8 @@ from bench.files import excerpt
 from bench.record import CellRecord
 
 SAMPLERS = ("qmc", "tpe")
-#: ``--prune``: none, or Optuna's MedianPruner, successive halving (:func:`halving_pruner`) or Optuna's
-#: HyperbandPruner, on the validation metric at each evaluation point of a trial.
+#: ``--prune``: none, Optuna's MedianPruner (:func:`median_pruner`), successive halving (:func:`halving_pruner`)
+#: or Optuna's HyperbandPruner, on the validation metric at each evaluation point of a trial.
 PRUNERS = ("none", "median", "asha", "hyperband")
 METRICS = {"val_acc": "maximize", "val_loss": "minimize"}
 DB_FILE = "tuning.db"
@@ -335,8 +335,8 @@ def make_pruner(name: str, points: int | None = None):
     """Optuna's pruner for ``--prune NAME``; steps are a trial's evaluation points (1, 2, ...: :data:`PRUNE_POINTS`
     an epoch, or every ``--eval-every`` steps, and each epoch's end).
 
-    ``median``: stop a trial whose value is worse than the median of the finished trials' at the same
-    step (after 5 finished trials). ``asha``: successive halving, reduction factor 2 from the first step
+    ``median``: stop a trial whose best value so far is worse than the median of the finished trials' at the
+    same step (after 5 finished trials: :func:`median_pruner`). ``asha``: successive halving, reduction factor 2 from the first step
     (a trial goes on from a rung while it is in the best half of the trials that reached it:
     :func:`halving_pruner`). ``hyperband``: Optuna's brackets of halving (reduction factor 3) up to ``points``
     evaluation points (``None``: Optuna's ``auto``, from the first finished trial, where the trials differ in
