@@ -338,9 +338,10 @@ def make_pruner(name: str, points: int | None = None):
     ``median``: stop a trial whose best value so far is worse than the median of the finished trials' at the
     same step (after 5 finished trials: :func:`median_pruner`). ``asha``: successive halving, reduction
     factor 2 from the first step (a trial goes on from a rung while it is in the best half of the trials that
-    reached it: :func:`halving_pruner`). ``hyperband``: Optuna's brackets of halving (reduction factor 3) up to ``points``
-    evaluation points (``None``: Optuna's ``auto``, from the first finished trial, where the trials differ in
-    epochs or batch size), each judging as ``asha`` does. A trial's last evaluation point is never judged
+    reached it: :func:`halving_pruner`). ``hyperband``: Optuna's brackets of halving (reduction factor 3) up
+    to ``points`` evaluation points (``None``: Optuna's ``auto``, from the first finished trial, where the
+    trials differ in epochs or batch size), each judging as ``asha`` does. ``points`` is also the last point
+    of the trials ``median`` counts as finished. A trial's last evaluation point is never judged
     (:class:`PruneWatch`).
     """
     optuna = _optuna()
