@@ -542,7 +542,7 @@ def run_tuning(tuning: Tuning, registry, base_cells: list[Cell], seeds: list[int
     ``epoch_end(cell, row)`` called at each evaluation point of a training cell, in this process, and
     ``point_end(cells)`` once the cells that reached it together had theirs (pruning; they stop a cell with
     :class:`bench.errors.StopCell`); ``points_of(cell)``: a trial cell's evaluation points over its training
-    (``hyperband``'s largest resource; ``None``: not known before the first trial finishes)."""
+    (``hyperband``'s largest resource, ``median``'s last point; ``None``: not known before a trial finishes)."""
     optuna = _optuna()
     keys = list(tuning.spaces)
     k_seeds = seeds[:tuning.tune_seeds]
