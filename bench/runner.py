@@ -244,8 +244,9 @@ def train_group_records(tasks: list[tuple[int, Cell]], registry: Registry, cache
                 if events is not None:
                     events.evaluation(members[i], point)
 
-            def on_point(alive):  # (an observer that only watches epochs may have no point_end)
-                point_end = getattr(events, "point_end", None)
+            point_end = getattr(events, "point_end", None)  # (an observer that only watches epochs has none)
+
+            def on_point(alive):
                 stops = point_end([members[i] for i in alive]) if point_end is not None else {}
                 return {i: stops[members[i].cell_id] for i in alive if members[i].cell_id in stops}
             return {"on_epoch": on_epoch, "on_eval": on_eval, "on_point": on_point}

@@ -332,7 +332,7 @@ PRUNE_POINTS = 4
 
 
 def make_pruner(name: str, points: int | None = None):
-    """Optuna's pruner for ``--prune NAME``; steps are a trial's evaluation points (1, 2, ...: :data:`PRUNE_POINTS`
+    """The pruner for ``--prune NAME``; steps are a trial's evaluation points (1, 2, ...: :data:`PRUNE_POINTS`
     an epoch, or every ``--eval-every`` steps, and each epoch's end).
 
     ``median``: stop a trial whose best value so far is worse than the median of the finished trials' at the
@@ -553,10 +553,11 @@ def run_tuning(tuning: Tuning, registry, base_cells: list[Cell], seeds: list[int
     direction = METRICS[tuning.metric]
     names = study_names(storage, groups)
     studies = {}
+    # the pruners that read a trial's evaluation points, where all of a configuration's trials have as many
+    counted = (points_of is not None and tuning.prune in ("median", "hyperband")
+               and not {"epochs", "batch_size"} & set(keys))
     for group, cell in groups.items():
-        same = (points_of is not None and tuning.prune in ("median", "hyperband")
-                and not {"epochs", "batch_size"} & set(keys))
-        points = points_of(cell) if same else None  # (tuned epochs or batch sizes: the trials' differ)
+        points = points_of(cell) if counted else None
         study = optuna.create_study(study_name=names[group], storage=storage, direction=direction,
                                     sampler=trial_sampler(tuning, seeds[0]), pruner=make_pruner(tuning.prune, points),
                                     load_if_exists=True)
