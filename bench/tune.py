@@ -331,24 +331,30 @@ def trial_sampler(tuning: Tuning, seed: int):
 PRUNE_POINTS = 4
 
 
+#: The first evaluation point at which ``asha`` judges a trial: half an epoch at four points an epoch. After a
+#: quarter epoch, rates that start fast lead, and the rate a full search chooses is often among the slowest
+#: (docs/benchmarks.md, "How soon asha judges").
+ASHA_FIRST_RUNG = 2
+
+
 def make_pruner(name: str, points: int | None = None):
     """The pruner for ``--prune NAME``; steps are a trial's evaluation points (1, 2, ...: :data:`PRUNE_POINTS`
     an epoch, or every ``--eval-every`` steps, and each epoch's end).
 
     ``median``: stop a trial whose best value so far is worse than the median of the finished trials' at the
     same step (after 5 finished trials: :func:`median_pruner`). ``asha``: successive halving, reduction
-    factor 2 from the first step (a trial goes on from a rung while it is in the best half of the trials that
-    reached it: :func:`halving_pruner`). ``hyperband``: Optuna's brackets of halving (reduction factor 3) up
-    to ``points`` evaluation points (``None``: Optuna's ``auto``, from the first finished trial, where the
-    trials differ in epochs or batch size), each judging as ``asha`` does. ``points`` is also the last point
-    of the trials ``median`` counts as finished. A trial's last evaluation point is never judged
-    (:class:`PruneWatch`).
+    factor 2 from the second step (:data:`ASHA_FIRST_RUNG`; a trial goes on from a rung while it is in the
+    best half of the trials that reached it: :func:`halving_pruner`). ``hyperband``: Optuna's brackets of
+    halving (reduction factor 3) up to ``points`` evaluation points (``None``: Optuna's ``auto``, from the
+    first finished trial, where the trials differ in epochs or batch size), each judging as ``asha`` does
+    (its first bracket from the first point). ``points`` is also the last point of the trials ``median``
+    counts as finished. A trial's last evaluation point is never judged (:class:`PruneWatch`).
     """
     optuna = _optuna()
     if name == "median":
         return median_pruner(points)
     if name == "asha":
-        return halving_pruner(reduction_factor=2)
+        return halving_pruner(reduction_factor=2, min_resource=ASHA_FIRST_RUNG)
     if name == "hyperband":
         class Hyperband(optuna.pruners.HyperbandPruner):
             """Optuna's Hyperband (its brackets, and its trials' allocation to them), each bracket's successive
@@ -395,9 +401,10 @@ def median_pruner(points: int | None):
     return Median(n_startup_trials=5, n_warmup_steps=0)
 
 
-def halving_pruner(reduction_factor: int, min_early_stopping_rate: int = 0):
+def halving_pruner(reduction_factor: int, min_early_stopping_rate: int = 0, *, min_resource: int = 1):
     """Asynchronous successive halving as Optuna's SuccessiveHalvingPruner does it (rungs at evaluation points
-    r^e, r^(e+1), ... for ``min_early_stopping_rate`` e; a trial goes on from a rung while its value is among
+    m r^e, m r^(e+1), ... for ``min_resource`` m and ``min_early_stopping_rate`` e; a trial goes on from a rung
+    while its value is among
     the best ``max(1, n // r)`` of the ``n`` trials that reached it), with the trials that reached a rung
     read from their reported values. Optuna's counts only the trials it judged before: the trials of a
     fused group reach each point together and all report before any is judged (:meth:`PruneWatch.point_end`),
@@ -414,7 +421,7 @@ def halving_pruner(reduction_factor: int, min_early_stopping_rate: int = 0):
             value = trial.intermediate_values[step]
             if math.isnan(value):
                 return True
-            rung = reduction_factor ** min_early_stopping_rate
+            rung = min_resource * reduction_factor ** min_early_stopping_rate
             while rung < step:
                 rung *= reduction_factor
             if rung != step:

@@ -9,8 +9,18 @@ per configuration, with the ratios.
 seeds (``--seeds S,S+1,S+2``): the wall time of the tuning phase, and the spread of the chosen value across
 the repetitions (the standard deviation of log10 of the chosen learning rate), each way.
 
+``replay``: how soon and how hard successive halving may cut, without retraining for each rule. The study
+is run once per first seed with every trial trained to the end and its value recorded at every evaluation
+point (``--prune median``, which in a fused group prunes nothing); then each rule (reduction factor r, first
+rung m: ``bench.tune.halving_pruner``, through an Optuna study in memory) is replayed on those curves as the
+engine runs it: at each point every trial still in reports, then each is judged against all that reached it;
+a trial's last point is not judged. Reported per rule: how many configurations chose the unpruned run's value,
+how many one more than 2x away, and the training the rule keeps, in trial-points (all trials' points / those
+trained).
+
     python benchmarks/bench_tuning.py prune --limit 10000 [--epochs 2] [--prune asha] [--pairs 1] [--tune-seeds 1]
     python benchmarks/bench_tuning.py seeds --limit 5000 [--k 3] [--starts 0,10,20] [--fuse auto]
+    python benchmarks/bench_tuning.py replay [--starts 0,10,20,30,40,50] [--rules 2:1,2:2,4:2] [--runs DIR,...]
 """
 
 from __future__ import annotations
@@ -127,6 +137,74 @@ def seeds(args) -> None:
     print(f"\nwall time ratio (--tune-seeds {args.k} / 1): {ratio:.2f}x")
 
 
+def curves(run: Path) -> dict[str, list[tuple[float, dict[int, float]]]]:
+    """Per configuration of a run's ``tuning.db``: each trial's learning rate and value at each point."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{run / 'tuning.db'}")
+    out = {}
+    for summary in optuna.get_all_study_summaries(storage):
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        out[summary.study_name.split(" on ")[0]] = [(t.params["lr"], dict(t.intermediate_values))
+                                                    for t in study.trials]
+    return out
+
+
+def replay_rule(trials: list[tuple[float, dict[int, float]]], reduction_factor: int, first: int) -> tuple[float, int]:
+    """The value the rule chooses (best last value among the trials it keeps to the end) and the trial-points
+    trained, judging as :class:`bench.tune.PruneWatch` and the engine do."""
+    import optuna
+
+    from bench.tune import halving_pruner
+
+    pruner = halving_pruner(reduction_factor, min_resource=first)
+    study = optuna.create_study(direction="maximize", storage=optuna.storages.InMemoryStorage())
+    handles = [study.ask() for _ in trials]
+    last = max(max(values) for _, values in trials)
+    alive, trained = list(range(len(trials))), 0
+    for point in range(1, last + 1):
+        trained += len(alive)
+        for i in alive:
+            handles[i].report(trials[i][1][point], point)
+        if point == last:
+            break
+        frozen = {i: study._storage.get_trial(handles[i]._trial_id) for i in alive}
+        alive = [i for i in alive if not pruner.prune(study, frozen[i])]
+    best = max(alive, key=lambda i: (trials[i][1][last], -i))
+    return trials[best][0], trained
+
+
+def replay(args) -> None:
+    runs = [Path(r) for r in args.runs.split(",")] if args.runs else []
+    rules = [tuple(int(x) for x in rule.split(":")) for rule in args.rules.split(",")]
+    with tempfile.TemporaryDirectory() as tmp:
+        if not runs:
+            extra = (["--limit", str(args.limit)] if args.limit else []) + ["--epochs", str(args.epochs)]
+            for start in (int(s) for s in args.starts.split(",")):
+                out = Path(tmp) / f"seed{start}"
+                bench_run(out, [*STUDY, *extra, "--seeds", str(start), "--prune", "median"])
+                print(f"first seed {start}: recorded (load {load()})", flush=True)
+                runs.append(out)
+        studies = [(run, config, trials) for run in runs for config, trials in sorted(curves(run).items())]
+        print("\n| reduction factor | first rung | same value as unpruned | more than 2x away | largest factor | "
+              "trial-points, all / trained (median) |")
+        print("|---|---|---|---|---|---|")
+        for reduction_factor, first in rules:
+            factors, savings = [], []
+            for run, config, trials in studies:
+                last = max(max(values) for _, values in trials)
+                full = max(range(len(trials)), key=lambda i: (trials[i][1][last], -i))
+                lr, trained = replay_rule(trials, reduction_factor, first)
+                factors.append(max(lr, trials[full][0]) / min(lr, trials[full][0]))
+                savings.append(len(trials) * last / trained)
+                if args.verbose:
+                    print(f"{run.name} {config}: unpruned {trials[full][0]:.3g}, chosen {lr:.3g}, "
+                          f"{len(trials) * last / trained:.2f}x")
+            print(f"| {reduction_factor} | {first} | {sum(f == 1 for f in factors)}/{len(factors)} | "
+                  f"{sum(f > 2 for f in factors)} | {max(factors):.2f}x | {statistics.median(savings):.2f}x |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
@@ -145,8 +223,15 @@ def main() -> None:
     s.add_argument("--models", default="linear")
     s.add_argument("--losses", default="crossentropy")
     s.add_argument("--fuse", default="auto")
+    r = sub.add_parser("replay")
+    r.add_argument("--limit", type=int, default=0)
+    r.add_argument("--epochs", type=int, default=2)
+    r.add_argument("--starts", default="0,10,20,30,40,50")
+    r.add_argument("--rules", default="2:1,2:2,2:3,3:1,3:2,3:3,4:1,4:2,4:3")
+    r.add_argument("--runs", default="", help="run directories recorded before (instead of running the study)")
+    r.add_argument("--verbose", action="store_true")
     args = parser.parse_args()
-    prune(args) if args.what == "prune" else seeds(args)
+    {"prune": prune, "seeds": seeds, "replay": replay}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -78,7 +78,7 @@ def test_a_pruned_trial_stops_early_and_is_a_pruned_row_that_optuna_counts(tmp_p
     table = check_agree(out, trials=8)
     tune = table[table["phase"] == "tune"]
     pruned = tune[tune["status"] == "pruned"]
-    assert 3 <= len(pruned) <= 7  # asha, reduction factor 2: most trials stop early
+    assert 2 <= len(pruned) <= 6  # asha: judged first at point 2 (here epoch 2), the best half of those there go on
     assert set(tune.loc[tune["status"] == "ok", "epochs"]) == {3}
     # 8 steps an epoch: too few for evaluations inside it (at least 20 steps apart), so trials stop at epoch ends
     assert not pruned["error"].str.contains("training steps").any()
@@ -122,20 +122,20 @@ def test_a_fused_groups_trials_are_judged_together_each_against_all_that_reached
     assert (table.loc[table["phase"] == "tune", "fused_size"] == 8).all()
     pruned = table[table["status"] == "pruned"].set_index("trial")
     [study] = studies(out)
-    if pruner == "asha":  # halving from point 1; all trials in one bracket
-        factor, bracket_of = 2, {t.number: 0 for t in study.trials}
+    if pruner == "asha":  # halving from point 2 (half an epoch here); all trials in one bracket
+        factor, first, bracket_of = 2, 2, {t.number: 0 for t in study.trials}
     else:  # thirds, in Optuna's Hyperband brackets: bracket b's first rung is point 3**b
         from bench.tune import make_pruner
 
         hyperband = make_pruner("hyperband", 3 * 2)  # its largest resource: 6 points
         hyperband._try_initialization(study)
-        factor, bracket_of = 3, {t.number: hyperband._get_bracket_id(study, t) for t in study.trials}
+        factor, first, bracket_of = 3, 1, {t.number: hyperband._get_bracket_id(study, t) for t in study.trials}
     # of the trials (of one bracket) that reached a rung, the best max(1, n // factor) go on, whatever their order
     # in the group; point 6 (epoch 3's end) is the last, never judged
     went_on = set()
     for bracket in set(bracket_of.values()):
         reached = [t for t in study.trials if bracket_of[t.number] == bracket]
-        point = factor ** bracket
+        point = first * factor ** bracket
         while point < 6:
             values = {t.number: t.intermediate_values[point] for t in reached}
             last_kept = sorted(values.values(), reverse=True)[max(1, len(values) // factor) - 1]
@@ -183,7 +183,8 @@ def test_the_pruner_sees_every_eval_every_point_and_the_final_cells_only_their_e
     unpruned = [t for t in study.trials if t.state.name == "COMPLETE"]
     assert unpruned and all(sorted(t.intermediate_values) == list(range(1, 10)) for t in unpruned)  # 3 epochs x 3
     inside = table[table["error"].fillna("").str.contains("training steps")]
-    assert len(inside) and set(inside["error"].str.extract(r"after (\d+) training steps")[0]) <= {"3", "6", "11", "14"}
+    # asha's rungs are points 2, 4 and 8 (steps 6, 11 and 22); point 6 is epoch 2's end
+    assert len(inside) and set(inside["error"].str.extract(r"after (\d+) training steps")[0]) <= {"6", "11", "22"}
     final = table[table["phase"] == "final"]  # the final cells: one history row an epoch, as always
     assert all(len(records(out)[cell]["history"]) == 3 for cell in final["cell_id"])
 
@@ -309,14 +310,15 @@ def test_the_report_shows_what_the_search_found_pruned_trials_apart(tmp_path):
 
     out = tmp_path / "run"
     result = invoke("run", "--models", "linear", "--losses", "crossentropy", "--tune", "lr=1e-4:1e0:log", "--tune",
-                    "weight_decay=1e-6:1e-1:log", "--trials", "14", "--epochs", "2", "--prune", "asha",
+                    "weight_decay=1e-6:1e-1:log", "--trials", "14", "--epochs", "3", "--prune", "asha",
                     "--seeds", "0", *QUICK, "--out", out)
     assert result.exit_code == 0, result.output
     table = results(out)
     tuning = table["tuning"].iloc[0]
     trials = trial_table(table, tuning)
     assert list(trials["trial"]) == list(range(14)) and set(trials["status"]) == {"ok", "pruned"}
-    assert trials.loc[trials["status"] == "pruned", "epochs"].max() == 1
+    # one evaluation point an epoch here: asha's first rung is the end of epoch 2
+    assert trials.loc[trials["status"] == "pruned", "epochs"].max() == 2
     report = build_report([out], tmp_path / "report")
     page = report.index.read_text()
     assert "What the search found for linear+crossentropy" in page and "parallel coordinates" in page
