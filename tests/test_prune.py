@@ -372,3 +372,16 @@ def test_the_search_figures_load_in_a_headless_browser_without_the_network(tmp_p
             browser.close()
     assert len(shown) == 1 and shown[0][0] > 800 and shown[0][1] > 0  # two rows of panels, drawn on the page
     assert all(url.startswith(("file:", "data:")) for url in requested)  # nothing from a server
+
+
+def test_the_replay_of_halving_rules_judges_as_the_engine_does():
+    from benchmarks.bench_tuning import replay_rule
+
+    # trial 0 starts slowest and ends best; trials 1..7 start fast and end behind it
+    trials = [(1e-4, {1: 0.1, 2: 0.65, 3: 0.8, 4: 0.95})]
+    trials += [(10.0 ** -i, {1: 0.5 + 0.01 * i, 2: 0.55 + 0.01 * i, 3: 0.6 + 0.01 * i, 4: 0.9 + 0.001 * i})
+               for i in range(1, 8)]
+    # from point 1: the best 4 of 8 go on (trials 4-7), then the best 2 of those at point 2; point 4 is the last
+    assert replay_rule(trials, 2, 1) == (1e-7, 8 + 4 + 2 + 2)
+    # from point 2: trial 0 is in the best half there and wins; point 3 is no rung
+    assert replay_rule(trials, 2, 2) == (1e-4, 8 + 8 + 4 + 4)
