@@ -21,6 +21,7 @@ its own number with its own values, and the final cells run once (they resume li
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import hashlib
@@ -331,20 +332,15 @@ def trial_sampler(tuning: Tuning, seed: int):
 PRUNE_POINTS = 4
 
 
-#: The first evaluation point at which ``asha`` judges a trial: half an epoch at four points an epoch. After a
-#: quarter epoch, rates that start fast lead, and the rate a full search chooses is often among the slowest
-#: (docs/benchmarks.md, "How soon asha judges").
-ASHA_FIRST_RUNG = 2
-
-
 def make_pruner(name: str, points: int | None = None):
     """The pruner for ``--prune NAME``; steps are a trial's evaluation points (1, 2, ...: :data:`PRUNE_POINTS`
     an epoch, or every ``--eval-every`` steps, and each epoch's end).
 
     ``median``: stop a trial whose best value so far is worse than the median of the finished trials' at the
     same step (after 5 finished trials: :func:`median_pruner`). ``asha``: successive halving, reduction
-    factor 2 from the second step (:data:`ASHA_FIRST_RUNG`; a trial goes on from a rung while it is in the
-    best half of the trials that reached it: :func:`halving_pruner`). ``hyperband``: Optuna's brackets of
+    factor 2 (a trial goes on from a rung while it is in the best half of the trials that reached it:
+    :func:`halving_pruner`), from the first step where trials are judged one after another, from the second
+    where a fused group's trials are judged together. ``hyperband``: Optuna's brackets of
     halving (reduction factor 3) up to ``points`` evaluation points (``None``: Optuna's ``auto``, from the
     first finished trial, where the trials differ in epochs or batch size), each judging as ``asha`` does
     (its first bracket from the first point). ``points`` is also the last point of the trials ``median``
@@ -354,7 +350,7 @@ def make_pruner(name: str, points: int | None = None):
     if name == "median":
         return median_pruner(points)
     if name == "asha":
-        return halving_pruner(reduction_factor=2, min_resource=ASHA_FIRST_RUNG)
+        return halving_pruner(reduction_factor=2, min_resource_together=2)
     if name == "hyperband":
         class Hyperband(optuna.pruners.HyperbandPruner):
             """Optuna's Hyperband (its brackets, and its trials' allocation to them), each bracket's successive
@@ -401,7 +397,8 @@ def median_pruner(points: int | None):
     return Median(n_startup_trials=5, n_warmup_steps=0)
 
 
-def halving_pruner(reduction_factor: int, min_early_stopping_rate: int = 0, *, min_resource: int = 1):
+def halving_pruner(reduction_factor: int, min_early_stopping_rate: int = 0, *, min_resource: int = 1,
+                   min_resource_together: int | None = None):
     """Asynchronous successive halving as Optuna's SuccessiveHalvingPruner does it (rungs at evaluation points
     m r^e, m r^(e+1), ... for ``min_resource`` m and ``min_early_stopping_rate`` e; a trial goes on from a rung
     while its value is among
@@ -409,11 +406,19 @@ def halving_pruner(reduction_factor: int, min_early_stopping_rate: int = 0, *, m
     read from their reported values. Optuna's counts only the trials it judged before: the trials of a
     fused group reach each point together and all report before any is judged (:meth:`PruneWatch.point_end`),
     and there the first ones judged went on against few, the last against all; here each is judged against
-    all of them."""
+    all of them.
+
+    ``min_resource_together``: m instead while :class:`PruneWatch` judges trials that reported at one point
+    together (it sets ``together``). Judged together, the trials are cut as hard at the first rung as at any
+    other, where one after another the first trials to reach it go on against few; halving a fused group
+    after a quarter epoch stopped slow starters that a full search chooses (docs/benchmarks.md, "How soon
+    asha judges")."""
     optuna = _optuna()
     maximize = optuna.study.StudyDirection.MAXIMIZE
 
     class SuccessiveHalving(optuna.pruners.BasePruner):
+        together = False
+
         def prune(self, study, trial) -> bool:
             step = trial.last_step
             if step is None:
@@ -421,7 +426,8 @@ def halving_pruner(reduction_factor: int, min_early_stopping_rate: int = 0, *, m
             value = trial.intermediate_values[step]
             if math.isnan(value):
                 return True
-            rung = min_resource * reduction_factor ** min_early_stopping_rate
+            first = min_resource_together if self.together and min_resource_together else min_resource
+            rung = first * reduction_factor ** min_early_stopping_rate
             while rung < step:
                 rung *= reduction_factor
             if rung != step:
@@ -494,7 +500,10 @@ class PruneWatch:
         the pruner sees any (the trials of a fused group reach each point together, and are judged against
         each other); the cells of a trial pruned now or before stop here."""
         reported, self.reported = self.reported, []
+        together = collections.Counter(id(study) for study, _, _ in reported)
         for study, trial_id, where in reported:
+            if hasattr(study.pruner, "together"):  # a halving pruner's first rung depends on it
+                study.pruner.together = together[id(study)] > 1
             if trial_id not in self.pruned and study.pruner.prune(study, study._storage.get_trial(trial_id)):
                 self.pruned[trial_id] = f"pruned by the {self.tuning.prune} pruner {where}"
         trials = {cell.cell_id: self.member[cell.cell_id][1] for cell in cells if cell.cell_id in self.member}

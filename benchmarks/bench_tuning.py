@@ -14,7 +14,8 @@ is run once per first seed with every trial trained to the end and its value rec
 point (``--prune median``, which in a fused group prunes nothing); then each rule (reduction factor r, first
 rung m: ``bench.tune.halving_pruner``, through an Optuna study in memory) is replayed on those curves as the
 engine runs it: at each point every trial still in reports, then each is judged against all that reached it;
-a trial's last point is not judged. Reported per rule: how many configurations chose the unpruned run's value,
+a trial's last point is not judged; and again one trial after another (``--fuse off``), each judged against
+those before it. Reported per rule: how many configurations chose the unpruned run's value,
 how many one more than 2x away, and the training the rule keeps, in trial-points (all trials' points / those
 trained).
 
@@ -151,27 +152,33 @@ def curves(run: Path) -> dict[str, list[tuple[float, dict[int, float]]]]:
     return out
 
 
-def replay_rule(trials: list[tuple[float, dict[int, float]]], reduction_factor: int, first: int) -> tuple[float, int]:
+def replay_rule(trials: list[tuple[float, dict[int, float]]], reduction_factor: int, first: int,
+                together: bool = True) -> tuple[float, int]:
     """The value the rule chooses (best last value among the trials it keeps to the end) and the trial-points
-    trained, judging as :class:`bench.tune.PruneWatch` and the engine do."""
+    trained, judging as :class:`bench.tune.PruneWatch` and the engine do: ``together``, the trials of a fused
+    group (at each point all report, then each is judged); otherwise one trial after another (``--fuse off``),
+    each judged against the trials before it."""
     import optuna
 
     from bench.tune import halving_pruner
 
     pruner = halving_pruner(reduction_factor, min_resource=first)
     study = optuna.create_study(direction="maximize", storage=optuna.storages.InMemoryStorage())
-    handles = [study.ask() for _ in trials]
     last = max(max(values) for _, values in trials)
-    alive, trained = list(range(len(trials))), 0
-    for point in range(1, last + 1):
-        trained += len(alive)
-        for i in alive:
-            handles[i].report(trials[i][1][point], point)
-        if point == last:
-            break
-        frozen = {i: study._storage.get_trial(handles[i]._trial_id) for i in alive}
-        alive = [i for i in alive if not pruner.prune(study, frozen[i])]
-    best = max(alive, key=lambda i: (trials[i][1][last], -i))
+    kept, trained = [], 0
+    for group in [list(range(len(trials)))] if together else [[i] for i in range(len(trials))]:
+        handles = {i: study.ask() for i in group}
+        alive = list(group)
+        for point in range(1, last + 1):
+            trained += len(alive)
+            for i in alive:
+                handles[i].report(trials[i][1][point], point)
+            if point == last:
+                break
+            frozen = {i: study._storage.get_trial(handles[i]._trial_id) for i in alive}
+            alive = [i for i in alive if not pruner.prune(study, frozen[i])]
+        kept += alive
+    best = max(kept, key=lambda i: (trials[i][1][last], -i))
     return trials[best][0], trained
 
 
@@ -187,21 +194,22 @@ def replay(args) -> None:
                 print(f"first seed {start}: recorded (load {load()})", flush=True)
                 runs.append(out)
         studies = [(run, config, trials) for run in runs for config, trials in sorted(curves(run).items())]
-        print("\n| reduction factor | first rung | same value as unpruned | more than 2x away | largest factor | "
-              "trial-points, all / trained (median) |")
-        print("|---|---|---|---|---|---|")
-        for reduction_factor, first in rules:
+        print("\n| judged | reduction factor | first rung | same value as unpruned | more than 2x away | "
+              "largest factor | trial-points, all / trained (median) |")
+        print("|---|---|---|---|---|---|---|")
+        for (reduction_factor, first), together in [(rule, t) for t in (True, False) for rule in rules]:
             factors, savings = [], []
             for run, config, trials in studies:
                 last = max(max(values) for _, values in trials)
                 full = max(range(len(trials)), key=lambda i: (trials[i][1][last], -i))
-                lr, trained = replay_rule(trials, reduction_factor, first)
+                lr, trained = replay_rule(trials, reduction_factor, first, together)
                 factors.append(max(lr, trials[full][0]) / min(lr, trials[full][0]))
                 savings.append(len(trials) * last / trained)
                 if args.verbose:
                     print(f"{run.name} {config}: unpruned {trials[full][0]:.3g}, chosen {lr:.3g}, "
                           f"{len(trials) * last / trained:.2f}x")
-            print(f"| {reduction_factor} | {first} | {sum(f == 1 for f in factors)}/{len(factors)} | "
+            print(f"| {'together' if together else 'one after another'} | {reduction_factor} | {first} | "
+                  f"{sum(f == 1 for f in factors)}/{len(factors)} | "
                   f"{sum(f > 2 for f in factors)} | {max(factors):.2f}x | {statistics.median(savings):.2f}x |")
 
 

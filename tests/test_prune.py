@@ -78,7 +78,8 @@ def test_a_pruned_trial_stops_early_and_is_a_pruned_row_that_optuna_counts(tmp_p
     table = check_agree(out, trials=8)
     tune = table[table["phase"] == "tune"]
     pruned = tune[tune["status"] == "pruned"]
-    assert 2 <= len(pruned) <= 6  # asha: judged first at point 2 (here epoch 2), the best half of those there go on
+    assert 3 <= len(pruned) <= 7  # asha, one trial after another: halving from point 1, most trials stop early
+    assert pruned["error"].str.contains("at epoch 1 ").any()  # point 1 (epoch 1's end here) is a rung
     assert set(tune.loc[tune["status"] == "ok", "epochs"]) == {3}
     # 8 steps an epoch: too few for evaluations inside it (at least 20 steps apart), so trials stop at epoch ends
     assert not pruned["error"].str.contains("training steps").any()
@@ -385,3 +386,5 @@ def test_the_replay_of_halving_rules_judges_as_the_engine_does():
     assert replay_rule(trials, 2, 1) == (1e-7, 8 + 4 + 2 + 2)
     # from point 2: trial 0 is in the best half there and wins; point 3 is no rung
     assert replay_rule(trials, 2, 2) == (1e-4, 8 + 8 + 4 + 4)
+    # one after another: trial 0 is judged first, alone at its rungs, and goes on; the others against those before
+    assert replay_rule(trials, 2, 1, together=False)[0] == 1e-4
