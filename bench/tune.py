@@ -401,12 +401,11 @@ def halving_pruner(reduction_factor: int, min_early_stopping_rate: int = 0, *, m
                    min_resource_together: int | None = None):
     """Asynchronous successive halving as Optuna's SuccessiveHalvingPruner does it (rungs at evaluation points
     m r^e, m r^(e+1), ... for ``min_resource`` m and ``min_early_stopping_rate`` e; a trial goes on from a rung
-    while its value is among
-    the best ``max(1, n // r)`` of the ``n`` trials that reached it), with the trials that reached a rung
-    read from their reported values. Optuna's counts only the trials it judged before: the trials of a
-    fused group reach each point together and all report before any is judged (:meth:`PruneWatch.point_end`),
-    and there the first ones judged went on against few, the last against all; here each is judged against
-    all of them.
+    while its value is among the best ``max(1, n // r)`` of the ``n`` trials that reached it), with the trials
+    that reached a rung read from their reported values. Optuna's counts only the trials it judged before: the
+    trials of a fused group reach each point together and all report before any is judged
+    (:meth:`PruneWatch.point_end`), and there the first ones judged went on against few, the last against all;
+    here each is judged against all of them.
 
     ``min_resource_together``: m instead while :class:`PruneWatch` judges trials that reported at one point
     together (it sets ``together``). Judged together, the trials are cut as hard at the first rung as at any
